@@ -1,0 +1,458 @@
+"""cometmp.Client and stream families (Log): the public single-process API.
+
+Not fork-shared: a Client created before fork() (gunicorn --preload) detects the fork
+at its next write and reopens its writer handles in the child (I10); mappings used for
+reading are valid in both processes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Iterable, Iterator
+
+import mmh3
+
+from . import paths
+from ._ffi import api_table_address, error_for, lib
+from ._appender import Appender
+from .compression import Compressor
+from .config import Config
+from .errors import (
+    BadStreamName,
+    ClosedError,
+    CometError,
+    FormatError,
+    ReadOnlyError,
+    ShardCountMismatch,
+    StreamNotFound,
+)
+from .shard import MessageID, Reader, StreamMessage, Writer
+
+log = logging.getLogger("cometmp")
+
+DIR_FORMAT = "cometmp.dir"
+FAMILY_FORMAT = "cometmp.family"
+FORMAT_VERSION = 1
+MAX_SHARDS = 65536
+
+
+def pick_shard(key: str | bytes | bytearray | memoryview, shard_count: int) -> int:
+    """Shard for ``key`` among ``shard_count``: MurmurHash3 x86_32 (seed 0, unsigned) of the
+    key's bytes (str is UTF-8) modulo the count. Identical in every process and version."""
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    elif not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"key must be str or bytes-like, not {type(key).__name__}")
+    if not isinstance(shard_count, int) or isinstance(shard_count, bool) or shard_count <= 0:
+        raise ValueError(f"shard_count must be a positive int, not {shard_count!r}")
+    return mmh3.hash(bytes(key), 0, signed=False) % shard_count
+
+
+class MessageIDs(Sequence):
+    """The ids of one append_many: a contiguous range of entries in one stream."""
+
+    __slots__ = ("stream", "shard", "first", "count")
+
+    def __init__(self, stream: str, shard: int, first: int, count: int):
+        self.stream, self.shard, self.first, self.count = stream, shard, first, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.count))]
+        if i < 0:
+            i += self.count
+        if not 0 <= i < self.count:
+            raise IndexError("MessageIDs index out of range")
+        return MessageID((self.stream, self.shard, self.first + i))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, MessageIDs):
+            return (self.stream, self.first, self.count) == (other.stream, other.first, other.count)
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"MessageIDs(stream={self.stream!r}, first={self.first}, count={self.count})"
+
+
+def _write_json_atomic(path: str, doc: dict) -> None:
+    """Crash-safe file protocol: temp -> fsync -> rename -> fsync directory (I7)."""
+    tmp = f"{path}.{os.getpid()}{paths.TMP_SUFFIX}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class _Streams:
+    """Writer handles + appenders of one client, reopened after fork (I10)."""
+
+
+class Log:
+    """A stream family: ``shards`` streams named ``f"{prefix}:shard:{n:04d}"``.
+
+    ``append(data, key=None)`` and ``append_many(items, key=None)`` are the hot path (C).
+    ``key=None`` spreads appends round robin over the shards this process may write
+    without contention; a key routes by ``pick_shard(key, shards)``.
+    """
+
+    def __init__(self, client: "Client", prefix: str, shards: int):
+        self.client = client
+        self.prefix = prefix
+        self.shards = shards
+        self.streams = [paths.shard_stream(prefix, n) for n in range(shards)]
+        self._appender = client._make_appender(self.streams, list(range(shards)),
+                                               lambda key: pick_shard(key, shards))
+        self.append = self._appender.append  # C method: no Python frame per append
+
+    def append_many(self, items: Iterable, key=None) -> MessageIDs:
+        idx, first, count = self._appender.append_many(items, key)
+        return MessageIDs(self.streams[idx], idx, first, count)
+
+    def __repr__(self) -> str:
+        return f"Log(prefix={self.prefix!r}, shards={self.shards})"
+
+
+class Client:
+    """An embedded log in directory ``path``. Context manager; ``close()`` is idempotent.
+
+    Thread safe for appends and reads. ``readonly=True`` never modifies any file.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: Config | None = None, readonly: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.config = (config.copy() if config is not None else Config()).validate()
+        self.readonly = bool(readonly)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._pid = os.getpid()
+        self._writers: dict[str, Writer] = {}
+        self._appenders: list[tuple[Appender, list[str]]] = []
+        self._stream_appenders: dict[str, Appender] = {}
+        self._readers: dict[str, Reader] = {}
+        self._logs: dict[str, Log] = {}
+        self._compressor = Compressor(self.config.compression.level) if self.config.compression.min_bytes else None
+        self._syncer: threading.Thread | None = None
+        self._syncer_stop = threading.Event()
+        self._open_dir()
+
+    # ---- directory ----------------------------------------------------------------------
+    def _open_dir(self) -> None:
+        marker = os.path.join(self.path, paths.DIR_MARKER)
+        if self.readonly:
+            if not os.path.isdir(self.path):
+                raise StreamNotFound(f"no cometmp data directory at {self.path}")
+        else:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(self.path, paths.FAMILIES), mode=0o700, exist_ok=True)
+            if not os.path.exists(marker):
+                _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION})
+        if os.path.exists(marker):
+            with open(marker) as f:
+                try:
+                    doc = json.load(f)
+                except ValueError:
+                    doc = {}
+            if doc.get("format") != DIR_FORMAT or doc.get("version") != FORMAT_VERSION:
+                raise FormatError(
+                    f"{marker}: format {doc.get('format')!r} version {doc.get('version')!r}; "
+                    f"this build reads {DIR_FORMAT!r} version {FORMAT_VERSION}"
+                )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"client for {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"client for {self.path} was opened readonly=True")
+
+    # ---- writers ------------------------------------------------------------------------
+    def _writer(self, stream: str) -> Writer:
+        w = self._writers.get(stream)
+        if w is None:
+            self._check_writable()
+            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
+            w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+            self._writers[stream] = w
+            if self.config.storage.durability == "interval":
+                self._start_syncer()
+        return w
+
+    def _make_appender(self, streams: list[str], numbers: list[int], router) -> Appender:
+        with self._lock:
+            self._check_writable()
+            comp = self._compressor if self._compressor is not None else None
+            app = Appender(api_table_address(), list(streams), list(numbers), router,
+                           comp, self.config.compression.min_bytes or (1 << 62),
+                           self._on_append_error)
+            for i, s in enumerate(streams):
+                app.set_handle(i, self._writer(s).address)
+            self._appenders.append((app, list(streams)))
+            return app
+
+    def _on_append_error(self, rc: int, index: int, message: str, err: int, written: int) -> bool:
+        if rc == lib.CM_E_FORKED:
+            self._after_fork()
+            return True
+        if rc == lib.CM_E_CLOSED and self._closed:
+            raise ClosedError(f"client for {self.path} is closed")
+        exc = error_for(rc, message, err)
+        exc.appended = written
+        raise exc
+
+    def _after_fork(self) -> None:
+        """Reopen every writer handle in this (child) process (I10)."""
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            log.debug("cometmp: fork detected (pid %d -> %d); reopening writers", self._pid, os.getpid())
+            old = self._writers
+            self._writers = {}
+            for w in old.values():
+                w.close()  # unmaps this process's copy; the parent's handle is untouched
+            self._syncer = None
+            self._syncer_stop = threading.Event()
+            self._pid = os.getpid()
+            for app, streams in self._appenders:
+                for i, s in enumerate(streams):
+                    app.set_handle(i, self._writer(s).address)
+
+    def log(self, prefix: str, shards: int = 16) -> Log:
+        """The stream family ``prefix`` with ``shards`` shards, created if new.
+
+        The shard count is persisted in ``families/<prefix>.json``; reopening with another
+        count raises ShardCountMismatch.
+        """
+        paths.validate_stream_name(prefix, "family prefix")
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+            raise ValueError(f"shards must be an int between 1 and {MAX_SHARDS}, not {shards!r}")
+        paths.validate_stream_name(paths.shard_stream(prefix, shards - 1))
+        with self._lock:
+            self._check_writable()
+            existing = self._logs.get(prefix)
+            if existing is not None:
+                if existing.shards != shards:
+                    raise ShardCountMismatch(
+                        f"family {prefix!r} has {existing.shards} shards, not {shards}")
+                return existing
+            stored = self.family_shards(prefix)
+            if stored is None:
+                _write_json_atomic(paths.family_file(self.path, prefix), {
+                    "format": FAMILY_FORMAT, "version": FORMAT_VERSION,
+                    "prefix": prefix, "shards": shards,
+                })
+            elif stored != shards:
+                raise ShardCountMismatch(
+                    f"family {prefix!r} in {self.path} was created with {stored} shards; "
+                    f"reopening it with {shards} would re-route keys")
+            lg = Log(self, prefix, shards)
+            self._logs[prefix] = lg
+            return lg
+
+    def family_shards(self, prefix: str) -> int | None:
+        """The persisted shard count of family ``prefix``, or None if it does not exist."""
+        fpath = paths.family_file(self.path, prefix)
+        try:
+            with open(fpath) as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise FormatError(f"{fpath}: not valid JSON: {e}") from None
+        if doc.get("format") != FAMILY_FORMAT or doc.get("version") != FORMAT_VERSION:
+            raise FormatError(f"{fpath}: format {doc.get('format')!r} version {doc.get('version')!r}")
+        return int(doc["shards"])
+
+    def append(self, stream: str, payloads) -> list[MessageID]:
+        """Append to an explicit stream (Comet style), creating it if new.
+
+        ``payloads`` is one bytes-like object or an iterable of them. Returns their ids.
+        """
+        paths.validate_stream_name(stream)
+        if isinstance(payloads, (bytes, bytearray, memoryview)):
+            payloads = [payloads]
+        with self._lock:
+            app = self._stream_appenders.get(stream)
+            if app is None:
+                split = paths.split_shard_stream(stream)
+                if split is not None:
+                    count = self.family_shards(split[0])
+                    if count is not None and split[1] >= count:
+                        raise BadStreamName(
+                            f"{stream!r}: family {split[0]!r} has {count} shards (0..{count - 1})")
+                number = split[1] if split else 0
+                app = self._make_appender([stream], [number], lambda key: 0)
+                self._stream_appenders[stream] = app
+        _idx, first, count = app.append_many(payloads)
+        number = paths.split_shard_stream(stream)
+        return list(MessageIDs(stream, number[1] if number else 0, first, count))
+
+    def pick_shard_stream(self, prefix: str, key, shard_count: int) -> str:
+        paths.validate_stream_name(prefix, "family prefix")
+        return paths.shard_stream(prefix, pick_shard(key, shard_count))
+
+    # ---- reading ------------------------------------------------------------------------
+    def streams(self, pattern: str = "*") -> list[str]:
+        """Sorted names of the streams in this directory matching an fnmatch pattern."""
+        self._check_open()
+        try:
+            names = os.listdir(paths.streams_dir(self.path))
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
+                      os.path.isdir(paths.stream_dir(self.path, n)))
+
+    def _reader(self, stream: str) -> Reader:
+        self._check_open()
+        r = self._readers.get(stream)
+        if r is None:
+            paths.validate_stream_name(stream)
+            split = paths.split_shard_stream(stream)
+            r = Reader(paths.stream_dir(self.path, stream), stream, split[1] if split else 0,
+                       writable_index=not self.readonly)
+            self._readers[stream] = r
+        return r
+
+    def read(self, stream: str, entry: int) -> StreamMessage:
+        """The entry ``entry`` of ``stream``. EntryNotFound if absent, CorruptRecord if damaged."""
+        with self._lock:
+            return self._reader(stream).read(entry)
+
+    def scan(self, stream: str, start: int = 0) -> Iterator[StreamMessage]:
+        """Entries of ``stream`` from ``start`` in entry order; damaged records are skipped
+        (and counted in stats()['streams'][stream]['corrupt_skipped'])."""
+        reader = self._reader(stream)
+        return reader.scan(start)
+
+    def list_recent(self, stream: str, limit: int) -> list[StreamMessage]:
+        """The last ``limit`` entries of ``stream``, oldest first."""
+        if limit <= 0:
+            return []
+        reader = self._reader(stream)
+        start = max(reader.first(), reader.committed() - limit)
+        return list(reader.scan(start))
+
+    def length(self, stream: str) -> int:
+        """Next entry number of ``stream`` (entries ever appended, retention included)."""
+        return self._reader(stream).committed()
+
+    def first_entry(self, stream: str) -> int:
+        """Oldest entry still retained in ``stream``."""
+        return self._reader(stream).first()
+
+    def seek_time(self, stream: str, timestamp_ns: int) -> int:
+        """First entry appended at or after ``timestamp_ns`` (or the length): O(log n)."""
+        return self._reader(stream).seek_time(int(timestamp_ns))
+
+    # ---- durability, stats, lifecycle ---------------------------------------------------
+    def sync(self) -> None:
+        """fsync every stream this client wrote (data, state, sealed segments)."""
+        with self._lock:
+            self._check_open()
+            if self._pid != os.getpid():
+                self._after_fork()
+            for w in self._writers.values():
+                w.sync()
+
+    def _start_syncer(self) -> None:
+        if self._syncer is not None and self._syncer.is_alive():
+            return
+        self._syncer = threading.Thread(target=self._sync_loop, name="cometmp-fsync", daemon=True)
+        self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        """durability="interval": fsync every N appends or T seconds, off the append path."""
+        every_n = self.config.storage.fsync_every_writes
+        every_t = self.config.storage.fsync_every_seconds
+        poll = min(every_t, 0.005)
+        synced: dict[str, tuple[int, float]] = {}
+        stop = self._syncer_stop
+        pid = os.getpid()
+        while not stop.wait(poll):
+            if os.getpid() != pid:
+                return
+            now = time.monotonic()
+            with self._lock:
+                if self._closed:
+                    return
+                writers = list(self._writers.items())
+            for name, w in writers:
+                try:
+                    snap = w.snapshot()
+                except CometError:
+                    continue
+                n = snap["counters"]["appends"]
+                last_n, last_t = synced.get(name, (0, now))
+                if n != last_n and (n - last_n >= every_n or now - last_t >= every_t):
+                    try:
+                        w.sync()
+                    except CometError as e:
+                        log.error("cometmp: background fsync of %s failed: %s", name, e)
+                        continue
+                    synced[name] = (n, now)
+                elif name not in synced:
+                    synced[name] = (n, now)
+
+    def stats(self) -> dict:
+        """Per-stream length, first entry, bytes on disk and counters (from the state pages)."""
+        from .stats import directory_stats
+
+        self._check_open()
+        out = directory_stats(self.path)
+        for name, r in self._readers.items():
+            if name in out["streams"]:
+                out["streams"][name]["corrupt_skipped"] = r.corrupt_skipped
+        return out
+
+    def close(self) -> None:
+        """Close every handle. With durability "none" nothing is fsynced (data is already in
+        the page cache); with "interval"/"always" a final sync runs first."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._syncer_stop.set()
+            if self.config.storage.durability != "none" and self._pid == os.getpid():
+                for w in self._writers.values():
+                    try:
+                        w.sync()
+                    except CometError as e:
+                        log.error("cometmp: final fsync of %s failed: %s", w.directory, e)
+            for w in self._writers.values():
+                w.close()
+            for app, streams in self._appenders:
+                for i in range(len(streams)):
+                    app.set_handle(i, 0)
+            for r in self._readers.values():
+                r.close()
+            self._writers.clear()
+            self._readers.clear()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.path!r}{', readonly=True' if self.readonly else ''})"

@@ -1,0 +1,130 @@
+"""cometmp.Config: a typed tree of mutable dataclasses, Comet's sections.
+
+No argument is required: ``Config()`` is the documented default. Byte limits are ints
+where 0 means unlimited; durations are seconds (float) where 0 means unlimited.
+``Config.validate()`` raises ValueError naming the field; Client calls it.
+
+Readers never take geometry from here: segment size, index interval and a family's
+shard count are read from the files (docs/FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CompressionConfig",
+    "ConcurrencyConfig",
+    "Config",
+    "IndexingConfig",
+    "RetentionConfig",
+    "StorageConfig",
+]
+
+MiB = 1024 * 1024
+DURABILITY_MODES = ("none", "interval", "always")
+
+
+@dataclass
+class StorageConfig:
+    #: New segments are created with this many bytes (1 MiB .. 4 GiB); the file is fixed
+    #: in size, but disk blocks are allocated only ``preallocate_bytes`` ahead of the tail.
+    segment_bytes: int = 64 * MiB
+    #: Largest payload accepted by append (after compression). Larger raises EntryTooLarge.
+    max_entry_bytes: int = 16 * MiB
+    #: "none": page cache (survives kill -9, not power loss); "interval": fsync every
+    #: ``fsync_every_writes`` appends or ``fsync_every_seconds`` from a background thread;
+    #: "always": fsync before append returns.
+    durability: str = "none"
+    fsync_every_writes: int = 1000
+    fsync_every_seconds: float = 1.0
+    #: Disk blocks are reserved (fallocate) and prefaulted this far ahead of the tail, so
+    #: appends never fault on a hole and a full disk is seen before any byte is written.
+    preallocate_bytes: int = 1 * MiB
+
+
+@dataclass
+class CompressionConfig:
+    #: Payloads at least this large are zstd-compressed; the compressed form is kept only
+    #: when smaller. 0 disables compression.
+    min_bytes: int = 4096
+    level: int = 3
+
+
+@dataclass
+class IndexingConfig:
+    #: One sparse index entry per this many bytes of records (Kafka's index.interval.bytes).
+    interval_bytes: int = 4096
+
+
+@dataclass
+class RetentionConfig:
+    #: Soft limits applied by whole segments; never delete entries a group has not acked.
+    max_age: float = 0.0
+    max_shard_bytes: int = 0
+    max_total_bytes: int = 0
+    #: Hard cap that may drop unconsumed data (and reports exactly what it dropped).
+    hard_max_total_bytes: int = 0
+    #: How often the owning process applies retention in the background (seconds).
+    check_interval: float = 60.0
+
+
+@dataclass
+class ConcurrencyConfig:
+    #: Refuse appends to shards this process does not own (Comet's behaviour).
+    strict_ownership: bool = False
+
+
+@dataclass
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    indexing: IndexingConfig = field(default_factory=IndexingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+
+    def validate(self) -> "Config":
+        s = self.storage
+        _int_range("storage.segment_bytes", s.segment_bytes, MiB, 1 << 32)
+        _int_range("storage.max_entry_bytes", s.max_entry_bytes, 1, 1 << 30)
+        _int_range("storage.preallocate_bytes", s.preallocate_bytes, 4096, 1 << 32)
+        if s.durability not in DURABILITY_MODES:
+            raise ValueError(
+                f"storage.durability must be one of {DURABILITY_MODES}, not {s.durability!r}"
+            )
+        _int_range("storage.fsync_every_writes", s.fsync_every_writes, 1, 1 << 62)
+        _num_range("storage.fsync_every_seconds", s.fsync_every_seconds, 0.001, 86400.0)
+        _int_range("compression.min_bytes", self.compression.min_bytes, 0, 1 << 32)
+        _int_range("compression.level", self.compression.level, -7, 22)
+        _int_range("indexing.interval_bytes", self.indexing.interval_bytes, 64, 1 << 30)
+        r = self.retention
+        _num_range("retention.max_age", r.max_age, 0.0, float("inf"))
+        for name in ("max_shard_bytes", "max_total_bytes", "hard_max_total_bytes"):
+            _int_range(f"retention.{name}", getattr(r, name), 0, 1 << 62)
+        _num_range("retention.check_interval", r.check_interval, 0.01, 86400.0)
+        return self
+
+    def copy(self) -> "Config":
+        return dataclasses.replace(
+            self,
+            storage=dataclasses.replace(self.storage),
+            compression=dataclasses.replace(self.compression),
+            indexing=dataclasses.replace(self.indexing),
+            retention=dataclasses.replace(self.retention),
+            concurrency=dataclasses.replace(self.concurrency),
+        )
+
+
+def _int_range(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")
+
+
+def _num_range(name: str, value: object, lo: float, hi: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")

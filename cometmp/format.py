@@ -1,0 +1,297 @@
+"""Pure-Python reader of cometmp's on-disk format: constants, checksums, parsing.
+
+docs/FORMAT.md is normative; these constants mirror native/format.h and
+tests/unit/test_format_constants.py checks them against the compiled core. This module
+never imports the C core: it is the independent oracle the tests (and ``cometmp verify
+--oracle``) use to check what the C writer produced.
+
+Segment (little-endian)::
+
+    header  magic(4) version(2) header_bytes(2) base(8) capacity(8) created_ns(8)
+            stream_crc(4) reserved(24) header_crc(4)                          = 64 bytes
+    record  len(4) crc(4) ts_ns(8) seqflags(4) payload(len)                    = 20 + len
+            crc = crc32c(bytes[0:4] + bytes[8:20+len]); seqflags = (flags << 28) | seq
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+# ---- segment ---------------------------------------------------------------------------
+CM_SEG_MAGIC = 0x47534D43  # b"CMSG"
+CM_SEG_VERSION = 1
+CM_SEG_OFF_MAGIC = 0
+CM_SEG_OFF_VERSION = 4
+CM_SEG_OFF_HEADER_BYTES = 6
+CM_SEG_OFF_BASE = 8
+CM_SEG_OFF_CAPACITY = 16
+CM_SEG_OFF_CREATED = 24
+CM_SEG_OFF_STREAM_CRC = 32
+CM_SEG_OFF_RESERVED = 36
+CM_SEG_OFF_HEADER_CRC = 60
+CM_SEG_HEADER_BYTES = 64
+CM_SEG_MAX_BYTES = 1 << 32
+CM_ENTRY_MAX_BYTES = 1 << 30
+
+# ---- record ----------------------------------------------------------------------------
+CM_REC_OFF_LEN = 0
+CM_REC_OFF_CRC = 4
+CM_REC_OFF_TS = 8
+CM_REC_OFF_SEQFLAGS = 16
+CM_REC_HEADER_BYTES = 20
+CM_REC_SEQ_MASK = 0x0FFFFFFF
+CM_REC_FLAGS_MASK = 0xF0000000
+CM_REC_FLAG_ZSTD = 0x10000000
+
+# ---- sparse index ----------------------------------------------------------------------
+CM_IDX_MAGIC = 0x58494D43  # b"CMIX"
+CM_IDX_VERSION = 1
+CM_IDX_OFF_MAGIC = 0
+CM_IDX_OFF_VERSION = 4
+CM_IDX_OFF_HEADER_BYTES = 6
+CM_IDX_OFF_BASE = 8
+CM_IDX_OFF_INTERVAL = 16
+CM_IDX_OFF_RESERVED = 20
+CM_IDX_OFF_HEADER_CRC = 28
+CM_IDX_HEADER_BYTES = 32
+CM_IDXE_OFF_REL = 0
+CM_IDXE_OFF_OFFSET = 4
+CM_IDXE_OFF_TS = 8
+CM_IDX_ENTRY_BYTES = 16
+
+# ---- state page (native endian, rebuildable) -------------------------------------------
+CM_STATE_MAGIC = 0x54534D43  # b"CMST"
+CM_STATE_VERSION = 1
+CM_STATE_BYTES = 4096
+CM_STATE_COUNTERS = 32
+CM_STATE_OFF_VERSION = 4
+CM_STATE_OFF_FINGERPRINT = 8
+CM_STATE_OFF_LOCK = 64
+CM_STATE_OFF_COMMITTED = 128
+CM_STATE_OFF_ACTIVE_BASE = 136
+CM_STATE_OFF_TAIL = 144
+CM_STATE_OFF_RESERVE_END = 152
+CM_STATE_OFF_LAST_TS = 160
+CM_STATE_OFF_ALLOC_END = 168
+CM_STATE_OFF_WAITERS = 188
+CM_STATE_OFF_FIRST_ENTRY = 192
+CM_STATE_OFF_NOTIFY_SEQ = 200
+CM_STATE_OFF_COUNTERS = 256
+
+#: counter slots in the state page, by name (FORMAT.md "Counters")
+COUNTERS = {
+    "appends": 0,
+    "bytes": 1,
+    "rotations": 2,
+    "recoveries": 3,
+    "bytes_dropped": 4,
+    "corrupt_records": 5,
+    "fsyncs": 6,
+    "retention_segments": 7,
+    "retention_bytes": 8,
+    "compressed": 9,
+    "lock_recoveries": 10,
+    "contended": 11,
+    "clock_clamps": 12,
+    "disk_full": 13,
+}
+CM_CTR_APPENDS = 0
+CM_CTR_BYTES = 1
+CM_CTR_ROTATIONS = 2
+CM_CTR_RECOVERIES = 3
+CM_CTR_BYTES_DROPPED = 4
+CM_CTR_CORRUPT_RECORDS = 5
+CM_CTR_FSYNCS = 6
+CM_CTR_RETENTION_SEGMENTS = 7
+CM_CTR_RETENTION_BYTES = 8
+CM_CTR_COMPRESSED = 9
+CM_CTR_LOCK_RECOVERIES = 10
+CM_CTR_CONTENDED = 11
+CM_CTR_CLOCK_CLAMPS = 12
+CM_CTR_DISK_FULL = 13
+
+_SEG_HDR = struct.Struct("<IHHQQqI24xI")
+_REC_HDR = struct.Struct("<IIqI")
+_IDX_HDR = struct.Struct("<IHHQI8xI")
+_IDX_ENT = struct.Struct("<IIq")
+assert _SEG_HDR.size == CM_SEG_HEADER_BYTES
+assert _REC_HDR.size == CM_REC_HEADER_BYTES
+assert _IDX_HDR.size == CM_IDX_HEADER_BYTES
+assert _IDX_ENT.size == CM_IDX_ENTRY_BYTES
+
+
+def _make_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _make_table()
+
+
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC-32C (Castagnoli); ``crc32c(b, crc32c(a)) == crc32c(a + b)``. Slow: an oracle."""
+    c = crc ^ 0xFFFFFFFF
+    t = _CRC_TABLE
+    for b in bytes(data):
+        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    magic: int
+    version: int
+    header_bytes: int
+    base: int
+    capacity: int
+    created_ns: int
+    stream_crc: int
+    header_crc: int
+
+    @property
+    def valid(self) -> bool:
+        return self.magic == CM_SEG_MAGIC and self.version == CM_SEG_VERSION
+
+
+def parse_segment_header(buf: bytes | memoryview) -> SegmentHeader:
+    """Parse (not validate) a segment header; see segment_header_ok()."""
+    return SegmentHeader(*_SEG_HDR.unpack_from(buf, 0))
+
+
+def segment_header_ok(buf: bytes | memoryview) -> bool:
+    if len(buf) < CM_SEG_HEADER_BYTES:
+        return False
+    h = parse_segment_header(buf)
+    return h.valid and h.header_crc == crc32c(bytes(buf[:CM_SEG_OFF_HEADER_CRC]))
+
+
+@dataclass(frozen=True)
+class Record:
+    offset: int
+    seq: int
+    flags: int
+    ts_ns: int
+    payload: bytes
+
+    @property
+    def frame_bytes(self) -> int:
+        return CM_REC_HEADER_BYTES + len(self.payload)
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & CM_REC_FLAG_ZSTD)
+
+
+def encode_record(payload: bytes, ts_ns: int, seq: int, flags: int = 0) -> bytes:
+    """The frame the writer produces for ``payload`` (used to build golden files)."""
+    body = struct.pack("<qI", ts_ns, seq | flags) + payload
+    length = struct.pack("<I", len(payload))
+    return length + struct.pack("<I", crc32c(body, crc32c(length))) + body
+
+
+def record_at(buf: bytes | memoryview, off: int, expect_seq: int | None = None) -> Record | None | str:
+    """The record at ``off``: a Record, None at the end of data (all-zero header or end of
+    buffer), or a string saying why the frame is invalid (validity rules V1-V5)."""
+    if off + CM_REC_HEADER_BYTES > len(buf):
+        return None
+    head = bytes(buf[off : off + CM_REC_HEADER_BYTES])
+    if head == bytes(CM_REC_HEADER_BYTES):
+        return None
+    length, crc, ts, seqflags = _REC_HDR.unpack(head)
+    if length > len(buf) - off - CM_REC_HEADER_BYTES:
+        return f"length {length} runs past the segment end"
+    flags = seqflags & CM_REC_FLAGS_MASK
+    if flags & ~CM_REC_FLAG_ZSTD & 0xFFFFFFFF:
+        return f"unknown flags 0x{flags:08x}"
+    payload = bytes(buf[off + CM_REC_HEADER_BYTES : off + CM_REC_HEADER_BYTES + length])
+    if crc32c(head[8:] + payload, crc32c(head[:4])) != crc:
+        return "crc mismatch"
+    seq = seqflags & CM_REC_SEQ_MASK
+    if expect_seq is not None and seq != expect_seq:
+        return f"sequence {seq}, expected {expect_seq}"
+    return Record(off, seq, flags, ts, payload)
+
+
+@dataclass(frozen=True)
+class Damage:
+    offset: int
+    reason: str
+    first_seq: int  # first sequence number the damage covers
+    lost: int  # records lost (0 for a torn tail)
+    torn_tail: bool
+
+
+def walk_segment(buf: bytes | memoryview, limit: int | None = None) -> Iterator[Record | Damage]:
+    """Yield every valid record of a segment, and a Damage for each invalid stretch.
+
+    After an invalid frame the walk looks for the next valid frame with a higher sequence
+    number (resynchronisation). If one exists the damage is corruption costing ``lost``
+    records; if none does, it is a torn tail and the walk ends.
+    """
+    end = len(buf) if limit is None else min(limit, len(buf))
+    off, seq = CM_SEG_HEADER_BYTES, 0
+    while True:
+        r = record_at(buf[:end] if limit is not None else buf, off, seq)
+        if r is None:
+            return
+        if isinstance(r, Record):
+            yield r
+            off += r.frame_bytes
+            seq += 1
+            continue
+        nxt = _resync(buf, off + 1, seq, end)
+        if nxt is None:
+            yield Damage(off, r, seq, 0, True)
+            return
+        yield Damage(off, r, seq, max(1, nxt.seq - seq), False)
+        off, seq = nxt.offset, nxt.seq
+
+
+def _resync(buf, start: int, min_seq: int, end: int) -> Record | None:
+    for off in range(start, end - CM_REC_HEADER_BYTES + 1):
+        length, _crc, ts, seqflags = _REC_HDR.unpack_from(buf, off)
+        seq = seqflags & CM_REC_SEQ_MASK
+        if seq < min_seq or ts == 0 or length > end - off - CM_REC_HEADER_BYTES:
+            continue
+        r = record_at(buf, off, seq)
+        if isinstance(r, Record):
+            return r
+    return None
+
+
+def parse_index(buf: bytes | memoryview) -> tuple[int, int, list[tuple[int, int, int]]] | None:
+    """(base, interval, [(rel, offset, ts_ns), ...]) of an index file, or None if its
+    header is invalid. Entries stop at the first zero offset or non-increasing entry."""
+    if len(buf) < CM_IDX_HEADER_BYTES:
+        return None
+    magic, version, _hb, base, interval, hcrc = _IDX_HDR.unpack_from(buf, 0)
+    if magic != CM_IDX_MAGIC or version != CM_IDX_VERSION:
+        return None
+    if hcrc != crc32c(bytes(buf[:CM_IDX_OFF_HEADER_CRC])):
+        return None
+    entries: list[tuple[int, int, int]] = []
+    pos = CM_IDX_HEADER_BYTES
+    while pos + CM_IDX_ENTRY_BYTES <= len(buf):
+        rel, off, ts = _IDX_ENT.unpack_from(buf, pos)
+        if off == 0:
+            break
+        if entries and (rel <= entries[-1][0] or off <= entries[-1][1]):
+            break
+        entries.append((rel, off, ts))
+        pos += CM_IDX_ENTRY_BYTES
+    return base, interval, entries
+
+
+def encode_index(base: int, interval: int, entries: list[tuple[int, int, int]], capacity: int) -> bytes:
+    head = bytearray(_IDX_HDR.pack(CM_IDX_MAGIC, CM_IDX_VERSION, CM_IDX_HEADER_BYTES, base, interval, 0))
+    struct.pack_into("<I", head, CM_IDX_OFF_HEADER_CRC, crc32c(bytes(head[:CM_IDX_OFF_HEADER_CRC])))
+    body = b"".join(_IDX_ENT.pack(*e) for e in entries)
+    out = bytes(head) + body
+    return out + bytes(max(0, capacity - len(out)))

@@ -1,0 +1,111 @@
+"""Every file and directory name cometmp uses, and stream-name validation.
+
+Layout of a data directory (docs/FORMAT.md, "Directory layout")::
+
+    DIR/                                   mode 0700
+      cometmp.json                         directory marker (format + version)
+      families/<prefix>.json               one per stream family: its shard count
+      streams/<stream>/                    one per stream (a family's shard, or a plain stream)
+        state                              shared state page (lock, tail, counters)
+        <20-digit base entry>.seg          segments, named by their first entry number
+        <20-digit base entry>.idx          sparse index of that segment
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+DIR_MARKER = "cometmp.json"
+FAMILIES = "families"
+STREAMS = "streams"
+STATE = "state"
+SEGMENT_SUFFIX = ".seg"
+INDEX_SUFFIX = ".idx"
+TMP_SUFFIX = ".tmp"
+BASE_DIGITS = 20
+SHARD_INFIX = ":shard:"
+
+MAX_NAME_BYTES = 200
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
+_SHARD_RE = re.compile(r"^(?P<prefix>.+):shard:(?P<n>[0-9]{4,})$")
+
+
+def validate_stream_name(name: object, what: str = "stream name") -> str:
+    """Return ``name`` if it is a valid stream (or family prefix) name, else raise BadStreamName.
+
+    Valid: 1..200 bytes of ASCII letters, digits, ``_ . : -``; starts with a letter, digit
+    or ``_``; no ``..``; no path separator; no NUL.
+    """
+    from .errors import BadStreamName
+
+    if not isinstance(name, str):
+        raise BadStreamName(f"{what} must be str, not {type(name).__name__}")
+    if not name:
+        raise BadStreamName(f"{what} is empty")
+    if "\x00" in name:
+        raise BadStreamName(f"{what} {name!r} contains a NUL byte")
+    if "/" in name or "\\" in name:
+        raise BadStreamName(f"{what} {name!r} contains a path separator")
+    if ".." in name:
+        raise BadStreamName(f"{what} {name!r} contains '..'")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise BadStreamName(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+    if not _NAME_RE.match(name):
+        raise BadStreamName(
+            f"{what} {name!r} may contain only letters, digits and _ . : - "
+            "and must start with a letter, digit or _"
+        )
+    return name
+
+
+def shard_stream(prefix: str, shard: int) -> str:
+    """The stream name of shard ``shard`` of family ``prefix``: ``f"{prefix}:shard:{n:04d}"``."""
+    return f"{prefix}{SHARD_INFIX}{shard:04d}"
+
+
+def split_shard_stream(name: str) -> tuple[str, int] | None:
+    """``("events:v1", 3)`` for ``"events:v1:shard:0003"``; None for a stream outside a family."""
+    m = _SHARD_RE.match(name)
+    if not m:
+        return None
+    return m.group("prefix"), int(m.group("n"))
+
+
+def segment_name(base: int) -> str:
+    return f"{base:0{BASE_DIGITS}d}{SEGMENT_SUFFIX}"
+
+
+def index_name(base: int) -> str:
+    return f"{base:0{BASE_DIGITS}d}{INDEX_SUFFIX}"
+
+
+def parse_segment_name(filename: str) -> int | None:
+    """Base entry of a segment file name, or None if the name is not a segment's."""
+    if len(filename) != BASE_DIGITS + len(SEGMENT_SUFFIX) or not filename.endswith(SEGMENT_SUFFIX):
+        return None
+    digits = filename[:BASE_DIGITS]
+    return int(digits) if digits.isdigit() else None
+
+
+def streams_dir(root: str) -> str:
+    return os.path.join(root, STREAMS)
+
+
+def stream_dir(root: str, stream: str) -> str:
+    return os.path.join(root, STREAMS, stream)
+
+
+def family_file(root: str, prefix: str) -> str:
+    return os.path.join(root, FAMILIES, prefix + ".json")
+
+
+def list_segment_bases(directory: str) -> list[int]:
+    """Sorted base entries of the segments in a stream directory."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    bases = [b for b in map(parse_segment_name, names) if b is not None]
+    bases.sort()
+    return bases

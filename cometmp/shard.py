@@ -1,0 +1,388 @@
+"""One stream on disk: its writer handle (native/shard.c) and its reader.
+
+A *stream* is one directory of segments (a family's shard, or a plain stream). The
+writer is the C core; the reader here maps segments read-only, finds entries through the
+sparse index (cometmp.index) and validates every record it returns (cometmp.segment).
+Reading never modifies a file, except that a writable client rewrites a missing or
+damaged index of a sealed segment (I8).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import mmap
+import os
+import struct
+from typing import Iterator, NamedTuple
+
+from . import paths
+from ._ffi import check, ffi, lib, raise_for
+from .compression import decompress
+from .errors import CorruptRecord, EntryNotFound, FormatError, StreamNotFound
+from .format import (
+    CM_REC_FLAG_ZSTD,
+    CM_REC_HEADER_BYTES,
+    CM_SEG_HEADER_BYTES,
+    CM_STATE_BYTES,
+    CM_STATE_MAGIC,
+    CM_STATE_OFF_COMMITTED,
+    CM_STATE_OFF_FIRST_ENTRY,
+    CM_STATE_VERSION,
+    COUNTERS,
+)
+from .index import SegmentIndex
+from .segment import Segment
+
+log = logging.getLogger("cometmp")
+
+DURABILITY = {"none": 0, "interval": 1, "always": 2}
+
+
+class MessageID(NamedTuple):  # replaced below by the C struct sequence type
+    stream: str
+    shard: int
+    entry: int
+
+
+try:  # the C fast path defines the type appends return; use the same one everywhere
+    from ._appender import MessageID  # type: ignore[no-redef,assignment]  # noqa: F811
+except ImportError:  # pragma: no cover - the extension is always built
+    pass
+
+
+class StreamMessage(NamedTuple):
+    """One entry as read back: its id, payload and append timestamp (ns since the epoch)."""
+
+    id: MessageID
+    data: bytes
+    timestamp_ns: int
+
+
+def stream_crc(name: str) -> int:
+    return lib.cm_crc32c(0, name.encode(), len(name.encode()))
+
+
+class Writer:
+    """The C writer handle of one stream. Owned by the process that opened it."""
+
+    def __init__(self, directory: str, name: str, config, create: bool = True):
+        opts = ffi.new("cm_options *")
+        opts.segment_bytes = config.storage.segment_bytes
+        opts.max_entry_bytes = config.storage.max_entry_bytes
+        opts.index_interval = config.indexing.interval_bytes
+        opts.alloc_chunk = config.storage.preallocate_bytes
+        opts.durability = DURABILITY[config.storage.durability]
+        opts.stream_crc = stream_crc(name)
+        opts.create = 1 if create else 0
+        out = ffi.new("cm_shard **")
+        report = ffi.new("cm_open_report *")
+        check(lib.cm_shard_open(directory.encode(), opts, out, report))
+        self.handle = out[0]
+        self.address = int(ffi.cast("uintptr_t", self.handle))
+        self.name = name
+        self.directory = directory
+        self.pid = os.getpid()
+        self.open_report = {
+            "bytes_dropped": report.bytes_dropped,
+            "corrupt_records": report.corrupt_records,
+            "state_rebuilt": bool(report.state_rebuilt),
+            "scanned_full": bool(report.scanned_full),
+        }
+        if report.bytes_dropped or report.corrupt_records:
+            log.warning(
+                "cometmp: recovered stream %s: dropped %d torn-tail bytes, found %d corrupt records",
+                directory, report.bytes_dropped, report.corrupt_records,
+            )
+        self._iov = ffi.new("cm_iov[1]")
+        self._first = ffi.new("uint64_t *")
+        self._written = ffi.new("uint32_t *")
+
+    def append_raw(self, payload: bytes, flags: int = 0) -> int:
+        """Append one already-encoded payload through cffi (slow path); returns its entry."""
+        buf = ffi.from_buffer(payload)
+        self._iov[0].data = buf
+        self._iov[0].len = len(payload)
+        self._iov[0].flags = flags
+        rc = lib.cm_append(self.handle, self._iov, 1, self._first, self._written)
+        if rc < 0:
+            raise_for(rc)
+        return int(self._first[0])
+
+    def sync(self) -> None:
+        check(lib.cm_sync(self.handle))
+
+    def snapshot(self) -> dict:
+        snap = ffi.new("cm_snapshot *")
+        check(lib.cm_shard_snapshot(self.handle, snap))
+        out = {
+            "committed": snap.committed,
+            "active_base": snap.active_base,
+            "tail": snap.tail,
+            "first_entry": snap.first_entry,
+            "last_ts": snap.last_ts,
+        }
+        out["counters"] = {k: int(snap.counters[v]) for k, v in COUNTERS.items()}
+        return out
+
+    def close(self) -> None:
+        if self.handle is not None:
+            lib.cm_shard_close(self.handle)
+            self.handle = None
+            self.address = 0
+
+
+class StateView:
+    """Read-only view of a stream's state page: the published tail, counters."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, paths.STATE)
+        self.mm: mmap.mmap | None = None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if os.fstat(fd).st_size != CM_STATE_BYTES:
+                return
+            mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        magic, version = struct.unpack_from("=IH", mm, 0)
+        if magic != CM_STATE_MAGIC or version != CM_STATE_VERSION:
+            mm.close()
+            return
+        self.mm = mm
+
+    @property
+    def valid(self) -> bool:
+        return self.mm is not None
+
+    def committed(self) -> int:
+        return struct.unpack_from("=Q", self.mm, CM_STATE_OFF_COMMITTED)[0]
+
+    def first_entry(self) -> int:
+        return struct.unpack_from("=Q", self.mm, CM_STATE_OFF_FIRST_ENTRY)[0]
+
+    def counters(self) -> dict[str, int]:
+        from .format import CM_STATE_OFF_COUNTERS
+
+        vals = struct.unpack_from("=32Q", self.mm, CM_STATE_OFF_COUNTERS)
+        return {k: vals[v] for k, v in COUNTERS.items()}
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+
+class Reader:
+    """Reads one stream. Never writes a segment; see the module docstring for indexes."""
+
+    MAX_MAPPED = 64
+
+    def __init__(self, directory: str, name: str, shard: int, writable_index: bool):
+        if not os.path.isdir(directory):
+            raise StreamNotFound(f"no stream {name!r} (no directory {directory})")
+        self.directory = directory
+        self.name = name
+        self.shard = shard
+        self.writable_index = writable_index
+        self.state = StateView(directory)
+        self._bases: list[int] = []
+        self._segments: dict[int, Segment] = {}
+        self._indexes: dict[int, SegmentIndex] = {}
+        self._fallback_committed: tuple[int, int] | None = None
+        self.corrupt_skipped = 0
+        self._refresh_bases()
+
+    # ---- geometry ---------------------------------------------------------------------
+    def _refresh_bases(self) -> None:
+        self._bases = paths.list_segment_bases(self.directory)
+
+    def committed(self) -> int:
+        """Next entry number: every entry below it is complete and readable (I2)."""
+        if not self.state.valid:
+            self.state = StateView(self.directory)
+        if self.state.valid:
+            return self.state.committed()
+        return self._scan_committed()
+
+    def _scan_committed(self) -> int:
+        # no usable state page (read-only client on a damaged directory): count the
+        # valid records of the last segment
+        self._refresh_bases()
+        if not self._bases:
+            return 0
+        base = self._bases[-1]
+        seg = self._segment(base)
+        count = 0
+        for rec in seg.walk():
+            if not isinstance(rec, str):
+                count = rec.seq + 1
+        return base + count
+
+    def first(self) -> int:
+        self._refresh_bases()
+        first = self._bases[0] if self._bases else self.committed()
+        if self.state.valid:
+            first = max(first, self.state.first_entry())
+        return first
+
+    def _segment(self, base: int) -> Segment:
+        seg = self._segments.get(base)
+        if seg is None:
+            if len(self._segments) >= self.MAX_MAPPED:
+                oldest = next(iter(self._segments))
+                self._segments.pop(oldest).close()
+                self._indexes.pop(oldest, None)
+            seg = Segment.open(os.path.join(self.directory, paths.segment_name(base)), base)
+            self._segments[base] = seg
+        return seg
+
+    def _index(self, base: int) -> SegmentIndex:
+        idx = self._indexes.get(base)
+        if idx is None:
+            idx = SegmentIndex(self.directory, base)
+            self._indexes[base] = idx
+        return idx
+
+    def _base_for(self, entry: int) -> int:
+        i = bisect.bisect_right(self._bases, entry) - 1
+        if i < 0 or i == len(self._bases) - 1:
+            self._refresh_bases()
+            i = bisect.bisect_right(self._bases, entry) - 1
+        if i < 0:
+            raise EntryNotFound(f"{self.name}: entry {entry} is older than the oldest segment")
+        return self._bases[i]
+
+    # ---- point reads -------------------------------------------------------------------
+    def _locate(self, entry: int):
+        """(segment, record) for entry; raises EntryNotFound or CorruptRecord."""
+        committed = self.committed()
+        if entry < 0 or entry >= committed:
+            raise EntryNotFound(f"{self.name}: no entry {entry} (length {committed})")
+        base = self._base_for(entry)
+        seg = self._segment(base)
+        idx = self._index(base)
+        target = entry - base
+        off, seq = idx.floor(seg, target, self.writable_index and base != self._bases[-1])
+        for item in seg.walk(off, seq, committed - base):
+            if isinstance(item, str):
+                continue
+            if item.seq == target:
+                return seg, item
+            if item.seq > target:
+                break
+        if base < self._bases[-1] or entry < committed:
+            first = self.first()
+            if entry < first:
+                raise EntryNotFound(f"{self.name}: entry {entry} was removed by retention")
+            raise CorruptRecord(
+                f"{seg.path}: entry {entry} is damaged (failed its checksum)",
+                path=seg.path, offset=off, entry=entry,
+            )
+        raise EntryNotFound(f"{self.name}: no entry {entry}")
+
+    def read(self, entry: int) -> StreamMessage:
+        seg, rec = self._locate(entry)
+        return self._message(seg, rec)
+
+    def _message(self, seg: Segment, rec) -> StreamMessage:
+        data = seg.payload(rec)
+        if rec.flags & CM_REC_FLAG_ZSTD:
+            data = decompress(data, seg.path, rec.offset)
+        return StreamMessage(MessageID((self.name, self.shard, seg.base + rec.seq)), data, rec.ts_ns)
+
+    # ---- iteration ---------------------------------------------------------------------
+    def scan(self, start: int = 0) -> Iterator[StreamMessage]:
+        """Entries from ``start`` in order, up to the length at each step. A record that
+        fails its checksum is skipped and counted in ``corrupt_skipped``."""
+        entry = max(start, self.first())
+        while True:
+            committed = self.committed()
+            if entry >= committed:
+                return
+            try:
+                base = self._base_for(entry)
+            except EntryNotFound:
+                entry = self.first()
+                continue
+            seg = self._segment(base)
+            idx = self._index(base)
+            off, seq = idx.floor(seg, entry - base, False)
+            progressed = False
+            next_base = self._next_base(base)
+            stop = (next_base if next_base is not None else committed) - base
+            for item in seg.walk(off, seq, stop):
+                if isinstance(item, str):
+                    self.corrupt_skipped += 1
+                    continue
+                e = base + item.seq
+                if e < entry:
+                    continue
+                if e >= committed or (next_base is not None and e >= next_base):
+                    break
+                if e > entry:  # entries lost to corruption: skip them
+                    self.corrupt_skipped += e - entry
+                yield self._message(seg, item)
+                entry = e + 1
+                progressed = True
+            if not progressed:
+                nb = self._next_base(base)
+                if nb is None:
+                    self._refresh_bases()
+                    nb = self._next_base(base)
+                if nb is None:
+                    return
+                if nb > entry:
+                    self.corrupt_skipped += nb - entry
+                entry = nb
+
+    def _next_base(self, base: int) -> int | None:
+        i = bisect.bisect_right(self._bases, base)
+        return self._bases[i] if i < len(self._bases) else None
+
+    def seek_time(self, ts_ns: int) -> int:
+        """First entry with timestamp >= ts_ns (or the length): O(log n) via first-record
+        timestamps of segments, then the segment's sparse index."""
+        self._refresh_bases()
+        committed = self.committed()
+        bases = [b for b in self._bases if b < committed]
+        if not bases:
+            return committed
+        lo, hi = 0, len(bases) - 1
+        # find the last segment whose first record's ts < ts_ns
+        first_ts = lambda b: self._segment(b).first_ts()  # noqa: E731
+        if first_ts(bases[0]) is not None and first_ts(bases[0]) >= ts_ns:
+            return max(bases[0], self.first())
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            t = first_ts(bases[mid])
+            if t is not None and t < ts_ns:
+                lo = mid
+            else:
+                hi = mid - 1
+        base = bases[lo]
+        seg = self._segment(base)
+        off, seq = self._index(base).floor_time(seg, ts_ns)
+        for item in seg.walk(off, seq, committed - base):
+            if isinstance(item, str):
+                continue
+            if base + item.seq >= committed:
+                break
+            if item.ts_ns >= ts_ns:
+                return base + item.seq
+        nb = self._next_base(base)
+        return min(nb, committed) if nb is not None else committed
+
+    def close(self) -> None:
+        for seg in self._segments.values():
+            seg.close()
+        self._segments.clear()
+        self._indexes.clear()
+        self.state.close()
+
+
+def open_writer_error(directory: str) -> None:  # pragma: no cover - helper for messages
+    raise FormatError(f"{directory} is not a cometmp stream")

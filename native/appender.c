@@ -1,0 +1,438 @@
+/* appender.c - cometmp._appender: the CPython fast path for append.
+ *
+ * A cffi call costs ~0.2 us by itself here (measured, docs/PERFORMANCE.md),
+ * more than the whole append budget, so the append entry points are a thin
+ * METH_FASTCALL extension type. It holds no logic of its own beyond argument
+ * handling and routing: it calls the core through the function table that
+ * the cffi module exports (api.c), and every error goes back to Python's
+ * single error path (the on_error callable, cometmp/_ffi.py).
+ *
+ * GIL rule: never wait for a shard lock while holding the GIL, and never take
+ * the GIL while holding a shard lock. We try the lock without blocking; if it
+ * is contended, we release the GIL and then wait.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include "cometmp.h"
+#include "internal.h"
+
+#define BIG_BATCH_BYTES (256u * 1024u) /* above this, copy without the GIL */
+
+static PyStructSequence_Field mid_fields[] = {
+    {"stream", "full shard stream name, e.g. events:v1:shard:0003"},
+    {"shard", "shard number within its family"},
+    {"entry", "entry number within the stream (dense, from 0)"},
+    {NULL, NULL},
+};
+static PyStructSequence_Desc mid_desc = {
+    "cometmp.MessageID",
+    "Identity of one appended entry: (stream, shard, entry).",
+    mid_fields, 3,
+};
+static PyTypeObject *MessageIDType;
+
+typedef struct {
+    PyObject_HEAD
+    const cm_api *api;
+    uint32_t nshards;
+    cm_shard **shards;
+    PyObject **names;       /* stream name per shard index */
+    PyObject **numbers;     /* PyLong shard number per shard index */
+    uint32_t *route;        /* shard indexes used for key=None, round robin */
+    uint32_t nroute;
+    uint32_t rr;
+    PyObject *router;       /* key -> shard index */
+    PyObject *compress;     /* bytes -> bytes | None (None: keep verbatim) */
+    Py_ssize_t compress_min;
+    PyObject *on_error;     /* (rc, index, msg, errno, written) -> True to retry */
+} Appender;
+
+static void Appender_dealloc(Appender *self) {
+    for (uint32_t i = 0; i < self->nshards; i++) {
+        Py_XDECREF(self->names ? self->names[i] : NULL);
+        Py_XDECREF(self->numbers ? self->numbers[i] : NULL);
+    }
+    PyMem_Free(self->shards);
+    PyMem_Free(self->names);
+    PyMem_Free(self->numbers);
+    PyMem_Free(self->route);
+    Py_XDECREF(self->router);
+    Py_XDECREF(self->compress);
+    Py_XDECREF(self->on_error);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Appender(api_addr, names, numbers, router, compress, compress_min, on_error) */
+static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
+    unsigned long long api_addr;
+    PyObject *names, *numbers, *router, *compress, *on_error;
+    Py_ssize_t cmin;
+    if (!PyArg_ParseTuple(args, "KO!O!OOnO", &api_addr, &PyList_Type, &names, &PyList_Type,
+                          &numbers, &router, &compress, &cmin, &on_error))
+        return -1;
+    const cm_api *api = (const cm_api *)(uintptr_t)api_addr;
+    if (!api || api->version != CM_API_VERSION) {
+        PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    if (n <= 0 || n != PyList_GET_SIZE(numbers) || n > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "names and numbers must be equal, non-empty lists");
+        return -1;
+    }
+    self->api = api;
+    self->nshards = (uint32_t)n;
+    self->shards = PyMem_Calloc((size_t)n, sizeof(cm_shard *));
+    self->names = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    self->numbers = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+    self->route = PyMem_Calloc((size_t)n, sizeof(uint32_t));
+    if (!self->shards || !self->names || !self->numbers || !self->route) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->names[i] = Py_NewRef(PyList_GET_ITEM(names, i));
+        self->numbers[i] = Py_NewRef(PyList_GET_ITEM(numbers, i));
+        self->route[i] = (uint32_t)i;
+    }
+    self->nroute = (uint32_t)n;
+    self->router = Py_NewRef(router);
+    self->compress = Py_NewRef(compress);
+    self->compress_min = cmin;
+    self->on_error = Py_NewRef(on_error);
+    return 0;
+}
+
+/* set_handle(index, address): install (or replace, after a fork) a shard handle */
+static PyObject *Appender_set_handle(Appender *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_handle(index, address)");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[0]);
+    unsigned long long addr = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (i < 0 || (uint32_t)i >= self->nshards) {
+        PyErr_SetString(PyExc_IndexError, "shard index out of range");
+        return NULL;
+    }
+    self->shards[i] = (cm_shard *)(uintptr_t)addr;
+    Py_RETURN_NONE;
+}
+
+/* set_route(indexes): the shards key=None appends spread over */
+static PyObject *Appender_set_route(Appender *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "set_route expects a sequence of shard indexes");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n <= 0 || n > (Py_ssize_t)self->nshards) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "route must name 1..nshards shard indexes");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t v = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+        if (v < 0 || (uint32_t)v >= self->nshards) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "shard index out of range");
+            return NULL;
+        }
+        self->route[i] = (uint32_t)v;
+    }
+    self->nroute = (uint32_t)n;
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+static int pick(Appender *self, PyObject *key, uint32_t *idx) {
+    if (key == NULL || key == Py_None) {
+        *idx = self->route[self->rr++ % self->nroute];
+        return 0;
+    }
+    PyObject *r = PyObject_CallOneArg(self->router, key);
+    if (!r) return -1;
+    Py_ssize_t v = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 0 || (uint32_t)v >= self->nshards) {
+        PyErr_SetString(PyExc_IndexError, "router returned a shard index out of range");
+        return -1;
+    }
+    *idx = (uint32_t)v;
+    return 0;
+}
+
+/* Report a core error through Python; returns 1 to retry, -1 with an exception. */
+static int report(Appender *self, int rc, uint32_t idx, uint32_t written) {
+    PyObject *r = PyObject_CallFunction(self->on_error, "iIsiI", rc, idx,
+                                        self->api->last_error(), self->api->last_errno(),
+                                        written);
+    if (!r) return -1;
+    int retry = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (retry == 1) return 1;
+    if (!PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "cometmp: append failed with code %d", rc);
+    return -1;
+}
+
+static int call_core(Appender *self, uint32_t idx, cm_iov *iov, uint32_t n, uint64_t total,
+                     uint64_t *first, uint32_t *written) {
+    cm_shard *sh = self->shards[idx];
+    int rc;
+    if (total < BIG_BATCH_BYTES) {
+        rc = self->api->append(sh, iov, n, first, written, 1);
+        if (rc != CM_E_BUSY) return rc;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = self->api->append(sh, iov, n, first, written, 0);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/* Fill one iov from a bytes-like object; *view is used for non-bytes. */
+static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view) {
+    *has_view = 0;
+    if (PyBytes_CheckExact(o)) {
+        iov->data = PyBytes_AS_STRING(o);
+        Py_ssize_t n = PyBytes_GET_SIZE(o);
+        if ((size_t)n > UINT32_MAX) goto toobig;
+        iov->len = (uint32_t)n;
+        iov->flags = 0;
+        return 0;
+    }
+    if (!PyObject_CheckBuffer(o) || PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "payload must be bytes-like, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(o, view, PyBUF_SIMPLE) != 0) return -1;
+    *has_view = 1;
+    if ((size_t)view->len > UINT32_MAX) goto toobig;
+    iov->data = view->buf;
+    iov->len = (uint32_t)view->len;
+    iov->flags = 0;
+    return 0;
+toobig:
+    PyErr_SetString(PyExc_ValueError, "payload larger than 4 GiB");
+    return -1;
+}
+
+/* Compress when configured and worthwhile; *keep holds the compressed bytes. */
+static int maybe_compress(Appender *self, PyObject *o, cm_iov *iov, PyObject **keep) {
+    *keep = NULL;
+    if (self->compress == Py_None || (Py_ssize_t)iov->len < self->compress_min)
+        return 0;
+    PyObject *mv = PyMemoryView_FromMemory((char *)iov->data, iov->len, PyBUF_READ);
+    if (!mv) return -1;
+    PyObject *c = PyObject_CallOneArg(self->compress, mv);
+    Py_DECREF(mv);
+    (void)o;
+    if (!c) return -1;
+    if (c == Py_None) { Py_DECREF(c); return 0; }
+    if (!PyBytes_Check(c)) {
+        Py_DECREF(c);
+        PyErr_SetString(PyExc_TypeError, "compressor must return bytes or None");
+        return -1;
+    }
+    iov->data = PyBytes_AS_STRING(c);
+    iov->len = (uint32_t)PyBytes_GET_SIZE(c);
+    iov->flags = CM_REC_FLAG_ZSTD;
+    *keep = c;
+    return 0;
+}
+
+static PyObject *make_id(Appender *self, uint32_t idx, uint64_t entry) {
+    PyObject *id = PyStructSequence_New(MessageIDType);
+    if (!id) return NULL;
+    PyObject *e = PyLong_FromUnsignedLongLong(entry);
+    if (!e) { Py_DECREF(id); return NULL; }
+    PyStructSequence_SET_ITEM(id, 0, Py_NewRef(self->names[idx]));
+    PyStructSequence_SET_ITEM(id, 1, Py_NewRef(self->numbers[idx]));
+    PyStructSequence_SET_ITEM(id, 2, e);
+    return id;
+}
+
+static int parse_key(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                     const char *fname, PyObject **data, PyObject **key) {
+    *key = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs > 2 || nargs + nkw > 2) {
+        PyErr_Format(PyExc_TypeError, "%s(data, key=None)", fname);
+        return -1;
+    }
+    *data = args[0];
+    if (nargs == 2) *key = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (!PyUnicode_Check(k) || PyUnicode_CompareWithASCIIString(k, "key") != 0 || *key) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname, k);
+            return -1;
+        }
+        *key = args[nargs + i];
+    }
+    return 0;
+}
+
+/* append(data, key=None) -> MessageID */
+static PyObject *Appender_append(Appender *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames) {
+    PyObject *data, *key;
+    if (parse_key(args, nargs, kwnames, "append", &data, &key) < 0) return NULL;
+    cm_iov iov;
+    Py_buffer view;
+    int has_view;
+    if (get_payload(data, &iov, &view, &has_view) < 0) return NULL;
+    PyObject *keep = NULL, *result = NULL;
+    uint32_t idx;
+    if (pick(self, key, &idx) < 0) goto done;
+    if (maybe_compress(self, data, &iov, &keep) < 0) goto done;
+    for (;;) {
+        uint64_t first;
+        uint32_t written;
+        int rc = call_core(self, idx, &iov, 1, iov.len, &first, &written);
+        if (rc == CM_OK) {
+            result = make_id(self, idx, first);
+            break;
+        }
+        if (report(self, rc, idx, written) < 0) break;
+    }
+done:
+    Py_XDECREF(keep);
+    if (has_view) PyBuffer_Release(&view);
+    return result;
+}
+
+/* append_many(items, key=None) -> (shard_index, first_entry, count) */
+static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_ssize_t nargs,
+                                      PyObject *kwnames) {
+    PyObject *items, *key;
+    if (parse_key(args, nargs, kwnames, "append_many", &items, &key) < 0) return NULL;
+    if (PyBytes_Check(items) || PyUnicode_Check(items) || PyByteArray_Check(items)) {
+        PyErr_SetString(PyExc_TypeError, "append_many expects an iterable of bytes-like payloads");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(items, "append_many expects an iterable of bytes-like payloads");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *result = NULL;
+    cm_iov stack_iov[64];
+    cm_iov *iov = stack_iov;
+    Py_buffer *views = NULL;
+    PyObject **keeps = NULL;
+    Py_ssize_t nviews = 0;
+    uint32_t idx;
+    if (n > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too many entries in one call");
+        goto done;
+    }
+    if (pick(self, key, &idx) < 0) goto done;
+    if (n == 0) {
+        result = Py_BuildValue("IKI", idx, (unsigned long long)0, 0u);
+        goto done;
+    }
+    if (n > 64) {
+        iov = PyMem_Malloc(sizeof(cm_iov) * (size_t)n);
+        if (!iov) { PyErr_NoMemory(); goto done; }
+    }
+    PyObject **objs = PySequence_Fast_ITEMS(seq);
+    uint64_t total = 0;
+    int need_keeps = self->compress != Py_None;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = objs[i];
+        if (PyBytes_CheckExact(o)) {
+            iov[i].data = PyBytes_AS_STRING(o);
+            iov[i].len = (uint32_t)PyBytes_GET_SIZE(o);
+            iov[i].flags = 0;
+        } else {
+            if (!views) {
+                views = PyMem_Calloc((size_t)n, sizeof(Py_buffer));
+                if (!views) { PyErr_NoMemory(); goto done; }
+            }
+            int hv;
+            if (get_payload(o, &iov[i], &views[nviews], &hv) < 0) goto done;
+            if (hv) nviews++;
+        }
+        if (need_keeps && (Py_ssize_t)iov[i].len >= self->compress_min) {
+            if (!keeps) {
+                keeps = PyMem_Calloc((size_t)n, sizeof(PyObject *));
+                if (!keeps) { PyErr_NoMemory(); goto done; }
+            }
+            if (maybe_compress(self, o, &iov[i], &keeps[i]) < 0) goto done;
+        }
+        total += iov[i].len;
+    }
+    uint32_t done_n = 0;
+    uint64_t first_all = 0;
+    for (;;) {
+        uint64_t first;
+        uint32_t written;
+        int rc = call_core(self, idx, iov + done_n, (uint32_t)n - done_n, total, &first, &written);
+        if (done_n == 0) first_all = first;
+        done_n += written;
+        if (rc == CM_OK) {
+            result = Py_BuildValue("IKI", idx, (unsigned long long)first_all, done_n);
+            break;
+        }
+        if (report(self, rc, idx, done_n) < 0) break;
+        if (done_n == 0) continue;
+        /* a retry after partial progress (e.g. reopened after fork) must keep
+           the batch contiguous: report what landed instead */
+        PyErr_Format(PyExc_RuntimeError, "append_many interrupted after %u entries", done_n);
+        break;
+    }
+done:
+    if (keeps) {
+        for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(keeps[i]);
+        PyMem_Free(keeps);
+    }
+    for (Py_ssize_t i = 0; i < nviews; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    if (iov != stack_iov) PyMem_Free(iov);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyMethodDef Appender_methods[] = {
+    {"append", (PyCFunction)(void (*)(void))Appender_append, METH_FASTCALL | METH_KEYWORDS,
+     "append(data, key=None) -> MessageID"},
+    {"append_many", (PyCFunction)(void (*)(void))Appender_append_many,
+     METH_FASTCALL | METH_KEYWORDS, "append_many(items, key=None) -> (index, first, count)"},
+    {"set_handle", (PyCFunction)(void (*)(void))Appender_set_handle, METH_FASTCALL,
+     "set_handle(index, address)"},
+    {"set_route", (PyCFunction)Appender_set_route, METH_O, "set_route(indexes)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject AppenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cometmp._appender.Appender",
+    .tp_basicsize = sizeof(Appender),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Fast append path over a set of shard handles. Internal.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Appender_init,
+    .tp_dealloc = (destructor)Appender_dealloc,
+    .tp_methods = Appender_methods,
+};
+
+static struct PyModuleDef moddef = {
+    PyModuleDef_HEAD_INIT, "cometmp._appender",
+    "CPython fast path for cometmp appends (see native/appender.c).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__appender(void) {
+    if (PyType_Ready(&AppenderType) < 0) return NULL;
+    MessageIDType = PyStructSequence_NewType(&mid_desc);
+    if (!MessageIDType) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Appender", (PyObject *)&AppenderType) < 0 ||
+        PyModule_AddObjectRef(m, "MessageID", (PyObject *)MessageIDType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

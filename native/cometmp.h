@@ -1,0 +1,109 @@
+/* cometmp.h - public C API of the cometmp core.
+ *
+ * This file is read verbatim as the cffi cdef (native/build_ffi.py), so it
+ * holds only declarations cffi understands: no include guards, no #if, and
+ * #define only for integer constants. C sources include <stdint.h> and
+ * <stddef.h> before it. Every function returns CM_OK or a negative CM_E_*;
+ * cm_last_error() then describes the failure (path, offset, errno) for the
+ * calling thread. cometmp/_ffi.py maps codes to exceptions in one place.
+ */
+
+#define CM_OK            0
+#define CM_E_IO         -1   /* an OS call failed; cm_last_errno() has errno */
+#define CM_E_NOSPACE    -2   /* ENOSPC/EDQUOT while allocating; nothing written */
+#define CM_E_TOOBIG     -3   /* entry larger than max_entry_bytes */
+#define CM_E_CORRUPT    -4   /* a record or header failed validation */
+#define CM_E_FORMAT     -5   /* bad magic, version or layout fingerprint */
+#define CM_E_READONLY   -6   /* write through a read-only handle */
+#define CM_E_FORKED     -7   /* handle created in another process: reopen */
+#define CM_E_NOTFOUND   -8   /* no such entry / file */
+#define CM_E_CLOSED     -9   /* handle already closed */
+#define CM_E_ARG        -10  /* invalid argument */
+
+#define CM_DURABILITY_NONE      0
+#define CM_DURABILITY_INTERVAL  1
+#define CM_DURABILITY_ALWAYS    2
+
+/* cm_record_at() results besides negative errors */
+#define CM_REC_VALID     1
+#define CM_REC_END       0
+
+typedef struct cm_shard cm_shard;
+
+typedef struct cm_options {
+    uint64_t segment_bytes;     /* rotation size of new segments */
+    uint32_t max_entry_bytes;   /* larger entries fail with CM_E_TOOBIG */
+    uint32_t index_interval;    /* bytes between sparse index entries */
+    uint32_t alloc_chunk;       /* bytes fallocated ahead of the tail */
+    int32_t  durability;        /* CM_DURABILITY_* */
+    uint32_t stream_crc;        /* crc32c of the stream name, stamped in headers */
+    int32_t  create;            /* create the stream if missing */
+} cm_options;
+
+typedef struct cm_iov {
+    const void *data;
+    uint32_t len;
+    uint32_t flags;             /* CM_REC_FLAG_* stored in the frame */
+} cm_iov;
+
+typedef struct cm_record {
+    uint64_t entry;
+    int64_t  ts_ns;
+    uint64_t offset;            /* of the frame inside its segment */
+    uint32_t len;               /* stored payload bytes */
+    uint32_t flags;
+    uint32_t frame_bytes;       /* header + payload */
+    uint32_t seq;               /* entry - segment base */
+} cm_record;
+
+typedef struct cm_open_report {
+    uint64_t bytes_dropped;     /* torn-tail bytes zeroed at open */
+    uint64_t corrupt_records;   /* CRC failures found before the tail */
+    int32_t  state_rebuilt;     /* the state file was missing or invalid */
+    int32_t  scanned_full;      /* the active segment was rescanned from its start */
+} cm_open_report;
+
+typedef struct cm_snapshot {
+    uint64_t committed;
+    uint64_t active_base;
+    uint64_t tail;
+    uint64_t alloc_end;
+    uint64_t first_entry;
+    int64_t  last_ts;
+    uint64_t counters[32];
+} cm_snapshot;
+
+/* shard.c: one stream's writer/reader handle. Not shared across fork. */
+int  cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out,
+                   cm_open_report *report);
+void cm_shard_close(cm_shard *s);
+int  cm_append(cm_shard *s, const cm_iov *iov, uint32_t n,
+               uint64_t *first_entry, uint32_t *written);
+int  cm_sync(cm_shard *s);
+int  cm_shard_snapshot(cm_shard *s, cm_snapshot *out);
+int  cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry);
+int  cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta);
+void *cm_shard_state(cm_shard *s);
+
+/* segment.c: stateless record parsing over a mapped segment. */
+int  cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
+                  uint32_t expect_seq, cm_record *out);
+int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from,
+                  uint32_t min_seq);
+int  cm_segment_header_check(const uint8_t *map, uint64_t size,
+                             uint64_t *base, uint64_t *capacity);
+
+/* crc32c.c */
+uint32_t cm_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* error.c */
+const char *cm_last_error(void);
+int  cm_last_errno(void);
+uint64_t cm_fork_generation(void);
+
+/* api.c: function table handed to the CPython fast path (_appender) */
+void *cm_api_table(void);
+
+/* api.c: the layout constants of format.h, for cometmp/format.py's test */
+typedef struct cm_constant { const char *name; uint64_t value; } cm_constant;
+const cm_constant *cm_format_constants(uint32_t *count);

@@ -1,0 +1,58 @@
+/* internal.h - declarations shared by the C core's modules (not public). */
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/types.h>
+#include "format.h"
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "cometmp writes little-endian files through memcpy; big-endian hosts are unsupported"
+#endif
+
+#define CM_E_BUSY (-11) /* internal: the shard lock is contended (nonblocking append) */
+
+int cm_fail(int code, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint16_t get16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+int64_t cm_now_ns(void);
+
+/* segment.c */
+void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
+                            uint32_t stream_crc);
+void cm_record_write(uint8_t *p, const void *data, uint32_t len, int64_t ts,
+                     uint32_t seqflags);
+int  cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
+                       uint64_t prealloc, uint32_t stream_crc, int durable,
+                       int *fd_out);
+void cm_segment_name(char *buf, size_t n, uint64_t base, const char *suffix);
+uint64_t cm_zero_range(uint8_t *map, uint64_t from, uint64_t to);
+
+/* index.c */
+void cm_index_header_init(uint8_t *h, uint64_t base, uint32_t interval);
+uint64_t cm_index_capacity(uint64_t seg_capacity, uint32_t interval);
+int  cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capacity,
+                     uint32_t interval, int durable, int *fd_out);
+
+/* state.c */
+uint64_t cm_state_fingerprint(void);
+int  cm_state_init(cm_state *st);
+
+/* the function table handed to the CPython fast path (api.c, appender.c) */
+#define CM_API_VERSION 1
+typedef struct cm_api {
+    int version;
+    int (*append)(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
+                  uint64_t *first_entry, uint32_t *written, int nonblock);
+    const char *(*last_error)(void);
+    int (*last_errno)(void);
+} cm_api;
+
+int cm_append_ex(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
+                 uint64_t *first_entry, uint32_t *written, int nonblock);

@@ -1,0 +1,217 @@
+/* segment.c - segment files: header, record frames, scanning, creation.
+ *
+ * A segment is <20-digit base entry>.seg: a 64-byte header then records
+ * framed len(4) crc(4) ts_ns(8) seqflags(4) payload, back to back, then
+ * zeros up to the file's fixed size (docs/FORMAT.md, "Segment file").
+ * The functions here are stateless; shard.c owns the writer protocol.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <time.h>
+#include "cometmp.h"
+#include "internal.h"
+
+int64_t cm_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+void cm_segment_name(char *buf, size_t n, uint64_t base, const char *suffix) {
+    snprintf(buf, n, "%020llu%s", (unsigned long long)base, suffix);
+}
+
+void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
+                            uint32_t stream_crc) {
+    /* magic(4) version(2) header_bytes(2) base(8) capacity(8) created(8)
+       stream_crc(4) reserved(24) header_crc(4) */
+    memset(h, 0, CM_SEG_HEADER_BYTES);
+    put32(h + CM_SEG_OFF_MAGIC, CM_SEG_MAGIC);
+    put16(h + CM_SEG_OFF_VERSION, CM_SEG_VERSION);
+    put16(h + CM_SEG_OFF_HEADER_BYTES, CM_SEG_HEADER_BYTES);
+    put64(h + CM_SEG_OFF_BASE, base);
+    put64(h + CM_SEG_OFF_CAPACITY, capacity);
+    put64(h + CM_SEG_OFF_CREATED, (uint64_t)cm_now_ns());
+    put32(h + CM_SEG_OFF_STREAM_CRC, stream_crc);
+    put32(h + CM_SEG_OFF_HEADER_CRC, cm_crc32c(0, h, CM_SEG_OFF_HEADER_CRC));
+}
+
+int cm_segment_header_check(const uint8_t *map, uint64_t size, uint64_t *base,
+                            uint64_t *capacity) {
+    if (size < CM_SEG_HEADER_BYTES)
+        return cm_fail(CM_E_FORMAT, 0, "segment shorter than its %d-byte header",
+                       CM_SEG_HEADER_BYTES);
+    if (get32(map + CM_SEG_OFF_MAGIC) != CM_SEG_MAGIC)
+        return cm_fail(CM_E_FORMAT, 0, "segment magic 0x%08x, expected 0x%08x",
+                       get32(map), CM_SEG_MAGIC);
+    if (get16(map + CM_SEG_OFF_VERSION) != CM_SEG_VERSION)
+        return cm_fail(CM_E_FORMAT, 0, "segment version %u, this build reads %u",
+                       get16(map + CM_SEG_OFF_VERSION), CM_SEG_VERSION);
+    if (get32(map + CM_SEG_OFF_HEADER_CRC) != cm_crc32c(0, map, CM_SEG_OFF_HEADER_CRC))
+        return cm_fail(CM_E_CORRUPT, 0, "segment header checksum mismatch");
+    if (base) *base = get64(map + CM_SEG_OFF_BASE);
+    if (capacity) *capacity = get64(map + CM_SEG_OFF_CAPACITY);
+    return CM_OK;
+}
+
+void cm_record_write(uint8_t *p, const void *data, uint32_t len, int64_t ts,
+                     uint32_t seqflags) {
+    /* len(4) crc(4) ts_ns(8) seqflags(4) payload(len) */
+    put32(p + CM_REC_OFF_LEN, len);
+    put64(p + CM_REC_OFF_TS, (uint64_t)ts);
+    put32(p + CM_REC_OFF_SEQFLAGS, seqflags);
+    if (len) memcpy(p + CM_REC_HEADER_BYTES, data, len);
+    uint32_t c = cm_crc32c(0, p, 4);
+    c = cm_crc32c(c, p + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + len);
+    put32(p + CM_REC_OFF_CRC, c);
+}
+
+static int all_zero(const uint8_t *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i]) return 0;
+    return 1;
+}
+
+/* Validity rules of a frame at `off` (FORMAT.md "Record validity"):
+ *  V1 the 20 header bytes lie inside the file;  all-zero header = end of data
+ *  V2 the payload lies inside the file
+ *  V3 only known flag bits are set
+ *  V4 the crc matches
+ *  V5 the relative sequence equals the expected one (when given)           */
+int cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
+                 uint32_t expect_seq, cm_record *out) {
+    if (off + CM_REC_HEADER_BYTES > size)
+        return CM_REC_END;
+    const uint8_t *p = map + off;
+    if (all_zero(p, CM_REC_HEADER_BYTES))
+        return CM_REC_END;
+    uint32_t len = get32(p + CM_REC_OFF_LEN);
+    uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
+    if ((uint64_t)len > size - off - CM_REC_HEADER_BYTES)
+        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: length %u runs past the segment end",
+                       (unsigned long long)off, len);
+    if ((sf & CM_REC_FLAGS_MASK) & ~CM_REC_FLAG_ZSTD)
+        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: unknown flags 0x%08x",
+                       (unsigned long long)off, sf & CM_REC_FLAGS_MASK);
+    uint32_t c = cm_crc32c(0, p, 4);
+    c = cm_crc32c(c, p + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + len);
+    if (c != get32(p + CM_REC_OFF_CRC))
+        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: crc mismatch",
+                       (unsigned long long)off);
+    if (expect_seq != 0xFFFFFFFFu && (sf & CM_REC_SEQ_MASK) != expect_seq)
+        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: sequence %u, expected %u",
+                       (unsigned long long)off, sf & CM_REC_SEQ_MASK, expect_seq);
+    if (out) {
+        out->len = len;
+        out->flags = sf & CM_REC_FLAGS_MASK;
+        out->seq = sf & CM_REC_SEQ_MASK;
+        out->ts_ns = (int64_t)get64(p + CM_REC_OFF_TS);
+        out->offset = off;
+        out->frame_bytes = CM_REC_HEADER_BYTES + len;
+        out->entry = 0; /* callers add the segment base */
+    }
+    return CM_REC_VALID;
+}
+
+/* After a frame that failed validation, find the next offset holding a valid
+ * frame whose sequence is at least min_seq; -1 when none (a torn tail). */
+int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from, uint32_t min_seq) {
+    for (uint64_t off = from; off + CM_REC_HEADER_BYTES <= size; off++) {
+        const uint8_t *p = map + off;
+        uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
+        uint32_t seq = sf & CM_REC_SEQ_MASK;
+        if (seq < min_seq || ((sf & CM_REC_FLAGS_MASK) & ~CM_REC_FLAG_ZSTD))
+            continue;
+        uint32_t len = get32(p + CM_REC_OFF_LEN);
+        if ((uint64_t)len > size - off - CM_REC_HEADER_BYTES)
+            continue;
+        if (get64(p + CM_REC_OFF_TS) == 0)
+            continue;
+        if (cm_record_at(map, size, off, seq, NULL) == CM_REC_VALID)
+            return (int64_t)off;
+    }
+    return -1;
+}
+
+/* Zero [from, to) touching only non-zero 4 KiB blocks; returns the number of
+ * bytes from `from` up to the last non-zero byte (what a torn tail held). */
+uint64_t cm_zero_range(uint8_t *map, uint64_t from, uint64_t to) {
+    uint64_t last = from;
+    uint64_t off = from;
+    while (off < to) {
+        uint64_t blk_end = (off | 4095) + 1;
+        if (blk_end > to) blk_end = to;
+        if (!all_zero(map + off, blk_end - off)) {
+            for (uint64_t i = blk_end; i > off; i--)
+                if (map[i - 1]) { last = i; break; }
+            memset(map + off, 0, blk_end - off);
+        }
+        off = blk_end;
+    }
+    return last - from;
+}
+
+static int write_full(int fd, const void *buf, size_t n, off_t off) {
+    const uint8_t *p = buf;
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        p += w; n -= (size_t)w; off += w;
+    }
+    return 0;
+}
+
+/* Create <base>.seg crash-safely: temp file, size, preallocate, header,
+ * (fsync), rename (I7). Returns the open fd of the final file. */
+int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
+                      uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out) {
+    char name[64], tmp[80];
+    cm_segment_name(name, sizeof name, base, ".seg");
+    snprintf(tmp, sizeof tmp, "%s.tmp", name);
+    int fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return cm_fail(CM_E_IO, errno, "create %s/%s", dir, tmp);
+    int rc;
+    if (ftruncate(fd, (off_t)capacity) != 0) {
+        rc = cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,
+                     "size %s/%s to %llu bytes", dir, tmp, (unsigned long long)capacity);
+        goto fail;
+    }
+    if (prealloc > capacity) prealloc = capacity;
+    int e = posix_fallocate(fd, 0, (off_t)prealloc);
+    if (e != 0) {
+        rc = cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+                     "preallocate %llu bytes for %s/%s", (unsigned long long)prealloc, dir, tmp);
+        goto fail;
+    }
+    uint8_t h[CM_SEG_HEADER_BYTES];
+    cm_segment_header_init(h, base, capacity, stream_crc);
+    if ((e = write_full(fd, h, sizeof h, 0)) != 0) {
+        rc = cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "write header of %s/%s", dir, tmp);
+        goto fail;
+    }
+    if (durable && fdatasync(fd) != 0) {
+        rc = cm_fail(CM_E_IO, errno, "fsync %s/%s", dir, tmp);
+        goto fail;
+    }
+    if (renameat(dirfd, tmp, dirfd, name) != 0) {
+        rc = cm_fail(CM_E_IO, errno, "rename %s/%s", dir, tmp);
+        goto fail;
+    }
+    if (durable) fsync(dirfd);
+    *fd_out = fd;
+    return CM_OK;
+fail:
+    close(fd);
+    unlinkat(dirfd, tmp, 0);
+    return rc;
+}

@@ -1,0 +1,713 @@
+/* shard.c - one stream's writer: open + recovery, append, rotation, sync.
+ *
+ * Caller contract: a cm_shard belongs to the process (and fork generation)
+ * that opened it; any thread of that process may append through it. Every
+ * mutation of the stream happens under the robust process-shared mutex in
+ * the stream's state page (I5); open and recovery additionally hold an
+ * exclusive flock on the stream directory so only one process rebuilds.
+ *
+ * Segment lifecycle (ARCHITECTURE.md "Segment states"):
+ *
+ *   (none) --rotate()/open_empty()--> ACTIVE --rotate()--> SEALED --retention--> (deleted)
+ *                                       |  ^
+ *                          crash/kill -9 v  | recover_locked()
+ *                                     TORN-TAIL
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
+#include "cometmp.h"
+#include "internal.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+struct cm_shard {
+    char dir[PATH_MAX];
+    int dirfd;
+    int state_fd;
+    cm_state *st;
+    uint64_t gen;               /* fork generation at open (I10) */
+    cm_options opt;
+    /* process-local view of the active segment; changed under the lock */
+    uint64_t seg_base;
+    int seg_fd;
+    uint8_t *seg_map;
+    uint64_t seg_cap;
+    int idx_fd;
+    uint8_t *idx_map;
+    uint64_t idx_cap;
+    uint32_t idx_interval;
+    int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
+};
+
+static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
+
+/* ---------------------------------------------------------------- mapping */
+
+static void unmap_active(cm_shard *s) {
+    if (s->seg_map) munmap(s->seg_map, s->seg_cap);
+    if (s->seg_fd >= 0) close(s->seg_fd);
+    if (s->idx_map) munmap(s->idx_map, s->idx_cap);
+    if (s->idx_fd >= 0) close(s->idx_fd);
+    s->seg_map = NULL; s->seg_fd = -1; s->idx_map = NULL; s->idx_fd = -1;
+    s->seg_cap = s->idx_cap = 0;
+    s->seg_base = UINT64_MAX;
+}
+
+/* Map the index of the active segment, creating it when missing or unusable.
+ * *fresh is set when the table is empty and must be rebuilt by a scan. */
+static int map_index(cm_shard *s, uint64_t base, int *fresh) {
+    char name[64];
+    cm_segment_name(name, sizeof name, base, ".idx");
+    *fresh = 0;
+    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    uint64_t need = cm_index_capacity(s->seg_cap, s->opt.index_interval);
+    struct stat sb;
+    int ok = fd >= 0 && fstat(fd, &sb) == 0 && (uint64_t)sb.st_size >= CM_IDX_HEADER_BYTES;
+    uint8_t h[CM_IDX_HEADER_BYTES];
+    if (ok && pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h &&
+        get32(h) == CM_IDX_MAGIC && get16(h + CM_IDX_OFF_VERSION) == CM_IDX_VERSION &&
+        get64(h + CM_IDX_OFF_BASE) == base &&
+        get32(h + CM_IDX_OFF_HEADER_CRC) == cm_crc32c(0, h, CM_IDX_OFF_HEADER_CRC) &&
+        get32(h + CM_IDX_OFF_INTERVAL) >= 64) {
+        s->idx_interval = get32(h + CM_IDX_OFF_INTERVAL);
+        need = cm_index_capacity(s->seg_cap, s->idx_interval);
+        ok = (uint64_t)sb.st_size >= need;
+    } else {
+        ok = 0;
+    }
+    if (!ok) {
+        /* I8: the index is derived data; recreate it and let the scan refill it */
+        if (fd >= 0) close(fd);
+        int rc = cm_index_create(s->dirfd, s->dir, base, s->seg_cap, s->opt.index_interval,
+                                 0, &fd);
+        if (rc < 0) return rc;
+        s->idx_interval = s->opt.index_interval;
+        need = cm_index_capacity(s->seg_cap, s->idx_interval);
+        *fresh = 1;
+    }
+    void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return cm_fail(CM_E_IO, e, "map %s/%s", s->dir, name);
+    }
+    s->idx_fd = fd; s->idx_map = m; s->idx_cap = need;
+    return CM_OK;
+}
+
+static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
+    unmap_active(s);
+    char name[64];
+    cm_segment_name(name, sizeof name, base, ".seg");
+    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return cm_fail(CM_E_IO, errno, "open %s/%s", s->dir, name);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno; close(fd);
+        return cm_fail(CM_E_IO, e, "stat %s/%s", s->dir, name);
+    }
+    uint64_t size = (uint64_t)sb.st_size;
+    if (size < CM_SEG_HEADER_BYTES) {
+        close(fd);
+        return cm_fail(CM_E_CORRUPT, 0, "%s/%s: %llu bytes, shorter than a segment header",
+                       s->dir, name, (unsigned long long)size);
+    }
+    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        int e = errno; close(fd);
+        return cm_fail(CM_E_IO, e, "map %s/%s", s->dir, name);
+    }
+    uint64_t hbase, hcap;
+    int rc = cm_segment_header_check(m, size, &hbase, &hcap);
+    if (rc == CM_OK && (hbase != base || hcap != size))
+        rc = cm_fail(CM_E_CORRUPT, 0, "header says base %llu capacity %llu",
+                     (unsigned long long)hbase, (unsigned long long)hcap);
+    if (rc < 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cm_last_error());
+        munmap(m, size); close(fd);
+        return cm_fail(rc, 0, "%s/%s: %s", s->dir, name, msg);
+    }
+    s->seg_fd = fd; s->seg_map = m; s->seg_cap = size; s->seg_base = base;
+    int fresh;
+    rc = map_index(s, base, &fresh);
+    if (rc < 0) { unmap_active(s); return rc; }
+    if (idx_fresh) *idx_fresh = fresh;
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------ the index */
+
+static inline void index_note(cm_shard *s, uint64_t off, uint32_t seq, int64_t ts) {
+    cm_state *st = s->st;
+    if (st->idx_count != 0 && off - st->idx_last_off < s->idx_interval)
+        return;
+    uint64_t pos = CM_IDX_HEADER_BYTES + (uint64_t)st->idx_count * CM_IDX_ENTRY_BYTES;
+    if (pos + CM_IDX_ENTRY_BYTES > s->idx_cap)
+        return;
+    uint8_t *e = s->idx_map + pos; /* rel(4) offset(4) ts_ns(8) */
+    put32(e + CM_IDXE_OFF_REL, seq);
+    put64(e + CM_IDXE_OFF_TS, (uint64_t)ts);
+    put32(e + CM_IDXE_OFF_OFFSET, (uint32_t)off);
+    st->idx_count++;
+    st->idx_last_off = off;
+}
+
+static void index_clear_from(cm_shard *s, uint32_t from) {
+    uint64_t pos = CM_IDX_HEADER_BYTES + (uint64_t)from * CM_IDX_ENTRY_BYTES;
+    if (pos < s->idx_cap) memset(s->idx_map + pos, 0, s->idx_cap - pos);
+}
+
+/* ------------------------------------------------------------- recovery */
+
+/* List segment bases in the directory: the largest and smallest. */
+static int list_segments(cm_shard *s, uint64_t *min_base, uint64_t *max_base,
+                         int *count, int remove_tmp) {
+    *count = 0; *min_base = UINT64_MAX; *max_base = 0;
+    int fd = dup(s->dirfd);
+    if (fd < 0) return cm_fail(CM_E_IO, errno, "dup %s", s->dir);
+    DIR *d = fdopendir(fd);
+    if (!d) { close(fd); return cm_fail(CM_E_IO, errno, "list %s", s->dir); }
+    rewinddir(d);
+    *count = 0; *min_base = UINT64_MAX; *max_base = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        size_t len = strlen(n);
+        if (remove_tmp && len > 4 && strcmp(n + len - 4, ".tmp") == 0) {
+            unlinkat(s->dirfd, n, 0); /* I7: a temp file never became part of the log */
+            continue;
+        }
+        if (len != 24 || strcmp(n + 20, ".seg") != 0) continue;
+        int digits = 1;
+        for (int i = 0; i < 20; i++) if (n[i] < '0' || n[i] > '9') digits = 0;
+        if (!digits) continue;
+        uint64_t b = strtoull(n, NULL, 10);
+        if (b < *min_base) *min_base = b;
+        if (b > *max_base) *max_base = b;
+        (*count)++;
+    }
+    closedir(d);
+    return CM_OK;
+}
+
+/* Walk valid frames from (off, seq). Stops at the end of data or at damage
+ * that no later valid frame follows (a torn tail). Damage followed by valid
+ * frames is corruption: counted, skipped by resynchronising (FORMAT.md
+ * "Recovery"). Rebuilds index entries for what it walks when asked. */
+static void walk(cm_shard *s, uint64_t off, uint32_t seq, uint64_t limit, int note,
+                 uint64_t *tail, uint32_t *next_seq, int64_t *last_ts, uint64_t *corrupt) {
+    cm_record r;
+    for (;;) {
+        int rc = cm_record_at(s->seg_map, limit, off, seq, &r);
+        if (rc == CM_REC_VALID) {
+            if (note) index_note(s, off, seq, r.ts_ns);
+            *last_ts = r.ts_ns;
+            off += r.frame_bytes;
+            seq++;
+            continue;
+        }
+        if (rc == CM_REC_END) break;
+        int64_t nx = cm_resync(s->seg_map, limit, off + 1, seq);
+        if (nx < 0) break;
+        cm_record_at(s->seg_map, limit, (uint64_t)nx, 0xFFFFFFFFu, &r);
+        *corrupt += r.seq > seq ? r.seq - seq : 1;
+        off = (uint64_t)nx;
+        seq = r.seq;
+    }
+    *tail = off;
+    *next_seq = seq;
+}
+
+/* Zero everything after the tail that holds data; returns bytes dropped
+ * (from the tail to the last non-zero byte). Holes are skipped. */
+static uint64_t zero_after(cm_shard *s, uint64_t from, uint64_t limit) {
+    uint64_t last = from;
+    uint64_t off = from;
+    while (off < limit) {
+        off_t d = lseek(s->seg_fd, (off_t)off, SEEK_DATA);
+        if (d < 0 || (uint64_t)d >= limit) break;
+        off_t h = lseek(s->seg_fd, d, SEEK_HOLE);
+        uint64_t end = (h < 0 || (uint64_t)h > limit) ? limit : (uint64_t)h;
+        uint64_t start = (uint64_t)d < from ? from : (uint64_t)d;
+        uint64_t dropped = cm_zero_range(s->seg_map, start, end);
+        if (dropped) last = start + dropped;
+        off = end;
+    }
+    return last - from;
+}
+
+/* Validate and repair the active segment's tail. Caller holds the lock
+ * (and, at open, the directory flock). state_fresh: the state page was
+ * just (re)initialised and carries nothing to trust. */
+static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_report *rep) {
+    cm_state *st = s->st;
+    uint64_t min_base, max_base;
+    int count;
+    int rc = list_segments(s, &min_base, &max_base, &count, at_open);
+    if (rc < 0) return rc;
+    if (count == 0) {
+        /* I1: entry numbers are never reused, so a stream whose segments are
+           all gone restarts at the committed count, not at 0 */
+        uint64_t base = state_fresh ? 0 : st->committed;
+        uint64_t cap = s->opt.segment_bytes;
+        int fd;
+        rc = cm_segment_create(s->dirfd, s->dir, base, cap, s->opt.alloc_chunk,
+                               s->opt.stream_crc, s->opt.durability != CM_DURABILITY_NONE, &fd);
+        if (rc < 0) return rc;
+        close(fd);
+        rc = map_active(s, base, NULL);
+        if (rc < 0) return rc;
+        st->active_base = base;
+        st->committed = base;
+        st->first_entry = base;
+        st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;
+        st->alloc_end = s->opt.alloc_chunk < cap ? s->opt.alloc_chunk : cap;
+        st->idx_count = 0;
+        st->idx_last_off = 0;
+        return CM_OK;
+    }
+    int idx_fresh;
+    rc = map_active(s, max_base, &idx_fresh);
+    if (rc < 0) return rc;
+    uint64_t B = max_base;
+    uint64_t tail = 0, corrupt = 0, dropped = 0;
+    uint32_t nseq = 0;
+    int64_t last_ts = 0;
+    int trusted = !state_fresh && !idx_fresh && st->active_base == B &&
+                  st->tail >= CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap &&
+                  st->committed >= B && st->committed - B < (1u << 28) &&
+                  st->reserve_end >= st->tail && st->reserve_end <= s->seg_cap;
+    if (trusted) {
+        /* I2: records below the published tail are complete; re-check the
+           stretch after the last index entry and require an exact match */
+        uint32_t want = (uint32_t)(st->committed - B);
+        uint64_t start = CM_SEG_HEADER_BYTES;
+        uint32_t sseq = 0, keep = 0;
+        for (uint32_t i = st->idx_count; i-- > 0;) {
+            const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES + (uint64_t)i * CM_IDX_ENTRY_BYTES;
+            uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
+            uint32_t q = get32(e + CM_IDXE_OFF_REL);
+            if (CM_IDX_HEADER_BYTES + (uint64_t)(i + 1) * CM_IDX_ENTRY_BYTES > s->idx_cap) continue;
+            if (o < st->tail && q < want &&
+                cm_record_at(s->seg_map, st->tail, o, q, NULL) == CM_REC_VALID) {
+                start = o; sseq = q; keep = i; break;
+            }
+        }
+        uint64_t c0 = 0;
+        walk(s, start, sseq, st->tail, 0, &tail, &nseq, &last_ts, &c0);
+        if (tail != st->tail || nseq != want || c0) {
+            trusted = 0;
+        } else {
+            st->idx_count = keep + 1 > st->idx_count ? st->idx_count : keep + 1;
+            if (st->idx_count == 0) st->idx_last_off = 0;
+            /* re-note the entries between the kept index point and the tail */
+            uint64_t t2; uint32_t q2; int64_t ts2; uint64_t c2 = 0;
+            if (st->idx_count) {
+                const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES +
+                                   (uint64_t)(st->idx_count - 1) * CM_IDX_ENTRY_BYTES;
+                st->idx_last_off = get32(e + CM_IDXE_OFF_OFFSET);
+            }
+            index_clear_from(s, st->idx_count);
+            walk(s, start, sseq, st->tail, 1, &t2, &q2, &ts2, &c2);
+            /* I4: bytes of an unpublished write lie in [tail, reserve_end) */
+            uint64_t lim = st->reserve_end > tail ? st->reserve_end : tail;
+            dropped = cm_zero_range(s->seg_map, tail, lim);
+            if (cm_record_at(s->seg_map, s->seg_cap, tail, 0xFFFFFFFFu, NULL) != CM_REC_END)
+                dropped = zero_after(s, tail, s->seg_cap);
+            if (last_ts < st->last_ts) last_ts = st->last_ts;
+        }
+    }
+    if (!trusted) {
+        if (rep) rep->scanned_full = 1;
+        st->idx_count = 0;
+        st->idx_last_off = 0;
+        index_clear_from(s, 0);
+        walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, 1, &tail, &nseq, &last_ts, &corrupt);
+        dropped = zero_after(s, tail, s->seg_cap);
+        if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
+        if (state_fresh) st->first_entry = min_base;
+        st->alloc_end = round_up(tail, 4096);
+    }
+    st->active_base = B;
+    st->tail = tail;
+    st->reserve_end = tail;
+    st->last_ts = last_ts;
+    __atomic_store_n(&st->committed, B + nseq, __ATOMIC_RELEASE);
+    if (st->first_entry > B) st->first_entry = B;
+    if (st->alloc_end < tail) st->alloc_end = round_up(tail, 4096);
+    if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
+    st->counters[CM_CTR_RECOVERIES]++;
+    st->counters[CM_CTR_BYTES_DROPPED] += dropped;
+    st->counters[CM_CTR_CORRUPT_RECORDS] += corrupt;
+    if (rep) {
+        rep->bytes_dropped += dropped;
+        rep->corrupt_records += corrupt;
+    }
+    if (dropped && s->opt.durability != CM_DURABILITY_NONE)
+        fdatasync(s->seg_fd);
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- locking */
+
+static int lock_shard(cm_shard *s, int nonblock) {
+    int rc = pthread_mutex_trylock(&s->st->lock.mutex);
+    int contended = 0;
+    if (rc == EBUSY) {
+        if (nonblock) return CM_E_BUSY;
+        contended = 1;
+        rc = pthread_mutex_lock(&s->st->lock.mutex);
+    }
+    if (rc == EOWNERDEAD) {
+        /* I5: the previous holder died inside the critical section: repair
+           its torn tail before anyone appends, then mark the lock usable */
+        int r = recover_locked(s, 0, 0, NULL);
+        s->st->counters[CM_CTR_LOCK_RECOVERIES]++;
+        pthread_mutex_consistent(&s->st->lock.mutex);
+        if (r < 0) {
+            pthread_mutex_unlock(&s->st->lock.mutex);
+            return r;
+        }
+        rc = 0;
+    }
+    if (rc != 0)
+        return cm_fail(CM_E_IO, rc, "lock %s/state", s->dir);
+    if (contended) s->st->counters[CM_CTR_CONTENDED]++;
+    return CM_OK;
+}
+
+static void unlock_shard(cm_shard *s) { pthread_mutex_unlock(&s->st->lock.mutex); }
+
+/* ------------------------------------------------------------------ open */
+
+static int open_state(cm_shard *s, int *fresh) {
+    *fresh = 0;
+    int fd = openat(s->dirfd, "state", O_RDWR | O_CLOEXEC);
+    struct stat sb;
+    int valid = 0;
+    cm_state probe;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && sb.st_size == CM_STATE_BYTES &&
+        pread(fd, &probe, sizeof probe, 0) == (ssize_t)sizeof probe && probe.magic == CM_STATE_MAGIC) {
+        if (probe.version != CM_STATE_VERSION || probe.fingerprint != cm_state_fingerprint()) {
+            /* another build's layout: rebuild only if no process holds it */
+            if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+                close(fd);
+                return cm_fail(CM_E_FORMAT, 0,
+                               "%s/state has version %u fingerprint %llx and is in use; this build "
+                               "uses version %u fingerprint %llx", s->dir, probe.version,
+                               (unsigned long long)probe.fingerprint, CM_STATE_VERSION,
+                               (unsigned long long)cm_state_fingerprint());
+            }
+            flock(fd, LOCK_UN);
+        } else {
+            valid = 1;
+        }
+    }
+    if (!valid) {
+        if (fd >= 0) close(fd);
+        /* build a fresh page in a temp file and rename it into place (I7) */
+        int tfd = openat(s->dirfd, "state.tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (tfd < 0) return cm_fail(CM_E_IO, errno, "create %s/state.tmp", s->dir);
+        cm_state *fresh_st = calloc(1, sizeof *fresh_st);
+        int rc = fresh_st ? cm_state_init(fresh_st) : cm_fail(CM_E_IO, ENOMEM, "state");
+        if (rc == CM_OK && pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st)
+            rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "write %s/state.tmp", s->dir);
+        free(fresh_st);
+        if (rc == CM_OK && renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0)
+            rc = cm_fail(CM_E_IO, errno, "rename %s/state.tmp", s->dir);
+        if (rc < 0) { close(tfd); unlinkat(s->dirfd, "state.tmp", 0); return rc; }
+        fd = tfd;
+        *fresh = 1;
+    }
+    void *m = mmap(NULL, CM_STATE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+        int e = errno; close(fd);
+        return cm_fail(CM_E_IO, e, "map %s/state", s->dir);
+    }
+    /* a shared flock marks the page as in use by this build (see above) */
+    flock(fd, LOCK_SH);
+    s->state_fd = fd;
+    s->st = m;
+    return CM_OK;
+}
+
+int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_open_report *rep) {
+    *out = NULL;
+    if (rep) memset(rep, 0, sizeof *rep);
+    if (!opt || opt->segment_bytes < 4096 || opt->segment_bytes > CM_SEG_MAX_BYTES ||
+        opt->index_interval < 64 || opt->alloc_chunk < 4096 ||
+        opt->max_entry_bytes > CM_ENTRY_MAX_BYTES)
+        return cm_fail(CM_E_ARG, 0, "invalid options for %s", dir);
+    if (strlen(dir) >= PATH_MAX - 64)
+        return cm_fail(CM_E_ARG, 0, "path too long: %s", dir);
+    cm_shard *s = calloc(1, sizeof *s);
+    if (!s) return cm_fail(CM_E_IO, ENOMEM, "allocate shard");
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    s->opt = *opt;
+    s->opt.segment_bytes = round_up(opt->segment_bytes, 4096);
+    s->seg_fd = s->idx_fd = s->state_fd = -1;
+    s->seg_base = UINT64_MAX;
+    s->gen = cm_fork_generation();
+    int rc;
+    if (opt->create && mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "create %s", dir);
+        goto fail;
+    }
+    s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dirfd < 0) {
+        rc = cm_fail(errno == ENOENT ? CM_E_NOTFOUND : CM_E_IO, errno, "open %s", dir);
+        goto fail;
+    }
+    if (flock(s->dirfd, LOCK_EX) != 0) {
+        rc = cm_fail(CM_E_IO, errno, "flock %s", dir);
+        goto fail;
+    }
+    int fresh;
+    rc = open_state(s, &fresh);
+    if (rc == CM_OK) {
+        if (rep) rep->state_rebuilt = fresh;
+        rc = lock_shard(s, 0);
+        if (rc == CM_OK) {
+            rc = recover_locked(s, fresh, 1, rep);
+            unlock_shard(s);
+        }
+    }
+    flock(s->dirfd, LOCK_UN);
+    if (rc < 0) goto fail;
+    *out = s;
+    return CM_OK;
+fail:
+    cm_shard_close(s);
+    return rc;
+}
+
+void cm_shard_close(cm_shard *s) {
+    if (!s) return;
+    unmap_active(s);
+    if (s->st) munmap(s->st, CM_STATE_BYTES);
+    if (s->state_fd >= 0) close(s->state_fd);   /* releases our LOCK_SH */
+    if (s->dirfd > 0) close(s->dirfd);
+    free(s);
+}
+
+/* ---------------------------------------------------------------- append */
+
+/* Make sure [alloc_end, end) is allocated on disk before we store into the
+ * mapping: a store into a hole on a full disk would be SIGBUS (I9). */
+static int ensure_alloc(cm_shard *s, uint64_t end) {
+    cm_state *st = s->st;
+    if (end <= st->alloc_end) return CM_OK;
+    uint64_t from = st->alloc_end & ~4095ull;
+    uint64_t to = round_up(end, 4096) + s->opt.alloc_chunk;
+    if (to > s->seg_cap) to = s->seg_cap;
+    int e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    if (e != 0) {
+        st->counters[CM_CTR_DISK_FULL]++;
+        return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+                       "allocate %llu bytes in %s/%020llu.seg", (unsigned long long)(to - from),
+                       s->dir, (unsigned long long)s->seg_base);
+    }
+    madvise(s->seg_map + from, to - from, MADV_POPULATE_WRITE); /* best effort prefault */
+    st->alloc_end = to;
+    return CM_OK;
+}
+
+/* Seal the active segment and start a new one at the committed entry.
+ * `frame` is the size of the record that did not fit. Caller holds the lock. */
+static int rotate(cm_shard *s, uint64_t frame) {
+    cm_state *st = s->st;
+    uint64_t base = st->committed;
+    uint64_t cap = s->opt.segment_bytes;
+    if (CM_SEG_HEADER_BYTES + frame > cap)   /* an oversized entry gets its own segment */
+        cap = round_up(CM_SEG_HEADER_BYTES + frame, 4096);
+    int durable = s->opt.durability != CM_DURABILITY_NONE;
+    uint64_t pre = round_up(CM_SEG_HEADER_BYTES + frame, 4096) + s->opt.alloc_chunk;
+    if (pre > cap) pre = cap;
+    if (durable && s->seg_fd >= 0 && fdatasync(s->seg_fd) != 0)
+        return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg", s->dir, (unsigned long long)s->seg_base);
+    int fd, ifd;
+    int rc = cm_segment_create(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc, durable, &fd);
+    if (rc < 0) {
+        if (rc == CM_E_NOSPACE) st->counters[CM_CTR_DISK_FULL]++;
+        return rc;
+    }
+    close(fd);
+    rc = cm_index_create(s->dirfd, s->dir, base, cap, s->opt.index_interval, durable, &ifd);
+    if (rc < 0) {
+        if (rc == CM_E_NOSPACE) st->counters[CM_CTR_DISK_FULL]++;
+        return rc;
+    }
+    close(ifd);
+    if (!durable) s->sealed_unsynced = 1;
+    rc = map_active(s, base, NULL);
+    if (rc < 0) return rc;
+    /* the state follows the files: a crash before this point is repaired by
+       recover_locked(), which adopts the newest segment (R1) */
+    st->idx_count = 0;
+    st->idx_last_off = 0;
+    st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;
+    st->alloc_end = pre;
+    st->active_base = base;
+    st->counters[CM_CTR_ROTATIONS]++;
+    return CM_OK;
+}
+
+static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
+    cm_state *st = s->st;
+    /* I3: the tail moves only after every byte below it is written */
+    st->tail = tail;
+    __atomic_store_n(&st->committed, committed, __ATOMIC_RELEASE);
+    st->reserve_end = tail;
+    __atomic_add_fetch(&st->notify_seq, 1, __ATOMIC_RELEASE);
+    if (__atomic_load_n(&st->waiters, __ATOMIC_ACQUIRE))
+        syscall(SYS_futex, &st->notify_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static int sync_locked(cm_shard *s) {
+    if (s->seg_fd >= 0 && fdatasync(s->seg_fd) != 0)
+        return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg", s->dir, (unsigned long long)s->seg_base);
+    if (msync(s->st, CM_STATE_BYTES, MS_SYNC) != 0)
+        return cm_fail(CM_E_IO, errno, "msync %s/state", s->dir);
+    if (s->sealed_unsynced) {
+        if (syncfs(s->dirfd) != 0)
+            return cm_fail(CM_E_IO, errno, "syncfs %s", s->dir);
+        s->sealed_unsynced = 0;
+    }
+    s->st->counters[CM_CTR_FSYNCS]++;
+    return CM_OK;
+}
+
+int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,
+                 uint32_t *written, int nonblock) {
+    *written = 0;
+    if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "append to a closed stream");
+    if (s->gen != cm_fork_generation())
+        return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
+    for (uint32_t i = 0; i < n; i++)
+        if (iov[i].len > s->opt.max_entry_bytes)
+            return cm_fail(CM_E_TOOBIG, 0, "entry %u is %u bytes; max_entry_bytes is %u",
+                           i, iov[i].len, s->opt.max_entry_bytes);
+    uint64_t bytes = 0;
+    uint32_t done = 0;
+    int rc = lock_shard(s, nonblock);
+    if (rc < 0) return rc;
+    cm_state *st = s->st;
+    if (s->seg_base != st->active_base) {
+        /* another process rotated since we last wrote */
+        rc = map_active(s, st->active_base, NULL);
+        if (rc < 0) goto out;
+    }
+    int64_t ts = cm_now_ns();
+    if (ts < st->last_ts) {     /* I6: timestamps never decrease within a stream */
+        ts = st->last_ts;
+        st->counters[CM_CTR_CLOCK_CLAMPS]++;
+    }
+    uint64_t entry = st->committed;
+    uint64_t off = st->tail;
+    *first_entry = entry;
+    while (done < n) {
+        uint64_t end = off;
+        uint32_t k = done;
+        while (k < n && end + CM_REC_HEADER_BYTES + iov[k].len <= s->seg_cap) {
+            end += CM_REC_HEADER_BYTES + iov[k].len;
+            k++;
+        }
+        if (k == done) {
+            rc = rotate(s, CM_REC_HEADER_BYTES + (uint64_t)iov[done].len);
+            if (rc < 0) goto out;
+            off = st->tail;
+            continue;
+        }
+        rc = ensure_alloc(s, end);
+        if (rc < 0) goto out;
+        st->reserve_end = end;  /* I4: declare the bytes we are about to write */
+        for (uint32_t j = done; j < k; j++) {
+            uint32_t seq = (uint32_t)(entry - s->seg_base);
+            index_note(s, off, seq, ts);
+            cm_record_write(s->seg_map + off, iov[j].data, iov[j].len, ts,
+                            seq | (iov[j].flags & CM_REC_FLAGS_MASK));
+            off += CM_REC_HEADER_BYTES + iov[j].len;
+            bytes += iov[j].len;
+            entry++;
+        }
+        publish(s, off, entry);
+        done = k;
+    }
+    st->last_ts = ts;
+    if (s->opt.durability == CM_DURABILITY_ALWAYS)
+        rc = sync_locked(s);
+out:
+    st->counters[CM_CTR_APPENDS] += done;
+    st->counters[CM_CTR_BYTES] += bytes;
+    *written = done;
+    unlock_shard(s);
+    return rc;
+}
+
+int cm_append(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry, uint32_t *written) {
+    return cm_append_ex(s, iov, n, first_entry, written, 0);
+}
+
+int cm_sync(cm_shard *s) {
+    if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "sync of a closed stream");
+    if (s->gen != cm_fork_generation())
+        return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
+    int rc = lock_shard(s, 0);
+    if (rc < 0) return rc;
+    if (s->seg_base != s->st->active_base)
+        rc = map_active(s, s->st->active_base, NULL);
+    if (rc == CM_OK) rc = sync_locked(s);
+    unlock_shard(s);
+    return rc;
+}
+
+int cm_shard_snapshot(cm_shard *s, cm_snapshot *out) {
+    if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "snapshot of a closed stream");
+    cm_state *st = s->st;
+    out->committed = __atomic_load_n(&st->committed, __ATOMIC_ACQUIRE);
+    out->active_base = st->active_base;
+    out->tail = st->tail;
+    out->alloc_end = st->alloc_end;
+    out->first_entry = st->first_entry;
+    out->last_ts = st->last_ts;
+    memcpy(out->counters, st->counters, sizeof out->counters);
+    return CM_OK;
+}
+
+int cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry) {
+    if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "closed stream");
+    int rc = lock_shard(s, 0);
+    if (rc < 0) return rc;
+    if (first_entry > s->st->first_entry && first_entry <= s->st->active_base)
+        s->st->first_entry = first_entry;
+    unlock_shard(s);
+    return CM_OK;
+}
+
+int cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta) {
+    if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "closed stream");
+    if (slot >= CM_STATE_COUNTERS) return cm_fail(CM_E_ARG, 0, "counter %u", slot);
+    __atomic_add_fetch(&s->st->counters[slot], delta, __ATOMIC_RELAXED);
+    return CM_OK;
+}
+
+void *cm_shard_state(cm_shard *s) { return s ? (void *)s->st : NULL; }

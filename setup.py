@@ -1,0 +1,24 @@
+"""Build glue only: metadata lives in pyproject.toml.
+
+cffi_modules builds the core (cometmp._cffi) from native/; the CPython fast
+path cometmp._appender is a plain extension over the same headers.
+"""
+import sys
+
+from setuptools import Extension, setup
+
+if not sys.platform.startswith("linux"):
+    raise SystemExit("cometmp supports Linux only (robust process-shared mutexes, futexes, "
+                     "MADV_POPULATE_WRITE); this is %s" % sys.platform)
+
+setup(
+    cffi_modules=["native/build_ffi.py:ffibuilder"],
+    ext_modules=[
+        Extension(
+            "cometmp._appender",
+            sources=["native/appender.c"],
+            include_dirs=["native"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
+        )
+    ],
+)
