@@ -72,7 +72,7 @@ class MessageIDs(Sequence):
             i += self.count
         if not 0 <= i < self.count:
             raise IndexError("MessageIDs index out of range")
-        return MessageID((self.stream, self.shard, self.first + i))
+        return MessageID(self.stream, self.shard, self.first + i)
 
     def __eq__(self, other) -> bool:
         if isinstance(other, MessageIDs):

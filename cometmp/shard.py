@@ -39,16 +39,7 @@ log = logging.getLogger("cometmp")
 DURABILITY = {"none": 0, "interval": 1, "always": 2}
 
 
-class MessageID(NamedTuple):  # replaced below by the C struct sequence type
-    stream: str
-    shard: int
-    entry: int
-
-
-try:  # the C fast path defines the type appends return; use the same one everywhere
-    from ._appender import MessageID  # type: ignore[no-redef,assignment]  # noqa: F811
-except ImportError:  # pragma: no cover - the extension is always built
-    pass
+from ._appender import MessageID  # the C type appends return (native/appender.c)
 
 
 class StreamMessage(NamedTuple):
@@ -292,7 +283,7 @@ class Reader:
         data = seg.payload(rec)
         if rec.flags & CM_REC_FLAG_ZSTD:
             data = decompress(data, seg.path, rec.offset)
-        return StreamMessage(MessageID((self.name, self.shard, seg.base + rec.seq)), data, rec.ts_ns)
+        return StreamMessage(MessageID(self.name, self.shard, seg.base + rec.seq), data, rec.ts_ns)
 
     # ---- iteration ---------------------------------------------------------------------
     def scan(self, start: int = 0) -> Iterator[StreamMessage]:

@@ -107,3 +107,15 @@ void *cm_api_table(void);
 /* api.c: the layout constants of format.h, for cometmp/format.py's test */
 typedef struct cm_constant { const char *name; uint64_t value; } cm_constant;
 const cm_constant *cm_format_constants(uint32_t *count);
+
+/* registry.c: the worker registry in POSIX shm (cometmp/registry.py). The
+ * caller maps the object; these own its layout, init and robust lock. */
+uint64_t cm_registry_bytes(void);
+uint64_t cm_registry_fingerprint(void);
+int  cm_registry_init(void *base, uint64_t size, uint32_t process_count);
+int  cm_registry_check(const void *base, uint64_t size);
+int  cm_registry_lock(void *base, int32_t timeout_ms);
+void cm_registry_unlock(void *base);
+uint64_t cm_registry_bump_epoch(void *base);
+int64_t cm_fs_type(const char *path);
+const cm_constant *cm_registry_constants(uint32_t *count);

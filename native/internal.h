@@ -40,6 +40,9 @@ uint64_t cm_index_capacity(uint64_t seg_capacity, uint32_t interval);
 int  cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capacity,
                      uint32_t interval, int durable, int *fd_out);
 
+/* prealloc.c */
+void cm_prealloc_warm(int fd, uint64_t from, uint64_t to);
+
 /* state.c */
 uint64_t cm_state_fingerprint(void);
 int  cm_state_init(cm_state *st);

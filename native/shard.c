@@ -54,7 +54,11 @@ struct cm_shard {
     uint64_t idx_cap;
     uint32_t idx_interval;
     int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
+    uint8_t *stage;             /* staging buffer for large batches (see cm_append_ex) */
+    uint64_t stage_cap;
 };
+
+#define STAGE_MIN_BYTES (16u * 1024u)
 
 static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
@@ -355,7 +359,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     if (st->first_entry > B) st->first_entry = B;
     if (st->alloc_end < tail) st->alloc_end = round_up(tail, 4096);
     if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
-    st->counters[CM_CTR_RECOVERIES]++;
+    if (dropped || corrupt || !trusted) st->counters[CM_CTR_RECOVERIES]++;
     st->counters[CM_CTR_BYTES_DROPPED] += dropped;
     st->counters[CM_CTR_CORRUPT_RECORDS] += corrupt;
     if (rep) {
@@ -506,27 +510,36 @@ void cm_shard_close(cm_shard *s) {
     if (s->st) munmap(s->st, CM_STATE_BYTES);
     if (s->state_fd >= 0) close(s->state_fd);   /* releases our LOCK_SH */
     if (s->dirfd > 0) close(s->dirfd);
+    free(s->stage);
     free(s);
 }
 
 /* ---------------------------------------------------------------- append */
 
 /* Make sure [alloc_end, end) is allocated on disk before we store into the
- * mapping: a store into a hole on a full disk would be SIGBUS (I9). */
+ * mapping: a store into a hole on a full disk would be SIGBUS (I9). We keep
+ * one alloc_chunk of headroom allocated past the write position and let the
+ * warm thread (prealloc.c) fault it into the page cache before we get there.
+ * Only a failure to allocate the bytes needed now is an error. */
 static int ensure_alloc(cm_shard *s, uint64_t end) {
     cm_state *st = s->st;
-    if (end <= st->alloc_end) return CM_OK;
+    uint64_t chunk = s->opt.alloc_chunk;
+    if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + chunk <= st->alloc_end))
+        return CM_OK;
     uint64_t from = st->alloc_end & ~4095ull;
-    uint64_t to = round_up(end, 4096) + s->opt.alloc_chunk;
+    uint64_t to = round_up(end, 4096) + 2 * chunk;
     if (to > s->seg_cap) to = s->seg_cap;
     int e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
     if (e != 0) {
+        if (end <= st->alloc_end) return CM_OK; /* headroom only: retry at the next append */
         st->counters[CM_CTR_DISK_FULL]++;
         return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
                        "allocate %llu bytes in %s/%020llu.seg", (unsigned long long)(to - from),
                        s->dir, (unsigned long long)s->seg_base);
     }
-    madvise(s->seg_map + from, to - from, MADV_POPULATE_WRITE); /* best effort prefault */
+    if (end > st->alloc_end) /* needed right now: fault it in here */
+        madvise(s->seg_map + from, round_up(end, 4096) - from, MADV_POPULATE_WRITE);
+    cm_prealloc_warm(s->seg_fd, st->alloc_end > from ? st->alloc_end : from, to);
     st->alloc_end = to;
     return CM_OK;
 }
@@ -568,6 +581,7 @@ static int rotate(cm_shard *s, uint64_t frame) {
     st->alloc_end = pre;
     st->active_base = base;
     st->counters[CM_CTR_ROTATIONS]++;
+    cm_prealloc_warm(s->seg_fd, CM_SEG_HEADER_BYTES, pre);
     return CM_OK;
 }
 
@@ -606,7 +620,7 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
         if (iov[i].len > s->opt.max_entry_bytes)
             return cm_fail(CM_E_TOOBIG, 0, "entry %u is %u bytes; max_entry_bytes is %u",
                            i, iov[i].len, s->opt.max_entry_bytes);
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, compressed = 0;
     uint32_t done = 0;
     int rc = lock_shard(s, nonblock);
     if (rc < 0) return rc;
@@ -640,16 +654,59 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
         rc = ensure_alloc(s, end);
         if (rc < 0) goto out;
         st->reserve_end = end;  /* I4: declare the bytes we are about to write */
+        uint8_t *dst = s->seg_map + off;
+        uint64_t start = off, chunk_payload = 0, chunk_compressed = 0;
+        uint32_t idx_count0 = st->idx_count;
+        uint64_t idx_last0 = st->idx_last_off;
+        /* Large batches are framed into a staging buffer and written with one
+           pwrite(): copying into fresh page-cache pages through the mapping
+           costs a page fault and a kernel zero-fill per 4 KiB, a full-page
+           write() costs neither (docs/PERFORMANCE.md). Same page cache, so
+           readers' mappings see the bytes all the same. */
+        int staged = end - off >= STAGE_MIN_BYTES;
+        if (staged) {
+            if (s->stage_cap < end - off) {
+                uint64_t cap = round_up(end - off, 1u << 20);
+                uint8_t *nb = realloc(s->stage, cap);
+                if (nb) { s->stage = nb; s->stage_cap = cap; }
+                else staged = 0;
+            }
+            if (staged) dst = s->stage;
+        }
         for (uint32_t j = done; j < k; j++) {
             uint32_t seq = (uint32_t)(entry - s->seg_base);
             index_note(s, off, seq, ts);
-            cm_record_write(s->seg_map + off, iov[j].data, iov[j].len, ts,
+            cm_record_write(dst, iov[j].data, iov[j].len, ts,
                             seq | (iov[j].flags & CM_REC_FLAGS_MASK));
+            dst += CM_REC_HEADER_BYTES + iov[j].len;
             off += CM_REC_HEADER_BYTES + iov[j].len;
-            bytes += iov[j].len;
+            chunk_payload += iov[j].len;
+            if (iov[j].flags & CM_REC_FLAG_ZSTD) chunk_compressed++;
             entry++;
         }
+        if (staged) {
+            uint64_t n = off - start, w = 0;
+            while (w < n) {
+                ssize_t r = pwrite(s->seg_fd, s->stage + w, n - w, (off_t)(start + w));
+                if (r < 0 && errno == EINTR) continue;
+                if (r <= 0) {
+                    /* nothing published: the bytes stay in [tail, reserve_end) (I4) */
+                    int e = r < 0 ? errno : EIO;
+                    rc = cm_fail(e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, e, "write %s/%020llu.seg",
+                                 s->dir, (unsigned long long)s->seg_base);
+                    cm_zero_range(s->seg_map, st->tail, st->reserve_end);
+                    st->reserve_end = st->tail;
+                    st->idx_count = idx_count0;
+                    st->idx_last_off = idx_last0;
+                    index_clear_from(s, idx_count0);
+                    goto out;
+                }
+                w += (uint64_t)r;
+            }
+        }
         publish(s, off, entry);
+        bytes += chunk_payload;
+        compressed += chunk_compressed;
         done = k;
     }
     st->last_ts = ts;
@@ -658,6 +715,7 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
 out:
     st->counters[CM_CTR_APPENDS] += done;
     st->counters[CM_CTR_BYTES] += bytes;
+    st->counters[CM_CTR_COMPRESSED] += compressed;
     *written = done;
     unlock_shard(s);
     return rc;

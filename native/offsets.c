@@ -1,0 +1,492 @@
+/* offsets.c - the consumer-offsets file: groups, (group, stream) slots, acks.
+ *
+ * Layout in offsets.h; protocol in docs/CONSUMERS.md. Who may call: any
+ * process and thread; the file is shared by every process of a data
+ * directory. Claims, pattern updates, offset resets and deletions hold the
+ * header's robust process-shared (recursive) mutex (I12); acks do not take
+ * it and only ever move a slot's `next` forward (I13).
+ *
+ * Record lifecycle (groups and slots alike):
+ *
+ *   FREE --claim (fields first, state last)--> LIVE --delete--> DELETING --> FREE
+ *     ^                                                     |
+ *     +---------- repair() after the holder died ------------+
+ *
+ * A claimer killed before its release store of `state` leaves a FREE record;
+ * a deleter killed mid-way leaves DELETING, which repair() finishes.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include "cometmp.h"
+#include "internal.h"
+#include "offsets.h"
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+struct cm_offsets {
+    uint8_t *map;
+    cm_ofs_header *h;
+    int writable;
+    char path[4096];
+};
+
+static inline cm_ofs_group *group_at(cm_offsets *o, uint32_t i) {
+    return (cm_ofs_group *)(o->map + CM_OFS_GROUPS_OFF + (uint64_t)i * CM_OFS_GROUP_BYTES);
+}
+
+static inline cm_ofs_slot *slot_at(cm_offsets *o, uint32_t i) {
+    return (cm_ofs_slot *)(o->map + CM_OFS_SLOTS_OFF + (uint64_t)i * CM_OFS_SLOT_BYTES);
+}
+
+static inline uint32_t load_state(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void store_state(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+uint64_t cm_offsets_fingerprint(void) {
+    uint64_t f = CM_OFS_VERSION;
+    f = f * 1000003u + offsetof(cm_ofs_header, lock);
+    f = f * 1000003u + sizeof(pthread_mutex_t);
+    f = f * 1000003u + CM_OFS_GROUP_BYTES;
+    f = f * 1000003u + CM_OFS_GROUP_CAP;
+    f = f * 1000003u + CM_OFS_SLOT_BYTES;
+    f = f * 1000003u + CM_OFS_SLOT_CAP;
+    f = f * 1000003u + offsetof(cm_ofs_slot, next);
+    f = f * 1000003u + sizeof(void *);
+    return f;
+}
+
+/* ------------------------------------------------------------ creation */
+
+static int init_file(int fd) {
+    if (ftruncate(fd, (off_t)CM_OFS_FILE_BYTES) != 0)
+        return -errno;
+    cm_ofs_header *h = calloc(1, sizeof *h);
+    if (!h) return -ENOMEM;
+    pthread_mutexattr_t a;
+    int bad = pthread_mutexattr_init(&a) != 0 ||
+              pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) != 0 ||
+              pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) != 0 ||
+              pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE) != 0 ||
+              pthread_mutex_init(&h->lock.mutex, &a) != 0;
+    pthread_mutexattr_destroy(&a);
+    if (bad) { free(h); return -EINVAL; }
+    /* magic(4) version(2) header_bytes(2) fingerprint(8) file_bytes(8) caps(8) hwm(8) ... */
+    h->magic = CM_OFS_MAGIC;
+    h->version = CM_OFS_VERSION;
+    h->header_bytes = CM_OFS_HEADER_BYTES;
+    h->fingerprint = cm_offsets_fingerprint();
+    h->file_bytes = CM_OFS_FILE_BYTES;
+    h->group_cap = CM_OFS_GROUP_CAP;
+    h->slot_cap = CM_OFS_SLOT_CAP;
+    h->next_group_id = 1;
+    h->created_ns = cm_now_ns();
+    ssize_t w = pwrite(fd, h, sizeof *h, 0);
+    int e = errno;
+    free(h);
+    if (w != (ssize_t)sizeof *h) return -(w < 0 ? e : EIO);
+    return 0;
+}
+
+/* I7: build the file under a private temp name, then link it into place
+ * without replacing: when two processes race, the first rename wins and the
+ * loser opens the winner's file. */
+static int create_file(const char *path) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return cm_fail(CM_E_IO, errno, "create %s", tmp);
+    int e = init_file(fd);
+    if (e == 0 && fdatasync(fd) != 0) e = -errno;
+    close(fd);
+    if (e != 0) {
+        unlink(tmp);
+        return cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "initialise %s", tmp);
+    }
+    if (syscall(SYS_renameat2, AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) != 0) {
+        e = errno;
+        unlink(tmp);
+        if (e != EEXIST) return cm_fail(CM_E_IO, e, "rename %s", tmp);
+    }
+    return CM_OK;
+}
+
+int cm_offsets_open(const char *path, int create, cm_offsets **out) {
+    *out = NULL;
+    if (strlen(path) >= 4000) return cm_fail(CM_E_ARG, 0, "path too long: %s", path);
+    int writable = create != 0;
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT && create) {
+        int rc = create_file(path);
+        if (rc < 0) return rc;
+        fd = open(path, O_RDWR | O_CLOEXEC);
+    }
+    if (fd < 0)
+        return cm_fail(errno == ENOENT ? CM_E_NOTFOUND : CM_E_IO, errno, "open %s", path);
+    struct stat sb;
+    cm_ofs_header probe;
+    if (fstat(fd, &sb) != 0 || pread(fd, &probe, sizeof probe, 0) != (ssize_t)sizeof probe) {
+        int e = errno;
+        close(fd);
+        return cm_fail(CM_E_FORMAT, e, "%s: shorter than its %d-byte header", path,
+                       CM_OFS_HEADER_BYTES);
+    }
+    if (probe.magic != CM_OFS_MAGIC || probe.version != CM_OFS_VERSION ||
+        probe.fingerprint != cm_offsets_fingerprint() ||
+        (uint64_t)sb.st_size != CM_OFS_FILE_BYTES || probe.file_bytes != CM_OFS_FILE_BYTES) {
+        close(fd);
+        return cm_fail(CM_E_FORMAT, 0,
+                       "%s: magic 0x%08x version %u fingerprint %llx size %llu; this build "
+                       "expects 0x%08x version %u fingerprint %llx size %llu", path, probe.magic,
+                       probe.version, (unsigned long long)probe.fingerprint,
+                       (unsigned long long)sb.st_size, CM_OFS_MAGIC, CM_OFS_VERSION,
+                       (unsigned long long)cm_offsets_fingerprint(),
+                       (unsigned long long)CM_OFS_FILE_BYTES);
+    }
+    void *m = mmap(NULL, CM_OFS_FILE_BYTES, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                   MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);   /* the mapping keeps the file; no fd survives into forks */
+    if (m == MAP_FAILED) return cm_fail(CM_E_IO, e, "map %s", path);
+    cm_offsets *o = calloc(1, sizeof *o);
+    if (!o) { munmap(m, CM_OFS_FILE_BYTES); return cm_fail(CM_E_IO, ENOMEM, "offsets"); }
+    o->map = m;
+    o->h = m;
+    o->writable = writable;
+    snprintf(o->path, sizeof o->path, "%s", path);
+    *out = o;
+    return CM_OK;
+}
+
+void cm_offsets_close(cm_offsets *o) {
+    if (!o) return;
+    if (o->map) munmap(o->map, CM_OFS_FILE_BYTES);
+    free(o);
+}
+
+void *cm_offsets_base(cm_offsets *o) { return o ? o->map : NULL; }
+
+/* ------------------------------------------------------------- locking */
+
+static void free_group_slots(cm_offsets *o, uint64_t id) {
+    uint32_t hwm = o->h->slot_hwm;
+    for (uint32_t i = 0; i < hwm && i < CM_OFS_SLOT_CAP; i++) {
+        cm_ofs_slot *s = slot_at(o, i);
+        if (load_state(&s->state) != CM_OFS_FREE && s->group_id == id)
+            store_state(&s->state, CM_OFS_FREE);
+    }
+}
+
+/* The previous holder died inside a critical section: finish what it left
+ * half done. Claims need nothing (their records are still FREE); deletions
+ * are completed; slots whose group is gone are freed. */
+static void repair(cm_offsets *o) {
+    cm_ofs_header *h = o->h;
+    if (h->group_hwm > CM_OFS_GROUP_CAP) h->group_hwm = CM_OFS_GROUP_CAP;
+    if (h->slot_hwm > CM_OFS_SLOT_CAP) h->slot_hwm = CM_OFS_SLOT_CAP;
+    for (uint32_t i = 0; i < h->group_hwm; i++) {
+        cm_ofs_group *g = group_at(o, i);
+        if (g->state == CM_OFS_DELETING) {
+            free_group_slots(o, g->id);
+            store_state(&g->state, CM_OFS_FREE);
+        }
+    }
+    for (uint32_t i = 0; i < h->slot_hwm; i++) {
+        cm_ofs_slot *s = slot_at(o, i);
+        if (s->state != CM_OFS_LIVE) continue;
+        cm_ofs_group *g = s->group < h->group_hwm ? group_at(o, s->group) : NULL;
+        if (!g || g->state != CM_OFS_LIVE || g->id != s->group_id)
+            store_state(&s->state, CM_OFS_FREE);
+    }
+    h->lock_recoveries++;
+}
+
+int cm_offsets_lock(cm_offsets *o) {
+    if (!o || !o->map) return cm_fail(CM_E_CLOSED, 0, "offsets file closed");
+    if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
+    int rc = pthread_mutex_lock(&o->h->lock.mutex);
+    if (rc == EOWNERDEAD) {
+        repair(o);   /* I12 */
+        pthread_mutex_consistent(&o->h->lock.mutex);
+        rc = 0;
+    }
+    if (rc != 0) return cm_fail(CM_E_IO, rc, "lock %s", o->path);
+    return CM_OK;
+}
+
+int cm_offsets_unlock(cm_offsets *o) {
+    if (!o || !o->map) return cm_fail(CM_E_CLOSED, 0, "offsets file closed");
+    pthread_mutex_unlock(&o->h->lock.mutex);
+    return CM_OK;
+}
+
+/* -------------------------------------------------------------- groups */
+
+static int group_live(cm_offsets *o, uint32_t gi, uint64_t id) {
+    if (gi >= CM_OFS_GROUP_CAP) return 0;
+    cm_ofs_group *g = group_at(o, gi);
+    return load_state(&g->state) == CM_OFS_LIVE && g->id == id;
+}
+
+/* Find group `name`; claim a record for it when missing and `create`.
+ * Returns CM_OK with *index/*id, or CM_E_NOTFOUND. */
+int cm_offsets_group(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
+                     uint32_t *index, uint64_t *id) {
+    if (len == 0 || len > CM_OFS_NAME_MAX)
+        return cm_fail(CM_E_ARG, 0, "group name is %u bytes; allowed 1..%d", len, CM_OFS_NAME_MAX);
+    if (create && !o->writable) create = 0;
+    int locked = 0;
+    if (create) {
+        int rc = cm_offsets_lock(o);
+        if (rc < 0) return rc;
+        locked = 1;
+    }
+    cm_ofs_header *h = o->h;
+    uint32_t hwm = __atomic_load_n(&h->group_hwm, __ATOMIC_ACQUIRE);
+    uint32_t free_at = UINT32_MAX;
+    int rc = CM_E_NOTFOUND;
+    for (uint32_t i = 0; i < hwm && i < CM_OFS_GROUP_CAP; i++) {
+        cm_ofs_group *g = group_at(o, i);
+        uint32_t st = load_state(&g->state);
+        if (st == CM_OFS_LIVE && g->name_len == len && memcmp(g->name, name, len) == 0) {
+            *index = i; *id = g->id;
+            rc = CM_OK;
+            goto out;
+        }
+        if (st == CM_OFS_FREE && free_at == UINT32_MAX) free_at = i;
+    }
+    if (!create) {
+        rc = cm_fail(CM_E_NOTFOUND, 0, "no consumer group %.*s", (int)(len > 80 ? 80 : len), name);
+        goto out;
+    }
+    /* prefer fresh records: a FREE one is reused only when the table is full,
+       so a process still caching a deleted group's index rarely meets a new owner */
+    uint32_t gi = hwm < CM_OFS_GROUP_CAP ? hwm : free_at;
+    if (gi == UINT32_MAX) {
+        rc = cm_fail(CM_E_NOSPACE, 0, "%s: all %d consumer-group records are in use",
+                     o->path, CM_OFS_GROUP_CAP);
+        goto out;
+    }
+    cm_ofs_group *g = group_at(o, gi);
+    /* state(4) name_len(4) id(8) created_ns(8) active_ns(8) patterns_len(4) ... name patterns */
+    memset((uint8_t *)g + 4, 0, CM_OFS_GROUP_BYTES - 4);
+    g->name_len = len;
+    memcpy(g->name, name, len);
+    g->id = h->next_group_id++;
+    g->created_ns = now_ns;
+    g->active_ns = now_ns;
+    if (gi == hwm) __atomic_store_n(&h->group_hwm, hwm + 1, __ATOMIC_RELEASE);
+    store_state(&g->state, CM_OFS_LIVE);  /* I12: state last */
+    *index = gi; *id = g->id;
+    rc = CM_OK;
+out:
+    if (locked) cm_offsets_unlock(o);
+    return rc;
+}
+
+/* Remember that group reads streams matching `pattern` (so it protects them
+ * from retention even before it has a slot there). Idempotent. */
+int cm_offsets_add_pattern(cm_offsets *o, uint32_t gi, uint64_t id, const char *pat, uint32_t len) {
+    int rc = cm_offsets_lock(o);
+    if (rc < 0) return rc;
+    if (!group_live(o, gi, id)) {
+        cm_offsets_unlock(o);
+        return cm_fail(CM_E_NOTFOUND, 0, "consumer group %llu was deleted", (unsigned long long)id);
+    }
+    cm_ofs_group *g = group_at(o, gi);
+    uint32_t have = g->patterns_len;
+    int found = 0;
+    for (uint32_t i = 0; i < have && !found;) {
+        uint32_t j = i;
+        while (j < have && g->patterns[j] != '\n') j++;
+        if (j - i == len && memcmp(g->patterns + i, pat, len) == 0) found = 1;
+        i = j + 1;
+    }
+    if (!found) {
+        if (have + len + 1 > CM_OFS_PATTERNS_MAX) {
+            /* too many patterns to list: protect every stream instead */
+            memcpy(g->patterns, "*", 1);
+            __atomic_store_n(&g->patterns_len, 1, __ATOMIC_RELEASE);
+        } else {
+            if (have) g->patterns[have++] = '\n';
+            memcpy(g->patterns + have, pat, len);
+            __atomic_store_n(&g->patterns_len, have + len, __ATOMIC_RELEASE);
+        }
+    }
+    cm_offsets_unlock(o);
+    return CM_OK;
+}
+
+int cm_offsets_touch(cm_offsets *o, uint32_t gi, uint64_t id, int64_t now_ns) {
+    if (!o->writable) return CM_OK;
+    if (!group_live(o, gi, id))
+        return cm_fail(CM_E_NOTFOUND, 0, "consumer group %llu was deleted", (unsigned long long)id);
+    __atomic_store_n(&group_at(o, gi)->active_ns, now_ns, __ATOMIC_RELAXED);
+    return CM_OK;
+}
+
+int cm_offsets_delete_group(cm_offsets *o, uint32_t gi, uint64_t id) {
+    int rc = cm_offsets_lock(o);
+    if (rc < 0) return rc;
+    if (!group_live(o, gi, id)) {
+        cm_offsets_unlock(o);
+        return cm_fail(CM_E_NOTFOUND, 0, "consumer group %llu does not exist", (unsigned long long)id);
+    }
+    cm_ofs_group *g = group_at(o, gi);
+    store_state(&g->state, CM_OFS_DELETING);
+    free_group_slots(o, id);
+    store_state(&g->state, CM_OFS_FREE);
+    cm_offsets_unlock(o);
+    return CM_OK;
+}
+
+/* --------------------------------------------------------------- slots */
+
+int cm_offsets_slot(cm_offsets *o, uint32_t gi, uint64_t id, const char *stream, uint32_t len,
+                    int create, uint32_t *index) {
+    if (len == 0 || len > CM_OFS_STREAM_MAX)
+        return cm_fail(CM_E_ARG, 0, "stream name is %u bytes; allowed 1..%d", len, CM_OFS_STREAM_MAX);
+    if (create && !o->writable) create = 0;
+    int locked = 0;
+    if (create) {
+        int rc = cm_offsets_lock(o);
+        if (rc < 0) return rc;
+        locked = 1;
+    }
+    int rc;
+    if (!group_live(o, gi, id)) {
+        rc = cm_fail(CM_E_NOTFOUND, 0, "consumer group %llu was deleted", (unsigned long long)id);
+        goto out;
+    }
+    cm_ofs_header *h = o->h;
+    uint32_t hwm = __atomic_load_n(&h->slot_hwm, __ATOMIC_ACQUIRE);
+    uint32_t free_at = UINT32_MAX;
+    for (uint32_t i = 0; i < hwm && i < CM_OFS_SLOT_CAP; i++) {
+        cm_ofs_slot *s = slot_at(o, i);
+        uint32_t st = load_state(&s->state);
+        if (st == CM_OFS_LIVE && s->group_id == id && s->stream_len == len &&
+            memcmp(s->stream, stream, len) == 0) {
+            *index = i;
+            rc = CM_OK;
+            goto out;
+        }
+        if (st == CM_OFS_FREE && free_at == UINT32_MAX) free_at = i;
+    }
+    if (!create) {
+        rc = CM_E_NOTFOUND;   /* not an error worth a message: no slot yet */
+        goto out;
+    }
+    uint32_t si = hwm < CM_OFS_SLOT_CAP ? hwm : free_at;
+    if (si == UINT32_MAX) {
+        rc = cm_fail(CM_E_NOSPACE, 0, "%s: all %d offset slots are in use", o->path, CM_OFS_SLOT_CAP);
+        goto out;
+    }
+    cm_ofs_slot *s = slot_at(o, si);
+    /* state(4) group(4) group_id(8) next(8) resets(8) acked_ns(8) dropped(8) stream_len(4) ... */
+    memset((uint8_t *)s + 4, 0, CM_OFS_SLOT_BYTES - 4);
+    s->group = gi;
+    s->group_id = id;
+    s->next = CM_OFS_UNSET;
+    s->stream_len = len;
+    memcpy(s->stream, stream, len);
+    if (si == hwm) __atomic_store_n(&h->slot_hwm, hwm + 1, __ATOMIC_RELEASE);
+    store_state(&s->state, CM_OFS_LIVE);  /* I12: state last */
+    *index = si;
+    rc = CM_OK;
+out:
+    if (locked) cm_offsets_unlock(o);
+    return rc;
+}
+
+static int slot_live(cm_offsets *o, uint32_t si, uint64_t id) {
+    if (si >= CM_OFS_SLOT_CAP) return 0;
+    cm_ofs_slot *s = slot_at(o, si);
+    return load_state(&s->state) == CM_OFS_LIVE && s->group_id == id;
+}
+
+/* I13: cumulative ack; `next` only moves forward (CAS max; UNSET is below
+ * everything). Returns 1 when it advanced, 0 when it already was >= next. */
+int cm_offsets_ack(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
+    if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
+    if (!slot_live(o, si, id))
+        return cm_fail(CM_E_NOTFOUND, 0, "offset slot %u no longer belongs to group %llu",
+                       si, (unsigned long long)id);
+    cm_ofs_slot *s = slot_at(o, si);
+    uint64_t cur = __atomic_load_n(&s->next, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (cur != CM_OFS_UNSET && cur >= next) return 0;
+        if (__atomic_compare_exchange_n(&s->next, &cur, next, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            break;
+    }
+    __atomic_store_n(&s->acked_ns, now_ns, __ATOMIC_RELAXED);
+    return 1;
+}
+
+/* Move a slot's offset anywhere (reset_offset); bumps `resets` so consumers
+ * in other processes drop their in-memory positions. Takes the lock. */
+int cm_offsets_set(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
+    int rc = cm_offsets_lock(o);
+    if (rc < 0) return rc;
+    if (!slot_live(o, si, id)) {
+        cm_offsets_unlock(o);
+        return cm_fail(CM_E_NOTFOUND, 0, "offset slot %u no longer belongs to group %llu",
+                       si, (unsigned long long)id);
+    }
+    cm_ofs_slot *s = slot_at(o, si);
+    __atomic_store_n(&s->next, next, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&s->resets, 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&s->acked_ns, now_ns, __ATOMIC_RELAXED);
+    cm_offsets_unlock(o);
+    return CM_OK;
+}
+
+int cm_offsets_add_dropped(cm_offsets *o, uint32_t si, uint64_t id, uint64_t n) {
+    if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
+    if (!slot_live(o, si, id)) return CM_E_NOTFOUND;
+    __atomic_add_fetch(&slot_at(o, si)->dropped, n, __ATOMIC_RELAXED);
+    return CM_OK;
+}
+
+#define C(name) { #name, (uint64_t)(name) }
+static const cm_constant layout[] = {
+    C(CM_OFS_MAGIC), C(CM_OFS_VERSION), C(CM_OFS_HEADER_BYTES), C(CM_OFS_GROUP_BYTES),
+    C(CM_OFS_GROUP_CAP), C(CM_OFS_SLOT_BYTES), C(CM_OFS_SLOT_CAP), C(CM_OFS_GROUPS_OFF),
+    C(CM_OFS_SLOTS_OFF), C(CM_OFS_FILE_BYTES), C(CM_OFS_NAME_MAX), C(CM_OFS_PATTERNS_MAX),
+    C(CM_OFS_STREAM_MAX), C(CM_OFS_UNSET), C(CM_OFS_FREE), C(CM_OFS_LIVE), C(CM_OFS_DELETING),
+    { "CM_OFS_OFF_GROUP_HWM", offsetof(cm_ofs_header, group_hwm) },
+    { "CM_OFS_OFF_SLOT_HWM", offsetof(cm_ofs_header, slot_hwm) },
+    { "CM_OFS_OFF_LOCK", offsetof(cm_ofs_header, lock) },
+    { "CM_OFS_G_STATE", offsetof(cm_ofs_group, state) },
+    { "CM_OFS_G_NAME_LEN", offsetof(cm_ofs_group, name_len) },
+    { "CM_OFS_G_ID", offsetof(cm_ofs_group, id) },
+    { "CM_OFS_G_CREATED", offsetof(cm_ofs_group, created_ns) },
+    { "CM_OFS_G_ACTIVE", offsetof(cm_ofs_group, active_ns) },
+    { "CM_OFS_G_PATTERNS_LEN", offsetof(cm_ofs_group, patterns_len) },
+    { "CM_OFS_G_NAME", offsetof(cm_ofs_group, name) },
+    { "CM_OFS_G_PATTERNS", offsetof(cm_ofs_group, patterns) },
+    { "CM_OFS_S_STATE", offsetof(cm_ofs_slot, state) },
+    { "CM_OFS_S_GROUP", offsetof(cm_ofs_slot, group) },
+    { "CM_OFS_S_GROUP_ID", offsetof(cm_ofs_slot, group_id) },
+    { "CM_OFS_S_NEXT", offsetof(cm_ofs_slot, next) },
+    { "CM_OFS_S_RESETS", offsetof(cm_ofs_slot, resets) },
+    { "CM_OFS_S_ACKED", offsetof(cm_ofs_slot, acked_ns) },
+    { "CM_OFS_S_DROPPED", offsetof(cm_ofs_slot, dropped) },
+    { "CM_OFS_S_STREAM_LEN", offsetof(cm_ofs_slot, stream_len) },
+    { "CM_OFS_S_STREAM", offsetof(cm_ofs_slot, stream) },
+};
+
+const cm_constant *cm_offsets_layout(uint32_t *count) {
+    *count = sizeof layout / sizeof layout[0];
+    return layout;
+}
