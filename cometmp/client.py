@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 
 import mmh3
 
-from . import paths
+from . import paths, registry
 from ._ffi import api_table_address, error_for, lib
 from ._appender import Appender
 from .compression import Compressor
@@ -118,9 +118,11 @@ class Log:
         self.prefix = prefix
         self.shards = shards
         self.streams = [paths.shard_stream(prefix, n) for n in range(shards)]
-        self._appender = client._make_appender(self.streams, list(range(shards)),
-                                               lambda key: pick_shard(key, shards))
+        router = registry.make_router(client, prefix, shards)
+        self._appender = client._make_appender(self.streams, list(range(shards)), router)
         self.append = self._appender.append  # C method: no Python frame per append
+        registry.bind_router(router, self)
+        registry.track_log(self)  # key=None routes to this worker's shards (registry.py)
 
     def append_many(self, items: Iterable, key=None) -> MessageIDs:
         idx, first, count = self._appender.append_many(items, key)
@@ -196,6 +198,9 @@ class Client:
             self._writers[stream] = w
             if self.config.storage.durability == "interval":
                 self._start_syncer()
+            from . import retention
+
+            retention.start_background(self)  # issue 4: this process owns what it writes
         return w
 
     def _make_appender(self, streams: list[str], numbers: list[int], router) -> Appender:
@@ -225,6 +230,7 @@ class Client:
         with self._lock:
             if self._pid == os.getpid():
                 return
+            registry.on_client_fork()  # the parent's slot is not ours: route standalone
             log.debug("cometmp: fork detected (pid %d -> %d); reopening writers", self._pid, os.getpid())
             old = self._writers
             self._writers = {}
@@ -324,7 +330,7 @@ class Client:
 
     def _reader(self, stream: str) -> Reader:
         self._check_open()
-        r = self._readers.get(stream)
+        r = self._readers.get(stream) if type(stream) is str else None
         if r is None:
             paths.validate_stream_name(stream)
             split = paths.split_shard_stream(stream)
@@ -413,6 +419,26 @@ class Client:
                 elif name not in synced:
                     synced[name] = (n, now)
 
+    # ---- consumers and retention (cometmp.consumer, cometmp.retention) -------------------
+    def run_retention(self):
+        """Apply ``config.retention`` now to the streams this process owns; returns a
+        cometmp.retention.RetentionReport (deleted segments, dropped ranges, expired groups)."""
+        from .retention import run_retention
+
+        return run_retention(self)
+
+    def consumer_groups(self) -> list[dict]:
+        """Every consumer group: name, patterns, and per stream acked offset, length, lag."""
+        from .consumer import consumer_groups
+
+        return consumer_groups(self)
+
+    def delete_consumer_group(self, group: str) -> bool:
+        """Delete a consumer group and its offsets; True if it existed."""
+        from .consumer import delete_consumer_group
+
+        return delete_consumer_group(self, group)
+
     def stats(self) -> dict:
         """Per-stream length, first entry, bytes on disk and counters (from the state pages)."""
         from .stats import directory_stats
@@ -438,11 +464,13 @@ class Client:
                         w.sync()
                     except CometError as e:
                         log.error("cometmp: final fsync of %s failed: %s", w.directory, e)
-            for w in self._writers.values():
-                w.close()
+            # detach the fast path first: an append racing close() then fails with
+            # ClosedError instead of touching a freed handle
             for app, streams in self._appenders:
                 for i in range(len(streams)):
                     app.set_handle(i, 0)
+            for w in self._writers.values():
+                w.close()
             for r in self._readers.values():
                 r.close()
             self._writers.clear()

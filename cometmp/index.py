@@ -85,7 +85,9 @@ class SegmentIndex:
             self._load()
         i = bisect.bisect_right(self.rels, target) - 1
         if i < 0:
-            if not self.entries and not self.rebuilt and target > 0 and seg.size > 1 << 20:
+            if not self.entries and not self.rebuilt and target > 0:
+                # I8: a segment with records always has an index entry for its first
+                # one, so an empty table means the file is missing or damaged
                 self.rebuild(seg, persist)
                 i = bisect.bisect_right(self.rels, target) - 1
             if i < 0:

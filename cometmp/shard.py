@@ -14,6 +14,7 @@ import logging
 import mmap
 import os
 import struct
+import time
 from typing import Iterator, NamedTuple
 
 from . import paths
@@ -126,6 +127,8 @@ class Writer:
 class StateView:
     """Read-only view of a stream's state page: the published tail, counters."""
 
+    RECHECK = 0.1
+
     def __init__(self, directory: str):
         self.path = os.path.join(directory, paths.STATE)
         self.mm: mmap.mmap | None = None
@@ -133,9 +136,13 @@ class StateView:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
+        self.inode = -1
+        self.checked = time.monotonic()
         try:
-            if os.fstat(fd).st_size != CM_STATE_BYTES:
+            st = os.fstat(fd)
+            if st.st_size != CM_STATE_BYTES:
                 return
+            self.inode = st.st_ino
             mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
@@ -148,6 +155,18 @@ class StateView:
     @property
     def valid(self) -> bool:
         return self.mm is not None
+
+    def replaced(self) -> bool:
+        """True if the state file was rebuilt (renamed over) since we mapped it; checked
+        at most every RECHECK seconds so hot read paths stay syscall-free."""
+        now = time.monotonic()
+        if now - self.checked < self.RECHECK:
+            return False
+        self.checked = now
+        try:
+            return os.stat(self.path).st_ino != self.inode
+        except FileNotFoundError:
+            return True
 
     def committed(self) -> int:
         return struct.unpack_from("=Q", self.mm, CM_STATE_OFF_COMMITTED)[0]
@@ -193,7 +212,8 @@ class Reader:
 
     def committed(self) -> int:
         """Next entry number: every entry below it is complete and readable (I2)."""
-        if not self.state.valid:
+        if not self.state.valid or self.state.replaced():
+            self.state.close()
             self.state = StateView(self.directory)
         if self.state.valid:
             return self.state.committed()
@@ -231,6 +251,12 @@ class Reader:
             self._segments[base] = seg
         return seg
 
+    def _drop(self, base: int) -> None:
+        seg = self._segments.pop(base, None)
+        if seg is not None:
+            seg.close()
+        self._indexes.pop(base, None)
+
     def _index(self, base: int) -> SegmentIndex:
         idx = self._indexes.get(base)
         if idx is None:
@@ -254,16 +280,21 @@ class Reader:
         if entry < 0 or entry >= committed:
             raise EntryNotFound(f"{self.name}: no entry {entry} (length {committed})")
         base = self._base_for(entry)
-        seg = self._segment(base)
-        idx = self._index(base)
         target = entry - base
-        off, seq = idx.floor(seg, target, self.writable_index and base != self._bases[-1])
-        for item in seg.walk(off, seq, committed - base):
-            if isinstance(item, str):
-                continue
-            if item.seq == target:
-                return seg, item
-            if item.seq > target:
+        for attempt in (0, 1):
+            if attempt:  # an empty active segment may have been replaced: remap once
+                self._drop(base)
+            seg = self._segment(base)
+            idx = self._index(base)
+            off, seq = idx.floor(seg, target, self.writable_index and base != self._bases[-1])
+            for item in seg.walk(off, seq, committed - base):
+                if isinstance(item, str):
+                    continue
+                if item.seq == target:
+                    return seg, item
+                if item.seq > target:
+                    break
+            if seg.record_at(CM_SEG_HEADER_BYTES, 0) is not None:
                 break
         if base < self._bases[-1] or entry < committed:
             first = self.first()
@@ -290,6 +321,7 @@ class Reader:
         """Entries from ``start`` in order, up to the length at each step. A record that
         fails its checksum is skipped and counted in ``corrupt_skipped``."""
         entry = max(start, self.first())
+        remapped = -1
         while True:
             committed = self.committed()
             if entry >= committed:
@@ -307,8 +339,7 @@ class Reader:
             stop = (next_base if next_base is not None else committed) - base
             for item in seg.walk(off, seq, stop):
                 if isinstance(item, str):
-                    self.corrupt_skipped += 1
-                    continue
+                    continue  # the entries it cost are counted from the gap below
                 e = base + item.seq
                 if e < entry:
                     continue
@@ -324,6 +355,12 @@ class Reader:
                 if nb is None:
                     self._refresh_bases()
                     nb = self._next_base(base)
+                if nb is None and remapped != base:
+                    # committed says there is more: an empty active segment may have
+                    # been replaced by a larger one with the same base (rotate())
+                    remapped = base
+                    self._drop(base)
+                    continue
                 if nb is None:
                     return
                 if nb > entry:

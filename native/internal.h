@@ -22,12 +22,15 @@ static inline uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); r
 static inline uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 int64_t cm_now_ns(void);
+void cm_crc32c_x3(const uint8_t *p[3], const size_t n[3], uint32_t out[3]);
 
 /* segment.c */
 void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
                             uint32_t stream_crc);
 void cm_record_write(uint8_t *p, const void *data, uint32_t len, int64_t ts,
                      uint32_t seqflags);
+void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint32_t seqflags);
+void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k);
 int  cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
                        uint64_t prealloc, uint32_t stream_crc, int durable,
                        int *fd_out);
@@ -41,7 +44,8 @@ int  cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_cap
                      uint32_t interval, int durable, int *fd_out);
 
 /* prealloc.c */
-void cm_prealloc_warm(int fd, uint64_t from, uint64_t to);
+void cm_prealloc_populate(uint8_t *addr, size_t len);
+void cm_prealloc_unmap(uint8_t *addr, size_t len);
 
 /* state.c */
 uint64_t cm_state_fingerprint(void);
@@ -55,6 +59,9 @@ typedef struct cm_api {
                   uint64_t *first_entry, uint32_t *written, int nonblock);
     const char *(*last_error)(void);
     int (*last_errno)(void);
+    /* appended for cometmp._reader (native/reader.c); keep new fields last */
+    int (*record_at)(const uint8_t *map, uint64_t size, uint64_t off,
+                     uint32_t expect_seq, struct cm_record *out);
 } cm_api;
 
 int cm_append_ex(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,

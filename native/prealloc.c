@@ -1,16 +1,23 @@
-/* prealloc.c - warms the page cache ahead of each stream's tail, off the append path.
+/* prealloc.c - prefaults the active segment ahead of each stream's tail, off the
+ * append path.
  *
- * Appending into a fresh page of a mapped file makes the kernel allocate and
- * zero a page-cache page inside the page fault: ~90 ns per 100-byte append on
- * this machine's VM (docs/PERFORMANCE.md). The appender instead reserves disk
- * blocks one chunk ahead (ensure_alloc in shard.c, under the shard lock) and
- * hands the new range to this process-wide background thread, which reads it
- * once so the zeroed pages already sit in the page cache when the appender
- * reaches them. Purely an optimisation: if the thread falls behind, the
- * appender's own page faults do the same work.
+ * The first store into a page of a mapped file costs a page fault, in which the
+ * kernel allocates and zero-fills a page-cache page: ~90 ns per 100-byte append
+ * on this machine's VM (docs/PERFORMANCE.md). The appender therefore reserves
+ * disk blocks one chunk ahead of its tail (ensure_alloc in shard.c, under the
+ * shard lock) and queues the new range here; this process-wide background
+ * thread runs MADV_POPULATE_WRITE on it, so the appender later stores into pages
+ * that are already in the page cache and in its page tables. Purely an
+ * optimisation: if the thread falls behind, the appender's own faults do the
+ * same work.
  *
- * One thread per process and fork generation (I10): a forked child starts
- * its own on first use; the child's inherited queue is discarded.
+ * Lifetime rule: the thread touches the appender's mapping, so a segment
+ * mapping is never unmapped directly while the thread runs; cm_prealloc_unmap()
+ * queues the munmap behind any populate request for it (FIFO order).
+ *
+ * One thread per process and fork generation (I10): a forked child starts its
+ * own on first use; requests inherited from the parent are dropped, except
+ * unmaps, which the child performs on its own copy of the mappings.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -18,82 +25,106 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include "cometmp.h"
 #include "internal.h"
 
-#define QUEUE 64
-#define READ_BYTES (256u * 1024u)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
-struct warm_req { int fd; uint64_t from, to; };
+#define QUEUE 256
+#define STEP (256u * 1024u) /* populate in steps so an unmap never waits long */
+
+enum { REQ_POPULATE = 1, REQ_UNMAP = 2 };
+struct req { int kind; uint8_t *addr; size_t len; };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
-static struct warm_req queue[QUEUE];
+static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t space = PTHREAD_COND_INITIALIZER;
+static struct req queue[QUEUE];
 static int qhead, qlen;
-static uint64_t thread_gen; /* fork generation whose thread is running; 0 = none */
+static uint64_t thread_gen; /* fork generation whose thread runs; 0 = none */
 
 static void *warm_main(void *arg) {
     uint64_t gen = (uint64_t)(uintptr_t)arg;
-    char *buf = malloc(READ_BYTES);
-    if (!buf) return NULL;
     for (;;) {
         pthread_mutex_lock(&mu);
         while (qlen == 0 && thread_gen == gen)
-            pthread_cond_wait(&cv, &mu);
-        if (thread_gen != gen) { pthread_mutex_unlock(&mu); break; }
-        struct warm_req r = queue[qhead];
+            pthread_cond_wait(&work, &mu);
+        if (thread_gen != gen) { pthread_mutex_unlock(&mu); return NULL; }
+        struct req r = queue[qhead];
         qhead = (qhead + 1) % QUEUE;
         qlen--;
+        pthread_cond_signal(&space);
         pthread_mutex_unlock(&mu);
-        for (uint64_t off = r.from; off < r.to; off += READ_BYTES) {
-            uint64_t n = r.to - off < READ_BYTES ? r.to - off : READ_BYTES;
-            if (pread(r.fd, buf, n, (off_t)off) <= 0) break;
+        if (r.kind == REQ_UNMAP) {
+            munmap(r.addr, r.len);
+        } else {
+            for (size_t off = 0; off < r.len; off += STEP) {
+                size_t n = r.len - off < STEP ? r.len - off : STEP;
+                if (madvise(r.addr + off, n, MADV_POPULATE_WRITE) != 0) break;
+            }
         }
-        close(r.fd);
     }
-    free(buf);
-    return NULL;
 }
 
-static void prealloc_after_fork_child(void) {
-    /* the parent's thread does not exist here; its lock may have been held */
+static void after_fork_child(void) {
+    for (int i = 0; i < qlen; i++) {
+        struct req *r = &queue[(qhead + i) % QUEUE];
+        if (r->kind == REQ_UNMAP) munmap(r->addr, r->len);
+    }
     pthread_mutex_init(&mu, NULL);
-    pthread_cond_init(&cv, NULL);
-    for (int i = 0; i < qlen; i++) close(queue[(qhead + i) % QUEUE].fd);
+    pthread_cond_init(&work, NULL);
+    pthread_cond_init(&space, NULL);
     qhead = qlen = 0;
     thread_gen = 0;
 }
 
 __attribute__((constructor))
-static void prealloc_init(void) { pthread_atfork(NULL, NULL, prealloc_after_fork_child); }
+static void prealloc_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
 
-/* Ask the warm thread to fault [from, to) of fd's file into the page cache.
- * Best effort: any failure just leaves the work to the appender's faults. */
-void cm_prealloc_warm(int fd, uint64_t from, uint64_t to) {
-    if (to <= from) return;
-    pthread_mutex_lock(&mu);
+/* Caller holds mu. Starts this generation's thread; 0 if it cannot run. */
+static int ensure_thread(void) {
     uint64_t gen = cm_fork_generation();
-    if (thread_gen != gen) {
-        pthread_t t;
-        pthread_attr_t a;
-        pthread_attr_init(&a);
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&a, 64 * 1024);
-        if (pthread_create(&t, &a, warm_main, (void *)(uintptr_t)gen) == 0)
-            thread_gen = gen;
-        pthread_attr_destroy(&a);
-        if (thread_gen != gen) { pthread_mutex_unlock(&mu); return; }
+    if (thread_gen == gen) return 1;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    if (pthread_create(&t, &a, warm_main, (void *)(uintptr_t)gen) == 0)
+        thread_gen = gen;
+    pthread_attr_destroy(&a);
+    return thread_gen == gen;
+}
+
+/* Queue a prefault of [addr, addr+len) of a writable shared mapping. Best effort. */
+void cm_prealloc_populate(uint8_t *addr, size_t len) {
+    if (!len) return;
+    pthread_mutex_lock(&mu);
+    if (ensure_thread() && qlen < QUEUE) {
+        queue[(qhead + qlen) % QUEUE] = (struct req){REQ_POPULATE, addr, len};
+        qlen++;
+        pthread_cond_signal(&work);
     }
-    if (qlen < QUEUE) {
-        int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-        if (d >= 0) {
-            queue[(qhead + qlen) % QUEUE] = (struct warm_req){d, from, to};
-            qlen++;
-            pthread_cond_signal(&cv);
-        }
+    pthread_mutex_unlock(&mu);
+}
+
+/* Unmap a segment mapping after every queued prefault of it (see the lifetime rule). */
+void cm_prealloc_unmap(uint8_t *addr, size_t len) {
+    pthread_mutex_lock(&mu);
+    if (thread_gen != cm_fork_generation()) {   /* no thread: nothing can touch it */
+        pthread_mutex_unlock(&mu);
+        munmap(addr, len);
+        return;
     }
+    while (qlen == QUEUE)
+        pthread_cond_wait(&space, &mu);
+    queue[(qhead + qlen) % QUEUE] = (struct req){REQ_UNMAP, addr, len};
+    qlen++;
+    pthread_cond_signal(&work);
     pthread_mutex_unlock(&mu);
 }

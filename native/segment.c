@@ -72,6 +72,33 @@ void cm_record_write(uint8_t *p, const void *data, uint32_t len, int64_t ts,
     put32(p + CM_REC_OFF_CRC, c);
 }
 
+/* Batch form of cm_record_write: frame without the crc, then seal up to
+ * three frames at once (crc chains interleaved, see cm_crc32c_x3). */
+void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint32_t seqflags) {
+    put32(p + CM_REC_OFF_LEN, len);
+    put64(p + CM_REC_OFF_TS, (uint64_t)ts);
+    put32(p + CM_REC_OFF_SEQFLAGS, seqflags);
+    if (len) memcpy(p + CM_REC_HEADER_BYTES, data, len);
+}
+
+void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k) {
+    const uint8_t *p[3];
+    size_t n[3];
+    uint32_t c[3];
+    for (int i = 0; i < 3; i++) {
+        int j = i < k ? i : 0;   /* pad a short group with a repeat of the first */
+        c[i] = cm_crc32c(0, frames[j], 4);
+        p[i] = frames[j] + CM_REC_OFF_TS;
+        n[i] = CM_REC_HEADER_BYTES - CM_REC_OFF_TS + lens[j];
+    }
+    if (k == 1) {
+        c[0] = cm_crc32c(c[0], p[0], n[0]);
+    } else {
+        cm_crc32c_x3(p, n, c);
+    }
+    for (int i = 0; i < k; i++) put32(frames[i] + CM_REC_OFF_CRC, c[i]);
+}
+
 static int all_zero(const uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (p[i]) return 0;

@@ -45,6 +45,7 @@ struct cm_shard {
     uint64_t gen;               /* fork generation at open (I10) */
     cm_options opt;
     /* process-local view of the active segment; changed under the lock */
+    uint32_t seg_gen;           /* st->active_gen this view was mapped at */
     uint64_t seg_base;
     int seg_fd;
     uint8_t *seg_map;
@@ -65,7 +66,7 @@ static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * t
 /* ---------------------------------------------------------------- mapping */
 
 static void unmap_active(cm_shard *s) {
-    if (s->seg_map) munmap(s->seg_map, s->seg_cap);
+    if (s->seg_map) cm_prealloc_unmap(s->seg_map, s->seg_cap);
     if (s->seg_fd >= 0) close(s->seg_fd);
     if (s->idx_map) munmap(s->idx_map, s->idx_cap);
     if (s->idx_fd >= 0) close(s->idx_fd);
@@ -151,6 +152,7 @@ static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
         return cm_fail(rc, 0, "%s/%s: %s", s->dir, name, msg);
     }
     s->seg_fd = fd; s->seg_map = m; s->seg_cap = size; s->seg_base = base;
+    s->seg_gen = s->st ? s->st->active_gen : 0;
     int fresh;
     rc = map_index(s, base, &fresh);
     if (rc < 0) { unmap_active(s); return rc; }
@@ -259,6 +261,32 @@ static uint64_t zero_after(cm_shard *s, uint64_t from, uint64_t limit) {
     return last - from;
 }
 
+/* A segment file shorter than the capacity its header declares lost its end
+ * (a copy cut off, a filesystem that dropped the tail): the missing bytes are
+ * a torn tail. Give the file back its fixed size (I9) so it can be mapped;
+ * the walk then treats the new zeros as the end of data. A file whose header
+ * is unreadable is left alone and map_active() reports it. Caller holds the
+ * lock. */
+static int restore_segment_size(cm_shard *s, uint64_t base) {
+    char name[64];
+    cm_segment_name(name, sizeof name, base, ".seg");
+    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return CM_OK;   /* map_active() reports it */
+    struct stat sb;
+    uint8_t h[CM_SEG_HEADER_BYTES];
+    uint64_t hbase, hcap;
+    int rc = CM_OK;
+    if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size >= CM_SEG_HEADER_BYTES &&
+        pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h &&
+        cm_segment_header_check(h, sizeof h, &hbase, &hcap) == CM_OK &&
+        hbase == base && hcap > (uint64_t)sb.st_size && hcap <= CM_SEG_MAX_BYTES &&
+        ftruncate(fd, (off_t)hcap) != 0)
+        rc = cm_fail(CM_E_IO, errno, "restore %s/%s to %llu bytes", s->dir, name,
+                     (unsigned long long)hcap);
+    close(fd);
+    return rc;
+}
+
 /* Validate and repair the active segment's tail. Caller holds the lock
  * (and, at open, the directory flock). state_fresh: the state page was
  * just (re)initialised and carries nothing to trust. */
@@ -278,6 +306,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
                                s->opt.stream_crc, s->opt.durability != CM_DURABILITY_NONE, &fd);
         if (rc < 0) return rc;
         close(fd);
+        st->active_gen++;
         rc = map_active(s, base, NULL);
         if (rc < 0) return rc;
         st->active_base = base;
@@ -290,6 +319,10 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         return CM_OK;
     }
     int idx_fresh;
+    rc = restore_segment_size(s, max_base);
+    if (rc < 0) return rc;
+    if (state_fresh || st->active_base != max_base)
+        st->active_gen++;   /* other processes' views of the active segment are stale */
     rc = map_active(s, max_base, &idx_fresh);
     if (rc < 0) return rc;
     uint64_t B = max_base;
@@ -332,11 +365,16 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             }
             index_clear_from(s, st->idx_count);
             walk(s, start, sseq, st->tail, 1, &t2, &q2, &ts2, &c2);
-            /* I4: bytes of an unpublished write lie in [tail, reserve_end) */
+            /* I4: bytes of an unpublished write lie in [tail, reserve_end), but
+               zero everything past the tail, not only that stretch or only when
+               the tail is not already zero: frames left after a run of zeros
+               (an older torn write) would otherwise survive, and a later
+               resynchronising walk could adopt them as entries. The reserved
+               stretch is zeroed through the mapping whatever SEEK_DATA says. */
             uint64_t lim = st->reserve_end > tail ? st->reserve_end : tail;
-            dropped = cm_zero_range(s->seg_map, tail, lim);
-            if (cm_record_at(s->seg_map, s->seg_cap, tail, 0xFFFFFFFFu, NULL) != CM_REC_END)
-                dropped = zero_after(s, tail, s->seg_cap);
+            uint64_t reserved = cm_zero_range(s->seg_map, tail, lim);
+            dropped = zero_after(s, tail, s->seg_cap);
+            if (dropped < reserved) dropped = reserved;
             if (last_ts < st->last_ts) last_ts = st->last_ts;
         }
     }
@@ -519,7 +557,7 @@ void cm_shard_close(cm_shard *s) {
 /* Make sure [alloc_end, end) is allocated on disk before we store into the
  * mapping: a store into a hole on a full disk would be SIGBUS (I9). We keep
  * one alloc_chunk of headroom allocated past the write position and let the
- * warm thread (prealloc.c) fault it into the page cache before we get there.
+ * prefault thread (prealloc.c) map it in before we get there.
  * Only a failure to allocate the bytes needed now is an error. */
 static int ensure_alloc(cm_shard *s, uint64_t end) {
     cm_state *st = s->st;
@@ -539,7 +577,8 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     }
     if (end > st->alloc_end) /* needed right now: fault it in here */
         madvise(s->seg_map + from, round_up(end, 4096) - from, MADV_POPULATE_WRITE);
-    cm_prealloc_warm(s->seg_fd, st->alloc_end > from ? st->alloc_end : from, to);
+    uint64_t warm = st->alloc_end > from ? st->alloc_end & ~4095ull : from;
+    cm_prealloc_populate(s->seg_map + warm, to - warm);
     st->alloc_end = to;
     return CM_OK;
 }
@@ -571,6 +610,7 @@ static int rotate(cm_shard *s, uint64_t frame) {
     }
     close(ifd);
     if (!durable) s->sealed_unsynced = 1;
+    st->active_gen++;
     rc = map_active(s, base, NULL);
     if (rc < 0) return rc;
     /* the state follows the files: a crash before this point is repaired by
@@ -581,7 +621,7 @@ static int rotate(cm_shard *s, uint64_t frame) {
     st->alloc_end = pre;
     st->active_base = base;
     st->counters[CM_CTR_ROTATIONS]++;
-    cm_prealloc_warm(s->seg_fd, CM_SEG_HEADER_BYTES, pre);
+    cm_prealloc_populate(s->seg_map, pre);
     return CM_OK;
 }
 
@@ -625,8 +665,8 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
     int rc = lock_shard(s, nonblock);
     if (rc < 0) return rc;
     cm_state *st = s->st;
-    if (s->seg_base != st->active_base) {
-        /* another process rotated since we last wrote */
+    if (s->seg_base != st->active_base || s->seg_gen != st->active_gen) {
+        /* another process rotated (or replaced an empty active segment) */
         rc = map_active(s, st->active_base, NULL);
         if (rc < 0) goto out;
     }
@@ -673,11 +713,20 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
             }
             if (staged) dst = s->stage;
         }
+        uint8_t *group[3];
+        uint32_t glen[3];
+        int ng = 0;
         for (uint32_t j = done; j < k; j++) {
             uint32_t seq = (uint32_t)(entry - s->seg_base);
             index_note(s, off, seq, ts);
-            cm_record_write(dst, iov[j].data, iov[j].len, ts,
-                            seq | (iov[j].flags & CM_REC_FLAGS_MASK));
+            /* len(4) crc(4) ts_ns(8) seqflags(4) payload; crcs sealed three at a time */
+            cm_record_fill(dst, iov[j].data, iov[j].len, ts, seq | (iov[j].flags & CM_REC_FLAGS_MASK));
+            group[ng] = dst;
+            glen[ng++] = iov[j].len;
+            if (ng == 3 || j + 1 == k) {
+                cm_record_seal(group, glen, ng);
+                ng = 0;
+            }
             dst += CM_REC_HEADER_BYTES + iov[j].len;
             off += CM_REC_HEADER_BYTES + iov[j].len;
             chunk_payload += iov[j].len;
@@ -731,7 +780,7 @@ int cm_sync(cm_shard *s) {
         return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
     int rc = lock_shard(s, 0);
     if (rc < 0) return rc;
-    if (s->seg_base != s->st->active_base)
+    if (s->seg_base != s->st->active_base || s->seg_gen != s->st->active_gen)
         rc = map_active(s, s->st->active_base, NULL);
     if (rc == CM_OK) rc = sync_locked(s);
     unlock_shard(s);

@@ -1,0 +1,194 @@
+"""Bad input is rejected with the documented exception and leaves the log untouched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import cometmp
+
+from conftest import small_config, tree_fingerprint
+
+BAD_NAMES = [
+    "a/b", "/abs", "a\\b", "..", "a..b", "../escape", "x/../../y", "nul\x00byte", "\x00",
+    "", "x" * 201, ".hidden", "-dash", "sp ace", "tab\t", "new\nline", "ünï", "*", "a?b",
+]
+NON_STR_NAMES = [None, 7, b"bytes", 1.5, ("a",)]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES + NON_STR_NAMES, ids=repr)
+def test_bad_stream_names_raise_bad_stream_name_and_create_nothing(tmp_path, name):
+    root = str(tmp_path / "d")
+    with cometmp.Client(root, config=small_config()) as c:
+        before = tree_fingerprint(str(tmp_path))
+        for call in (lambda: c.append(name, b"x"), lambda: c.log(name, shards=2),
+                     lambda: c.read(name, 0), lambda: c.pick_shard_stream(name, "k", 4),
+                     lambda: list(c.scan(name))):
+            with pytest.raises(cometmp.BadStreamName) as ei:
+                call()
+            assert isinstance(ei.value, ValueError) and isinstance(ei.value, cometmp.CometError)
+            assert str(ei.value)                       # names the problem
+        assert tree_fingerprint(str(tmp_path)) == before
+
+
+def test_unhashable_stream_name_raises_bad_stream_name_on_read(tmp_path):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        with pytest.raises(cometmp.BadStreamName):
+            c.read(["a"], 0)
+
+
+def test_stream_name_length_limit_is_inclusive(tmp_path):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        ok = "s" * 200
+        assert c.append(ok, b"x")[0].entry == 0
+        with pytest.raises(cometmp.BadStreamName):
+            c.append("s" * 201, b"x")
+        # a family whose shard names would exceed the limit is refused up front
+        with pytest.raises(cometmp.BadStreamName):
+            c.log("f" * 195, shards=2)
+
+
+def test_family_and_plain_streams_are_namespaced_by_prefix(tmp_path):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        a = c.log("events:v1", shards=4).append(b"A", key="k")
+        b = c.log("logs", shards=4).append(b"B", key="k")
+        assert a.stream == f"events:v1:shard:{a.shard:04d}" and b.stream == f"logs:shard:{b.shard:04d}"
+        assert a.shard == b.shard and a.stream != b.stream
+        assert c.read(a.stream, 0).data == b"A" and c.read(b.stream, 0).data == b"B"
+        assert c.streams("events:v1:shard:*") == [f"events:v1:shard:{n:04d}" for n in range(4)]
+        assert len(c.streams()) == 8
+
+
+@pytest.mark.parametrize("bad", ["text", 12, None, 3.5, object(), ["a"], [b"a"]], ids=repr)
+def test_non_bytes_payloads_raise_type_error_and_write_nothing(tmp_path, bad):
+    root = str(tmp_path / "d")
+    with cometmp.Client(root, config=small_config()) as c:
+        lg = c.log("t", shards=1)
+        lg.append(b"first")
+        s = lg.streams[0]
+        with pytest.raises(TypeError):
+            lg.append(bad)
+        with pytest.raises(TypeError):
+            c.append(s, bad if not isinstance(bad, list) else [bad])
+        assert c.length(s) == 1
+        assert [m.data for m in c.scan(s)] == [b"first"]
+
+
+def test_append_many_with_one_bad_item_writes_nothing(tmp_path):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        lg = c.log("t", shards=1)
+        with pytest.raises(TypeError):
+            lg.append_many([b"ok", b"ok", "not bytes", b"ok"])
+        assert c.length(lg.streams[0]) == 0
+        assert lg.append(b"next").entry == 0
+
+
+def test_oversized_entry_raises_entry_too_large_and_writes_nothing(tmp_path):
+    cfg = small_config(max_entry_bytes=1000)
+    root = str(tmp_path / "d")
+    with cometmp.Client(root, config=cfg) as c:
+        lg = c.log("big", shards=1)
+        lg.append(b"kept")
+        s = lg.streams[0]
+    before = tree_fingerprint(root)
+    with cometmp.Client(root, config=cfg) as c:
+        lg = c.log("big", shards=1)
+        noise = os.urandom(1001)                         # incompressible: stays 1001 bytes
+        for call in (lambda: lg.append(noise), lambda: lg.append_many([b"ok", noise]),
+                     lambda: c.append(s, [b"ok", noise])):
+            with pytest.raises(cometmp.EntryTooLarge) as ei:
+                call()
+            assert isinstance(ei.value, ValueError)
+            assert "1001" in str(ei.value) and "1000" in str(ei.value)
+        assert c.length(s) == 1
+        assert lg.append(os.urandom(1000)).entry == 1   # the limit itself is allowed
+    after = tree_fingerprint(root)
+    seg = [p for p in before if p.endswith(".seg")]
+    assert len(seg) == 1 and before[seg[0]][1] == after[seg[0]][1]   # segment never changes size
+
+
+def test_entry_larger_than_a_segment_gets_its_own_segment(tmp_path):
+    cfg = small_config(max_entry_bytes=3 << 20)
+    root = str(tmp_path / "d")
+    big = os.urandom((2 << 20) + 17)
+    with cometmp.Client(root, config=cfg) as c:
+        lg = c.log("huge", shards=1)
+        ids = list(lg.append_many([b"a", big, b"b"]))
+        assert [i.entry for i in ids] == [0, 1, 2]
+        assert [m.data for m in c.scan(lg.streams[0])] == [b"a", big, b"b"]
+    segs = sorted(os.listdir(os.path.join(root, "streams", "huge:shard:0000")))
+    sizes = {n: os.path.getsize(os.path.join(root, "streams", "huge:shard:0000", n))
+             for n in segs if n.endswith(".seg")}
+    assert sizes[f"{1:020d}.seg"] >= len(big) + 20 + 64 and sizes[f"{1:020d}.seg"] % 4096 == 0
+    assert sizes[f"{0:020d}.seg"] == 1 << 20
+
+
+def test_family_reopened_with_another_shard_count_raises(tmp_path):
+    root = str(tmp_path / "d")
+    with cometmp.Client(root, config=small_config()) as c:
+        c.log("fam", shards=4).append(b"x", key="k")
+        with pytest.raises(cometmp.ShardCountMismatch) as ei:
+            c.log("fam", shards=8)
+        assert isinstance(ei.value, ValueError) and "4" in str(ei.value)
+        assert c.log("fam", shards=4).shards == 4
+    before = tree_fingerprint(root)
+    with cometmp.Client(root, config=small_config()) as c:
+        for n in (1, 3, 5, 16):
+            with pytest.raises(cometmp.ShardCountMismatch):
+                c.log("fam", shards=n)
+        assert c.family_shards("fam") == 4
+        # writing beyond the family's shards through the explicit-stream API is refused too
+        with pytest.raises(cometmp.BadStreamName):
+            c.append("fam:shard:0004", b"x")
+    after = tree_fingerprint(root)
+    assert {p for p in after} == {p for p in before}   # no new shard directories
+
+
+@pytest.mark.parametrize("bad", [0, -1, 65537, 2.0, True, "4", None])
+def test_log_rejects_bad_shard_counts(tmp_path, bad):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        with pytest.raises(ValueError):
+            c.log("fam", shards=bad)
+
+
+def test_closed_client_raises_closed_error(tmp_path):
+    c = cometmp.Client(str(tmp_path / "d"), config=small_config())
+    lg = c.log("x", shards=1)
+    lg.append(b"a")
+    c.close()
+    c.close()                                            # idempotent
+    with pytest.raises(cometmp.ClosedError):
+        lg.append(b"b")
+    with pytest.raises(cometmp.ClosedError):
+        c.read("x:shard:0000", 0)
+
+
+def test_data_directory_is_created_private(tmp_path):
+    root = str(tmp_path / "new" / "d")
+    with cometmp.Client(root, config=small_config()) as c:
+        c.log("p", shards=1).append(b"x")
+    assert os.stat(root).st_mode & 0o777 == 0o700
+
+
+def test_append_many_of_a_generator_that_fails_writes_nothing(tmp_path):
+    def items():
+        yield b"a"
+        yield b"b"
+        raise RuntimeError("producer failed")
+
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        lg = c.log("g", shards=1)
+        with pytest.raises(RuntimeError):
+            lg.append_many(items())
+        assert c.length(lg.streams[0]) == 0
+        assert len(lg.append_many([])) == 0 and c.append(lg.streams[0], []) == []
+        assert lg.append_many(iter([b"x", b"y"])).first == 0
+
+
+def test_unknown_stream_raises_stream_not_found(tmp_path):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        for call in (lambda: c.read("nope", 0), lambda: list(c.scan("nope")), lambda: c.length("nope")):
+            with pytest.raises(cometmp.StreamNotFound) as ei:
+                call()
+            assert isinstance(ei.value, KeyError) and "nope" in str(ei.value)
