@@ -267,7 +267,7 @@ static uint64_t zero_after(cm_shard *s, uint64_t from, uint64_t limit) {
  * the walk then treats the new zeros as the end of data. A file whose header
  * is unreadable is left alone and map_active() reports it. Caller holds the
  * lock. */
-static int restore_segment_size(cm_shard *s, uint64_t base) {
+static int restore_segment_size(cm_shard *s, uint64_t base, uint64_t *repaired) {
     char name[64];
     cm_segment_name(name, sizeof name, base, ".seg");
     int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
@@ -276,13 +276,28 @@ static int restore_segment_size(cm_shard *s, uint64_t base) {
     uint8_t h[CM_SEG_HEADER_BYTES];
     uint64_t hbase, hcap;
     int rc = CM_OK;
-    if (fstat(fd, &sb) == 0 && (uint64_t)sb.st_size >= CM_SEG_HEADER_BYTES &&
-        pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h &&
-        cm_segment_header_check(h, sizeof h, &hbase, &hcap) == CM_OK &&
-        hbase == base && hcap > (uint64_t)sb.st_size && hcap <= CM_SEG_MAX_BYTES &&
-        ftruncate(fd, (off_t)hcap) != 0)
+    if (fstat(fd, &sb) != 0) { close(fd); return CM_OK; }
+    uint64_t size = (uint64_t)sb.st_size;
+    int ok = size >= CM_SEG_HEADER_BYTES && pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h &&
+             cm_segment_header_check(h, sizeof h, &hbase, &hcap) == CM_OK &&
+             hbase == base && hcap >= size && hcap <= CM_SEG_MAX_BYTES;
+    if (ok && hcap > size && ftruncate(fd, (off_t)hcap) != 0)
         rc = cm_fail(CM_E_IO, errno, "restore %s/%s to %llu bytes", s->dir, name,
                      (unsigned long long)hcap);
+    if (!ok) {
+        /* The active segment's header is damaged. Everything in it is derivable
+           (base from the file name, I1; capacity from the size; the stream's
+           crc), so rewrite it and keep the records behind it. */
+        uint64_t cap = size < 4096 ? (s->opt.segment_bytes > 4096 ? s->opt.segment_bytes : 4096)
+                                   : (size + 4095) / 4096 * 4096;
+        if (cap > CM_SEG_MAX_BYTES) cap = CM_SEG_MAX_BYTES;
+        cm_segment_header_init(h, base, cap, s->opt.stream_crc);
+        if ((cap != size && ftruncate(fd, (off_t)cap) != 0) ||
+            pwrite(fd, h, sizeof h, 0) != (ssize_t)sizeof h)
+            rc = cm_fail(CM_E_IO, errno, "repair header of %s/%s", s->dir, name);
+        else
+            (*repaired)++;
+    }
     close(fd);
     return rc;
 }
@@ -319,7 +334,8 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         return CM_OK;
     }
     int idx_fresh;
-    rc = restore_segment_size(s, max_base);
+    uint64_t header_repairs = 0;
+    rc = restore_segment_size(s, max_base, &header_repairs);
     if (rc < 0) return rc;
     if (state_fresh || st->active_base != max_base)
         st->active_gen++;   /* other processes' views of the active segment are stale */
@@ -329,7 +345,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     uint64_t tail = 0, corrupt = 0, dropped = 0;
     uint32_t nseq = 0;
     int64_t last_ts = 0;
-    int trusted = !state_fresh && !idx_fresh && st->active_base == B &&
+    int trusted = !state_fresh && !idx_fresh && !header_repairs && st->active_base == B &&
                   st->tail >= CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap &&
                   st->committed >= B && st->committed - B < (1u << 28) &&
                   st->reserve_end >= st->tail && st->reserve_end <= s->seg_cap;
@@ -338,7 +354,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
            stretch after the last index entry and require an exact match */
         uint32_t want = (uint32_t)(st->committed - B);
         uint64_t start = CM_SEG_HEADER_BYTES;
-        uint32_t sseq = 0, keep = 0;
+        uint32_t sseq = 0, keep = 0;   /* index entries to keep: those up to `start` */
         for (uint32_t i = st->idx_count; i-- > 0;) {
             const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES + (uint64_t)i * CM_IDX_ENTRY_BYTES;
             uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
@@ -346,7 +362,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             if (CM_IDX_HEADER_BYTES + (uint64_t)(i + 1) * CM_IDX_ENTRY_BYTES > s->idx_cap) continue;
             if (o < st->tail && q < want &&
                 cm_record_at(s->seg_map, st->tail, o, q, NULL) == CM_REC_VALID) {
-                start = o; sseq = q; keep = i; break;
+                start = o; sseq = q; keep = i + 1; break;
             }
         }
         uint64_t c0 = 0;
@@ -354,7 +370,9 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         if (tail != st->tail || nseq != want || c0) {
             trusted = 0;
         } else {
-            st->idx_count = keep + 1 > st->idx_count ? st->idx_count : keep + 1;
+            /* entries past the kept one may describe the dead writer's unpublished
+               records (index_note runs before the frame is written): drop them */
+            st->idx_count = keep;
             if (st->idx_count == 0) st->idx_last_off = 0;
             /* re-note the entries between the kept index point and the tail */
             uint64_t t2; uint32_t q2; int64_t ts2; uint64_t c2 = 0;
@@ -399,6 +417,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
     if (dropped || corrupt || !trusted) st->counters[CM_CTR_RECOVERIES]++;
     st->counters[CM_CTR_BYTES_DROPPED] += dropped;
+    corrupt += header_repairs;
     st->counters[CM_CTR_CORRUPT_RECORDS] += corrupt;
     if (rep) {
         rep->bytes_dropped += dropped;
