@@ -14,6 +14,7 @@ static const cm_api table = {
     cm_append_ex,
     cm_last_error,
     cm_last_errno,
+    cm_record_at,
 };
 
 void *cm_api_table(void) { return (void *)&table; }
@@ -32,6 +33,7 @@ static const cm_constant constants[] = {
     C(CM_IDX_OFF_RESERVED), C(CM_IDX_OFF_HEADER_CRC), C(CM_IDX_HEADER_BYTES),
     C(CM_IDXE_OFF_REL), C(CM_IDXE_OFF_OFFSET), C(CM_IDXE_OFF_TS), C(CM_IDX_ENTRY_BYTES),
     C(CM_STATE_MAGIC), C(CM_STATE_VERSION), C(CM_STATE_BYTES), C(CM_STATE_COUNTERS),
+    { "CM_STATE_OFF_BOOT_ID", offsetof(cm_state, boot_id) },
     { "CM_STATE_OFF_LOCK", offsetof(cm_state, lock) },
     { "CM_STATE_OFF_COMMITTED", offsetof(cm_state, committed) },
     { "CM_STATE_OFF_ACTIVE_BASE", offsetof(cm_state, active_base) },
@@ -42,6 +44,7 @@ static const cm_constant constants[] = {
     { "CM_STATE_OFF_WAITERS", offsetof(cm_state, waiters) },
     { "CM_STATE_OFF_FIRST_ENTRY", offsetof(cm_state, first_entry) },
     { "CM_STATE_OFF_NOTIFY_SEQ", offsetof(cm_state, notify_seq) },
+    { "CM_STATE_OFF_ACTIVE_GEN", offsetof(cm_state, active_gen) },
     { "CM_STATE_OFF_COUNTERS", offsetof(cm_state, counters) },
     { "CM_STATE_OFF_VERSION", offsetof(cm_state, version) },
     { "CM_STATE_OFF_FINGERPRINT", offsetof(cm_state, fingerprint) },

@@ -10,7 +10,7 @@ from cffi import FFI
 
 NATIVE = pathlib.Path(__file__).resolve().parent
 CORE_SOURCES = ["api.c", "crc32c.c", "error.c", "index.c", "prealloc.c", "segment.c", "shard.c", "state.c",
-                "registry.c"]
+                "registry.c", "notify.c", "offsets.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((NATIVE / "cometmp.h").read_text())

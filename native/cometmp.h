@@ -119,3 +119,30 @@ void cm_registry_unlock(void *base);
 uint64_t cm_registry_bump_epoch(void *base);
 int64_t cm_fs_type(const char *path);
 const cm_constant *cm_registry_constants(uint32_t *count);
+
+/* notify.c: sleep until a writer publishes (issue 4). `state` is a stream's
+ * state page mapped read-write (the waiter counts itself in `waiters`).
+ * 1: the sequence moved (or a signal: re-check); 0: timed out; < 0: error.
+ * timeout_ns < 0 waits without limit. */
+int  cm_wait(void *state, uint32_t seen, int64_t timeout_ns);
+int  cm_wait_many(void *const *states, const uint32_t *seen, uint32_t n, int64_t timeout_ns);
+
+/* offsets.c: the consumer-offsets file (native/offsets.h, cometmp/offsets.py) */
+typedef struct cm_offsets cm_offsets;
+int  cm_offsets_open(const char *path, int create, cm_offsets **out);
+void cm_offsets_close(cm_offsets *o);
+void *cm_offsets_base(cm_offsets *o);
+uint64_t cm_offsets_fingerprint(void);
+int  cm_offsets_lock(cm_offsets *o);
+int  cm_offsets_unlock(cm_offsets *o);
+int  cm_offsets_group(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
+                      uint32_t *index, uint64_t *id);
+int  cm_offsets_add_pattern(cm_offsets *o, uint32_t group, uint64_t id, const char *pat, uint32_t len);
+int  cm_offsets_touch(cm_offsets *o, uint32_t group, uint64_t id, int64_t now_ns);
+int  cm_offsets_delete_group(cm_offsets *o, uint32_t group, uint64_t id);
+int  cm_offsets_slot(cm_offsets *o, uint32_t group, uint64_t id, const char *stream, uint32_t len,
+                     int create, uint32_t *index);
+int  cm_offsets_ack(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t next, int64_t now_ns);
+int  cm_offsets_set(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t next, int64_t now_ns);
+int  cm_offsets_add_dropped(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t n);
+const cm_constant *cm_offsets_layout(uint32_t *count);

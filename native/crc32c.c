@@ -53,6 +53,13 @@ static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t n) {
         n -= 8;
     }
     uint32_t c32 = (uint32_t)c;
+    if (n >= 4) {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        c32 = __builtin_ia32_crc32si(c32, v);
+        p += 4;
+        n -= 4;
+    }
     while (n--)
         c32 = __builtin_ia32_crc32qi(c32, *p++);
     return c32;

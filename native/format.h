@@ -85,7 +85,7 @@ typedef struct cm_state {
     uint32_t size;              /* 16  CM_STATE_BYTES */
     uint32_t reserved1;         /* 20 */
     int64_t  created_ns;        /* 24 */
-    uint8_t  pad0[32];          /* 32 */
+    char     boot_id[32];       /* 32  kernel boot id (hex) of the last writer open, I11 */
     /* writer lock line: robust, process-shared (I5) */
     union { pthread_mutex_t mutex; uint8_t pad[64]; } lock; /* 64 */
     /* tail line: published by the writer holding the lock (I2, I3) */
@@ -100,13 +100,14 @@ typedef struct cm_state {
     uint32_t waiters;           /* 188 readers sleeping on the futex (issue 4) */
     uint64_t first_entry;       /* 192 oldest retained entry */
     uint32_t notify_seq;        /* 200 futex word, bumped on every publish */
-    uint32_t reserved2;         /* 204 */
+    uint32_t active_gen;        /* 204 bumped by every rotation: writers in other processes remap */
     uint8_t  pad1[48];          /* 208 */
     /* counters, 32 x u64, updated under the lock (see CM_CTR_*) */
     uint64_t counters[CM_STATE_COUNTERS]; /* 256 */
     uint8_t  reserved[CM_STATE_BYTES - 512];  /* 512 */
 } cm_state;
 
+_Static_assert(offsetof(cm_state, boot_id) == 32, "boot_id at 32");
 _Static_assert(offsetof(cm_state, lock) == 64, "lock at 64");
 _Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex fits its line");
 _Static_assert(offsetof(cm_state, committed) == 128, "committed at 128");

@@ -1,6 +1,6 @@
 /* offsets.c - the consumer-offsets file: groups, (group, stream) slots, acks.
  *
- * Layout in offsets.h; protocol in docs/CONSUMERS.md. Who may call: any
+ * Layout in offsets.h and docs/FORMAT.md §7; protocol in docs/ARCHITECTURE.md §9. Who may call: any
  * process and thread; the file is shared by every process of a data
  * directory. Claims, pattern updates, offset resets and deletions hold the
  * header's robust process-shared (recursive) mutex (I12); acks do not take
@@ -240,7 +240,7 @@ static int group_live(cm_offsets *o, uint32_t gi, uint64_t id) {
 }
 
 /* Find group `name`; claim a record for it when missing and `create`.
- * Returns CM_OK with *index/*id, or CM_E_NOTFOUND. */
+ * Returns CM_OK (filling index and id) or CM_E_NOTFOUND. */
 int cm_offsets_group(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
                      uint32_t *index, uint64_t *id) {
     if (len == 0 || len > CM_OFS_NAME_MAX)

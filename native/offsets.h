@@ -1,6 +1,6 @@
 /* offsets.h - byte layout of the consumer-offsets file DIR/consumers/offsets.
  *
- * docs/CONSUMERS.md ("Offsets file") is normative; cometmp/offsets.py mirrors
+ * docs/FORMAT.md §7 ("Consumer offsets file") is normative; cometmp/offsets.py mirrors
  * these constants and tests/unit/test_offsets.py compares them with the ones
  * the compiled core reports (cm_offsets_layout()).
  *

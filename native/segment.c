@@ -82,20 +82,23 @@ void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint
 }
 
 void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k) {
+    if (k == 1) {
+        uint8_t *f = frames[0];
+        uint32_t c = cm_crc32c(0, f, 4);
+        put32(f + CM_REC_OFF_CRC,
+              cm_crc32c(c, f + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + lens[0]));
+        return;
+    }
     const uint8_t *p[3];
     size_t n[3];
     uint32_t c[3];
     for (int i = 0; i < 3; i++) {
-        int j = i < k ? i : 0;   /* pad a short group with a repeat of the first */
-        c[i] = cm_crc32c(0, frames[j], 4);
+        int j = i < k ? i : 0;   /* pad a group of two with a repeat of the first */
+        c[i] = i < k ? cm_crc32c(0, frames[j], 4) : c[0];
         p[i] = frames[j] + CM_REC_OFF_TS;
         n[i] = CM_REC_HEADER_BYTES - CM_REC_OFF_TS + lens[j];
     }
-    if (k == 1) {
-        c[0] = cm_crc32c(c[0], p[0], n[0]);
-    } else {
-        cm_crc32c_x3(p, n, c);
-    }
+    cm_crc32c_x3(p, n, c);
     for (int i = 0; i < k; i++) put32(frames[i] + CM_REC_OFF_CRC, c[i]);
 }
 

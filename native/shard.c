@@ -55,11 +55,25 @@ struct cm_shard {
     uint64_t idx_cap;
     uint32_t idx_interval;
     int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
-    uint8_t *stage;             /* staging buffer for large batches (see cm_append_ex) */
-    uint64_t stage_cap;
 };
 
-#define STAGE_MIN_BYTES (16u * 1024u)
+/* I11: the kernel boot id of the last writer open. A state page written before
+ * a reboot may be older than the segment bytes that reached the disk (the page
+ * is not fsynced), so after a reboot recovery never trusts it and rescans. */
+static char boot_id[32];
+static pthread_once_t boot_once = PTHREAD_ONCE_INIT;
+
+static void read_boot_id(void) {
+    char buf[64] = {0};
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        int j = 0;
+        for (ssize_t i = 0; i < n && j < (int)sizeof boot_id; i++)
+            if (buf[i] != '-' && buf[i] != '\n') boot_id[j++] = buf[i];
+    }
+}
 
 static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
@@ -331,6 +345,8 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         st->alloc_end = s->opt.alloc_chunk < cap ? s->opt.alloc_chunk : cap;
         st->idx_count = 0;
         st->idx_last_off = 0;
+        pthread_once(&boot_once, read_boot_id);
+        memcpy(st->boot_id, boot_id, sizeof boot_id);
         return CM_OK;
     }
     int idx_fresh;
@@ -345,7 +361,9 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     uint64_t tail = 0, corrupt = 0, dropped = 0;
     uint32_t nseq = 0;
     int64_t last_ts = 0;
+    pthread_once(&boot_once, read_boot_id);
     int trusted = !state_fresh && !idx_fresh && !header_repairs && st->active_base == B &&
+                  memcmp(st->boot_id, boot_id, sizeof boot_id) == 0 &&
                   st->tail >= CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap &&
                   st->committed >= B && st->committed - B < (1u << 28) &&
                   st->reserve_end >= st->tail && st->reserve_end <= s->seg_cap;
@@ -411,6 +429,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     st->tail = tail;
     st->reserve_end = tail;
     st->last_ts = last_ts;
+    memcpy(st->boot_id, boot_id, sizeof boot_id);
     __atomic_store_n(&st->committed, B + nseq, __ATOMIC_RELEASE);
     if (st->first_entry > B) st->first_entry = B;
     if (st->alloc_end < tail) st->alloc_end = round_up(tail, 4096);
@@ -567,7 +586,6 @@ void cm_shard_close(cm_shard *s) {
     if (s->st) munmap(s->st, CM_STATE_BYTES);
     if (s->state_fd >= 0) close(s->state_fd);   /* releases our LOCK_SH */
     if (s->dirfd > 0) close(s->dirfd);
-    free(s->stage);
     free(s);
 }
 
@@ -575,16 +593,16 @@ void cm_shard_close(cm_shard *s) {
 
 /* Make sure [alloc_end, end) is allocated on disk before we store into the
  * mapping: a store into a hole on a full disk would be SIGBUS (I9). We keep
- * one alloc_chunk of headroom allocated past the write position and let the
+ * two to four alloc_chunks allocated past the write position and let the
  * prefault thread (prealloc.c) map it in before we get there.
  * Only a failure to allocate the bytes needed now is an error. */
 static int ensure_alloc(cm_shard *s, uint64_t end) {
     cm_state *st = s->st;
     uint64_t chunk = s->opt.alloc_chunk;
-    if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + chunk <= st->alloc_end))
+    if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + 2 * chunk <= st->alloc_end))
         return CM_OK;
     uint64_t from = st->alloc_end & ~4095ull;
-    uint64_t to = round_up(end, 4096) + 2 * chunk;
+    uint64_t to = round_up(end, 4096) + 4 * chunk;
     if (to > s->seg_cap) to = s->seg_cap;
     int e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
     if (e != 0) {
@@ -658,8 +676,8 @@ static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
 static int sync_locked(cm_shard *s) {
     if (s->seg_fd >= 0 && fdatasync(s->seg_fd) != 0)
         return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg", s->dir, (unsigned long long)s->seg_base);
-    if (msync(s->st, CM_STATE_BYTES, MS_SYNC) != 0)
-        return cm_fail(CM_E_IO, errno, "msync %s/state", s->dir);
+    /* the state page is not synced: after a crash of the machine recovery
+       ignores it and rescans the segment (I11) */
     if (s->sealed_unsynced) {
         if (syncfs(s->dirfd) != 0)
             return cm_fail(CM_E_IO, errno, "syncfs %s", s->dir);
@@ -714,24 +732,7 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
         if (rc < 0) goto out;
         st->reserve_end = end;  /* I4: declare the bytes we are about to write */
         uint8_t *dst = s->seg_map + off;
-        uint64_t start = off, chunk_payload = 0, chunk_compressed = 0;
-        uint32_t idx_count0 = st->idx_count;
-        uint64_t idx_last0 = st->idx_last_off;
-        /* Large batches are framed into a staging buffer and written with one
-           pwrite(): copying into fresh page-cache pages through the mapping
-           costs a page fault and a kernel zero-fill per 4 KiB, a full-page
-           write() costs neither (docs/PERFORMANCE.md). Same page cache, so
-           readers' mappings see the bytes all the same. */
-        int staged = end - off >= STAGE_MIN_BYTES;
-        if (staged) {
-            if (s->stage_cap < end - off) {
-                uint64_t cap = round_up(end - off, 1u << 20);
-                uint8_t *nb = realloc(s->stage, cap);
-                if (nb) { s->stage = nb; s->stage_cap = cap; }
-                else staged = 0;
-            }
-            if (staged) dst = s->stage;
-        }
+        uint64_t chunk_payload = 0, chunk_compressed = 0;
         uint8_t *group[3];
         uint32_t glen[3];
         int ng = 0;
@@ -751,26 +752,6 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
             chunk_payload += iov[j].len;
             if (iov[j].flags & CM_REC_FLAG_ZSTD) chunk_compressed++;
             entry++;
-        }
-        if (staged) {
-            uint64_t n = off - start, w = 0;
-            while (w < n) {
-                ssize_t r = pwrite(s->seg_fd, s->stage + w, n - w, (off_t)(start + w));
-                if (r < 0 && errno == EINTR) continue;
-                if (r <= 0) {
-                    /* nothing published: the bytes stay in [tail, reserve_end) (I4) */
-                    int e = r < 0 ? errno : EIO;
-                    rc = cm_fail(e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, e, "write %s/%020llu.seg",
-                                 s->dir, (unsigned long long)s->seg_base);
-                    cm_zero_range(s->seg_map, st->tail, st->reserve_end);
-                    st->reserve_end = st->tail;
-                    st->idx_count = idx_count0;
-                    st->idx_last_off = idx_last0;
-                    index_clear_from(s, idx_count0);
-                    goto out;
-                }
-                w += (uint64_t)r;
-            }
         }
         publish(s, off, entry);
         bytes += chunk_payload;

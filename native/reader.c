@@ -1,0 +1,522 @@
+/* reader.c - cometmp._reader: the batch reader behind Consumer.read().
+ *
+ * Who may call: cometmp/consumer.py only; not thread safe (one Batch per
+ * reading thread). Python-level work per record (a cffi call, a RecordRef, a
+ * slice) costs ~1 us, twenty times the budget of a 5 M entries/s reader, so
+ * the record walk and the per-entry objects live here. The record rules stay
+ * the core's: every frame is validated by cm_record_at (V1-V5), reached
+ * through the function table the cffi module exports (api.c), so both
+ * extensions share one copy of the code.
+ *
+ * A Batch holds, per entry, a pointer into a segment mapping plus length,
+ * flags, timestamp, entry number and stream index; it keeps every mapping it
+ * points into exported (PyObject_GetBuffer) for as long as it lives, so an
+ * mmap.close() elsewhere cannot unmap them (Segment.close() then leaves the
+ * unmap to the GC). Entries are materialised lazily:
+ *
+ *   batch[i]          StreamMessage(MessageID, data, timestamp_ns), cached
+ *   batch.payloads()  list of the data objects only (the fast path)
+ *
+ * data is bytes (a copy) by default; with zero_copy it is a read-only
+ * memoryview exported by the Batch itself, so each view keeps the Batch (and
+ * through it the mapping) alive: a view can never outlive its bytes. A
+ * compressed record is always decompressed into bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stddef.h>
+#include "cometmp.h"
+#include "internal.h"
+
+static const cm_api *api;
+static PyObject *StreamMessageType;   /* cometmp.StreamMessage (a tuple subclass) */
+static PyObject *MessageIDType;       /* cometmp.MessageID */
+static PyObject *decompress_fn;       /* bytes -> bytes */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n, cap;
+    const uint8_t **ptr;
+    uint32_t *len;
+    uint32_t *flags;
+    int64_t *ts;
+    uint64_t *entry;
+    uint32_t *sidx;
+    uint32_t *hidx;           /* index into held/bases of the entry's mapping */
+    PyObject **items;         /* cached StreamMessage per entry (lazily) */
+    PyObject *names;          /* list: stream name per stream index */
+    PyObject *shards;         /* list: shard number per stream index */
+    Py_buffer *held;          /* exported mappings */
+    PyObject **bases;         /* per held mapping: a read-only memoryview of all of it */
+    Py_ssize_t nheld, capheld;
+    Py_ssize_t exports;       /* live memoryviews over this batch */
+    Py_ssize_t export_index;  /* entry the next getbuffer exports */
+    int zero_copy;
+    PyObject *weakrefs;
+    PyObject *dict;
+} Batch;
+
+static int ensure_cap(Batch *b, Py_ssize_t need) {
+    if (need <= b->cap) return 0;
+    Py_ssize_t c = b->cap ? b->cap : 256;
+    while (c < need) c *= 2;
+#define GROW(f, T) do { T *p = PyMem_Realloc(b->f, (size_t)c * sizeof(T)); \
+        if (!p) { PyErr_NoMemory(); return -1; } b->f = p; } while (0)
+    GROW(ptr, const uint8_t *);
+    GROW(len, uint32_t);
+    GROW(flags, uint32_t);
+    GROW(ts, int64_t);
+    GROW(entry, uint64_t);
+    GROW(sidx, uint32_t);
+    GROW(hidx, uint32_t);
+    GROW(items, PyObject *);
+#undef GROW
+    memset(b->items + b->cap, 0, (size_t)(c - b->cap) * sizeof(PyObject *));
+    b->cap = c;
+    return 0;
+}
+
+static void drop_items(Batch *b) {
+    if (b->items)
+        for (Py_ssize_t i = 0; i < b->n; i++) Py_CLEAR(b->items[i]);
+}
+
+static void release_held(Batch *b) {
+    for (Py_ssize_t i = 0; i < b->nheld; i++) {
+        Py_CLEAR(b->bases[i]);
+        PyBuffer_Release(&b->held[i]);
+    }
+    b->nheld = 0;
+}
+
+static int Batch_traverse(Batch *b, visitproc visit, void *arg) {
+    if (b->items)
+        for (Py_ssize_t i = 0; i < b->n; i++) Py_VISIT(b->items[i]);
+    Py_VISIT(b->names);
+    Py_VISIT(b->shards);
+    Py_VISIT(b->dict);
+    for (Py_ssize_t i = 0; i < b->nheld; i++) Py_VISIT(b->bases[i]);
+    return 0;
+}
+
+static int Batch_clear(Batch *b) {
+    drop_items(b);
+    Py_CLEAR(b->names);
+    Py_CLEAR(b->shards);
+    Py_CLEAR(b->dict);
+    return 0;
+}
+
+static void Batch_dealloc(Batch *b) {
+    PyObject_GC_UnTrack(b);
+    if (b->weakrefs) PyObject_ClearWeakRefs((PyObject *)b);
+    Batch_clear(b);
+    release_held(b);
+    PyMem_Free(b->held);
+    PyMem_Free(b->bases);
+    PyMem_Free(b->ptr); PyMem_Free(b->len); PyMem_Free(b->flags); PyMem_Free(b->ts);
+    PyMem_Free(b->entry); PyMem_Free(b->sidx); PyMem_Free(b->hidx); PyMem_Free(b->items);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *Batch_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    int zero_copy = 0;
+    static char *kwlist[] = {"zero_copy", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", kwlist, &zero_copy)) return NULL;
+    Batch *b = (Batch *)type->tp_alloc(type, 0);
+    if (!b) return NULL;
+    b->zero_copy = zero_copy;
+    b->names = PyList_New(0);
+    b->shards = PyList_New(0);
+    if (!b->names || !b->shards) { Py_DECREF(b); return NULL; }
+    return (PyObject *)b;
+}
+
+static int Batch_init(PyObject *self, PyObject *args, PyObject *kw) { return 0; }
+
+/* hold(mm) -> index of the exported buffer for mapping object mm */
+static Py_ssize_t hold(Batch *b, PyObject *mm) {
+    for (Py_ssize_t i = b->nheld; i-- > 0;)
+        if (b->held[i].obj == mm) return i;
+    if (b->nheld == b->capheld) {
+        Py_ssize_t c = b->capheld ? b->capheld * 2 : 4;
+        Py_buffer *p = PyMem_Realloc(b->held, (size_t)c * sizeof(Py_buffer));
+        if (!p) { PyErr_NoMemory(); return -1; }
+        b->held = p;
+        PyObject **q = PyMem_Realloc(b->bases, (size_t)c * sizeof(PyObject *));
+        if (!q) { PyErr_NoMemory(); return -1; }
+        b->bases = q; b->capheld = c;
+    }
+    if (PyObject_GetBuffer(mm, &b->held[b->nheld], PyBUF_SIMPLE) < 0) return -1;
+    b->bases[b->nheld] = NULL;
+    return b->nheld++;
+}
+
+/* add_stream(name, shard) -> stream index used by fill() */
+static PyObject *Batch_add_stream(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "add_stream(name, shard)");
+        return NULL;
+    }
+    if (PyList_Append(b->names, args[0]) < 0 || PyList_Append(b->shards, args[1]) < 0) return NULL;
+    return PyLong_FromSsize_t(PyList_GET_SIZE(b->names) - 1);
+}
+
+enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
+
+/* fill(stream_index, mapping, base, off, seq, stop_seq, max_n)
+ *   -> (off, seq, added, status)
+ * Appends the valid records of one segment from (off, seq) while seq <
+ * stop_seq (I2: never past the published count) and added < max_n.
+ * status: 0 stopped at a limit, 1 end of the segment's data, 2 a frame at
+ * `off` failed validation (the caller resynchronises, as Segment.walk). */
+static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "fill(stream_index, mapping, base, off, seq, stop_seq, max_n)");
+        return NULL;
+    }
+    Py_ssize_t si = PyLong_AsSsize_t(args[0]);
+    unsigned long long base = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[3]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[4]);
+    unsigned long long stop = PyLong_AsUnsignedLongLong(args[5]);
+    Py_ssize_t max_n = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (si < 0 || si >= PyList_GET_SIZE(b->names)) {
+        PyErr_SetString(PyExc_IndexError, "stream index out of range");
+        return NULL;
+    }
+    if (b->exports) {
+        PyErr_SetString(PyExc_BufferError, "cannot grow a batch while views of it exist");
+        return NULL;
+    }
+    Py_ssize_t h = hold(b, args[1]);
+    if (h < 0) return NULL;
+    const uint8_t *map = b->held[h].buf;
+    uint64_t size = (uint64_t)b->held[h].len;
+    if (max_n < 0) max_n = 0;
+    if (ensure_cap(b, b->n + max_n) < 0) return NULL;
+    Py_ssize_t added = 0;
+    int status = FILL_MORE;
+    cm_record r;
+    Py_ssize_t n = b->n;
+    while (added < max_n && seq < stop) {
+        int rc = api->record_at(map, size, off, (uint32_t)seq, &r);
+        if (rc != CM_REC_VALID) {
+            status = rc == CM_REC_END ? FILL_END : FILL_DAMAGED;
+            break;
+        }
+        b->ptr[n] = map + off + CM_REC_HEADER_BYTES;
+        b->len[n] = r.len;
+        b->flags[n] = r.flags;
+        b->ts[n] = r.ts_ns;
+        b->entry[n] = base + seq;
+        b->sidx[n] = (uint32_t)si;
+        b->hidx[n] = (uint32_t)h;
+        n++;
+        added++;
+        off += r.frame_bytes;
+        seq++;
+    }
+    b->n = n;
+    return Py_BuildValue("(KKni)", off, seq, added, status);
+}
+
+/* A read-only memoryview of entry i that shares one managed buffer per mapping:
+ * PyMemoryView_FromObject(view) registers a new view on the base view's managed
+ * buffer (one object, where a view of a fresh exporter costs two), then we narrow it
+ * to the entry exactly as a 1-D slice would (buf, len, shape; strides and flags of
+ * a contiguous byte view do not change). The view keeps the mapping exported, so an
+ * mmap.close() elsewhere fails and the GC unmaps once the last view is gone. */
+static PyObject *view_of(Batch *b, Py_ssize_t i) {
+    uint32_t h = b->hidx[i];
+    if (!b->bases[h]) {
+        PyObject *base = PyMemoryView_FromObject(b->held[h].obj);
+        if (!base) return NULL;
+        PyMemoryViewObject *bm = (PyMemoryViewObject *)base;
+        if (bm->view.ndim != 1 || bm->view.itemsize != 1 || bm->view.strides[0] != 1) {
+            Py_DECREF(base);
+            b->export_index = i;                 /* unusual exporter: the slow path */
+            return PyMemoryView_FromObject((PyObject *)b);
+        }
+        b->bases[h] = base;
+    }
+    PyObject *v = PyMemoryView_FromObject(b->bases[h]);
+    if (!v) return NULL;
+    PyMemoryViewObject *m = (PyMemoryViewObject *)v;
+    m->view.buf = (void *)b->ptr[i];
+    m->view.len = (Py_ssize_t)b->len[i];
+    m->view.shape[0] = (Py_ssize_t)b->len[i];
+    m->view.readonly = 1;
+    return v;
+}
+
+static PyObject *payload(Batch *b, Py_ssize_t i) {
+    if (b->flags[i] & CM_REC_FLAG_ZSTD) {
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)b->ptr[i], b->len[i]);
+        if (!raw) return NULL;
+        PyObject *out = PyObject_CallOneArg(decompress_fn, raw);
+        Py_DECREF(raw);
+        return out;
+    }
+    if (!b->zero_copy)
+        return PyBytes_FromStringAndSize((const char *)b->ptr[i], b->len[i]);
+    return view_of(b, i);
+}
+
+static PyObject *message(Batch *b, Py_ssize_t i) {
+    if (b->items[i]) return Py_NewRef(b->items[i]);
+    PyObject *data = payload(b, i);
+    if (!data) return NULL;
+    PyObject *entry = PyLong_FromUnsignedLongLong(b->entry[i]);
+    PyObject *ts = PyLong_FromLongLong(b->ts[i]);
+    PyObject *id = NULL, *msg = NULL;
+    if (entry && ts) {
+        PyObject *a[3] = {PyList_GET_ITEM(b->names, b->sidx[i]),
+                          PyList_GET_ITEM(b->shards, b->sidx[i]), entry};
+        id = PyObject_Vectorcall(MessageIDType, a, 3, NULL);   /* MessageID(stream, shard, entry) */
+    }
+    if (id) {
+        /* StreamMessage is a NamedTuple: build the tuple subclass directly */
+        PyTypeObject *tp = (PyTypeObject *)StreamMessageType;
+        msg = tp->tp_alloc(tp, 3);
+        if (msg) {
+            PyTuple_SET_ITEM(msg, 0, id);
+            PyTuple_SET_ITEM(msg, 1, data);
+            PyTuple_SET_ITEM(msg, 2, ts);
+            id = data = ts = NULL;
+        }
+    }
+    Py_XDECREF(id); Py_XDECREF(data); Py_XDECREF(ts); Py_XDECREF(entry);
+    if (msg) b->items[i] = Py_NewRef(msg);
+    return msg;
+}
+
+static Py_ssize_t Batch_len(Batch *b) { return b->n; }
+
+static PyObject *Batch_item(Batch *b, Py_ssize_t i) {
+    if (i < 0 || i >= b->n) {
+        PyErr_SetString(PyExc_IndexError, "batch index out of range");
+        return NULL;
+    }
+    return message(b, i);
+}
+
+static PyObject *Batch_subscript(Batch *b, PyObject *key) {
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) return NULL;
+        if (i < 0) i += b->n;
+        return Batch_item(b, i);
+    }
+    if (PySlice_Check(key)) {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(key, &start, &stop, &step) < 0) return NULL;
+        Py_ssize_t len = PySlice_AdjustIndices(b->n, &start, &stop, step);
+        PyObject *out = PyList_New(len);
+        if (!out) return NULL;
+        for (Py_ssize_t k = 0, i = start; k < len; k++, i += step) {
+            PyObject *m = message(b, i);
+            if (!m) { Py_DECREF(out); return NULL; }
+            PyList_SET_ITEM(out, k, m);
+        }
+        return out;
+    }
+    PyErr_Format(PyExc_TypeError, "batch indices must be integers or slices, not %.100s",
+                 Py_TYPE(key)->tp_name);
+    return NULL;
+}
+
+/* payloads() -> list of the entries' data (bytes, or memoryviews with zero_copy) */
+static PyObject *Batch_payloads(Batch *b, PyObject *unused) {
+    PyObject *out = PyList_New(b->n);
+    if (!out) return NULL;
+#if PY_VERSION_HEX >= 0x030A0000
+    /* Each memoryview is two GC-tracked objects that all survive the loop: letting the
+     * collector run every 700 of them costs more than the views (measured 2x). Defer
+     * it to one pass after the loop; no Python code runs in between except decompress. */
+    int gc_was = b->zero_copy ? PyGC_Disable() : 0;
+#endif
+    Py_ssize_t i;
+    for (i = 0; i < b->n; i++) {
+        PyObject *d = b->items[i] ? Py_NewRef(PyTuple_GET_ITEM(b->items[i], 1)) : payload(b, i);
+        if (!d) break;
+        PyList_SET_ITEM(out, i, d);
+    }
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was) PyGC_Enable();
+#endif
+    if (i < b->n) { Py_DECREF(out); return NULL; }
+    return out;
+}
+
+/* ack_points() -> {stream_index: last entry + 1}: what acking this batch means */
+static PyObject *Batch_ack_points(Batch *b, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    Py_ssize_t ns = PyList_GET_SIZE(b->names);
+    uint64_t *hi = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof(uint64_t));
+    if (!hi) { Py_DECREF(out); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < b->n; i++)
+        if (b->entry[i] + 1 > hi[b->sidx[i]]) hi[b->sidx[i]] = b->entry[i] + 1;
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        if (!hi[s]) continue;
+        PyObject *v = PyLong_FromUnsignedLongLong(hi[s]);
+        if (!v || PyDict_SetItem(out, PyList_GET_ITEM(b->names, s), v) < 0) {
+            Py_XDECREF(v); Py_DECREF(out); PyMem_Free(hi); return NULL;
+        }
+        Py_DECREF(v);
+    }
+    PyMem_Free(hi);
+    return out;
+}
+
+/* entry_at(i) -> (stream, entry) without building a message */
+static PyObject *Batch_entry_at(Batch *b, PyObject *arg) {
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0) i += b->n;
+    if (i < 0 || i >= b->n) {
+        PyErr_SetString(PyExc_IndexError, "batch index out of range");
+        return NULL;
+    }
+    return Py_BuildValue("(OK)", PyList_GET_ITEM(b->names, b->sidx[i]),
+                         (unsigned long long)b->entry[i]);
+}
+
+/* release(): drop cached messages and, once no view is exported, the mappings */
+static PyObject *Batch_release(Batch *b, PyObject *unused) {
+    drop_items(b);
+    if (b->exports == 0) {
+        release_held(b);
+        b->n = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Batch_enter(PyObject *self, PyObject *unused) { return Py_NewRef(self); }
+
+static PyObject *Batch_exit(Batch *b, PyObject *args) {
+    return Batch_release(b, NULL);
+}
+
+static PyObject *Batch_get_streams(Batch *b, void *c) { return PyList_AsTuple(b->names); }
+static PyObject *Batch_get_zero_copy(Batch *b, void *c) { return PyBool_FromLong(b->zero_copy); }
+
+static int Batch_getbuffer(Batch *b, Py_buffer *view, int flags) {
+    Py_ssize_t i = b->export_index;
+    if (i < 0 || i >= b->n) {
+        PyErr_SetString(PyExc_BufferError, "a Batch exports its entries only through payloads()");
+        view->obj = NULL;
+        return -1;
+    }
+    b->export_index = -1;
+    if (PyBuffer_FillInfo(view, (PyObject *)b, (void *)b->ptr[i], (Py_ssize_t)b->len[i], 1, flags) < 0)
+        return -1;
+    b->exports++;
+    return 0;
+}
+
+static void Batch_releasebuffer(Batch *b, Py_buffer *view) { b->exports--; }
+
+static PyBufferProcs Batch_as_buffer = {
+    (getbufferproc)Batch_getbuffer,
+    (releasebufferproc)Batch_releasebuffer,
+};
+
+static PySequenceMethods Batch_as_sequence = {
+    .sq_length = (lenfunc)Batch_len,
+    .sq_item = (ssizeargfunc)Batch_item,
+};
+
+static PyMappingMethods Batch_as_mapping = {
+    .mp_length = (lenfunc)Batch_len,
+    .mp_subscript = (binaryfunc)Batch_subscript,
+};
+
+static PyMethodDef Batch_methods[] = {
+    {"add_stream", (PyCFunction)(void (*)(void))Batch_add_stream, METH_FASTCALL,
+     "add_stream(name, shard) -> stream index"},
+    {"fill", (PyCFunction)(void (*)(void))Batch_fill, METH_FASTCALL,
+     "fill(stream_index, mapping, base, off, seq, stop_seq, max_n) -> (off, seq, added, status)"},
+    {"payloads", (PyCFunction)Batch_payloads, METH_NOARGS,
+     "payloads() -> list of the entries' data (bytes, or memoryviews with zero_copy)"},
+    {"ack_points", (PyCFunction)Batch_ack_points, METH_NOARGS,
+     "ack_points() -> {stream: last entry + 1}"},
+    {"entry_at", (PyCFunction)Batch_entry_at, METH_O, "entry_at(i) -> (stream, entry)"},
+    {"release", (PyCFunction)Batch_release, METH_NOARGS,
+     "release(): drop cached messages and the mappings (once no view is held)"},
+    {"__enter__", (PyCFunction)Batch_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Batch_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Batch_getset[] = {
+    {"streams", (getter)Batch_get_streams, NULL, "stream names this batch may hold", NULL},
+    {"zero_copy", (getter)Batch_get_zero_copy, NULL, "data are memoryviews over the mapping", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cometmp._reader.Batch",
+    .tp_basicsize = sizeof(Batch),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Entries read by Consumer.read(): list-like of StreamMessage (see reader.c).",
+    .tp_new = Batch_new,
+    .tp_init = Batch_init,
+    .tp_dealloc = (destructor)Batch_dealloc,
+    .tp_traverse = (traverseproc)Batch_traverse,
+    .tp_clear = (inquiry)Batch_clear,
+    .tp_as_sequence = &Batch_as_sequence,
+    .tp_as_mapping = &Batch_as_mapping,
+    .tp_as_buffer = &Batch_as_buffer,
+    .tp_methods = Batch_methods,
+    .tp_getset = Batch_getset,
+    .tp_weaklistoffset = offsetof(Batch, weakrefs),
+    .tp_dictoffset = offsetof(Batch, dict),
+};
+
+/* configure(api_addr, StreamMessage, MessageID, decompress) */
+static PyObject *configure(PyObject *m, PyObject *args) {
+    unsigned long long addr;
+    PyObject *sm, *mid, *dec;
+    if (!PyArg_ParseTuple(args, "KOOO", &addr, &sm, &mid, &dec)) return NULL;
+    const cm_api *t = (const cm_api *)(uintptr_t)addr;
+    if (!t || t->version != CM_API_VERSION || !t->record_at) {
+        PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
+        return NULL;
+    }
+    if (!PyType_Check(sm) || !PyType_IsSubtype((PyTypeObject *)sm, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "StreamMessage must be a tuple subclass");
+        return NULL;
+    }
+    api = t;
+    Py_XSETREF(StreamMessageType, Py_NewRef(sm));
+    Py_XSETREF(MessageIDType, Py_NewRef(mid));
+    Py_XSETREF(decompress_fn, Py_NewRef(dec));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(api_addr, StreamMessage, MessageID, decompress): called once by cometmp.consumer"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {
+    PyModuleDef_HEAD_INIT, "cometmp._reader",
+    "Batch reader for cometmp consumers (native/reader.c).", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__reader(void) {
+    if (PyType_Ready(&BatchType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
