@@ -17,8 +17,16 @@ setup(
         Extension(
             "cometmp._appender",
             sources=["native/appender.c"],
+            depends=["native/cometmp.h", "native/format.h", "native/internal.h"],
             include_dirs=["native"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
-        )
+        ),
+        Extension(  # the consumers' batch reader, over the same core table (issue 4)
+            "cometmp._reader",
+            sources=["native/reader.c"],
+            depends=["native/cometmp.h", "native/format.h", "native/internal.h"],
+            include_dirs=["native"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter"],
+        ),
     ],
 )

@@ -12,6 +12,7 @@ See docs/FORMAT.md (on-disk format), docs/ARCHITECTURE.md (invariants) and READM
 """
 
 from .client import Client, Log, MessageIDs, pick_shard
+from .consumer import Batch, Consumer, consumer_groups, delete_consumer_group
 from .config import (
     CompressionConfig,
     ConcurrencyConfig,
@@ -21,33 +22,52 @@ from .config import (
     StorageConfig,
 )
 from .errors import (
+    BadGroupName,
     BadStreamName,
     ClosedError,
     CometError,
     CorruptRecord,
     DiskFull,
+    EntriesDropped,
     EntryNotFound,
     EntryTooLarge,
     FormatError,
     ReadOnlyError,
+    RegistryError,
     ShardCountMismatch,
+    ShardNotOwned,
+    StopProcessing,
     StorageError,
     StreamNotFound,
+    UnsupportedFilesystem,
 )
+from .registry import configure, worker_id
+from .retention import RetentionReport
 from .shard import MessageID, StreamMessage
+from .supervisor import Supervisor
 
 __version__ = "0.1.0"
 
+# The library logs through this logger and never prints: without a NullHandler, Python's
+# last-resort handler would write its warnings to stderr.
+import logging as _logging  # noqa: E402
+
+_logging.getLogger("cometmp").addHandler(_logging.NullHandler())
+
 __all__ = [
+    "BadGroupName",
     "BadStreamName",
+    "Batch",
     "Client",
     "ClosedError",
     "CometError",
     "CompressionConfig",
     "ConcurrencyConfig",
     "Config",
+    "Consumer",
     "CorruptRecord",
     "DiskFull",
+    "EntriesDropped",
     "EntryNotFound",
     "EntryTooLarge",
     "FormatError",
@@ -56,11 +76,21 @@ __all__ = [
     "MessageID",
     "MessageIDs",
     "ReadOnlyError",
+    "RegistryError",
     "RetentionConfig",
+    "RetentionReport",
     "ShardCountMismatch",
+    "ShardNotOwned",
+    "StopProcessing",
     "StorageConfig",
     "StorageError",
     "StreamMessage",
     "StreamNotFound",
+    "Supervisor",
+    "UnsupportedFilesystem",
+    "configure",
+    "consumer_groups",
+    "delete_consumer_group",
     "pick_shard",
+    "worker_id",
 ]

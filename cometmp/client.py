@@ -167,6 +167,8 @@ class Client:
             os.makedirs(os.path.join(self.path, paths.FAMILIES), mode=0o700, exist_ok=True)
             if not os.path.exists(marker):
                 _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION})
+            for p in paths.remove_dead_temp_files(self.path):  # I7
+                log.info("cometmp: removed leftover temporary file %s", p)
         if os.path.exists(marker):
             with open(marker) as f:
                 try:

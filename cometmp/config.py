@@ -68,6 +68,13 @@ class RetentionConfig:
     hard_max_total_bytes: int = 0
     #: How often the owning process applies retention in the background (seconds).
     check_interval: float = 60.0
+    #: Hard floor of free space on the data directory's filesystem, as a fraction of its
+    #: size: below it the oldest sealed segments are deleted even if unacked (reported
+    #: like the hard cap). The default keeps the filesystem from filling; 0 disables.
+    hard_min_free_ratio: float = 0.01
+    #: Consumer groups with no read or ack for this many seconds are deleted (so an
+    #: abandoned group does not pin the disk forever). 0 keeps groups forever.
+    group_idle_expiry: float = 0.0
 
 
 @dataclass
@@ -103,6 +110,8 @@ class Config:
         for name in ("max_shard_bytes", "max_total_bytes", "hard_max_total_bytes"):
             _int_range(f"retention.{name}", getattr(r, name), 0, 1 << 62)
         _num_range("retention.check_interval", r.check_interval, 0.01, 86400.0)
+        _num_range("retention.hard_min_free_ratio", r.hard_min_free_ratio, 0.0, 0.5)
+        _num_range("retention.group_idle_expiry", r.group_idle_expiry, 0.0, float("inf"))
         return self
 
     def copy(self) -> "Config":

@@ -14,6 +14,14 @@
      +-- ReadOnlyError                           a write through Client(readonly=True)
      +-- ClosedError                             use of a closed Client
      +-- StorageError         (also OSError)     any other OS-level failure, with errno and path
+     +-- RegistryError                           the worker registry (shm) cannot be used
+     |    +-- UnsupportedFilesystem (also OSError) data directory on NFS/FUSE/network fs
+     +-- ShardNotOwned        (also PermissionError) strict_ownership: a foreign shard
+     +-- BadGroupName         (also ValueError)  a consumer group name fails validation
+     +-- EntriesDropped                          the hard retention cap deleted entries a
+                                                 group had not acked; names stream + range
+     +-- StopProcessing                          raised by a Consumer.process() handler: stop,
+                                                 leaving the current batch unacknowledged
 
 Messages name the path (and offset) involved. Exceptions raised while appending a
 batch carry ``appended``: how many entries of the batch were written before it.
@@ -22,18 +30,24 @@ batch carry ``appended``: how many entries of the batch were written before it.
 from __future__ import annotations
 
 __all__ = [
+    "BadGroupName",
     "BadStreamName",
     "ClosedError",
     "CometError",
     "CorruptRecord",
     "DiskFull",
+    "EntriesDropped",
     "EntryNotFound",
     "EntryTooLarge",
     "FormatError",
     "ReadOnlyError",
+    "RegistryError",
     "ShardCountMismatch",
+    "ShardNotOwned",
+    "StopProcessing",
     "StorageError",
     "StreamNotFound",
+    "UnsupportedFilesystem",
 ]
 
 
@@ -97,3 +111,39 @@ class ClosedError(CometError):
 
 class StorageError(CometError, OSError):
     """An operating-system call failed; errno and the path are in the message."""
+
+
+class RegistryError(CometError):
+    """The worker registry of a data directory cannot be created, attached or locked."""
+
+
+class UnsupportedFilesystem(RegistryError, OSError):
+    """The data directory is on a network or FUSE filesystem (NFS, SMB, FUSE, Ceph, ...)."""
+
+
+class ShardNotOwned(CometError, PermissionError):
+    """config.concurrency.strict_ownership: an append to a shard another worker owns."""
+
+
+class BadGroupName(CometError, ValueError):
+    """A consumer group name is not 1..1024 UTF-8 bytes without NUL or newline."""
+
+
+class EntriesDropped(CometError):
+    """Retention's hard cap deleted entries ``[first, end)`` of ``stream`` that this
+    consumer's group had not acknowledged. Raised once by Consumer.read() (unless the
+    Consumer has an ``on_drop`` callback); the consumer has already moved past the gap,
+    so the next read() continues with the oldest retained entry."""
+
+    def __init__(self, message: str, stream: str = "", first: int = 0, end: int = 0,
+                 drops: list | None = None):
+        super().__init__(message)
+        self.stream = stream
+        self.first = first
+        self.end = end
+        #: every (stream, first, end) range found by the same read()
+        self.drops = drops if drops is not None else [(stream, first, end)]
+
+
+class StopProcessing(CometError):
+    """Raised by a Consumer.process() handler: stop now, leaving the batch unacknowledged."""

@@ -9,6 +9,7 @@ Layout of a data directory (docs/FORMAT.md, "Directory layout")::
         state                              shared state page (lock, tail, counters)
         <20-digit base entry>.seg          segments, named by their first entry number
         <20-digit base entry>.idx          sparse index of that segment
+      consumers/offsets                    consumer groups and their offsets (cometmp.offsets)
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ STATE = "state"
 SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
 TMP_SUFFIX = ".tmp"
+CONSUMERS = "consumers"                  # DIR/consumers/offsets: consumer-group offsets
+OFFSETS = "offsets"
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 
@@ -109,3 +112,38 @@ def list_segment_bases(directory: str) -> list[int]:
     bases = [b for b in map(parse_segment_name, names) if b is not None]
     bases.sort()
     return bases
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temp_files(root: str) -> list[str]:
+    """Remove temp files ``<file>.<pid>.tmp`` of the JSON and offsets-file protocols whose
+    writer process is gone (I7); returns the paths removed. Stream directories are cleaned
+    by the C core when a writer opens them."""
+    removed = []
+    for d in (root, os.path.join(root, FAMILIES), os.path.join(root, CONSUMERS)):
+        try:
+            names = os.listdir(d)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for fn in names:
+            if not fn.endswith(TMP_SUFFIX):
+                continue
+            parts = fn[: -len(TMP_SUFFIX)].rsplit(".", 1)
+            if len(parts) == 2 and parts[1].isdigit() and _pid_alive(int(parts[1])):
+                continue
+            p = os.path.join(d, fn)
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed

@@ -85,7 +85,7 @@ typedef struct cm_state {
     uint32_t size;              /* 16  CM_STATE_BYTES */
     uint32_t reserved1;         /* 20 */
     int64_t  created_ns;        /* 24 */
-    char     boot_id[32];       /* 32  kernel boot id (hex) of the last writer open, I11 */
+    char     boot_id[32];       /* 32  kernel boot id (hex) of the last writer open, I16 */
     /* writer lock line: robust, process-shared (I5) */
     union { pthread_mutex_t mutex; uint8_t pad[64]; } lock; /* 64 */
     /* tail line: published by the writer holding the lock (I2, I3) */

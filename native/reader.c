@@ -18,9 +18,10 @@
  *   batch.payloads()  list of the data objects only (the fast path)
  *
  * data is bytes (a copy) by default; with zero_copy it is a read-only
- * memoryview exported by the Batch itself, so each view keeps the Batch (and
- * through it the mapping) alive: a view can never outlive its bytes. A
- * compressed record is always decompressed into bytes.
+ * memoryview over the mapping (view_of): every view of one mapping shares one
+ * managed buffer that keeps the mapping exported, so a view can never outlive
+ * its bytes, whatever happens to the Batch. A compressed record is always
+ * decompressed into bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -57,7 +57,7 @@ struct cm_shard {
     int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
 };
 
-/* I11: the kernel boot id of the last writer open. A state page written before
+/* I16: the kernel boot id of the last writer open. A state page written before
  * a reboot may be older than the segment bytes that reached the disk (the page
  * is not fsynced), so after a reboot recovery never trusts it and rescans. */
 static char boot_id[32];
@@ -668,8 +668,10 @@ static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
     st->tail = tail;
     __atomic_store_n(&st->committed, committed, __ATOMIC_RELEASE);
     st->reserve_end = tail;
-    __atomic_add_fetch(&st->notify_seq, 1, __ATOMIC_RELEASE);
-    if (__atomic_load_n(&st->waiters, __ATOMIC_ACQUIRE))
+    /* I11: bump, then look for sleepers; both sequentially consistent so a
+       waiter's increment of `waiters` cannot be missed (free on x86) */
+    __atomic_add_fetch(&st->notify_seq, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&st->waiters, __ATOMIC_SEQ_CST))
         syscall(SYS_futex, &st->notify_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
@@ -677,7 +679,7 @@ static int sync_locked(cm_shard *s) {
     if (s->seg_fd >= 0 && fdatasync(s->seg_fd) != 0)
         return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg", s->dir, (unsigned long long)s->seg_base);
     /* the state page is not synced: after a crash of the machine recovery
-       ignores it and rescans the segment (I11) */
+       ignores it and rescans the segment (I16) */
     if (s->sealed_unsynced) {
         if (syncfs(s->dirfd) != 0)
             return cm_fail(CM_E_IO, errno, "syncfs %s", s->dir);

@@ -1,5 +1,5 @@
 """After a reboot the state page may be older than the segment bytes on disk (it is
-never fsynced): recovery must not trust it (I11) and must keep every complete record."""
+never fsynced): recovery must not trust it (I16) and must keep every complete record."""
 
 from __future__ import annotations
 

@@ -1,0 +1,832 @@
+"""Consumer groups: at-least-once, real-time reads of many streams from any process.
+
+Who may call: any process with a Client on the data directory. A Consumer is not thread
+safe (one per thread); after fork() it re-attaches (its in-process positions are dropped
+and reading resumes from the group's acknowledged offsets, I10).
+
+How a read works (docs/ARCHITECTURE.md §9):
+
+* The group is claimed in the shared offsets file (cometmp.offsets) by the first
+  ``read()``, together with the pattern it reads, so from then on it protects unread
+  entries from retention, also on streams created later (I14).
+* Each matched stream has a cursor: the next entry to deliver (``pos``), the group's slot
+  in the offsets file, and a (segment, offset, sequence) location so consecutive reads
+  cost O(1) regardless of depth. A cursor starts at the group's acknowledged offset, or
+  at the oldest retained entry for a new group.
+* Records are collected by cometmp._reader (native/reader.c) into a Batch, reading only
+  below each stream's published ``committed`` count (I2).
+* With nothing to read, the consumer sleeps on the streams' ``notify_seq`` futex words
+  (native/notify.c, I11) and wakes when any writer in any process publishes. A Consumer
+  of a readonly Client cannot register as a waiter (that writes the state page), so it
+  polls every ``poll_interval`` seconds instead.
+
+Delivery is at-least-once: ``ack()`` is cumulative per stream, and a consumer that dies
+resumes from its group's last ack, so it redelivers at most what it read but had not
+acked. Entries the hard retention cap deleted before the group acked them are reported
+(EntriesDropped or ``on_drop``), never skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import mmap
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+from . import _reader, paths
+from ._ffi import api_table_address, check, ffi, lib
+from .compression import decompress
+from .errors import (
+    ClosedError,
+    CometError,
+    EntriesDropped,
+    EntryNotFound,
+    ReadOnlyError,
+    StopProcessing,
+    StreamNotFound,
+)
+from .format import (
+    CM_SEG_HEADER_BYTES,
+    CM_STATE_BYTES,
+    CM_STATE_MAGIC,
+    CM_STATE_OFF_COMMITTED,
+    CM_STATE_OFF_FIRST_ENTRY,
+    CM_STATE_OFF_NOTIFY_SEQ,
+    CM_STATE_VERSION,
+)
+from .offsets import GroupRef, OffsetStore, validate_group_name
+from .segment import RecordRef
+from .shard import MessageID, Reader, StreamMessage
+
+__all__ = ["Batch", "Consumer", "consumer_groups", "delete_consumer_group"]
+
+log = logging.getLogger("cometmp")
+
+_reader.configure(api_table_address(), StreamMessage, MessageID, decompress)
+
+#: Entries of one read(): list-like of StreamMessage (see native/reader.c). ``len()``,
+#: indexing, slicing and iteration build StreamMessages lazily; ``payloads()`` returns
+#: only the data objects (the fast path); ``ack_points()`` is what acking it means.
+Batch = _reader.Batch
+
+_U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
+
+#: longest single sleep: new streams matching the pattern are noticed at least this often
+DISCOVER_INTERVAL = 0.5
+#: how often read() re-checks the streams directory for new streams while data flows
+MATCH_RECHECK = 0.02
+#: how often read() checks that no state page was rebuilt under it
+STALE_RECHECK = 1.0
+WAITV_MAX = 128
+_FILL_MORE, _FILL_END, _FILL_DAMAGED = 0, 1, 2
+_TOUCH_EVERY_NS = 1_000_000_000
+
+
+class _StatePage:
+    """A stream's state page mapped for a consumer: committed, first_entry, notify_seq,
+    and (read-write mapping only) the address cm_wait registers on. Remapped when the
+    writer rebuilt the file (a new inode)."""
+
+    __slots__ = ("path", "rw", "mm", "ptr", "ino")
+
+    def __init__(self, directory: str, rw: bool):
+        self.path = os.path.join(directory, paths.STATE)
+        self.rw = rw
+        self.mm: mmap.mmap | None = None
+        self.ptr = None
+        self.ino = -1
+        self.remap()
+
+    def remap(self) -> bool:
+        self.close()
+        try:
+            fd = os.open(self.path, (os.O_RDWR if self.rw else os.O_RDONLY) | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if st.st_size != CM_STATE_BYTES:
+                return False
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.rw else 0)
+            mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, prot)
+        finally:
+            os.close(fd)
+        magic, version = struct.unpack_from("=IH", mm, 0)
+        if magic != CM_STATE_MAGIC or version != CM_STATE_VERSION:
+            mm.close()
+            return False
+        self.mm, self.ino = mm, st.st_ino
+        if self.rw:
+            self.ptr = ffi.from_buffer(mm)
+        return True
+
+    def stale(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self.ino
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            ffi.release(self.ptr)
+            self.ptr = None
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+
+
+class _Cursor:
+    """One stream as a consumer sees it. ``pos`` is the next entry to deliver; when
+    ``seg`` is set, entry ``pos`` is at (seg, off) with relative sequence ``seq``."""
+
+    __slots__ = ("name", "shard", "reader", "state", "pos", "slot", "resets", "seg",
+                 "base", "off", "seq", "skipped", "local_next")
+
+    def __init__(self, root: str, name: str, rw_state: bool):
+        split = paths.split_shard_stream(name)
+        self.name = name
+        self.shard = split[1] if split else 0
+        directory = paths.stream_dir(root, name)
+        self.reader = Reader(directory, name, self.shard, writable_index=False)
+        self.state = _StatePage(directory, rw_state)
+        self.pos: int | None = None
+        self.slot: int | None = None
+        self.resets = -1
+        self.seg = None
+        self.base = self.off = self.seq = 0
+        self.skipped = 0            # entries lost to corruption (never delivered)
+        self.local_next: int | None = None   # acks of an ephemeral (readonly) consumer
+
+    def committed(self) -> int:
+        mm = self.state.mm
+        if mm is None and not self.state.remap():
+            return self.reader.committed()
+        return _U64.unpack_from(self.state.mm, CM_STATE_OFF_COMMITTED)[0]
+
+    def notify_seq(self) -> int:
+        mm = self.state.mm
+        return _U32.unpack_from(mm, CM_STATE_OFF_NOTIFY_SEQ)[0] if mm is not None else 0
+
+    def first_published(self) -> int:
+        """first_entry from the state page: retention raises it before deleting (I15)."""
+        mm = self.state.mm
+        return _U64.unpack_from(mm, CM_STATE_OFF_FIRST_ENTRY)[0] if mm is not None else 0
+
+    def oldest(self) -> int:
+        """Oldest retained entry (lists the directory; used when starting or resetting)."""
+        try:
+            return max(self.reader.first(), self.first_published())
+        except (OSError, CometError):
+            return self.first_published()
+
+    # ---- locating and reading ------------------------------------------------------------
+    def _at(self, base: int) -> None:
+        """Move to the start of segment ``base``, unmapping the one we leave (a batch still
+        holding it keeps it mapped): a deleted segment's disk space is freed only when
+        nobody maps it any more."""
+        prev = self.base if self.seg is not None else None
+        self.seg = self.reader._segment(base)
+        self.base, self.off, self.seq = base, CM_SEG_HEADER_BYTES, 0
+        if prev is not None and prev < base:
+            self.reader._drop(prev)
+
+    def locate(self) -> None:
+        """Position (seg, off, seq) at entry ``pos``: O(log n) by segment name and the
+        sparse index, then a walk of at most one index interval."""
+        r = self.reader
+        pos = self.pos
+        if not r._bases:
+            r._refresh_bases()
+        i = bisect.bisect_right(r._bases, pos) - 1
+        if i < 0:
+            raise EntryNotFound(f"{self.name}: entry {pos} is older than the oldest segment")
+        # no listing here: if pos lies in a segment newer than the last one we know, the
+        # fill stops at the end of this one and read_into() relists (rotation)
+        base = r._bases[i]
+        seg = r._segment(base)           # FileNotFoundError if retention just deleted it
+        target = pos - base
+        off, seq = (CM_SEG_HEADER_BYTES, 0) if target == 0 else r._index(base).floor(seg, target, False)
+        self.seg, self.base = seg, base
+        for item in seg.walk(off, seq):
+            if isinstance(item, str):
+                continue
+            if item.seq >= target:
+                self.off, self.seq = item.offset, item.seq
+                if item.seq > target:    # entries lost to corruption
+                    self.skipped += item.seq - target
+                    self.pos = base + item.seq
+                return
+        # no record at or after target in this segment: continue in the next one
+        self.off, self.seq = off, seq
+        self.seq = target
+        self.off = -1
+
+    def read_into(self, batch, sidx: int, budget: int, committed: int) -> int:
+        """Append up to ``budget`` entries below ``committed`` to ``batch``."""
+        r = self.reader
+        total = 0
+        reopened = -1
+        while budget > 0 and self.pos < committed:
+            if self.seg is None or self.seg.mm is None:
+                self.locate()
+            nb = r._next_base(self.base)
+            if nb is not None and self.pos >= nb:
+                self._at(nb)
+                continue
+            limit = committed if nb is None else min(committed, nb)
+            status = _FILL_END
+            if self.off >= 0:
+                off, seq, added, status = batch.fill(sidx, self.seg.mm, self.base, self.off,
+                                                     self.seq, limit - self.base, budget)
+                self.off, self.seq = off, seq
+                self.pos = self.base + seq
+                total += added
+                budget -= added
+                if status == _FILL_MORE:
+                    continue
+            if status == _FILL_DAMAGED:
+                nxt = lib.cm_resync(self.seg.ptr, self.seg.size, self.off + 1, self.seq)
+                if nxt >= 0:
+                    rec = self.seg.record_at(nxt, -1)
+                    if isinstance(rec, RecordRef) and rec.seq < limit - self.base:
+                        self._skip(rec.seq - self.seq)
+                        self.off, self.seq = nxt, rec.seq
+                        self.pos = self.base + rec.seq
+                        continue
+            # the segment's data ended before `limit`: it was sealed, or (same base) an
+            # empty active segment was replaced by a larger one
+            r._refresh_bases()
+            nb = r._next_base(self.base)
+            if nb is None:
+                if reopened == self.base:
+                    break
+                reopened = self.base
+                r._drop(self.base)
+                self.seg = None
+                continue
+            if nb > self.pos:
+                self._skip(nb - self.pos)
+            self.pos = nb
+            self._at(nb)
+        return total
+
+    def _skip(self, n: int) -> None:
+        self.skipped += n
+        log.warning("cometmp: consumer skipped %d damaged entries of %s at %s", n, self.name,
+                    self.seg.path if self.seg is not None else "?")
+
+    def close(self) -> None:
+        self.seg = None
+        self.reader.close()
+        self.state.close()
+
+
+@dataclass
+class _Drop:
+    stream: str
+    first: int
+    end: int
+
+
+def _assigned(name: str, assignment: tuple[int, int] | None) -> bool:
+    """Streams split among ``n`` consumers: a family's shard ``k`` goes to ``k % n``; a
+    stream outside a family by crc32 of its name. Identical in every process."""
+    if assignment is None:
+        return True
+    i, n = assignment
+    split = paths.split_shard_stream(name)
+    k = split[1] if split else zlib.crc32(name.encode())
+    return k % n == i
+
+
+class Consumer:
+    """Reads streams as consumer group ``group``; see the module docstring.
+
+    ``zero_copy=True`` makes batches hold ``memoryview``s over the segment mappings
+    (valid as long as they are referenced) instead of ``bytes``. ``on_drop(stream, first,
+    end)`` is called when the hard retention cap deleted entries this group had not
+    acked; without it, ``read()`` raises EntriesDropped once for them.
+    """
+
+    def __init__(self, client, group: str, *, zero_copy: bool = False,
+                 on_drop: Callable[[str, int, int], Any] | None = None,
+                 poll_interval: float = 0.01):
+        validate_group_name(group)
+        client._check_open()
+        self.client = client
+        self.group = group
+        self.zero_copy = bool(zero_copy)
+        self.on_drop = on_drop
+        self.poll_interval = float(poll_interval)
+        self.root = client.path
+        self.ephemeral = bool(client.readonly)
+        self._pid = os.getpid()
+        self._store = OffsetStore(self.root, writable=not self.ephemeral)
+        self._group: GroupRef | None = None
+        self._patterns: set[str] = set()
+        self._cursors: dict[str, _Cursor] = {}
+        self._match_cache: dict[str, tuple[int, list[str]]] = {}
+        self._match_checked = 0.0
+        self._stale_checked = time.monotonic()
+        self._streams_dir = paths.streams_dir(self.root)
+        self._pending: list[_Drop] = []
+        self._rr = 0
+        self._touched = 0
+        self._wait_cache: tuple | None = None
+        self._closed = False
+
+    # ---- group and streams ---------------------------------------------------------------
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"consumer {self.group!r} is closed")
+        if self.client._closed:
+            raise ClosedError(f"client for {self.root} is closed")
+        if self._pid != os.getpid():
+            self._reattach()
+
+    def _reattach(self) -> None:
+        """In a forked child: forget in-process positions; offsets come from the file."""
+        for c in self._cursors.values():
+            c.close()
+        self._cursors.clear()
+        self._wait_cache = None
+        self._pid = os.getpid()
+
+    def _ensure_group(self, pattern: str | None) -> GroupRef | None:
+        g = self._group
+        if g is None or not self._store.group_live(g):
+            if g is not None:
+                # deleted (by hand or idle expiry) under a live consumer: claim it again and
+                # go on from the positions this process holds; a fresh slot has resets == 0
+                log.warning("cometmp: consumer group %r was deleted; claiming it again", self.group)
+                for c in self._cursors.values():
+                    c.slot, c.resets = None, 0
+                self._patterns.clear()
+            g = self._group = self._store.group(self.group, create=not self.ephemeral)
+        if g is not None and pattern is not None and pattern not in self._patterns and not self.ephemeral:
+            self._store.add_pattern(g, pattern)   # I14: protects matching streams from now on
+            self._patterns.add(pattern)
+        return g
+
+    def _match(self, pattern: str) -> list[str]:
+        """Streams matching ``pattern``; relisted only when ``streams/`` changed (its mtime,
+        checked at most every MATCH_RECHECK seconds)."""
+        now = time.monotonic()
+        hit = self._match_cache.get(pattern)
+        if hit is not None and now - self._match_checked < MATCH_RECHECK:
+            return hit[1]
+        self._match_checked = now
+        try:
+            mtime = os.stat(self._streams_dir).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        names = self.client.streams(pattern)
+        self._match_cache[pattern] = (mtime, names)
+        return names
+
+    def _cursor(self, name: str) -> _Cursor:
+        c = self._cursors.get(name)
+        if c is None:
+            paths.validate_stream_name(name)
+            c = _Cursor(self.root, name, rw_state=not self.ephemeral)
+            self._cursors[name] = c
+            self._wait_cache = None
+        return c
+
+    def _slot(self, c: _Cursor, g: GroupRef | None) -> int | None:
+        if c.slot is None and g is not None:
+            c.slot = self._store.slot(g, c.name, create=not self.ephemeral)
+        return c.slot
+
+    def _sync(self, c: _Cursor, g: GroupRef | None) -> None:
+        """Bring ``c.pos`` in line with the offsets file: start, resets from other
+        processes, acks further ahead by another member of the group, retention."""
+        slot = self._slot(c, g)
+        acked = c.local_next
+        resets = 0
+        if slot is not None:
+            acked = self._store.next(slot)
+            resets = self._store.resets(slot)
+            if self.ephemeral and c.local_next is not None:
+                acked = max(acked or 0, c.local_next)
+        if c.pos is None or resets != c.resets:
+            c.resets = resets
+            c.seg = None
+            c.pos = acked if acked is not None else c.oldest()
+        elif acked is not None and acked > c.pos:
+            c.pos, c.seg = acked, None
+        first = c.first_published()
+        if c.pos < first:
+            self._dropped(c, g, c.pos, first)
+
+    def _dropped(self, c: _Cursor, g: GroupRef | None, start: int, end: int) -> None:
+        log.error("cometmp: consumer group %r lost entries [%d, %d) of %s to the hard "
+                  "retention cap before acknowledging them", self.group, start, end, c.name)
+        self._pending.append(_Drop(c.name, start, end))
+        c.pos, c.seg = end, None
+        if c.slot is not None and g is not None and not self.ephemeral:
+            self._store.ack(g, c.slot, end)
+
+    def _deliver_drops(self) -> None:
+        drops, self._pending = self._pending, []
+        if self.on_drop is not None:
+            for d in drops:
+                self.on_drop(d.stream, d.first, d.end)
+            return
+        d = drops[0]
+        raise EntriesDropped(
+            f"consumer group {self.group!r}: entries [{d.first}, {d.end}) of {d.stream} were "
+            f"deleted by the hard retention cap before being acknowledged"
+            + (f" (and {len(drops) - 1} more ranges, see .drops)" if len(drops) > 1 else ""),
+            stream=d.stream, first=d.first, end=d.end,
+            drops=[(x.stream, x.first, x.end) for x in drops])
+
+    # ---- reading -------------------------------------------------------------------------
+    def read(self, pattern: str = "*", max_messages: int = 1000, timeout: float | None = None,
+             *, zero_copy: bool | None = None, assignment: tuple[int, int] | None = None) -> Batch:
+        """Up to ``max_messages`` entries (in total) from the streams matching ``pattern``.
+
+        ``timeout`` in seconds: None waits until something arrives, 0 never waits; an
+        expired wait returns an empty batch. ``assignment=(i, n)`` reads only this
+        consumer's share of the streams (see _assigned). The batch is list-like of
+        StreamMessage; acknowledge it with ``ack(batch)`` or ``ack(*ids)``.
+        """
+        self._check()
+        if not isinstance(max_messages, int) or max_messages <= 0:
+            raise ValueError(f"max_messages must be a positive int, not {max_messages!r}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+        if assignment is not None:
+            i, n = assignment
+            if not (isinstance(n, int) and n > 0 and isinstance(i, int) and 0 <= i < n):
+                raise ValueError(f"assignment must be (index, count) with 0 <= index < count, "
+                                 f"not {assignment!r}")
+        zc = self.zero_copy if zero_copy is None else bool(zero_copy)
+        if self._pending:
+            self._deliver_drops()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        g = self._ensure_group(pattern)
+        while True:
+            cursors = self._cursors_for(pattern, assignment)
+            self._check_stale(cursors)
+            seqs = [c.notify_seq() for c in cursors]   # before reading committed (I11)
+            for c in cursors:
+                self._sync(c, g)
+            if self._pending:      # signalled before anything is read: no batch is lost
+                self._deliver_drops()
+            batch = self._fill(cursors, g, max_messages, zc)
+            if self._pending and not len(batch):
+                self._deliver_drops()
+                continue
+            if len(batch) or timeout == 0:
+                self._touch(g)
+                return batch
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._touch(g)
+                return batch
+            left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
+            if not self._wait(cursors, seqs, left):
+                self._check_stale(cursors, force=True)
+            self._touch(g)   # a consumer waiting for data is active, not idle (R4)
+
+    def _check_stale(self, cursors: list[_Cursor], force: bool = False) -> None:
+        """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
+        checked after an idle wait slice and at least every STALE_RECHECK seconds."""
+        now = time.monotonic()
+        if not force and now - self._stale_checked < STALE_RECHECK:
+            return
+        self._stale_checked = now
+        for c in cursors:
+            if c.state.stale():
+                c.state.remap()
+                self._wait_cache = None
+
+    def _cursors_for(self, pattern: str, assignment) -> list[_Cursor]:
+        out = []
+        for name in self._match(pattern):
+            if not _assigned(name, assignment):
+                continue
+            try:
+                out.append(self._cursor(name))
+            except StreamNotFound:
+                continue
+        return out
+
+    def _fill(self, cursors: list[_Cursor], g: GroupRef | None, budget: int, zc: bool) -> Batch:
+        batch = Batch(zc)
+        n = len(cursors)
+        start = self._rr
+        self._rr += 1
+        for k in range(n):
+            if budget <= 0:
+                break
+            c = cursors[(start + k) % n]
+            committed = c.committed()
+            if c.pos >= committed:
+                continue
+            sidx = batch.add_stream(c.name, c.shard)
+            try:
+                budget -= c.read_into(batch, sidx, budget, committed)
+            except (EntryNotFound, FileNotFoundError):
+                # the segment under pos was deleted: below the oldest retained entry now
+                c.seg = None
+                c.reader._refresh_bases()
+                first = max(c.oldest(), c.first_published())
+                if c.pos < first:
+                    self._dropped(c, g, c.pos, first)
+        return batch
+
+    def _wait(self, cursors: list[_Cursor], seqs: list[int], timeout: float) -> bool:
+        """Sleep until a stream publishes past ``seqs`` or ``timeout``; True if woken."""
+        if timeout <= 0:
+            return False
+        states = [c.state.ptr for c in cursors if c.state.ptr is not None]
+        if self.ephemeral or not cursors or len(states) != len(cursors):
+            time.sleep(min(timeout, self.poll_interval))
+            return False
+        if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
+            timeout = min(timeout, self.poll_interval)
+            cursors, seqs = cursors[:WAITV_MAX], seqs[:WAITV_MAX]
+        key = tuple(id(c) for c in cursors)
+        if self._wait_cache is None or self._wait_cache[0] != key:
+            arr = ffi.new("void *[]", [c.state.ptr for c in cursors])
+            seen = ffi.new("uint32_t[]", len(cursors))
+            self._wait_cache = (key, arr, seen)
+        _k, arr, seen = self._wait_cache
+        for i, s in enumerate(seqs):
+            seen[i] = s
+        rc = lib.cm_wait_many(arr, seen, len(cursors), int(timeout * 1e9))
+        return check(rc) == 1
+
+    def _touch(self, g: GroupRef | None) -> None:
+        now = time.monotonic_ns()
+        if g is not None and not self.ephemeral and now - self._touched > _TOUCH_EVERY_NS:
+            self._touched = now
+            try:
+                self._store.touch(g)
+            except CometError:
+                pass
+
+    # ---- acknowledging -------------------------------------------------------------------
+    def ack(self, *ids) -> None:
+        """Cumulative ack per stream: for each stream named, every entry up to and including
+        the highest id given is processed. Takes MessageIDs, StreamMessages or whole
+        Batches; ids may span several streams. No ids: no-op."""
+        if not ids:
+            return
+        self._check()
+        points: dict[str, int] = {}
+        for x in ids:
+            if isinstance(x, Batch):
+                for s, nxt in x.ack_points().items():
+                    if nxt > points.get(s, -1):
+                        points[s] = nxt
+                continue
+            if isinstance(x, StreamMessage):
+                x = x.id
+            try:
+                stream, entry = x.stream, x.entry
+            except AttributeError:
+                raise TypeError(f"ack() takes MessageIDs, StreamMessages or Batches, not "
+                                f"{type(x).__name__}") from None
+            if entry + 1 > points.get(stream, -1):
+                points[stream] = entry + 1
+        if not points:
+            return
+        g = self._ensure_group(None)
+        for stream, nxt in points.items():
+            c = self._cursor(stream)
+            if self.ephemeral:
+                c.local_next = max(c.local_next or 0, nxt)
+                continue
+            slot = self._slot(c, g)
+            self._store.ack(g, slot, nxt)
+        self._touch(g)
+
+    def commit(self, batch: Batch) -> None:  # Kafka-style alias
+        self.ack(batch)
+
+    # ---- inspection and control ----------------------------------------------------------
+    def lag(self, pattern: str = "*") -> dict[str, int]:
+        """{stream: entries appended but not yet acknowledged by this group}."""
+        self._check()
+        g = self._group
+        if g is None or not self._store.group_live(g):
+            g = self._store.group(self.group, create=False)   # inspecting claims nothing
+        out = {}
+        for name in self._match(pattern):
+            c = self._cursor(name)
+            slot = c.slot if c.slot is not None and g == self._group else \
+                (self._store.slot(g, name, create=False) if g is not None else None)
+            acked = self._store.next(slot) if slot is not None else None
+            if self.ephemeral and c.local_next is not None:
+                acked = max(acked or 0, c.local_next)
+            if acked is None:
+                acked = c.oldest()
+            out[name] = max(0, c.committed() - max(acked, c.first_published()))
+        return out
+
+    def position(self, stream: str) -> int | None:
+        """Next entry this consumer will deliver from ``stream`` (None before reading it)."""
+        c = self._cursors.get(stream)
+        return c.pos if c is not None else None
+
+    def reset_offset(self, stream: str, entry: int | None = None, *,
+                     timestamp_ns: int | None = None) -> dict[str, int]:
+        """Move the group's offset of every stream matching ``stream`` (a name or an fnmatch
+        pattern) to ``entry``, or to the first entry appended at/after ``timestamp_ns``
+        (O(log n)). Clamped to [oldest retained, length]. Consumers of the group in other
+        processes pick the new offset up at their next read. Returns {stream: offset}."""
+        self._check()
+        if (entry is None) == (timestamp_ns is None):
+            raise ValueError("reset_offset takes exactly one of entry or timestamp_ns")
+        if self.ephemeral:
+            raise ReadOnlyError(f"client for {self.root} was opened readonly=True")
+        g = self._ensure_group(stream)
+        names = self._match(stream) if any(ch in stream for ch in "*?[") else [stream]
+        out = {}
+        for name in names:
+            c = self._cursor(name)
+            if timestamp_ns is not None:
+                target = c.reader.seek_time(int(timestamp_ns))
+            else:
+                target = int(entry)
+            target = min(max(target, c.oldest()), c.committed())
+            slot = self._slot(c, g)
+            self._store.set(g, slot, target)
+            c.resets = self._store.resets(slot)
+            c.pos, c.seg = target, None
+            out[name] = target
+        return out
+
+    # ---- processing loops ----------------------------------------------------------------
+    def process(self, handler: Callable[[Batch], Any], stream: str = "*", batch_size: int = 1000,
+                poll_interval: float = 0.05, assignment: tuple[int, int] | None = None,
+                max_retries: int = 3, on_error: Callable | None = None,
+                on_batch: Callable | None = None, dead_letter: Callable | None = None,
+                stop: threading.Event | None = None, backoff: float = 0.05,
+                max_backoff: float = 5.0) -> int:
+        """Call ``handler(batch)`` for batches of up to ``batch_size`` entries until ``stop``
+        is set or the handler raises StopProcessing; returns the entries processed.
+
+        A batch is acked after the handler returns. On an exception the handler is retried
+        ``max_retries`` times with exponential backoff (``backoff`` doubling up to
+        ``max_backoff``; ``on_error(exc, batch, attempt)`` is called each time); a batch
+        that still fails goes to ``dead_letter(batch, exc)`` — by default it is logged at
+        ERROR with its id ranges — and is then acked so the group moves on.
+        StopProcessing stops without acking the current batch. ``on_batch(batch)`` runs
+        after each ack. Streams created while it runs are picked up within
+        ``poll_interval`` (or sooner when their writers publish).
+        """
+        done = 0
+        wait = max(0.0, float(poll_interval))
+        while stop is None or not stop.is_set():
+            batch = self.read(stream, batch_size, timeout=wait, assignment=assignment)
+            if not len(batch):
+                continue
+            attempt = 0
+            while True:
+                try:
+                    handler(batch)
+                    break
+                except StopProcessing:
+                    return done
+                except Exception as exc:  # noqa: BLE001 - the handler's failure is data here
+                    attempt += 1
+                    if on_error is not None:
+                        on_error(exc, batch, attempt)
+                    if attempt > max_retries:
+                        if dead_letter is not None:
+                            dead_letter(batch, exc)
+                        else:
+                            log.error("cometmp: consumer group %r gave up on a batch after %d "
+                                      "attempts (%s): %s", self.group, attempt,
+                                      _describe(batch), exc)
+                        break
+                    delay = min(max_backoff, backoff * (2 ** (attempt - 1)))
+                    if stop is not None:
+                        if stop.wait(delay):
+                            return done
+                    else:
+                        time.sleep(delay)
+            self.ack(batch)
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(batch)
+        return done
+
+    async def batches(self, pattern: str = "*", max_messages: int = 1000, *,
+                      assignment: tuple[int, int] | None = None, zero_copy: bool | None = None,
+                      wait_slice: float = 0.25) -> AsyncIterator[Batch]:
+        """``async for batch in consumer.batches(...)``: non-empty batches as they arrive.
+        Blocking waits run in the loop's default executor, in slices of ``wait_slice``
+        seconds, so the event loop is never blocked and cancellation takes effect within
+        one slice. Ack with ``consumer.ack(batch)``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self.read(pattern, max_messages, 0, zero_copy=zero_copy, assignment=assignment)
+            if not len(batch):
+                batch = await loop.run_in_executor(
+                    None, lambda: self.read(pattern, max_messages, wait_slice,
+                                            zero_copy=zero_copy, assignment=assignment))
+            if len(batch):
+                yield batch
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release mappings. Offsets stay in the file; the group stays until deleted."""
+        if self._closed:
+            return
+        self._closed = True
+        for c in self._cursors.values():
+            c.close()
+        self._cursors.clear()
+        self._wait_cache = None
+        self._store.close()
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Consumer({self.root!r}, group={self.group!r})"
+
+
+def _describe(batch: Batch) -> str:
+    if not len(batch):
+        return "empty"
+    lo: dict[str, int] = {}
+    hi: dict[str, int] = {}
+    for i in range(len(batch)):
+        s, e = batch.entry_at(i)
+        lo[s] = min(lo.get(s, e), e)
+        hi[s] = max(hi.get(s, e), e)
+    return ", ".join(f"{s}[{lo[s]}..{hi[s]}]" for s in sorted(lo))
+
+
+# ---- groups as a whole (module-level functions; Client has thin wrappers) ------------------
+
+def consumer_groups(client) -> list[dict]:
+    """Every consumer group of the data directory: name, created/active times, patterns,
+    and per stream its acknowledged offset, the stream's length and the lag."""
+    client._check_open()
+    store = OffsetStore(client.path, writable=False)
+    try:
+        groups = store.groups()
+    finally:
+        store.close()
+    out = []
+    for g in groups:
+        streams = {}
+        names = set(g.slots)
+        for p in g.patterns:
+            names.update(client.streams(p))
+        for name in sorted(names):
+            slot = g.slots.get(name)
+            try:
+                length = client.length(name)
+                first = client.first_entry(name)
+            except (StreamNotFound, CometError):
+                continue
+            acked = slot.next if slot is not None and slot.next is not None else None
+            streams[name] = {
+                "acked": acked,
+                "length": length,
+                "lag": length - max(acked if acked is not None else first, first),
+                "dropped": slot.dropped if slot is not None else 0,
+                "acked_ns": slot.acked_ns if slot is not None else 0,
+            }
+        out.append({"name": g.name, "id": g.id, "created_ns": g.created_ns,
+                    "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams})
+    return out
+
+
+def delete_consumer_group(client, group: str) -> bool:
+    """Delete ``group`` and its offsets; True if it existed. Consumers of it still running
+    claim it again at their next read or ack and go on from their in-process positions;
+    new consumers of the name start from the oldest retained entries."""
+    validate_group_name(group)
+    client._check_writable()
+    store = OffsetStore(client.path, writable=True)
+    try:
+        g = store.group(group, create=False)
+        if g is None:
+            return False
+        store.delete_group(g)
+        log.info("cometmp: deleted consumer group %r", group)
+        return True
+    finally:
+        store.close()

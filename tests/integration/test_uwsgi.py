@@ -1,0 +1,122 @@
+"""A real uWSGI on 127.0.0.1 with ``import = cometmp.integrations.uwsgi``, under abuse.
+
+Workers are kill -9'ed repeatedly, harakiri kills a worker stuck in a request, the
+server reloads with HUP, and (one variant) cheaper mode scales workers up and down,
+while a load generator appends unique ids. Afterwards every id answered 200 is in the
+log exactly once and every shard is owned by exactly one live worker.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+from harness import (
+    REPO,
+    UWSGI,
+    Load,
+    Server,
+    assert_exactly_once,
+    free_port,
+    get,
+    kill_random_worker,
+    server_env,
+    shm_exists,
+    status,
+    wait_owned,
+)
+
+pytestmark = pytest.mark.skipif(not os.path.exists(UWSGI), reason="uwsgi not installed")
+
+APP_DIR = os.path.join(REPO, "integrations", "uwsgi")
+VENV = os.path.join(REPO, ".venv")
+
+
+def start_uwsgi(tmp_path, *extra: str, processes: int = 4) -> Server:
+    data_dir = str(tmp_path / "data")
+    port = free_port()
+    argv = [UWSGI, "--ini", "uwsgi.ini", "--http-socket", f"127.0.0.1:{port}",
+            "--processes", str(processes), "--virtualenv", VENV, "--harakiri", "2",
+            "--reload-mercy", "3", "--worker-reload-mercy", "3", *extra]
+    srv = Server(argv, server_env(data_dir), APP_DIR, port, str(tmp_path / "uwsgi.log"))
+    srv.data_dir = data_dir
+    srv.wait_ready(workers=1)
+    return srv
+
+
+def stuck_request(port: int) -> None:
+    """A request that outlives harakiri: the master SIGKILLs that worker."""
+    try:
+        get(port, "/sleep?s=5", timeout=8)
+    except Exception:
+        pass
+
+
+@pytest.mark.parametrize("variant", ["default", "lazy-apps", "cheaper"])
+def test_every_answered_request_is_logged_once_through_kills_harakiri_hup(tmp_path, variant):
+    extra = {"default": [], "lazy-apps": ["--lazy-apps"],
+             "cheaper": ["--cheaper", "1", "--cheaper-initial", "2", "--cheaper-overload", "1",
+                         "--cheaper-step", "1"]}[variant]
+    rng = random.Random(99)
+    srv = start_uwsgi(tmp_path, *extra)
+    try:
+        load = Load(srv.port, threads=4).start()
+        # phase 1: a request stuck past harakiri (no kill -9 yet, so the stuck worker
+        # dies by harakiri and not by our hand)
+        stuck = threading.Thread(target=stuck_request, args=(srv.port,), daemon=True)
+        stuck.start()
+        deadline = time.monotonic() + 6
+        while "HARAKIRI ON WORKER" not in srv.log(tail=0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # phase 2: kill -9 storm and a graceful reload
+        t0 = time.monotonic()
+        kills, hup = 0, False
+        while time.monotonic() - t0 < 7.0:
+            now = time.monotonic() - t0
+            if now > 3.5 and not hup:
+                srv.send(signal.SIGHUP)
+                hup = True
+            if kill_random_worker(srv, rng) is not None:
+                kills += 1
+            time.sleep(rng.uniform(0.4, 0.8))
+        load.stop()
+        print(f"{variant}: kills={kills} sent={load.sent} ok={len(load.ok)} failed={load.failed}")
+        assert kills >= 5
+        assert len(load.ok) > 200, (load.sent, load.failed, srv.log())
+        doc = wait_owned(srv.data_dir, srv, timeout=10)
+        assert doc["process_count"] == 4  # uwsgi.numproc, whatever cheaper does
+        assert_exactly_once(srv.data_dir, load.ok)
+    finally:
+        srv.stop()
+    assert "HARAKIRI ON WORKER" in srv.log(tail=0)
+    assert not shm_exists(srv.data_dir), "the last worker to leave must unlink the registry"
+
+
+def test_a_respawned_worker_returns_to_its_own_slot(tmp_path):
+    srv = start_uwsgi(tmp_path, processes=3)
+    try:
+        get(srv.port, "/append?id=x")
+        before = wait_owned(srv.data_dir, srv)
+        victim = next(s for s in before["slots"] if s["process_id"] == 2)
+        os.kill(victim["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+        seen_dead = False
+        while True:
+            doc = status(srv.data_dir)
+            slot = next(s for s in doc["slots"] if s["process_id"] == 2)
+            if slot["pid"] == victim["pid"] and not slot["alive"]:
+                seen_dead = True
+                assert time.monotonic() - t0 < 1.0
+            if slot["pid"] != victim["pid"] and slot["alive"]:
+                break
+            assert time.monotonic() - t0 < 5, doc
+            time.sleep(0.02)
+        assert seen_dead
+        assert slot["shards"] == victim["shards"]
+    finally:
+        srv.stop()
+    assert not shm_exists(srv.data_dir)

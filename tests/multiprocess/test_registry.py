@@ -1,0 +1,570 @@
+"""The registry and supervisor with real forked workers (no server): slots, ownership,
+replacement, reclaim, renumbering, the membership lock under kill -9, churn, identity."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import time
+
+import posix_ipc
+import pytest
+
+import cometmp
+from cometmp import registry
+from cometmp.registry import LIVE, VACANT, Registry, is_alive, start_ticks
+from cometmp.supervisor import Supervisor
+
+
+_PARENT_FDS: set[int] = set()  # pipe ends the parent keeps: a child closes the others'
+
+
+def _fork(target=None) -> int:
+    """fork(); with ``target`` the child runs it and always exits (never back into pytest)."""
+    pid = os.fork()
+    if pid == 0 and target is not None:
+        code = 1
+        try:
+            _child_setup()
+            target()
+            code = 0
+        finally:
+            os._exit(code)
+    if pid == 0:
+        _child_setup()
+    return pid
+
+
+def _child_setup() -> None:
+    signal.alarm(30)  # a child never outlives a stuck test
+    for fd in list(_PARENT_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _PARENT_FDS.clear()
+
+
+class Worker:
+    """A forked worker: joins, reports worker_id() and the shards its key=None appends
+    used, then waits; closing its pipe makes it leave gracefully."""
+
+    def __init__(self, data_dir: str, body=None, join: bool = True, env: dict | None = None,
+                 create_count: int | None = None):
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        pid = _fork()
+        if pid == 0:
+            code = 0
+            try:
+                os.close(r1)
+                os.close(w2)
+                if env:
+                    os.environ.update(env)
+                if join:
+                    registry.join(data_dir, create_count=create_count)
+                out = body() if body else ""
+                os.write(w1, f"{registry.worker_id()}|{out}\n".encode())
+                os.read(r2, 1)  # until the parent closes the pipe
+                registry.leave()
+            except BaseException as e:  # report, never run the parent's pytest
+                os.write(w1, f"error|{e!r}\n".encode())
+                code = 1
+            os._exit(code)
+        os.close(w1)
+        os.close(r2)
+        self.pid = pid
+        self._r, self._w = r1, w2
+        _PARENT_FDS.update((r1, w2))
+        self._line: str | None = None
+        if body is None:
+            self._read()  # joined: the table shows this worker from now on
+
+    def _read(self) -> str:
+        if self._line is None:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = os.read(self._r, 4096)
+                if not chunk:
+                    break
+                line += chunk
+            self._line = line.decode().strip()
+            assert not self._line.startswith("error|"), self._line
+        return self._line
+
+    @property
+    def worker_id(self) -> int | None:
+        wid = self._read().partition("|")[0]
+        return None if wid == "None" else int(wid)
+
+    @property
+    def out(self) -> str:
+        return self._read().partition("|")[2]
+
+    def _close(self) -> None:
+        for fd in (self._w, self._r):
+            os.close(fd)
+            _PARENT_FDS.discard(fd)
+
+    def stop(self) -> None:
+        os.close(self._w)
+        _PARENT_FDS.discard(self._w)
+        os.waitpid(self.pid, 0)
+        os.close(self._r)
+        _PARENT_FDS.discard(self._r)
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        self._close()
+
+
+@pytest.fixture
+def sup(tmp_path):
+    s = Supervisor(str(tmp_path / "log"), 3).start()
+    yield s
+    s.close()
+    assert not os.path.exists("/dev/shm/" + registry.shm_name(s.directory).lstrip("/"))
+
+
+def wait_members(directory: str, n: int, timeout: float = 5.0) -> None:
+    """In a worker: wait until ``n`` workers hold slots (ownership is then final)."""
+    reg = Registry.attach(directory)
+    deadline = time.monotonic() + timeout
+    while len([e for e in reg.snapshot().entries if e.state == LIVE]) < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def live_ids(s: Supervisor) -> dict[int, int]:
+    return {e.index: e.pid for e in s.snapshot().entries if e.state == LIVE}
+
+
+def test_workers_get_dense_ids_and_every_shard_exactly_one_owner(sup):
+    ws = [Worker(sup.directory) for _ in range(3)]
+    assert sorted(w.worker_id for w in ws) == [0, 1, 2]
+    owners = sup.snapshot().owners(16)
+    assert owners == [s % 3 for s in range(16)]
+    for w in ws:
+        w.stop()
+    assert live_ids(sup) == {}
+
+
+def test_key_none_appends_go_to_owned_shards_even_for_a_client_made_before_fork(sup):
+    client = cometmp.Client(sup.directory)  # created in the parent: standalone here
+    lg = client.log("ev", 8)
+
+    def body():
+        wait_members(sup.directory, 3)
+        return ",".join(str(lg.append(b"x").shard) for _ in range(16))
+    ws = [Worker(sup.directory, body) for _ in range(3)]
+    for w in ws:
+        used = {int(s) for s in w.out.split(",")}
+        assert used == {s for s in range(8) if s % 3 == w.worker_id}, (w.worker_id, used)
+        w.stop()
+    assert {lg.append(b"y").shard for _ in range(16)} == set(range(8))  # parent: standalone
+    client.close()
+
+
+def test_a_replacement_takes_the_dead_workers_slot_and_nobody_else_moves(sup):
+    ws = [Worker(sup.directory) for _ in range(3)]
+    victim = next(w for w in ws if w.worker_id == 1)
+    victim.kill()
+    sup.child_exited(victim.pid)
+    snap = sup.snapshot()
+    assert snap.entries[1].state == VACANT and snap.owners(6) == [0, -1, 2, 0, -1, 2]
+    repl = Worker(sup.directory)
+    assert repl.worker_id == 1
+    assert live_ids(sup) == {w.worker_id: w.pid for w in ws if w is not victim} | {1: repl.pid}
+    for w in [*ws, repl]:
+        if w is not victim:
+            w.stop()
+
+
+def test_a_slot_not_replaced_within_one_second_is_reclaimed(sup):
+    ws = [Worker(sup.directory) for _ in range(3)]
+    victim = next(w for w in ws if w.worker_id == 0)
+    victim.kill()  # no child_exited: the sweep finds the death by itself (I21)
+    sup.sweep()
+    assert sup.snapshot().owners(6)[0] == -1
+    time.sleep(0.5)
+    sup.sweep()
+    assert sup.snapshot().owners(6)[0] == -1  # still waiting for a replacement
+    time.sleep(0.6)
+    sup.sweep()
+    owners = sup.snapshot().owners(6)
+    assert -1 not in owners and set(owners) == {1, 2}
+    for w in ws:
+        if w is not victim:
+            w.stop()
+
+
+def test_members_sweep_for_each_other_without_a_master(tmp_path):
+    d = str(tmp_path / "log")
+    a = Worker(d, create_count=2)
+    b = Worker(d, create_count=2)
+    a.kill()
+    deadline = time.monotonic() + 3
+    reg = Registry.attach(d)
+    try:
+        while reg.snapshot().owners(4) != [1, 1, 1, 1] and time.monotonic() < deadline:
+            time.sleep(0.05)  # b's member thread: dead in ~0.2 s, reclaimed after 1 s
+        assert reg.snapshot().owners(4) == [1, 1, 1, 1]
+    finally:
+        reg.close()
+    b.stop()  # the last member leaves: it unlinks the registry
+    assert not os.path.exists("/dev/shm/" + registry.shm_name(d).lstrip("/"))
+
+
+def test_a_shrink_renumbers_dense_and_surplus_workers_wait_but_still_write(sup):
+    sup.set_process_count(4)
+    client = cometmp.Client(sup.directory)
+    lg = client.log("ev", 8)
+
+    def body():
+        return ",".join(str(lg.append(b"x").shard) for _ in range(8))
+    ws = [Worker(sup.directory, body) for _ in range(4)]
+    assert sorted(w.worker_id for w in ws) == [0, 1, 2, 3]
+    sup.set_process_count(3)
+    top = next(w for w in ws if w.worker_id == 3)
+    assert live_ids(sup)[3] == top.pid  # LIVE at index 3 >= processCount: waiting
+    assert 3 not in sup.snapshot().owners(8)
+    surplus = Worker(sup.directory, body)  # beyond the count: no slot, writes everywhere
+    assert surplus.worker_id is None
+    assert {int(s) for s in surplus.out.split(",")} == set(range(8))
+    oldest = next(w for w in ws if w.worker_id == 0)
+    oldest.stop()  # like TTOU: the oldest leaves; a waiting worker is promoted into slot 0
+    ids = live_ids(sup)
+    assert sorted(i for i in ids if i < 3) == [0, 1, 2]
+    assert ids[0] in (top.pid, surplus.pid)
+    for w in ws + [surplus]:
+        if w is not oldest:
+            w.stop()
+    client.close()
+
+
+def test_strict_ownership_refuses_a_foreign_key_with_a_clear_error(sup):
+    cfg = cometmp.Config()
+    cfg.concurrency.strict_ownership = True
+    client = cometmp.Client(sup.directory, cfg)
+    lg = client.log("ev", 6)
+    keys = {cometmp.pick_shard(f"k{i}", 6): f"k{i}" for i in range(200)}
+
+    def body():
+        wait_members(sup.directory, 3)
+        mine = cometmp.worker_id()
+        lg.append(b"ok", key=keys[mine])
+        try:
+            lg.append(b"no", key=keys[(mine + 1) % 3])
+        except cometmp.ShardNotOwned as e:
+            return str(e)
+        return "not refused"
+    ws = [Worker(sup.directory, body) for _ in range(3)]
+    for w in ws:
+        assert "owned by another worker" in w.out and "strict_ownership" in w.out, w.out
+        w.stop()
+    lg.append(b"standalone", key=keys[0])  # a standalone process owns everything
+    client.close()
+
+
+def test_a_process_forked_inside_a_worker_is_standalone(sup):
+    client = cometmp.Client(sup.directory)
+    lg = client.log("ev", 6)
+
+    def body():
+        r, w = os.pipe()
+
+        def grandchild():
+            shards = {lg.append(b"g").shard for _ in range(12)}
+            os.write(w, f"{cometmp.worker_id()}:{sorted(shards)}".encode())
+        pid = _fork(grandchild)
+        os.close(w)
+        out = os.read(r, 1000).decode()
+        os.waitpid(pid, 0)
+        return out
+    w = Worker(sup.directory, body)
+    assert w.out == f"None:{list(range(6))}"
+    assert live_ids(sup) == {w.worker_id: w.pid}  # the grandchild never took a slot
+    w.stop()
+    client.close()
+
+
+def test_a_standalone_process_takes_no_slot(sup, monkeypatch):
+    monkeypatch.setenv("COMETMP_DIR", sup.directory)
+    with cometmp.Client(sup.directory) as c:
+        lg = c.log("ev", 3)
+        assert {lg.append(b"s").shard for _ in range(6)} == {0, 1, 2}
+    assert cometmp.worker_id() is None
+    assert live_ids(sup) == {}
+
+
+def test_pid_reuse_never_makes_a_dead_worker_look_alive(sup):
+    me, ticks = os.getpid(), start_ticks(os.getpid())
+    assert is_alive(me, ticks) and not is_alive(me, ticks + 1) and not is_alive(me, 0)
+    reg = sup.registry
+    with reg.locked():  # an entry that claims our pid but an older start time
+        reg._write_entry(0, me, LIVE, ticks - 1, 1, 0, 0, -1, 0)
+        reg.bump_epoch_locked()
+    sup.sweep()
+    assert sup.snapshot().entries[0].state == VACANT
+
+
+@pytest.mark.parametrize("point", ["registry.after_lock", "registry.mid_entry",
+                                   "registry.mid_promote"])
+def test_a_holder_killed_inside_the_membership_lock_never_wedges_it(sup, point):
+    sup.set_process_count(1)
+    keep = Worker(sup.directory)
+    waiting = Worker(sup.directory)  # index 1 >= count: waiting
+    assert waiting.worker_id is None
+    pid = _fork()
+    if pid == 0:  # dies inside the lock, at the named point
+        os.environ["COMETMP_FAILPOINTS"] = point
+        try:
+            reg = Registry.attach(sup.directory)
+            with reg.locked():
+                if point != "registry.after_lock":
+                    reg.leave_locked(keep.pid, start_ticks(keep.pid))  # vacate slot 0 -> promote
+        finally:
+            os._exit(3)
+    _, st = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGKILL
+    t0 = time.monotonic()
+    snap = sup.snapshot()  # takes the lock: EOWNERDEAD -> repair
+    assert time.monotonic() - t0 < 1.0
+    pids = [e.pid for e in snap.entries if e.state == LIVE]
+    assert len(pids) == len(set(pids)), snap.entries[:3]  # I23: never two entries per worker
+    sup.sweep()
+    keep.stop()
+    waiting.stop()
+
+
+def test_the_membership_lock_never_admits_two_processes_even_across_kills(sup):
+    from cometmp._ffi import lib
+
+    reg = sup.registry
+    scratch = registry.C["CM_REG_OFF_ENTRIES"] + (registry.MAX_ENTRIES - 1) * 64 + 56
+
+    def hammer() -> None:
+        mm = Registry.attach(sup.directory)
+        for _ in range(400):
+            rc = lib.cm_registry_lock(mm._ptr, 5000)
+            assert rc >= 0
+            occupant = struct.unpack_from("=i", mm._mm, scratch)[0]
+            if rc == 0 and occupant != 0:
+                struct.pack_into("=i", mm._mm, scratch + 4, 1)  # violation
+            struct.pack_into("=i", mm._mm, scratch, os.getpid())
+            time.sleep(0.0002)
+            struct.pack_into("=i", mm._mm, scratch, 0)
+            lib.cm_registry_unlock(mm._ptr)
+    rng = random.Random(5)
+    pids = []
+    for _ in range(4):
+        pids.append(_fork(hammer))
+    for pid in pids[:2]:
+        time.sleep(rng.uniform(0.01, 0.05))
+        os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    assert struct.unpack_from("=i", reg._mm, scratch + 4)[0] == 0
+    struct.pack_into("=q", reg._mm, scratch, 0)
+    with reg.locked(timeout_ms=1000):
+        pass
+
+
+def test_worker_churn_grows_nothing(sup):
+    """2,000 worker lifetimes (half leave, half die and are reported): one shm object,
+    the same files, the same fds in the master, and an empty table at the end. (Only our
+    registry's name is checked in /dev/shm: other test runs may share the machine.)"""
+    ours = registry.shm_name(sup.directory).lstrip("/")
+    files_before = sorted(os.listdir(sup.directory))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for i in range(2000):  # "thousands of restarts"
+        pid = _fork()
+        if pid == 0:
+            try:
+                registry.join(sup.directory, start_thread=False)
+                if i % 2:
+                    registry.leave()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        if i % 2 == 0:
+            sup.child_exited(pid)
+        if i % 500 == 0:
+            assert [n for n in os.listdir("/dev/shm") if n == ours] == [ours]
+    assert [n for n in os.listdir("/dev/shm") if ours in n] == [ours]
+    assert sorted(os.listdir(sup.directory)) == files_before
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    used = [e for e in sup.snapshot().entries if e.state != 0]
+    assert len(used) <= 3  # at most processCount VACANT slots, nothing else
+    time.sleep(1.05)
+    sup.sweep()
+    assert [e for e in sup.snapshot().entries if e.state != 0] == []
+
+
+def test_registry_names_follow_the_directory_identity(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (tmp_path / "link").symlink_to(a)
+    assert registry.shm_name(a) != registry.shm_name(b)
+    assert registry.shm_name(tmp_path / "link") == registry.shm_name(a)
+
+
+def test_a_registry_of_another_build_is_refused_naming_both_versions(sup):
+    reg = sup.registry
+    off = registry.C["CM_REG_OFF_VERSION"]
+    struct.pack_into("=H", reg._mm, off, 99)
+    try:
+        with pytest.raises(cometmp.FormatError, match=r"version 99 .*version 1"):
+            Registry.attach(sup.directory)
+        with pytest.raises(cometmp.FormatError):  # in use by us: not rebuilt under us
+            Supervisor(sup.directory, 3).start()
+    finally:
+        struct.pack_into("=H", reg._mm, off, 1)
+
+
+def test_a_stale_registry_of_a_dead_master_is_rebuilt(tmp_path):
+    d = str(tmp_path / "log")
+    def dying_master():
+        Supervisor(d, 2).start()
+        os.kill(os.getpid(), signal.SIGKILL)  # no close(): the registry stays behind
+    os.waitpid(_fork(dying_master), 0)
+    assert os.path.exists("/dev/shm/" + registry.shm_name(d).lstrip("/"))
+    s = Supervisor(d, 2).start()
+    try:
+        assert s.rebuilt and s.registry.created
+    finally:
+        s.close()
+
+
+def test_a_second_master_shares_the_registry_and_the_last_one_unlinks(sup):
+    r, w = os.pipe()
+    def second_master():  # a second master (gunicorn USR2) on the same directory
+        os.close(r)
+        Supervisor(sup.directory, 3).start()
+        os.write(w, b"x")
+        time.sleep(30)
+    pid = _fork(second_master)
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os.close(r)
+    assert sum(1 for _i, p, _t in sup.registry.masters() if p) == 2
+    os.kill(pid, signal.SIGKILL)  # it never closes: sup stays the last live master
+    os.waitpid(pid, 0)
+    name = "/dev/shm/" + registry.shm_name(sup.directory).lstrip("/")
+    assert os.path.exists(name)  # the fixture's close() checks that it unlinks
+
+
+def test_unsupported_filesystems_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_fs_type", lambda path: 0x6969)
+    with pytest.raises(cometmp.UnsupportedFilesystem, match="nfs"):
+        Supervisor(str(tmp_path / "log"), 2).start()
+    monkeypatch.setattr(registry, "_fs_type", lambda path: 0x65735546)
+    with pytest.raises(cometmp.UnsupportedFilesystem, match="fuse"):
+        registry.join(str(tmp_path), start_thread=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_workers_that_dropped_privileges_can_join():
+    import shutil
+    import tempfile
+
+    nobody = 65534
+    top = tempfile.mkdtemp(prefix="cometmp-privdrop-")  # pytest's tmp_path is root-only
+    os.chmod(top, 0o755)
+    d = os.path.join(top, "log")
+    s = Supervisor(d, 2, uid=nobody, gid=nobody).start()
+    try:
+        assert os.stat(d).st_uid == nobody
+        pid = _fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(nobody)
+                os.setuid(nobody)
+                code = 0 if registry.join(str(d), start_thread=False) == 0 else 2
+                registry.leave()
+            finally:
+                os._exit(code)
+        _, st = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(st) == 0
+    finally:
+        s.close()
+        shutil.rmtree(top)
+
+
+def test_a_worker_that_lost_ownership_notices_at_its_next_append(sup):
+    """No member thread here: only the appender's epoch watch can notice the change."""
+    client = cometmp.Client(sup.directory)
+    lg = client.log("ev", 6)
+    go_r, go_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = _fork()
+    if pid == 0:
+        try:
+            registry.join(sup.directory, start_thread=False)
+            before = sorted({lg.append(b"a").shard for _ in range(12)})
+            os.write(out_w, f"{before}\n".encode())
+            os.read(go_r, 1)  # meanwhile the count grows: this worker now owns fewer shards
+            after = sorted({lg.append(b"b").shard for _ in range(12)})
+            os.write(out_w, f"{after}\n".encode())
+        finally:
+            os._exit(0)
+    assert os.read(out_r, 100).decode().strip() == "[0, 1, 2, 3, 4, 5]"  # alone: adopts all
+    sup.set_process_count(2)
+    other = Worker(sup.directory)
+    assert other.worker_id == 1
+    os.write(go_w, b"x")
+    assert os.read(out_r, 100).decode().strip() == "[0, 2, 4]"
+    os.waitpid(pid, 0)
+    other.stop()
+    for fd in (go_r, go_w, out_r, out_w):
+        os.close(fd)
+    client.close()
+
+
+def test_entry_layout_matches_the_c_constants():
+    c = registry.C
+    assert registry.ENTRY.size == c["CM_REG_ENTRY_BYTES"] == 64
+    fields = ["PID", "STATE", "START", "EPOCH", "HEARTBEAT", "VACATED", "KEY", "LAST_PID",
+              "FLAGS"]
+    offsets = [0, 4, 8, 16, 24, 32, 40, 48, 52]  # of ENTRY's "=iIQQqqqiI8x"
+    assert [c[f"CM_REGE_OFF_{f}"] for f in fields] == offsets
+    assert c["CM_REG_OFF_EPOCH"] == 40 and c["CM_REG_OFF_LOCK"] == 64
+    assert c["CM_REG_OFF_ENTRIES"] == 256
+    assert c["CM_REG_BYTES"] == 256 + 64 * c["CM_REG_MAX_ENTRIES"]
+
+
+def test_cometmp_supervise_runs_a_supervisor_until_sigterm(tmp_path):
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "log")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(cometmp.__file__))
+    proc = subprocess.Popen([sys.executable, "-m", "cometmp", "supervise", d, "--processes", "2"],
+                            env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                reg = Registry.attach(d)
+                break
+            except (cometmp.RegistryError, FileNotFoundError):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        w = Worker(d)
+        assert w.worker_id == 0
+        w.kill()  # nobody reports it: the supervise loop sweeps it, and reclaims after 1 s
+        deadline = time.monotonic() + 3
+        while reg.snapshot().entries[0].state != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        reg.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert not os.path.exists("/dev/shm/" + registry.shm_name(d).lstrip("/"))

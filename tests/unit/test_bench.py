@@ -1,0 +1,78 @@
+"""cometmp bench runs end to end and reports a well-formed JSON document.
+
+Speed is never asserted here (the machine is shared and noisy); only that every workload
+ran, every figure is a positive number, and every target carries a PASS/MISS verdict.
+"""
+
+import json
+import math
+
+import pytest
+
+from cometmp import bench
+
+
+def _run(capsys, *argv):
+    rc = bench.main(["--quick", "--json", *argv])
+    out = capsys.readouterr().out
+    return rc, json.loads(out)  # stdout holds exactly one JSON document
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_single_scenario_reports_every_workload_with_positive_figures(capsys, tmp_path):
+    rc, doc = _run(capsys, "--entries", "2000", "--sampled", "2000", "--dir", str(tmp_path))
+    assert rc == 0
+    assert doc["scenario"] == "single"
+    assert doc["machine"]["dir"].startswith(str(tmp_path))
+    res = doc["results"]
+    for key in ("append", "sqlite", "filehandler"):
+        r = res[key]
+        for field in ("mean_ns", "calls_per_s", "p50_batch100_ns", "p99_batch100_ns",
+                      "p50_sampled_ns", "p99_sampled_ns", "calls"):
+            assert _positive(r[field]), (key, field, r[field])
+        assert r["p99_batch100_ns"] >= r["p50_batch100_ns"]
+        assert len(r["rounds"]) == 1
+    assert res["append"]["entries_written"] >= res["append"]["calls"]
+    assert res["sqlite"]["rows"] >= res["sqlite"]["calls"]
+    many = res["append_many"]
+    assert many["batch_size"] == 1000 and many["entries"] >= 1000
+    assert _positive(many["entries_per_s"]) and _positive(many["ns_per_entry"])
+    for key in ("cometmp_always", "sqlite_full"):
+        assert _positive(res["durable"][key]["mean_ns"])
+    for name, value in doc["ratios"].items():
+        assert _positive(value), name
+    assert {t["result"] for t in doc["targets"]} <= {"PASS", "MISS"}
+    assert len(doc["targets"]) == 4
+    assert list(tmp_path.iterdir()) == []  # temporary logs and databases removed
+
+
+def test_multiproc_scenario_reports_scaling_of_two_processes(capsys, tmp_path):
+    rc, doc = _run(capsys, "--scenario", "multiproc", "--entries", "2000", "--dir",
+                   str(tmp_path))
+    assert rc == 0
+    for mode in ("single", "batch"):
+        per = doc["results"][mode]
+        assert set(per) == {"1", "2"}
+        for procs, r in per.items():
+            assert r["procs"] == int(procs)
+            assert _positive(r["entries_per_s"])
+            assert len(r["per_process_entries_per_s"]) == int(procs)
+        assert _positive(doc["ratios"][f"{mode}_scaling_2_vs_1"])
+    assert doc["targets"][0]["result"] in ("PASS", "MISS")
+
+
+def test_check_flag_turns_a_missed_target_into_exit_status_1(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.TARGETS, "append_mean_ns_max", 0.0)  # impossible to meet
+    rc, doc = _run(capsys, "--entries", "1000", "--sampled", "1000", "--no-durable", "--check",
+                   "--dir", str(tmp_path))
+    assert rc == 1
+    assert doc["targets"][0]["result"] == "MISS"
+
+
+def test_bad_arguments_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--entries", "10"])
+    assert e.value.code == 2

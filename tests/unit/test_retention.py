@@ -1,0 +1,198 @@
+"""Retention: soft limits never delete unacked data; the hard cap reports what it drops."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import cometmp
+from cometmp import paths
+from cometmp.retention import run_retention
+from conftest import small_config
+
+PAYLOAD = b"r" * 1000        # ~1,000 entries per 1 MiB segment
+
+
+def make(data_dir, **retention):
+    cfg = small_config()
+    cfg.retention.check_interval = 3600
+    cfg.retention.hard_min_free_ratio = 0.0   # deterministic on any disk; tested below
+    for k, v in retention.items():
+        setattr(cfg.retention, k, v)
+    return cometmp.Client(data_dir, config=cfg)
+
+
+def fill(client, stream="ev:shard:0000", n=5000):
+    client.append(stream, [PAYLOAD] * n)
+    return paths.list_segment_bases(paths.stream_dir(client.path, stream))
+
+
+def test_without_groups_soft_limit_deletes_oldest_sealed_segments(data_dir):
+    with make(data_dir, max_shard_bytes=2 * 1024 * 1024) as c:
+        bases = fill(c)
+        assert len(bases) >= 5
+        rep = c.run_retention()
+        left = paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0000"))
+        assert left == bases[len(bases) - len(left):] and len(left) < len(bases)
+        assert c.first_entry("ev:shard:0000") == left[0]
+        assert c.length("ev:shard:0000") == 5000              # entry numbers never change
+        with pytest.raises(cometmp.EntryNotFound):
+            c.read("ev:shard:0000", 0)
+        assert c.read("ev:shard:0000", left[0]).id.entry == left[0]
+        ctr = c.stats()["streams"]["ev:shard:0000"]["counters"]
+        assert ctr["retention_segments"] == len(rep.deleted) == len(bases) - len(left)
+        assert ctr["retention_bytes"] == rep.bytes_freed > 0
+        assert not rep.dropped
+
+
+def test_soft_limit_stops_at_the_first_segment_a_group_has_not_acked(data_dir):
+    with make(data_dir, max_shard_bytes=1) as c:
+        bases = fill(c)
+        con = cometmp.Consumer(c, group="slow")
+        con.reset_offset("ev:shard:0000", bases[2] + 5)      # acked into the third segment
+        rep = c.run_retention()
+        assert [d.base for d in rep.deleted] == bases[:2]
+        assert rep.blocked["ev:shard:0000"] > 0
+        b = con.read("ev:shard:*", max_messages=1, timeout=0)
+        assert b[0].id.entry == bases[2] + 5
+
+
+def test_a_group_protects_everything_from_its_first_read_before_any_ack(data_dir):
+    with make(data_dir, max_shard_bytes=1, max_total_bytes=1) as c:
+        fill(c)
+        cometmp.Consumer(c, group="g").read("ev:shard:*", max_messages=1, timeout=0)
+        rep = c.run_retention()
+        assert rep.deleted == []
+
+
+def test_a_group_protects_matching_streams_created_after_its_first_read(data_dir):
+    with make(data_dir, max_shard_bytes=1) as c:
+        fill(c, "ev:shard:0000", n=10)
+        cometmp.Consumer(c, group="g").read("ev:shard:*", max_messages=1, timeout=0)
+        later = fill(c, "ev:shard:0001")
+        other = fill(c, "other", n=3000)
+        rep = c.run_retention()
+        assert {d.stream for d in rep.deleted} == {"other"}
+        assert paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0001")) == later
+        assert len(other) > 1
+
+
+def test_max_age_deletes_segments_whose_newest_entry_is_older(data_dir):
+    with make(data_dir, max_age=60.0) as c:
+        bases = fill(c)
+        assert run_retention(c).deleted == []                 # everything is young
+        rep = run_retention(c, now_ns=time.time_ns() + 3600 * 10**9)
+        assert [d.base for d in rep.deleted] == bases[:-1]    # all sealed ones, not the active
+        assert {d.reason for d in rep.deleted} == {"max_age"}
+
+
+def test_max_total_bytes_deletes_globally_oldest_first(data_dir):
+    with make(data_dir, max_total_bytes=4 * 1024 * 1024) as c:
+        a = fill(c, "a", n=3000)
+        b = fill(c, "b", n=3000)
+        rep = c.run_retention()
+        assert rep.deleted and rep.deleted[0].stream == "a" and rep.deleted[0].base == a[0]
+        assert sum(d.bytes for d in rep.deleted) > 0
+        assert len(b) >= 3
+
+
+def test_hard_cap_drops_unacked_data_and_reports_exact_ranges(data_dir):
+    with make(data_dir, hard_max_total_bytes=2 * 1024 * 1024) as c:
+        bases = fill(c)
+        con = cometmp.Consumer(c, group="late")
+        con.ack(con.read("ev:shard:*", max_messages=10, timeout=0))   # acked [0, 10)
+        rep = c.run_retention()
+        deleted = [d.base for d in rep.deleted]
+        assert deleted == bases[:len(deleted)] and deleted
+        end = rep.deleted[-1].end
+        # one range per deleted segment, together exactly [10, end)
+        spans = [(d.first, d.end) for d in rep.dropped]
+        assert all(d.group == "late" and d.stream == "ev:shard:0000" for d in rep.dropped)
+        assert spans[0][0] == 10 and spans[-1][1] == end
+        assert all(x[1] == y[0] for x, y in zip(spans, spans[1:]))
+        g = c.consumer_groups()[0]
+        assert g["streams"]["ev:shard:0000"]["dropped"] == end - 10
+        with pytest.raises(cometmp.EntriesDropped) as ei:
+            con.read("ev:shard:*", max_messages=5, timeout=0)
+        assert (ei.value.stream, ei.value.first, ei.value.end) == ("ev:shard:0000", 10, end)
+        b = con.read("ev:shard:*", max_messages=5, timeout=0)
+        assert [m.id.entry for m in b] == list(range(end, end + 5))
+
+
+def test_on_drop_callback_replaces_the_exception(data_dir):
+    with make(data_dir, hard_max_total_bytes=1) as c:
+        fill(c)
+        seen = []
+        con = cometmp.Consumer(c, group="cb", on_drop=lambda s, a, b: seen.append((s, a, b)))
+        con.read("ev:shard:*", max_messages=1, timeout=0)      # position 1, nothing acked
+        c.run_retention()
+        b = con.read("ev:shard:*", max_messages=1, timeout=0)
+        first = c.first_entry("ev:shard:0000")
+        assert seen == [("ev:shard:0000", 1, first)]
+        assert b[0].id.entry == first
+
+
+def test_deleting_a_segment_a_reader_has_mapped_does_not_break_it(data_dir):
+    with make(data_dir, hard_max_total_bytes=1) as c:
+        fill(c)
+        con = cometmp.Consumer(c, group="z", zero_copy=True, on_drop=lambda *a: None)
+        held = con.read("ev:shard:*", max_messages=500, timeout=0)
+        views = held.payloads()
+        rep = c.run_retention()
+        assert rep.deleted and rep.deleted[0].base == 0
+        assert not os.path.exists(os.path.join(paths.stream_dir(c.path, "ev:shard:0000"),
+                                               paths.segment_name(0)))
+        assert all(bytes(v) == PAYLOAD for v in views)         # still mapped, still valid
+        b = con.read("ev:shard:*", max_messages=10, timeout=0)
+        assert len(b) == 10 and b[0].id.entry >= rep.deleted[-1].end
+
+
+def test_idle_groups_expire_and_stop_protecting(data_dir):
+    with make(data_dir, max_shard_bytes=1, group_idle_expiry=0.2) as c:
+        fill(c)
+        cometmp.Consumer(c, group="abandoned").read("ev:shard:*", max_messages=1, timeout=0)
+        assert c.run_retention().deleted == []
+        time.sleep(0.3)
+        rep = c.run_retention()
+        assert rep.expired_groups == ["abandoned"] and rep.deleted
+        assert c.consumer_groups() == []
+
+
+def test_background_thread_applies_retention_in_the_owning_process(data_dir):
+    with make(data_dir, max_shard_bytes=1) as c:
+        c.config.retention.check_interval = 0.05
+        c.close()
+    with make(data_dir, max_shard_bytes=1, check_interval=0.05) as c:
+        bases = fill(c)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0000")) == bases[-1:]:
+                break
+            time.sleep(0.05)
+        assert paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0000")) == bases[-1:]
+
+
+def test_free_space_floor_deletes_oldest_sealed_segments_and_reports_drops(data_dir):
+    vfs = os.statvfs(os.path.dirname(data_dir))
+    free = vfs.f_bavail / vfs.f_blocks
+    if free > 0.49:
+        pytest.skip("the floor cannot be set above the current free fraction here")
+    with make(data_dir) as c:
+        bases = fill(c)
+        con = cometmp.Consumer(c, group="g")
+        con.read("ev:shard:*", max_messages=1, timeout=0)
+        c.config.retention.hard_min_free_ratio = min(0.5, free + 0.01)   # always short of it
+        rep = c.run_retention()
+        assert [d.base for d in rep.deleted] == bases[:-1]
+        assert {d.reason for d in rep.deleted} == {"hard_cap"}
+        assert rep.dropped[0].first == 0 and rep.dropped[-1].end == bases[-1]
+
+
+def test_config_knobs_are_validated():
+    cfg = cometmp.Config()
+    assert cfg.retention.hard_min_free_ratio > 0 and cfg.retention.group_idle_expiry == 0
+    cfg.retention.hard_min_free_ratio = 0.9
+    with pytest.raises(ValueError, match="hard_min_free_ratio"):
+        cfg.validate()
