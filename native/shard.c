@@ -8,7 +8,7 @@
  *
  * Segment lifecycle (ARCHITECTURE.md "Segment states"):
  *
- *   (none) --rotate()/open_empty()--> ACTIVE --rotate()--> SEALED --retention--> (deleted)
+ *   (none) --rotate()/recover_locked()--> ACTIVE --rotate()--> SEALED --retention--> (deleted)
  *                                       |  ^
  *                          crash/kill -9 v  | recover_locked()
  *                                     TORN-TAIL
@@ -651,7 +651,7 @@ static int rotate(cm_shard *s, uint64_t frame) {
     rc = map_active(s, base, NULL);
     if (rc < 0) return rc;
     /* the state follows the files: a crash before this point is repaired by
-       recover_locked(), which adopts the newest segment (R1) */
+       recover_locked(), which adopts the newest segment as the active one */
     st->idx_count = 0;
     st->idx_last_off = 0;
     st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;

@@ -16,6 +16,7 @@
 uint64_t cm_state_fingerprint(void) {
     /* layout fingerprint: version, the offsets readers rely on, mutex ABI */
     uint64_t f = CM_STATE_VERSION;
+    f = f * 1000003u + offsetof(cm_state, boot_id);
     f = f * 1000003u + offsetof(cm_state, lock);
     f = f * 1000003u + sizeof(pthread_mutex_t);
     f = f * 1000003u + offsetof(cm_state, committed);

@@ -199,11 +199,18 @@ def test_workers_that_drop_privileges_with_user_group_can_join(tmp_path):
         pytest.skip("no user nobody")
     top = tempfile.mkdtemp(prefix="cometmp-gunicorn-user-")  # tmp_path is root-only
     os.chmod(top, 0o755)
+    # the workers import the app after dropping privileges: give them a copy they can
+    # read wherever this checkout lives (a CI clone may sit under a 0700 directory)
+    app_dir = os.path.join(top, "app")
+    os.mkdir(app_dir, 0o755)
+    for fn in ("app.py", "gunicorn.conf.py"):
+        shutil.copy(os.path.join(APP_DIR, fn), app_dir)
+        os.chmod(os.path.join(app_dir, fn), 0o644)
     data_dir = os.path.join(top, "data")
     port = free_port()
     argv = [GUNICORN, "-c", "gunicorn.conf.py", "-w", "2", "-b", f"127.0.0.1:{port}",
             "--user", "nobody", "--group", "nogroup", "app:app"]
-    srv = Server(argv, server_env(data_dir), APP_DIR, port, str(tmp_path / "gunicorn.log"))
+    srv = Server(argv, server_env(data_dir), app_dir, port, str(tmp_path / "gunicorn.log"))
     srv.data_dir = data_dir
     try:
         srv.wait_ready(workers=2)

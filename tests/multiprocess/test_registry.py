@@ -129,7 +129,7 @@ def sup(tmp_path):
     assert not os.path.exists("/dev/shm/" + registry.shm_name(s.directory).lstrip("/"))
 
 
-def wait_members(directory: str, n: int, timeout: float = 5.0) -> None:
+def wait_members(directory: str, n: int, timeout: float = 30.0) -> None:
     """In a worker: wait until ``n`` workers hold slots (ownership is then final)."""
     reg = Registry.attach(directory)
     deadline = time.monotonic() + timeout
