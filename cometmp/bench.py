@@ -183,7 +183,7 @@ def _bench_cometmp_append(root: str, calls: int, sampled: int, warmup: int, time
     import cometmp
 
     d = tempfile.mkdtemp(prefix="append-", dir=root)
-    with cometmp.Client(d) as client:
+    with cometmp.Client(d, config=_config()) as client:
         lg = client.log("bench:single", shards=1)
         append = lg.append
         p = _payload()
@@ -204,7 +204,7 @@ def _bench_cometmp_append_many(root: str, entries: int, warmup_batches: int) -> 
     nb = max(1, entries // BATCH)
     pc = time.perf_counter_ns
     times = array("q", bytes(8 * nb))
-    with cometmp.Client(d) as client:
+    with cometmp.Client(d, config=_config()) as client:
         lg = client.log("bench:batch", shards=1)
         am = lg.append_many
         for _ in repeat(None, warmup_batches):
@@ -287,7 +287,7 @@ def _bench_cometmp_durable(root: str, calls: int, timer_ns: float) -> dict:
     import cometmp
 
     d = tempfile.mkdtemp(prefix="durable-", dir=root)
-    cfg = cometmp.Config()
+    cfg = _config()
     cfg.storage.durability = "always"
     with cometmp.Client(d, config=cfg) as client:
         lg = client.log("bench:durable", shards=1)
@@ -336,6 +336,18 @@ def _bench_sqlite_full(root: str, calls: int, timer_ns: float) -> dict:
 # ------------------------------------------------------------------------ multiproc
 
 
+#: config.storage.prefault for every cometmp client the benchmarks open (--no-prefault)
+PREFAULT = True
+
+
+def _config():
+    import cometmp
+
+    cfg = cometmp.Config()
+    cfg.storage.prefault = PREFAULT
+    return cfg
+
+
 def _mp_child(root: str, index: int, entries: int, mode: str, ready_w: int, go_r: int,
               result_w: int) -> None:
     """Runs in a forked child: open its own client, wait for the barrier, append."""
@@ -343,7 +355,7 @@ def _mp_child(root: str, index: int, entries: int, mode: str, ready_w: int, go_r
     try:
         import cometmp
 
-        with cometmp.Client(root) as client:
+        with cometmp.Client(root, config=_config()) as client:
             lg = client.log(f"bench:mp:p{index}", shards=1)
             p = _payload()
             if mode == "control":  # no cometmp at all: what the machine gives 2 processes
@@ -588,6 +600,7 @@ def _run_single(args, root: str) -> dict:
     ]
     return {
         "settings": {"entries": n, "sampled_calls": sampled, "peer_calls": peer_calls,
+                     "prefault": PREFAULT,
                      "durable_calls": durable_calls if args.durable else 0,
                      "rounds": args.rounds, "payload_bytes": PAYLOAD_BYTES, "batch": BATCH,
                      "group": GROUP, "quick": args.quick},
@@ -605,6 +618,7 @@ def _run_multiproc(args, root: str) -> dict:
         raise ValueError("--procs must list positive process counts, e.g. 1,2")
     per = args.entries
     out: dict = {"settings": {"entries_per_process": per, "procs": procs, "rounds": args.rounds,
+                              "prefault": PREFAULT,
                               "payload_bytes": PAYLOAD_BYTES, "batch": BATCH,
                               "quick": args.quick},
                  "results": {}, "ratios": {}, "targets": []}
@@ -724,12 +738,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="parent directory for the temporary logs and databases (default: the "
                         "system temp dir); the filesystem matters, it is reported")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--no-prefault", dest="prefault", action="store_false",
+                   help="open cometmp clients with config.storage.prefault=False (no background "
+                        "prefault thread)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    global PREFAULT
+    PREFAULT = args.prefault
     if args.entries is None:
         args.entries = 20000 if args.quick else 1_000_000
     if args.rounds is None:

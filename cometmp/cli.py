@@ -31,7 +31,7 @@ exit codes:
   2  usage error: bad arguments, unknown stream
   3  the data directory is missing or is not a cometmp data directory
 
-Inspection commands (stats, status, dump, tail, verify, metrics) never modify the
+Inspection commands (stats, status, groups, dump, tail, verify, metrics) never modify the
 directory. docs/FORMAT.md describes the files.
 """
 
@@ -162,6 +162,36 @@ def cmd_stats(args) -> int:
             notable = f"state {s['state']}" + (f", {notable}" if notable else "")
         print(f"  {name:<32} {s['first_entry']:>10} {length:>10} {s['segments']:>5} "
               f"{_human_bytes(s['disk_bytes']):>10}  {notable}")
+    return EXIT_OK
+
+
+def cmd_groups(args) -> int:
+    """List consumer groups with their per-stream acked offset and lag; --delete NAME."""
+    from .client import Client
+
+    root = _data_dir(args.dir)
+    if args.delete:
+        with Client(root) as client:
+            existed = client.delete_consumer_group(args.delete)
+        if args.json:
+            _emit_json({"deleted": args.delete, "existed": existed})
+        else:
+            print(f"consumer group {args.delete!r} " + ("deleted" if existed else "did not exist"))
+        return EXIT_OK if existed else EXIT_USAGE
+    with Client(root, readonly=True) as client:
+        groups = client.consumer_groups()
+    if args.json:
+        _emit_json({"groups": groups})
+        return EXIT_OK
+    if not groups:
+        print(f"{root}: no consumer groups")
+    for g in groups:
+        total = sum(s["lag"] for s in g["streams"].values())
+        print(f"group {g['name']}: patterns {', '.join(g['patterns']) or '-'}; lag {total}")
+        for name, s in g["streams"].items():
+            acked = "-" if s["acked"] is None else s["acked"]
+            dropped = f"  dropped {s['dropped']}" if s["dropped"] else ""
+            print(f"  {name:<32} acked {acked:>10}  length {s['length']:>10}  lag {s['lag']:>10}{dropped}")
     return EXIT_OK
 
 
@@ -442,6 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", metavar="DIR", help="data directory")
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_status)
+
+    sp = add("groups", "consumer groups: acked offset and lag per stream (read-only "
+                       "unless --delete)")
+    sp.add_argument("dir", metavar="DIR", help="data directory")
+    sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sp.add_argument("--delete", metavar="NAME", help="delete consumer group NAME and its offsets")
+    sp.set_defaults(func=cmd_groups)
 
     sp = add("dump", "print the entries of one stream (read-only)")
     sp.add_argument("dir", metavar="DIR", help="data directory")

@@ -67,6 +67,7 @@ class Writer:
         opts.durability = DURABILITY[config.storage.durability]
         opts.stream_crc = stream_crc(name)
         opts.create = 1 if create else 0
+        opts.prefault = 1 if config.storage.prefault else 0
         out = ffi.new("cm_shard **")
         report = ffi.new("cm_open_report *")
         check(lib.cm_shard_open(directory.encode(), opts, out, report))

@@ -38,6 +38,7 @@ typedef struct cm_options {
     int32_t  durability;        /* CM_DURABILITY_* */
     uint32_t stream_crc;        /* crc32c of the stream name, stamped in headers */
     int32_t  create;            /* create the stream if missing */
+    int32_t  prefault;          /* prefault ahead of the tail in a background thread */
 } cm_options;
 
 typedef struct cm_iov {

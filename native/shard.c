@@ -615,7 +615,8 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     if (end > st->alloc_end) /* needed right now: fault it in here */
         madvise(s->seg_map + from, round_up(end, 4096) - from, MADV_POPULATE_WRITE);
     uint64_t warm = st->alloc_end > from ? st->alloc_end & ~4095ull : from;
-    cm_prealloc_populate(s->seg_map + warm, to - warm);
+    if (s->opt.prefault)
+        cm_prealloc_populate(s->seg_map + warm, to - warm);
     st->alloc_end = to;
     return CM_OK;
 }
@@ -658,7 +659,8 @@ static int rotate(cm_shard *s, uint64_t frame) {
     st->alloc_end = pre;
     st->active_base = base;
     st->counters[CM_CTR_ROTATIONS]++;
-    cm_prealloc_populate(s->seg_map, pre);
+    if (s->opt.prefault)
+        cm_prealloc_populate(s->seg_map, pre);
     return CM_OK;
 }
 

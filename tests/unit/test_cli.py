@@ -470,3 +470,23 @@ def test_format_doc_worked_example_is_a_segment_verify_accepts(capsys, tmp_path)
     assert [p["kind"] for p in doc["streams"]["example"]["problems"]] == ["state"]  # no state page
     recs = [r for r in fmt.walk_segment(seg + bytes(4096 - len(seg))) if isinstance(r, fmt.Record)]
     assert [r.payload for r in recs] == [b"hi", b"", b"hello, cometmp"]
+
+
+def test_groups_lists_acked_offsets_and_lag_then_deletes(capsys, data_dir):
+    with cometmp.Client(data_dir) as c:
+        consumer = cometmp.Consumer(c, group="proc")
+        batch = consumer.read("logs", max_messages=5, timeout=0)
+        consumer.ack(*batch)
+    rc, doc = run_json(capsys, "groups", data_dir)
+    assert rc == 0
+    (g,) = doc["groups"]
+    assert g["name"] == "proc" and g["streams"]["logs"]["acked"] == 5
+    assert g["streams"]["logs"]["lag"] == 15
+    rc, out, _ = run(capsys, "groups", data_dir)
+    assert rc == 0 and "group proc" in out and "lag 15" in out
+    rc, out, _ = run(capsys, "groups", data_dir, "--delete", "proc")
+    assert rc == 0 and "deleted" in out
+    rc, doc = run_json(capsys, "groups", data_dir)
+    assert doc["groups"] == []
+    rc, out, _ = run(capsys, "groups", data_dir, "--delete", "proc")
+    assert rc == 2 and "did not exist" in out
