@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 import cometmp
 from cometmp.verify import verify_directory
 
@@ -127,12 +129,12 @@ def check_log(root: str, acked: dict) -> None:
                 assert base + len(recs) == nxt, f"{path}: holds {len(recs)} entries"
 
 
-def test_every_acknowledged_entry_survives_repeated_kill_9_of_a_writer(tmp_path):
+def repeated_kills(tmp_path, max_runs: int, min_runs: int, seconds: float) -> None:
     root = str(tmp_path / "log")
     rnd = random.Random(int.from_bytes(os.urandom(4), "little"))
     acked: dict[tuple[int, int], tuple[int, int]] = {}
     started, runs, mid_stream = time.monotonic(), 0, 0
-    while runs < 40 and (runs < 15 or time.monotonic() - started < 12.0):
+    while runs < max_runs and (runs < min_runs or time.monotonic() - started < seconds):
         w = KillableWriter(root, runs)
         if rnd.random() < 0.2:
             time.sleep(rnd.uniform(0.0, 0.3))   # during import, open, recovery of the last tail
@@ -148,9 +150,7 @@ def test_every_acknowledged_entry_survives_repeated_kill_9_of_a_writer(tmp_path)
     check_log(root, acked)
 
 
-def test_every_acknowledged_entry_survives_kill_9_among_concurrent_writers(tmp_path):
-    """Two writers share both shards; killing one (possibly inside the shard lock) must
-    never stall or damage the other: it repairs the tail and carries on (I5)."""
+def concurrent_kills(tmp_path, max_runs: int, min_runs: int, seconds: float) -> None:
     root = str(tmp_path / "log")
     rnd = random.Random(int.from_bytes(os.urandom(4), "little"))
     acked: dict[tuple[int, int], tuple[int, int]] = {}
@@ -158,7 +158,7 @@ def test_every_acknowledged_entry_survives_kill_9_among_concurrent_writers(tmp_p
     for w in writers:
         w.wait_ready()
     started, runs = time.monotonic(), 2
-    while runs < 30 and (runs < 12 or time.monotonic() - started < 8.0):
+    while runs < max_runs and (runs < min_runs or time.monotonic() - started < seconds):
         time.sleep(rnd.expovariate(1 / 0.05))
         victim = rnd.randrange(2)
         acks = writers[victim].kill()
@@ -171,3 +171,26 @@ def test_every_acknowledged_entry_survives_kill_9_among_concurrent_writers(tmp_p
         record(acked, w.kill())
     assert len(acked) > 100
     check_log(root, acked)
+
+
+# The bounded variants run in CI; the soak variants (pytest -m soak) run the same chaos for
+# minutes with hundreds of kills.
+
+def test_every_acknowledged_entry_survives_repeated_kill_9_of_a_writer(tmp_path):
+    repeated_kills(tmp_path, max_runs=40, min_runs=15, seconds=12.0)
+
+
+def test_every_acknowledged_entry_survives_kill_9_among_concurrent_writers(tmp_path):
+    """Two writers share both shards; killing one (possibly inside the shard lock) must
+    never stall or damage the other: it repairs the tail and carries on (I5)."""
+    concurrent_kills(tmp_path, max_runs=30, min_runs=12, seconds=8.0)
+
+
+@pytest.mark.soak
+def test_soak_repeated_kill_9_of_a_writer(tmp_path):
+    repeated_kills(tmp_path, max_runs=2000, min_runs=500, seconds=300.0)
+
+
+@pytest.mark.soak
+def test_soak_kill_9_among_concurrent_writers(tmp_path):
+    concurrent_kills(tmp_path, max_runs=2000, min_runs=500, seconds=300.0)
