@@ -173,11 +173,13 @@ def cmd_groups(args) -> int:
     if args.delete:
         with Client(root) as client:
             existed = client.delete_consumer_group(args.delete)
+        if not existed:
+            raise UsageError(f"no consumer group {args.delete!r} in {root}")
         if args.json:
             _emit_json({"deleted": args.delete, "existed": existed})
         else:
-            print(f"consumer group {args.delete!r} " + ("deleted" if existed else "did not exist"))
-        return EXIT_OK if existed else EXIT_USAGE
+            print(f"consumer group {args.delete!r} deleted")
+        return EXIT_OK
     with Client(root, readonly=True) as client:
         groups = client.consumer_groups()
     if args.json:
@@ -255,7 +257,7 @@ def cmd_tail(args) -> int:
             recent.extend(client.list_recent(name, args.n) if args.n else [])
             positions[name] = client.length(name)
         recent.sort(key=lambda m: (m.timestamp_ns, m.id.stream, m.id.entry))
-        for m in recent[len(recent) - args.n:] if args.n else []:
+        for m in recent[-args.n:] if args.n else []:
             _print_tail_line(m, len(names) > 1)
         sys.stdout.flush()
         if not args.follow:

@@ -7,6 +7,7 @@ reading are valid in both processes.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import json
 import logging
@@ -27,9 +28,11 @@ from .errors import (
     BadStreamName,
     ClosedError,
     CometError,
+    DataDirectoryNotFound,
     FormatError,
     ReadOnlyError,
     ShardCountMismatch,
+    StorageError,
     StreamNotFound,
 )
 from .shard import MessageID, Reader, StreamMessage, Writer
@@ -160,7 +163,9 @@ class Client:
         marker = os.path.join(self.path, paths.DIR_MARKER)
         if self.readonly:
             if not os.path.isdir(self.path):
-                raise StreamNotFound(f"no cometmp data directory at {self.path}")
+                raise DataDirectoryNotFound(f"no cometmp data directory at {self.path}")
+        elif os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise StorageError(errno.ENOTDIR, f"{self.path} exists and is not a directory")
         else:
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
@@ -297,6 +302,8 @@ class Client:
         ``payloads`` is one bytes-like object or an iterable of them. Returns their ids.
         """
         paths.validate_stream_name(stream)
+        if isinstance(payloads, str):
+            raise TypeError("payload must be bytes-like, not str (encode it, e.g. s.encode())")
         if isinstance(payloads, (bytes, bytearray, memoryview)):
             payloads = [payloads]
         with self._lock:

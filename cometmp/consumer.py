@@ -252,7 +252,9 @@ class _Cursor:
                 budget -= added
                 if status == _FILL_MORE:
                     continue
-            if status == _FILL_DAMAGED:
+            # damage, or an end of data before `limit` that is not a stale mapping of a
+            # replaced segment (checked once below): look for the published records after it
+            if self.off >= 0 and (status == _FILL_DAMAGED or nb is not None or reopened == self.base):
                 nxt = lib.cm_resync(self.seg.ptr, self.seg.size, self.off + 1, self.seq)
                 if nxt >= 0:
                     rec = self.seg.record_at(nxt, -1)

@@ -8,6 +8,7 @@
      +-- EntryTooLarge        (also ValueError)  payload above config.storage.max_entry_bytes
      +-- EntryNotFound        (also KeyError)    no such entry (never written, or retained away)
      +-- StreamNotFound       (also KeyError)    no such stream
+     +-- DataDirectoryNotFound (also FileNotFoundError) no data directory (read-only open)
      +-- CorruptRecord                           a record failed its checksum; names file + offset
      +-- FormatError                             bad magic / version / layout fingerprint
      +-- DiskFull             (also OSError)     ENOSPC/EDQUOT while allocating; nothing was written
@@ -35,6 +36,7 @@ __all__ = [
     "ClosedError",
     "CometError",
     "CorruptRecord",
+    "DataDirectoryNotFound",
     "DiskFull",
     "EntriesDropped",
     "EntryNotFound",
@@ -147,3 +149,7 @@ class EntriesDropped(CometError):
 
 class StopProcessing(CometError):
     """Raised by a Consumer.process() handler: stop now, leaving the batch unacknowledged."""
+
+
+class DataDirectoryNotFound(CometError, FileNotFoundError):
+    """Client(path, readonly=True) on a path that is not an existing data directory."""

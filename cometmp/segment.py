@@ -73,11 +73,16 @@ class Segment:
              ) -> Iterator[RecordRef | str]:
         """Records from (off, seq) in order. A damaged stretch yields one reason string and
         the walk resumes at the next valid record; a torn tail ends it. Stops before
-        ``stop_seq`` (exclusive) so a reader never looks at unpublished bytes."""
+        ``stop_seq`` (exclusive) so a reader never looks at unpublished bytes; with
+        ``stop_seq`` given, an end of data before it is damage too."""
         while stop_seq is None or seq < stop_seq:
             r = self.record_at(off, seq)
             if r is None:
-                return
+                if stop_seq is None:
+                    return
+                # end of data before the published count: the missing records were
+                # zeroed or cut (damage, I2), so look for the published ones after them
+                r = "end of data before the published count (zeroed or missing bytes)"
             if isinstance(r, RecordRef):
                 yield r
                 off += r.frame_bytes

@@ -363,6 +363,8 @@ class Reader:
                     self._drop(base)
                     continue
                 if nb is None:
+                    # published entries that no valid record holds: damaged (I2)
+                    self.corrupt_skipped += max(0, committed - entry)
                     return
                 if nb > entry:
                     self.corrupt_skipped += nb - entry

@@ -369,7 +369,11 @@ static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view)
         iov->flags = 0;
         return 0;
     }
-    if (!PyObject_CheckBuffer(o) || PyUnicode_Check(o)) {
+    if (PyUnicode_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "payload must be bytes-like, not str (encode it, e.g. s.encode())");
+        return -1;
+    }
+    if (!PyObject_CheckBuffer(o)) {
         PyErr_Format(PyExc_TypeError, "payload must be bytes-like, not %.100s",
                      Py_TYPE(o)->tp_name);
         return -1;

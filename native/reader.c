@@ -459,9 +459,30 @@ static PyGetSetDef Batch_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+static PyObject *Batch_repr(Batch *b) {
+    Py_ssize_t nstreams = b->names ? PyList_GET_SIZE(b->names) : 0;
+    if (b->n == 0)
+        return PyUnicode_FromString("<cometmp Batch: empty>");
+    /* name the streams the entries came from, up to three */
+    PyObject *seen = PySet_New(NULL);
+    if (!seen) return NULL;
+    for (Py_ssize_t i = 0; i < b->n && i < 100000; i++) {
+        if ((Py_ssize_t)b->sidx[i] < nstreams &&
+            PySet_Add(seen, PyList_GET_ITEM(b->names, b->sidx[i])) < 0) {
+            Py_DECREF(seen);
+            return NULL;
+        }
+    }
+    PyObject *r = PyUnicode_FromFormat("<cometmp Batch: %zd entries from %zd stream(s)>", b->n,
+                                       PySet_GET_SIZE(seen));
+    Py_DECREF(seen);
+    return r;
+}
+
 static PyTypeObject BatchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "cometmp._reader.Batch",
+    .tp_repr = (reprfunc)Batch_repr,
     .tp_basicsize = sizeof(Batch),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Entries read by Consumer.read(): list-like of StreamMessage (see reader.c).",

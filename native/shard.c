@@ -362,8 +362,9 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     uint32_t nseq = 0;
     int64_t last_ts = 0;
     pthread_once(&boot_once, read_boot_id);
+    int same_boot = memcmp(st->boot_id, boot_id, sizeof boot_id) == 0;
     int trusted = !state_fresh && !idx_fresh && !header_repairs && st->active_base == B &&
-                  memcmp(st->boot_id, boot_id, sizeof boot_id) == 0 &&
+                  same_boot &&
                   st->tail >= CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap &&
                   st->committed >= B && st->committed - B < (1u << 28) &&
                   st->reserve_end >= st->tail && st->reserve_end <= s->seg_cap;
@@ -420,6 +421,18 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         st->idx_last_off = 0;
         index_clear_from(s, 0);
         walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, 1, &tail, &nseq, &last_ts, &corrupt);
+        /* I1/I2: if this boot's state page published more entries than the walk
+           found, the missing ones at the end are damaged, not torn: they were
+           acknowledged. Keep their numbers and the published tail (the damage
+           stays reported by readers and verify); never hand their entry numbers
+           out again. */
+        if (!state_fresh && !header_repairs && st->active_base == B && same_boot &&
+            st->committed > B + nseq && st->committed - B < (1u << 28) &&
+            st->tail > tail && st->tail <= s->seg_cap) {
+            corrupt += st->committed - B - nseq;
+            nseq = (uint32_t)(st->committed - B);
+            tail = st->tail;
+        }
         dropped = zero_after(s, tail, s->seg_cap);
         if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
         if (state_fresh) st->first_entry = min_base;
@@ -699,8 +712,8 @@ int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_ent
         return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
     for (uint32_t i = 0; i < n; i++)
         if (iov[i].len > s->opt.max_entry_bytes)
-            return cm_fail(CM_E_TOOBIG, 0, "entry %u is %u bytes; max_entry_bytes is %u",
-                           i, iov[i].len, s->opt.max_entry_bytes);
+            return cm_fail(CM_E_TOOBIG, 0, "payload #%u of the call is %u bytes; max_entry_bytes "
+                           "is %u; nothing was written", i, iov[i].len, s->opt.max_entry_bytes);
     uint64_t bytes = 0, compressed = 0;
     uint32_t done = 0;
     int rc = lock_shard(s, nonblock);

@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
+.venv/bin/python -m pip install -q wheel  # so uWSGI (an sdist) builds as a wheel
 .venv/bin/python -m pip install -q -e '.[test]'
 exec .venv/bin/python -m pytest -q "$@"

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs
 import cometmp
 
 SHARDS = int(os.environ.get("COMETMP_SHARDS", "8"))
+if not os.environ.get("COMETMP_DIR"):
+    raise SystemExit("set COMETMP_DIR to the data directory (a local filesystem path)")
 client = cometmp.Client(os.environ["COMETMP_DIR"])
 requests_log = client.log("requests", shards=SHARDS)
 

@@ -1,6 +1,11 @@
 """A torn tail of the active segment (cut, zeroed or overwritten at any byte of its last
 records) is repaired at open: complete records survive, the torn one is dropped, appends
-continue the numbering, and the repaired stream reopens cleanly."""
+continue the numbering, and the repaired stream reopens cleanly.
+
+Two cases differ. With the state page lost ("deleted"), nothing says which records were
+published, so the damaged end is a torn tail and its numbers are given out again. With
+this boot's state page kept ("kept"), the damaged records were published (acknowledged):
+that is corruption, their numbers are kept (I1) and reads report them (I2)."""
 
 from __future__ import annotations
 
@@ -66,20 +71,28 @@ class TornLab:
             n += 1
         return n
 
-    def reopen_append_reopen(self, expect: int, msg: str) -> None:
+    def reopen_append_reopen(self, expect: int, msg: str, state: str = "deleted") -> None:
+        n = len(self.payloads) if state == "kept" else expect   # numbers handed out so far
         with cometmp.Client(self.root, config=self.cfg) as c:
             lg = c.log("torn", shards=1)
-            assert c.length(STREAM) == expect, msg
-            assert lg.append(b"after-1").entry == expect, msg
+            assert c.length(STREAM) == n, msg
+            assert lg.append(b"after-1").entry == n, msg
             counters = c.stats()["streams"][STREAM]["counters"]
             if expect < len(self.payloads):        # a repair happened and was counted
                 assert counters["recoveries"] >= 1, msg
+                if state == "kept":
+                    assert counters["corrupt_records"] >= len(self.payloads) - expect, msg
         with cometmp.Client(self.root, config=self.cfg) as c:
             lg = c.log("torn", shards=1)
-            assert lg.append(b"after-2").entry == expect + 1, msg
+            assert lg.append(b"after-2").entry == n + 1, msg
             got = [m.data for m in c.scan(STREAM)]
             assert got == self.payloads[:expect] + [b"after-1", b"after-2"], msg
+            for e in range(expect, n):          # kept numbers of damaged records: reported
+                with pytest.raises(cometmp.CorruptRecord):
+                    c.read(STREAM, e)
         assert os.path.getsize(self.seg) == 1 * MiB, msg          # I9: size never changes
+        if state == "kept":
+            return  # the oracle's walk stops at the damage; the reads above checked the rest
         recs, damage = oracle_walk(self.seg)
         assert not damage and len(recs) == expect + 2, msg
         with open(self.seg, "rb") as f:                           # nothing after the new tail
@@ -116,7 +129,7 @@ def test_tail_zeroed_from_every_offset_of_the_last_records(lab, state):
         damaged = lab.pristine[:cut] + bytes(lab.tail - cut) + lab.pristine[lab.tail:]
         expect = lab.survivors(damaged)  # zeroing bytes that were zero leaves a record whole
         assert len(lab.payloads) - 3 <= expect <= len(lab.payloads)
-        lab.reopen_append_reopen(expect, f"zeroed from {cut}, state {state}")
+        lab.reopen_append_reopen(expect, f"zeroed from {cut}, state {state}", state)
     lab.restore()
 
 
@@ -130,7 +143,7 @@ def test_tail_overwritten_with_garbage_from_every_offset_of_the_last_records(lab
         if state == "deleted":
             drop_state(lab)
         expect = len(lab.payloads) - 3 + sum(r.offset + r.frame_bytes <= cut for r in lab.recs[-3:])
-        lab.reopen_append_reopen(expect, f"garbage from {cut}, state {state}")
+        lab.reopen_append_reopen(expect, f"garbage from {cut}, state {state}", state)
     lab.restore()
 
 
@@ -144,7 +157,7 @@ def test_segment_file_cut_short_at_every_offset_of_the_last_records(lab, state):
         if state == "deleted":
             drop_state(lab)
         expect = lab.survivors(lab.pristine[:cut] + bytes(len(lab.pristine) - cut))
-        lab.reopen_append_reopen(expect, f"cut at {cut}, state {state}")
+        lab.reopen_append_reopen(expect, f"cut at {cut}, state {state}", state)
     lab.restore()
 
 

@@ -222,3 +222,4 @@ def test_workers_that_drop_privileges_with_user_group_can_join(tmp_path):
     finally:
         srv.stop()
         shutil.rmtree(top, ignore_errors=True)
+    assert not os.path.exists(shm)  # the last master unlinked it, whatever its owner

@@ -488,5 +488,5 @@ def test_groups_lists_acked_offsets_and_lag_then_deletes(capsys, data_dir):
     assert rc == 0 and "deleted" in out
     rc, doc = run_json(capsys, "groups", data_dir)
     assert doc["groups"] == []
-    rc, out, _ = run(capsys, "groups", data_dir, "--delete", "proc")
-    assert rc == 2 and "did not exist" in out
+    rc, out, err = run(capsys, "groups", data_dir, "--delete", "proc")
+    assert rc == 2 and "no consumer group 'proc'" in err and out == ""
