@@ -33,7 +33,6 @@ from .errors import (
     ReadOnlyError,
     ShardCountMismatch,
     StorageError,
-    StreamNotFound,
 )
 from .shard import MessageID, Reader, StreamMessage, Writer
 
@@ -102,10 +101,6 @@ def _write_json_atomic(path: str, doc: dict) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-
-
-class _Streams:
-    """Writer handles + appenders of one client, reopened after fork (I10)."""
 
 
 class Log:

@@ -20,10 +20,9 @@ from typing import Iterator, NamedTuple
 from . import paths
 from ._ffi import check, ffi, lib, raise_for
 from .compression import decompress
-from .errors import CorruptRecord, EntryNotFound, FormatError, StreamNotFound
+from .errors import CorruptRecord, EntryNotFound, StreamNotFound
 from .format import (
     CM_REC_FLAG_ZSTD,
-    CM_REC_HEADER_BYTES,
     CM_SEG_HEADER_BYTES,
     CM_STATE_BYTES,
     CM_STATE_MAGIC,
@@ -413,7 +412,3 @@ class Reader:
         self._segments.clear()
         self._indexes.clear()
         self.state.close()
-
-
-def open_writer_error(directory: str) -> None:  # pragma: no cover - helper for messages
-    raise FormatError(f"{directory} is not a cometmp stream")

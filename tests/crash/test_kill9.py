@@ -188,9 +188,9 @@ def test_every_acknowledged_entry_survives_kill_9_among_concurrent_writers(tmp_p
 
 @pytest.mark.soak
 def test_soak_repeated_kill_9_of_a_writer(tmp_path):
-    repeated_kills(tmp_path, max_runs=2000, min_runs=500, seconds=300.0)
+    repeated_kills(tmp_path, max_runs=1000, min_runs=200, seconds=120.0)
 
 
 @pytest.mark.soak
 def test_soak_kill_9_among_concurrent_writers(tmp_path):
-    concurrent_kills(tmp_path, max_runs=2000, min_runs=500, seconds=300.0)
+    concurrent_kills(tmp_path, max_runs=1000, min_runs=200, seconds=120.0)

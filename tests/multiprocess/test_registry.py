@@ -9,7 +9,6 @@ import signal
 import struct
 import time
 
-import posix_ipc
 import pytest
 
 import cometmp
