@@ -908,9 +908,9 @@ def make_router(client, prefix: str, shards: int):
         m = _current()
         if lg is None or m is None:
             return s
-        route = lg._cometmp_route
-        if route.epoch != m.registry.epoch:
+        if lg._cometmp_route.epoch != m.registry.epoch:
             _refresh_log(lg)
+        route = lg._cometmp_route  # read after the refresh: it may be a new object
         if route.owned is not None and s not in route.owned:
             raise ShardNotOwned(
                 f"{prefix}:shard:{s:04d} (key {key!r}) is owned by another worker; this worker "
