@@ -159,10 +159,12 @@ def test_key_none_appends_go_to_owned_shards_even_for_a_client_made_before_fork(
         wait_members(sup.directory, 3)
         return ",".join(str(lg.append(b"x").shard) for _ in range(16))
     ws = [Worker(sup.directory, body) for _ in range(3)]
+    outs = [(w.worker_id, w.out) for w in ws]  # every worker reports before any leaves
     for w in ws:
-        used = {int(s) for s in w.out.split(",")}
-        assert used == {s for s in range(8) if s % 3 == w.worker_id}, (w.worker_id, used)
         w.stop()
+    for wid, out in outs:
+        used = {int(s) for s in out.split(",")}
+        assert used == {s for s in range(8) if s % 3 == wid}, (wid, used)
     assert {lg.append(b"y").shard for _ in range(16)} == set(range(8))  # parent: standalone
     client.close()
 
@@ -247,11 +249,13 @@ def test_a_shrink_renumbers_dense_and_surplus_workers_wait_but_still_write(sup):
 def test_strict_ownership_refuses_a_foreign_key_with_a_clear_error(sup):
     cfg = cometmp.Config()
     cfg.concurrency.strict_ownership = True
-    client = cometmp.Client(sup.directory, cfg)
-    lg = client.log("ev", 6)
+    cometmp.Client(sup.directory, cfg).log("ev", 6)  # the family exists before the workers
     keys = {cometmp.pick_shard(f"k{i}", 6): f"k{i}" for i in range(200)}
 
     def body():
+        # the usual pattern: the worker opens its client after joining (a client inherited
+        # across fork is covered by the key=None routing and fork tests)
+        lg = cometmp.Client(sup.directory, cfg).log("ev", 6)
         wait_members(sup.directory, 3)
         # ownership settles once every worker has joined and promotions are done (a loaded
         # machine can stretch that); a foreign key must be refused within a bounded time
@@ -268,11 +272,13 @@ def test_strict_ownership_refuses_a_foreign_key_with_a_clear_error(sup):
                 return f"not refused (worker_id {mine})"
             time.sleep(0.05)
     ws = [Worker(sup.directory, body) for _ in range(3)]
+    outs = [w.out for w in ws]  # every worker reports before any leaves (wait_members)
     for w in ws:
-        assert "owned by another worker" in w.out and "strict_ownership" in w.out, w.out
         w.stop()
-    lg.append(b"standalone", key=keys[0])  # a standalone process owns everything
-    client.close()
+    for out in outs:
+        assert "owned by another worker" in out and "strict_ownership" in out, out
+    with cometmp.Client(sup.directory, cfg) as client:  # a standalone process owns everything
+        client.log("ev", 6).append(b"standalone", key=keys[0])
 
 
 def test_a_process_forked_inside_a_worker_is_standalone(sup):
