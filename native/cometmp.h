@@ -84,7 +84,6 @@ int  cm_sync(cm_shard *s);
 int  cm_shard_snapshot(cm_shard *s, cm_snapshot *out);
 int  cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry);
 int  cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta);
-void *cm_shard_state(cm_shard *s);
 
 /* segment.c: stateless record parsing over a mapped segment. */
 int  cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,

@@ -60,20 +60,8 @@ int cm_segment_header_check(const uint8_t *map, uint64_t size, uint64_t *base,
     return CM_OK;
 }
 
-void cm_record_write(uint8_t *p, const void *data, uint32_t len, int64_t ts,
-                     uint32_t seqflags) {
-    /* len(4) crc(4) ts_ns(8) seqflags(4) payload(len) */
-    put32(p + CM_REC_OFF_LEN, len);
-    put64(p + CM_REC_OFF_TS, (uint64_t)ts);
-    put32(p + CM_REC_OFF_SEQFLAGS, seqflags);
-    if (len) memcpy(p + CM_REC_HEADER_BYTES, data, len);
-    uint32_t c = cm_crc32c(0, p, 4);
-    c = cm_crc32c(c, p + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + len);
-    put32(p + CM_REC_OFF_CRC, c);
-}
-
-/* Batch form of cm_record_write: frame without the crc, then seal up to
- * three frames at once (crc chains interleaved, see cm_crc32c_x3). */
+/* Writing a frame: fill it without the crc, then seal up to three frames at
+ * once (crc chains interleaved, see cm_crc32c_x3). */
 void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint32_t seqflags) {
     put32(p + CM_REC_OFF_LEN, len);
     put64(p + CM_REC_OFF_TS, (uint64_t)ts);

@@ -834,4 +834,3 @@ int cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta) {
     return CM_OK;
 }
 
-void *cm_shard_state(cm_shard *s) { return s ? (void *)s->st : NULL; }
