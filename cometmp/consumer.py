@@ -418,6 +418,13 @@ class Consumer:
         resets = 0
         if slot is not None:
             acked = self._store.next(slot)
+            if acked is None and not self.ephemeral and self._store.writable:
+                # The group's starting point is made durable the first time it sees the
+                # stream, so a hard-cap deletion between joining and a member's first read
+                # is reported as dropped (R3) instead of skipped: retention counts an unset
+                # slot as needing everything, and so must the cursor.
+                self._store.ack(g, slot, c.oldest())
+                acked = self._store.next(slot)
             resets = self._store.resets(slot)
             if self.ephemeral and c.local_next is not None:
                 acked = max(acked or 0, c.local_next)

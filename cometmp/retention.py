@@ -17,7 +17,9 @@ Rules (docs/ARCHITECTURE.md §9.4):
   filesystem) delete oldest-first regardless of groups, and for each group that had not
   acked ``end`` record the dropped range ``[max(acked, base), end)``: logged at ERROR,
   added to the group's ``dropped`` counter in the offsets file and returned in the
-  report; consumers of the group see EntriesDropped (or ``on_drop``).
+  report; consumers of the group see EntriesDropped (or ``on_drop``). A member makes the
+  group's start on a stream durable (acks the oldest entry) the first time it sees it, so
+  a drop between joining and the first read is reported too.
 * R4 Idle groups (no read or ack for ``group_idle_expiry`` seconds) are deleted first.
 * R5 Deletion protocol: with the offsets file locked (no claim or reset can interleave,
   I14), raise the stream's ``first_entry`` past the segment (cm_shard_set_first_entry,

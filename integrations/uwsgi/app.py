@@ -1,6 +1,6 @@
 """Example WSGI app: every request appends one entry to a cometmp log.
 
-    COMETMP_DIR=/tmp/cmdata uwsgi --ini uwsgi.ini
+    COMETMP_DIR=/tmp/cmdata uwsgi --ini uwsgi.ini --http-socket 127.0.0.1:8001
 
 GET /append?id=<id>[&key=<key>]  appends ``id`` (keyed if ``key`` is given) -> 200 "<shard> <entry>"
 GET /whoami                      -> "<pid> <worker_id>"

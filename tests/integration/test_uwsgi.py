@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -46,6 +47,19 @@ def start_uwsgi(tmp_path, *extra: str, processes: int = 4) -> Server:
     srv.data_dir = data_dir
     srv.wait_ready(workers=1)
     return srv
+
+
+def wait_apps_loaded(srv: Server, timeout: float = 10.0) -> None:
+    """Every current worker has logged uWSGI's "WSGI app 0 ... ready ... pid: N" line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = srv.log(tail=0)
+        pending = [p for p in srv.workers()
+                   if not re.search(rf"ready in \d+ seconds on interpreter \S+ pid: {p} ", text)]
+        if not pending:
+            return
+        assert time.monotonic() < deadline, f"workers {pending} never loaded the app:\n{srv.log()}"
+        time.sleep(0.05)
 
 
 def stuck_request(port: int) -> None:
@@ -89,6 +103,12 @@ def test_every_answered_request_is_logged_once_through_kills_harakiri_hup(tmp_pa
         assert len(load.ok) > 200, (load.sent, load.failed, srv.log())
         doc = wait_owned(srv.data_dir, srv, timeout=10)
         assert doc["process_count"] == 4  # uwsgi.numproc, whatever cheaper does
+        if variant == "lazy-apps":
+            # uWSGI 2.0 runs the *master's* SIGINT handler in a worker still loading its
+            # app, so a stop at that moment leaves the worker to "NO MERCY" SIGKILL (and
+            # its atexit, which unlinks the registry, never runs): stop only once every
+            # respawned worker has loaded the app
+            wait_apps_loaded(srv)
         assert_exactly_once(srv.data_dir, load.ok)
     finally:
         srv.stop()
@@ -102,21 +122,36 @@ def test_a_respawned_worker_returns_to_its_own_slot(tmp_path):
         get(srv.port, "/append?id=x")
         before = wait_owned(srv.data_dir, srv)
         victim = next(s for s in before["slots"] if s["process_id"] == 2)
-        os.kill(victim["pid"], signal.SIGKILL)
+        # the master is stopped while its worker dies, so the dead slot is observable for
+        # as long as this test looks (not only until uWSGI respawns, which can be ~1 ms)
+        srv.send(signal.SIGSTOP)
+        try:
+            os.kill(victim["pid"], signal.SIGKILL)
+            t0 = time.monotonic()
+            while True:
+                slot = _slot(srv.data_dir, 2)
+                if slot["pid"] == victim["pid"] and not slot["alive"]:
+                    break
+                assert time.monotonic() - t0 < 1.0, slot   # a kill -9 is seen within 1 s
+                time.sleep(0.005)
+        finally:
+            srv.send(signal.SIGCONT)
         t0 = time.monotonic()
-        seen_dead = False
         while True:
-            doc = status(srv.data_dir)
-            slot = next(s for s in doc["slots"] if s["process_id"] == 2)
-            if slot["pid"] == victim["pid"] and not slot["alive"]:
-                seen_dead = True
-                assert time.monotonic() - t0 < 1.0
+            slot = _slot(srv.data_dir, 2)
             if slot["pid"] != victim["pid"] and slot["alive"]:
                 break
-            assert time.monotonic() - t0 < 5, doc
+            assert time.monotonic() - t0 < 10, slot
             time.sleep(0.02)
-        assert seen_dead
         assert slot["shards"] == victim["shards"]
     finally:
         srv.stop()
     assert not shm_exists(srv.data_dir)
+
+
+def _slot(data_dir: str, process_id: int) -> dict:
+    """Slot ``process_id`` of the registry, read in this process (no subprocess per poll)."""
+    from cometmp.status import registry_status
+
+    doc = registry_status(data_dir)
+    return next(s for s in doc["slots"] if s["process_id"] == process_id)

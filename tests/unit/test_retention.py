@@ -121,6 +121,23 @@ def test_hard_cap_drops_unacked_data_and_reports_exact_ranges(data_dir):
         assert [m.id.entry for m in b] == list(range(end, end + 5))
 
 
+def test_hard_cap_before_a_groups_first_read_after_joining_is_reported(data_dir):
+    # the group joins (its slot exists, nothing acked), the hard cap deletes, and only
+    # then does a member read for the first time: the loss is reported, not skipped
+    with make(data_dir, hard_max_total_bytes=2 * 1024 * 1024) as c:
+        c.log("ev", shards=1)
+        cometmp.Consumer(c, group="g").read("ev:shard:*", timeout=0)   # joins at entry 0
+        fill(c)
+        rep = c.run_retention()
+        end = rep.deleted[-1].end
+        assert [(d.first, d.end) for d in rep.dropped][0][0] == 0
+        seen = []
+        late = cometmp.Consumer(c, group="g", on_drop=lambda s, a, b: seen.append((s, a, b)))
+        b = late.read("ev:shard:*", max_messages=1, timeout=0)
+        assert seen == [("ev:shard:0000", 0, end)]
+        assert b[0].id.entry == end
+
+
 def test_on_drop_callback_replaces_the_exception(data_dir):
     with make(data_dir, hard_max_total_bytes=1) as c:
         fill(c)
