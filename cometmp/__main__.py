@@ -1,5 +1,5 @@
-"""``python -m cometmp``: the same command line as ``cometmp`` (cometmp.cli)."""
+"""``python -m cometmp``: the same command line as ``cometmp`` (cometmp.tools.cli)."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

@@ -14,12 +14,13 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Iterable, Iterator
 
 import mmh3
 
-from . import paths, registry
+from . import ownership, paths
 from ._ffi import api_table_address, error_for, lib
 from ._appender import Appender
 from .compression import Compressor
@@ -32,6 +33,7 @@ from .errors import (
     FormatError,
     ReadOnlyError,
     ShardCountMismatch,
+    ShardNotOwned,
     StorageError,
 )
 from .shard import MessageID, Reader, StreamMessage, Writer
@@ -107,8 +109,9 @@ class Log:
     """A stream family: ``shards`` streams named ``f"{prefix}:shard:{n:04d}"``.
 
     ``append(data, key=None)`` and ``append_many(items, key=None)`` are the hot path (C).
-    ``key=None`` spreads appends round robin over the shards this process may write
-    without contention; a key routes by ``pick_shard(key, shards)``.
+    ``key=None`` spreads appends round robin over the shards this process owns (asked of
+    cometmp.ownership, the seam a prefork runtime answers; all shards when standalone);
+    a key routes by ``pick_shard(key, shards)``.
     """
 
     def __init__(self, client: "Client", prefix: str, shards: int):
@@ -116,18 +119,77 @@ class Log:
         self.prefix = prefix
         self.shards = shards
         self.streams = [paths.shard_stream(prefix, n) for n in range(shards)]
-        router = registry.make_router(client, prefix, shards)
+        self._dir_key = ownership.directory_key(client.path)
+        self._owned: frozenset[int] | None = None   # None: standalone, every shard
+        self._epoch = -1
+        self._watched = 0
+        if client.config.concurrency.strict_ownership:
+            router = self._strict_shard
+        else:
+            router = lambda key: pick_shard(key, shards)  # noqa: E731
         self._appender = client._make_appender(self.streams, list(range(shards)), router)
         self.append = self._appender.append  # C method: no Python frame per append
-        registry.bind_router(router, self)
-        registry.track_log(self)  # key=None routes to this worker's shards (registry.py)
+        ownership.track(self)
+        self._reroute(watch=True)
 
     def append_many(self, items: Iterable, key=None) -> MessageIDs:
         idx, first, count = self._appender.append_many(items, key)
         return MessageIDs(self.streams[idx], idx, first, count)
 
+    def _reroute(self, watch: bool = False) -> None:
+        """Recompute the key=None route from this process's placement: the shards it owns,
+        or all of them when it owns none of the family (standalone, waiting, few shards).
+        With ``watch``, also (re)arm the appender's epoch watch, which calls this before
+        routing an append once the shared epoch moved."""
+        p = ownership.placement(self._dir_key)
+        if p is None:
+            self._owned, self._epoch = None, -1
+            route = list(range(self.shards))
+        else:
+            owned = p.owned(self.shards)
+            self._owned, self._epoch = frozenset(owned), p.epoch
+            route = owned or list(range(self.shards))
+        app = self._appender
+        app.set_route(route)
+        if watch:
+            addr = ownership.epoch_address(self._dir_key) if p is not None else 0
+            if addr != self._watched:
+                ref = weakref.ref(self)
+                app.set_epoch_watch(addr, _epoch_callback(ref) if addr else None)
+                self._watched = addr
+
+    def _strict_shard(self, key) -> int:
+        """The router under config.concurrency.strict_ownership: a key whose shard another
+        worker owns raises ShardNotOwned (Comet's behaviour)."""
+        s = pick_shard(key, self.shards)
+        p = ownership.placement(self._dir_key)
+        if p is None:
+            return s
+        if p.epoch != self._epoch:
+            self._reroute()
+        owned = self._owned  # read after the refresh
+        if owned is not None and s not in owned:
+            raise ShardNotOwned(
+                f"{self.prefix}:shard:{s:04d} (key {key!r}) is owned by another worker; this "
+                f"worker (processID {p.index}) owns shards {sorted(owned)} "
+                "(config.concurrency.strict_ownership=True)")
+        return s
+
     def __repr__(self) -> str:
         return f"Log(prefix={self.prefix!r}, shards={self.shards})"
+
+
+def _epoch_callback(ref: "weakref.ref[Log]"):
+    def on_epoch_change() -> None:
+        """Runs inside append, before routing: must never fail the append."""
+        lg = ref()
+        if lg is None:
+            return
+        try:
+            lg._reroute()
+        except Exception as e:  # noqa: BLE001 - a stale route is only contention
+            log.error("cometmp: re-routing %r after an ownership change failed: %s", lg, e)
+    return on_epoch_change
 
 
 class Client:
@@ -232,7 +294,6 @@ class Client:
         with self._lock:
             if self._pid == os.getpid():
                 return
-            registry.on_client_fork()  # the parent's slot is not ours: route standalone
             log.debug("cometmp: fork detected (pid %d -> %d); reopening writers", self._pid, os.getpid())
             old = self._writers
             self._writers = {}

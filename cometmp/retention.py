@@ -2,7 +2,7 @@
 soft limits; a hard cap that may, and then says exactly what it dropped.
 
 Runs in the process that owns the streams (a standalone Client owns all of them; a
-registry may narrow that through ``client._retention_streams``), in a background thread
+prefork worker owns what cometmp.ownership says it owns), in a background thread
 every ``config.retention.check_interval`` seconds, and on demand via
 ``Client.run_retention()``. Never inside an append.
 
@@ -41,7 +41,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from . import paths
+from . import ownership, paths
 from ._ffi import check, lib
 from .errors import CometError
 from .format import CM_CTR_RETENTION_BYTES, CM_CTR_RETENTION_SEGMENTS
@@ -212,17 +212,14 @@ def _owned_streams(client) -> list[str]:
         return list(hook())
     names = client.streams("*")
     try:
-        from . import registry
-
-        m = registry._current()
-        if m is None or m.dir_id != registry._dir_id(client.path):
-            return names
-        snap = m.refresh()
-        idx = m.index
+        p = ownership.placement(ownership.directory_key(client.path))
     except Exception as e:  # noqa: BLE001 - ownership is an optimisation; fall back to all
         log.debug("cometmp: retention cannot read shard ownership (%s); covering all streams", e)
         return names
-    if idx is None or idx >= snap.process_count:
+    if p is None:
+        return names                                # standalone: every stream
+    idx = p.index
+    if idx is None:
         return []                                   # a waiting worker owns nothing
     owned: dict[str, set[int]] = {}
     out = []
@@ -234,7 +231,7 @@ def _owned_streams(client) -> list[str]:
                 out.append(n)
             continue
         if split[0] not in owned:
-            owned[split[0]] = set(snap.owned(idx, count))
+            owned[split[0]] = set(p.owned(count))
         if split[1] in owned[split[0]]:
             out.append(n)
     return out

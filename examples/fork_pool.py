@@ -14,7 +14,7 @@ import sys
 import time
 
 import cometmp
-import cometmp.status
+import cometmp.tools.status
 from cometmp import registry
 
 WORKERS = 3
@@ -46,14 +46,14 @@ def main(directory: str) -> None:
     try:
         pids = [spawn(directory) for _ in range(WORKERS)]
         time.sleep(0.3)
-        print(cometmp.status.render_status(cometmp.status.registry_status(directory)))
+        print(cometmp.tools.status.render_status(cometmp.tools.status.registry_status(directory)))
         victim = pids[1]
         os.kill(victim, signal.SIGKILL)        # an OOM kill, say
         os.waitpid(victim, 0)
         sup.child_exited(victim)               # the slot is VACANT now
         pids[1] = spawn(directory)             # the replacement takes the same slot
         time.sleep(0.3)
-        print(cometmp.status.render_status(cometmp.status.registry_status(directory)))
+        print(cometmp.tools.status.render_status(cometmp.tools.status.registry_status(directory)))
         for pid in pids:
             os.waitpid(pid, 0)
             sup.child_exited(pid)

@@ -12,7 +12,7 @@ import pytest
 import cometmp
 from cometmp import format as fmt
 from cometmp.segment import RecordRef, Segment
-from cometmp.verify import verify_directory
+from cometmp.tools.verify import verify_directory
 
 from conftest import oracle_walk, payload_for, run_python, segment_files, small_config
 
@@ -118,14 +118,14 @@ def test_verify_cli_exits_1_and_names_file_and_offset_of_a_flip(flipped_log):
     rec = recs[len(recs) // 2]
     flip_bit(path, rec.offset + fmt.CM_REC_HEADER_BYTES + len(rec.payload) // 2, 0)
     try:
-        p = run_python("import sys, cometmp.cli; sys.exit(cometmp.cli.main())", "verify", root, "--json")
+        p = run_python("import sys, cometmp.tools.cli; sys.exit(cometmp.tools.cli.main())", "verify", root, "--json")
         assert p.returncode == 1, p.stderr
         doc = json.loads(p.stdout)
         found = [q for q in doc["streams"][STREAM]["problems"] if q["severity"] == "error"]
         assert [(q["path"], q["offset"]) for q in found] == [(path, rec.offset)]
     finally:
         flip_bit(path, rec.offset + fmt.CM_REC_HEADER_BYTES + len(rec.payload) // 2, 0)
-    p = run_python("import sys, cometmp.cli; sys.exit(cometmp.cli.main())", "verify", root, "--json")
+    p = run_python("import sys, cometmp.tools.cli; sys.exit(cometmp.tools.cli.main())", "verify", root, "--json")
     assert p.returncode == 0, p.stdout
 
 

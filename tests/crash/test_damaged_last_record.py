@@ -10,7 +10,7 @@ import pytest
 
 import cometmp
 from cometmp import format as fmt
-from cometmp.verify import recover_directory, verify_directory
+from cometmp.tools.verify import recover_directory, verify_directory
 
 from conftest import small_config
 

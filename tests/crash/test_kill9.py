@@ -19,7 +19,7 @@ import time
 import pytest
 
 import cometmp
-from cometmp.verify import verify_directory
+from cometmp.tools.verify import verify_directory
 
 from conftest import child_env, oracle_walk, segment_files, small_config
 from killable_writer import parse, payload

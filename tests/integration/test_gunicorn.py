@@ -150,11 +150,15 @@ def test_usr2_second_master_shares_the_registry_and_takes_over(tmp_path):
             assert time.monotonic() < deadline, srv.log()
             new_master = next((p for p in _children(srv.pid) if _children(p)), None)
             time.sleep(0.1)
-        time.sleep(0.5)
-        doc = status(srv.data_dir)
-        assert len([m for m in doc["masters"] if m["alive"]]) == 2, doc
-        waiting = [s for s in doc["slots"] if s["process_id"] is None and s["alive"]]
-        assert sorted(s["pid"] for s in waiting) == sorted(_children(new_master)), doc
+        while True:  # the new master registered, its workers joined and wait for slots
+            doc = status(srv.data_dir)
+            masters = [m for m in doc["masters"] if m["alive"]]
+            waiting = [s for s in doc["slots"] if s["process_id"] is None and s["alive"]]
+            if len(masters) == 2 and \
+                    sorted(s["pid"] for s in waiting) == sorted(_children(new_master)):
+                break
+            assert time.monotonic() < deadline, doc
+            time.sleep(0.1)
         srv.send(signal.SIGTERM)  # the old master and its workers go
         srv.proc.wait(15)
         new_workers = _children(new_master)

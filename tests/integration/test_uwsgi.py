@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -27,7 +26,6 @@ from harness import (
     kill_random_worker,
     server_env,
     shm_exists,
-    status,
     wait_owned,
 )
 
@@ -49,17 +47,30 @@ def start_uwsgi(tmp_path, *extra: str, processes: int = 4) -> Server:
     return srv
 
 
-def wait_apps_loaded(srv: Server, timeout: float = 10.0) -> None:
-    """Every current worker has logged uWSGI's "WSGI app 0 ... ready ... pid: N" line."""
+def _caught_signals(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((line.split()[1] for line in f if line.startswith("SigCgt:")), None)
+    except OSError:
+        return None
+
+
+def wait_workers_ready(srv: Server, timeout: float = 15.0) -> None:
+    """Every current worker has installed its own signal handlers.
+
+    uWSGI 2.0 runs the *master's* SIGINT handler in a worker that is still starting (in
+    its postfork hooks, or loading the app with lazy-apps): a stop at that moment leaves
+    the worker to the "NO MERCY" SIGKILL, and its atexit, which unlinks the registry,
+    never runs. A started worker catches another set of signals than the master, which
+    /proc shows, so the tests stop the server only once every worker's set differs."""
     deadline = time.monotonic() + timeout
     while True:
-        text = srv.log(tail=0)
-        pending = [p for p in srv.workers()
-                   if not re.search(rf"ready in \d+ seconds on interpreter \S+ pid: {p} ", text)]
-        if not pending:
+        master = _caught_signals(srv.pid)
+        pending = [p for p in srv.workers() if _caught_signals(p) in (None, master)]
+        if master is not None and not pending:
             return
-        assert time.monotonic() < deadline, f"workers {pending} never loaded the app:\n{srv.log()}"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, f"workers {pending} never started:\n{srv.log()}"
+        time.sleep(0.02)
 
 
 def stuck_request(port: int) -> None:
@@ -103,12 +114,7 @@ def test_every_answered_request_is_logged_once_through_kills_harakiri_hup(tmp_pa
         assert len(load.ok) > 200, (load.sent, load.failed, srv.log())
         doc = wait_owned(srv.data_dir, srv, timeout=10)
         assert doc["process_count"] == 4  # uwsgi.numproc, whatever cheaper does
-        if variant == "lazy-apps":
-            # uWSGI 2.0 runs the *master's* SIGINT handler in a worker still loading its
-            # app, so a stop at that moment leaves the worker to "NO MERCY" SIGKILL (and
-            # its atexit, which unlinks the registry, never runs): stop only once every
-            # respawned worker has loaded the app
-            wait_apps_loaded(srv)
+        wait_workers_ready(srv)   # before the stop: see wait_workers_ready
         assert_exactly_once(srv.data_dir, load.ok)
     finally:
         srv.stop()
@@ -144,6 +150,7 @@ def test_a_respawned_worker_returns_to_its_own_slot(tmp_path):
             assert time.monotonic() - t0 < 10, slot
             time.sleep(0.02)
         assert slot["shards"] == victim["shards"]
+        wait_workers_ready(srv)
     finally:
         srv.stop()
     assert not shm_exists(srv.data_dir)
@@ -151,7 +158,7 @@ def test_a_respawned_worker_returns_to_its_own_slot(tmp_path):
 
 def _slot(data_dir: str, process_id: int) -> dict:
     """Slot ``process_id`` of the registry, read in this process (no subprocess per poll)."""
-    from cometmp.status import registry_status
+    from cometmp.tools.status import registry_status
 
     doc = registry_status(data_dir)
     return next(s for s in doc["slots"] if s["process_id"] == process_id)

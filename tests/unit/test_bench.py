@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from cometmp import bench
+from cometmp.tools import bench
 
 
 def _run(capsys, *argv):

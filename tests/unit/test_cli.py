@@ -15,7 +15,9 @@ import types
 import pytest
 
 import cometmp
-from cometmp import cli, paths
+import cometmp.tools
+from cometmp import paths
+from cometmp.tools import cli
 from cometmp import format as fmt
 
 MiB = 1024 * 1024
@@ -419,10 +421,10 @@ def test_inspection_commands_never_modify_the_directory(capsys, data_dir):
 
 def test_demo_delegates_to_cometmp_demo_main(capsys, monkeypatch):
     calls = []
-    fake = types.ModuleType("cometmp.demo")
+    fake = types.ModuleType("cometmp.tools.demo")
     fake.main = lambda argv: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "cometmp.demo", fake)
-    monkeypatch.setattr(cometmp, "demo", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "cometmp.tools.demo", fake)
+    monkeypatch.setattr(cometmp.tools, "demo", fake, raising=False)
     assert cli.main(["demo", "--seconds", "3", "--dir", "/tmp/x"]) == 0
     assert calls == [["--seconds", "3", "--dir", "/tmp/x"]]
     fake.main = lambda argv: 1  # a failed check is the CLI's exit 1
@@ -431,10 +433,10 @@ def test_demo_delegates_to_cometmp_demo_main(capsys, monkeypatch):
 
 def test_bench_delegates_to_cometmp_bench_main(capsys, monkeypatch):
     calls = []
-    fake = types.ModuleType("cometmp.bench")
+    fake = types.ModuleType("cometmp.tools.bench")
     fake.main = lambda argv: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "cometmp.bench", fake)
-    monkeypatch.setattr(cometmp, "bench", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "cometmp.tools.bench", fake)
+    monkeypatch.setattr(cometmp.tools, "bench", fake, raising=False)
     assert cli.main(["bench", "--quick", "-n", "5"]) == 0
     assert calls == [["--quick", "-n", "5"]]
 

@@ -9,7 +9,7 @@ import signal
 import threading
 
 import cometmp
-from cometmp import cli
+from cometmp.tools import cli
 from cometmp.logging import CometHandler
 
 from conftest import run_python, small_config

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import cometmp
-from cometmp import cli, metrics
+from cometmp import metrics
+from cometmp.tools import cli
 from cometmp.format import COUNTERS
 from cometmp.stats import directory_stats
 

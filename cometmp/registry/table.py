@@ -1,8 +1,9 @@
-"""The worker registry (worker side): slots, shard ownership, join/leave, routing.
+"""The worker registry's shared-memory table: one POSIX shm object per data directory.
 
-Runs in worker processes; the master side (create, rebuild, child deaths, the
-worker count, unlink) is cometmp/supervisor.py. Both share :class:`Registry`,
-the POSIX shared-memory object of one data directory.
+Used by every process of a prefork pool: workers through cometmp.registry.membership,
+the master through cometmp.supervisor, ``cometmp status`` read-only. The layout and the
+membership lock live in native/registry.c (docs/FORMAT.md §8); this module reads and
+writes the 64-byte entries with the offsets C exports.
 
 Design (docs/ARCHITECTURE.md "Registry", "Slot states", "Shard ownership")
 --------------------------------------------------------------------------
@@ -49,15 +50,13 @@ import mmap
 import os
 import signal
 import struct
-import threading
 import time
-import weakref
 from typing import Iterator
 
 import posix_ipc
 
-from ._ffi import ffi, lib
-from .errors import CometError, FormatError, RegistryError, ShardNotOwned, UnsupportedFilesystem
+from .._ffi import ffi, lib
+from ..errors import FormatError, RegistryError, UnsupportedFilesystem
 
 log = logging.getLogger("cometmp")
 
@@ -100,6 +99,7 @@ UNSUPPORTED_FS = {
     0x01021997: "9p", 0x564C: "ncp", 0x0BD00BD0: "lustre", 0x01161970: "gfs2",
     0x7461636F: "ocfs2", 0x47504653: "gpfs", 0x013111A8: "ibrix", 0x19830326: "fhgfs",
 }
+
 
 
 # ---- process identity (I21) ---------------------------------------------------------
@@ -146,7 +146,7 @@ def check_filesystem(directory: str | os.PathLike) -> None:
 
 def _fs_type(path: str) -> int:
     """statfs(2) f_type of ``path`` (a seam for tests)."""
-    from ._ffi import check
+    from .._ffi import check
 
     return int(check(lib.cm_fs_type(os.fsencode(path))))
 
@@ -296,7 +296,7 @@ class Registry:
             posix_ipc.unlink_shared_memory(name)
             raise
         reg = cls._map(directory, name, shm, True)
-        from ._ffi import check
+        from .._ffi import check
         check(lib.cm_registry_init(reg._ptr, REG_BYTES, _check_count(process_count)))
         reg._put_u32(C["CM_REG_OFF_OWNER_UID"], os.geteuid() if uid is None else uid)
         reg._put_u32(C["CM_REG_OFF_OWNER_GID"], os.getegid() if gid is None else gid)
@@ -573,379 +573,3 @@ def _check_count(n: int) -> int:
         raise ValueError(f"process_count must be an int between 1 and {MAX_PROCESS_COUNT}, not {n!r}")
     return n
 
-
-# ---- configuration ------------------------------------------------------------------
-
-_configured_dir: str | None = None
-
-
-def configure(directory: str | os.PathLike | None) -> None:
-    """Set the data directory the server integrations use (overrides ``COMETMP_DIR``)."""
-    global _configured_dir
-    _configured_dir = None if directory is None else os.path.abspath(os.fspath(directory))
-
-
-def configured_directory() -> str | None:
-    """The integrations' data directory: configure()'s, else ``$COMETMP_DIR``, else None."""
-    if _configured_dir is not None:
-        return _configured_dir
-    env = os.environ.get(ENV_DIR)
-    return os.path.abspath(env) if env else None
-
-
-# ---- this process's membership ------------------------------------------------------
-
-class _Membership:
-    """This worker's registration. Records the pid that created it (CONVENTIONS 10)."""
-
-    def __init__(self, registry: Registry, pid: int, ticks: int, key: int | None, dir_id):
-        self.registry = registry
-        self.pid = pid
-        self.ticks = ticks
-        self.key = key
-        self.dir_id = dir_id
-        self.epoch = -1
-        self.snap: Snapshot | None = None
-        self.index: int | None = None
-        self.stop = threading.Event()
-
-    def refresh(self) -> Snapshot:
-        """Re-read the table if the epoch moved (cheap otherwise)."""
-        if self.snap is None or self.registry.epoch != self.epoch:
-            try:
-                snap = self.registry.snapshot()
-            except CometError as e:
-                log.error("cometmp: cannot read the registry of %s: %s", self.registry.directory, e)
-                if self.snap is None:
-                    raise
-                return self.snap
-            self.snap = snap
-            self.epoch = snap.epoch
-            self.index = snap.index_of(self.pid, self.ticks)
-        return self.snap
-
-
-_lock = threading.RLock()
-_member: _Membership | None = None
-_logs: "weakref.WeakSet" = weakref.WeakSet()
-#: registries this process joined: never unmapped, because an appender's epoch watch may
-#: still point into the mapping (a forked child inherits both). One per join, so bounded.
-_pinned: list[Registry] = []
-
-
-def _dir_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _current() -> _Membership | None:
-    m = _member
-    if m is None or m.pid != os.getpid():
-        return None
-    return m
-
-
-def worker_id() -> int | None:
-    """This worker's stable slot number (processID, 0..processCount-1), or None if this
-    process is standalone, not yet registered, or waiting for a slot."""
-    m = _current()
-    if m is None:
-        return None
-    m.refresh()
-    if m.index is None or m.snap is None or m.index >= m.snap.process_count:
-        return None
-    return m.index
-
-
-def join(directory: str | os.PathLike | None = None, key: int | None = None,
-         create_count: int | None = None, start_thread: bool = True) -> int | None:
-    """Register this process as a worker of ``directory`` (default: configured_directory()).
-
-    Runs in the worker, after fork (never before). ``key`` is the server's own stable worker
-    number, 0-based (uWSGI's worker_id() - 1): the worker returns to that slot. With
-    ``create_count`` a missing registry is created with that processCount (servers without a
-    master-side hook). Existing Logs of this process re-route to the shards it owns.
-    Returns worker_id().
-    """
-    global _member
-    directory = directory if directory is not None else configured_directory()
-    if directory is None:
-        raise RegistryError(f"no data directory: set ${ENV_DIR} or call cometmp.configure()")
-    directory = os.path.abspath(os.fspath(directory))
-    pid = os.getpid()
-    ticks = start_ticks(pid)
-    with _lock:
-        m = _current()
-        if m is not None and m.dir_id == _dir_id(directory):
-            return worker_id()
-        if m is None and _member is not None:
-            _forget_parent()
-        if create_count is not None:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        check_filesystem(directory)
-        for _attempt in range(20):
-            reg = _open_for_join(directory, create_count)
-            with reg.locked():
-                if not reg.unlinked:  # checked under the same lock as the join itself
-                    reg.join_locked(pid, ticks, key)
-                    break
-            reg.close()
-        else:
-            raise RegistryError(f"could not join the registry of {directory}")
-        m = _Membership(reg, pid, ticks, key, _dir_id(directory))
-        _member = m
-        _pinned.append(reg)
-        m.refresh()
-        for lg in list(_logs):
-            _install(lg, m)
-        if start_thread:
-            threading.Thread(target=_member_loop, args=(m,), name="cometmp-member",
-                             daemon=True).start()
-        log.debug("cometmp: pid %d joined %s as entry %s", pid, directory, m.index)
-    return worker_id()
-
-
-def _open_for_join(directory: str, create_count: int | None) -> Registry:
-    for _ in range(50):
-        try:
-            reg = Registry.attach(directory)
-        except RegistryError as e:
-            if create_count is None:
-                raise
-            if "never initialised" in str(e) and not in_use_or_young(directory):
-                # its creator died before publishing it: rebuild (I24)
-                with contextlib.suppress(posix_ipc.ExistentialError):
-                    posix_ipc.unlink_shared_memory(shm_name(directory))
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            try:
-                reg = Registry.create(directory, create_count)
-                return reg
-            except posix_ipc.ExistentialError:
-                time.sleep(0.01)  # another worker is creating it: attach on the next turn
-                continue
-        with reg.locked():
-            if not reg.unlinked:
-                return reg
-        reg.close()  # the last member just removed it: open or create the new one
-        time.sleep(0.001)
-    raise RegistryError(f"could not attach to the registry of {directory}")
-
-
-def leave() -> None:
-    """Deregister this worker (graceful exit). Its slot becomes VACANT for its replacement.
-    With ``create_count`` registries (no master), the last member to leave unlinks it."""
-    global _member
-    with _lock:
-        m = _current()
-        if m is None:
-            return
-        m.stop.set()
-        reg = m.registry
-        with reg.locked():
-            reg.leave_locked(m.pid, m.ticks)
-            _unlink_if_last_locked(reg, m.pid)
-        _member = None
-        _standalone_all()
-
-
-def _standalone_all() -> None:
-    """Every Log of this process routes as a single process again (watch removed)."""
-    for lg in list(_logs):
-        app = lg._appender
-        if hasattr(app, "set_epoch_watch"):
-            try:
-                app.set_epoch_watch(0, None)
-            except Exception as e:
-                log.debug("cometmp: set_epoch_watch on %r: %s", lg, e)
-        _set_route(lg, list(range(lg.shards)))
-        route = getattr(lg, "_cometmp_route", None)
-        if route is not None:
-            route.owned = None
-
-
-def _unlink_if_last_locked(reg: Registry, me: int) -> None:
-    """The last process attached (no live master, no other live entry) removes the name."""
-    if any(pid and is_alive(pid, t) for _i, pid, t in reg.masters()):
-        return
-    if any(e.alive() and e.pid != me for e in (reg.entry(i) for i in range(MAX_ENTRIES))):
-        return
-    reg.unlink_locked()
-
-
-def _member_loop(m: _Membership) -> None:
-    """Heartbeat, follow the epoch (re-route Logs) and sweep dead workers, every 200 ms.
-    Every worker runs it, so the duty survives any single process's kill -9."""
-    reg = m.registry
-    while not m.stop.wait(MEMBER_PERIOD):
-        if os.getpid() != m.pid or _member is not m:
-            return
-        try:
-            if m.index is not None:
-                reg.heartbeat(m.index, m.pid)
-            if _needs_sweep(reg):
-                with reg.locked():
-                    reg.sweep_locked()
-            if reg.epoch != m.epoch:
-                m.refresh()
-                for lg in list(_logs):
-                    _refresh_log(lg)
-        except Exception as e:  # never let the thread die silently mid-run
-            log.error("cometmp: registry member loop: %s", e)
-
-
-def _needs_sweep(reg: Registry) -> bool:
-    """Racy pre-check so the lock is taken only when something changed."""
-    n = reg.process_count
-    now = time.monotonic_ns()
-    grace = RECLAIM_GRACE * 1e9
-    waiting = False
-    empty_slot = False
-    for i, (pid, state, start, _ep, _hb, vacated, _k, _lp, _f) in enumerate(reg.raw_entries()):
-        if state == LIVE:
-            if not is_alive(pid, start):
-                return True
-            if i >= n:
-                waiting = True
-        elif state == VACANT and (i >= n or now - vacated >= grace):
-            return True
-        elif i < n:
-            empty_slot = True
-    return waiting and empty_slot
-
-
-def sweep(directory: str | os.PathLike) -> bool:
-    """One sweep of ``directory``'s registry from any process (see Registry.sweep_locked)."""
-    reg = Registry.attach(directory)
-    try:
-        with reg.locked():
-            return reg.sweep_locked()
-    finally:
-        reg.close()
-
-
-# ---- routing of Logs ----------------------------------------------------------------
-
-def _set_route(lg, route: list[int]) -> None:
-    try:
-        lg._appender.set_route(route)
-    except Exception as e:  # a closed client: nothing to route
-        log.debug("cometmp: set_route on %r: %s", lg, e)
-
-
-def _refresh_log(lg) -> None:
-    """Recompute ``lg``'s key=None route from the registry: its owned shards, or all of
-    them when this process owns none of the family (standalone, waiting, or few shards)."""
-    m = _current()
-    route = getattr(lg, "_cometmp_route", None)
-    if m is None or route is None or route.dir_id != m.dir_id:
-        _set_route(lg, list(range(lg.shards)))
-        if route is not None:
-            route.owned = None
-        return
-    snap = m.refresh()
-    owned = snap.owned(m.index, lg.shards)
-    route.owned = frozenset(owned)
-    route.epoch = snap.epoch
-    _set_route(lg, owned or list(range(lg.shards)))
-
-
-class _Route:
-    __slots__ = ("dir_id", "owned", "epoch", "__weakref__")
-
-    def __init__(self, dir_id):
-        self.dir_id = dir_id
-        self.owned: frozenset | None = None
-        self.epoch = -1
-
-
-def _install(lg, m: _Membership) -> None:
-    route = getattr(lg, "_cometmp_route", None)
-    if route is None:
-        return
-    app = lg._appender
-    if route.dir_id == m.dir_id and hasattr(app, "set_epoch_watch"):
-        ref = weakref.ref(lg)
-
-        def on_epoch_change() -> None:
-            """Runs inside append, before routing: must never fail the append."""
-            target = ref()
-            if target is None:
-                return
-            try:
-                _refresh_log(target)
-            except Exception as e:  # noqa: BLE001 - a stale route is only contention
-                log.error("cometmp: re-routing %r after an ownership change failed: %s",
-                          target, e)
-        app.set_epoch_watch(m.registry.epoch_address, on_epoch_change)
-    _refresh_log(lg)
-
-
-def track_log(lg) -> None:
-    """Called by Log.__init__: route ``lg`` by this process's membership (if any)."""
-    lg._cometmp_route = _Route(_dir_id(lg.client.path))
-    _logs.add(lg)
-    m = _current()
-    if m is not None:
-        _install(lg, m)
-
-
-def make_router(client, prefix: str, shards: int):
-    """The key -> shard router of a Log. With config.concurrency.strict_ownership, a key
-    whose shard this worker does not own raises ShardNotOwned (Comet's behaviour)."""
-    from .client import pick_shard
-
-    if not client.config.concurrency.strict_ownership:
-        return lambda key: pick_shard(key, shards)
-    holder: dict = {}
-
-    def strict_router(key):
-        s = pick_shard(key, shards)
-        lg = holder.get("log")
-        lg = lg() if lg is not None else None
-        m = _current()
-        if lg is None or m is None:
-            return s
-        if lg._cometmp_route.epoch != m.registry.epoch:
-            _refresh_log(lg)
-        route = lg._cometmp_route  # read after the refresh: it may be a new object
-        if route.owned is not None and s not in route.owned:
-            raise ShardNotOwned(
-                f"{prefix}:shard:{s:04d} (key {key!r}) is owned by another worker; this worker "
-                f"(processID {worker_id()}) owns shards {sorted(route.owned)} "
-                "(config.concurrency.strict_ownership=True)")
-        return s
-    strict_router.holder = holder  # type: ignore[attr-defined]
-    return strict_router
-
-
-def bind_router(router, lg) -> None:
-    holder = getattr(router, "holder", None)
-    if holder is not None:
-        holder["log"] = weakref.ref(lg)
-
-
-def _forget_parent() -> None:
-    """In a forked child of a worker: the membership is the parent's. Route standalone."""
-    global _member
-    _member = None
-    _standalone_all()
-
-
-def on_client_fork() -> None:
-    """Called by Client._after_fork (and os.register_at_fork) in a child process."""
-    with _lock:
-        if _member is not None and _member.pid != os.getpid():
-            _forget_parent()
-
-
-def _at_fork_child() -> None:
-    global _lock
-    _lock = threading.RLock()  # the parent's holder thread does not exist here
-    if _member is not None and _member.pid != os.getpid():
-        _forget_parent()
-
-
-os.register_at_fork(after_in_child=_at_fork_child)

@@ -35,8 +35,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from . import paths
-from .format import (
+from .. import paths
+from ..format import (
     CM_IDX_ENTRY_BYTES,
     CM_IDX_HEADER_BYTES,
     CM_SEG_HEADER_BYTES,
@@ -179,7 +179,7 @@ class RecoveryReport:
 
 def check_data_directory(root: str) -> None:
     """Raise NotADataDirectory unless ``root`` holds a readable cometmp directory marker."""
-    from .client import DIR_FORMAT, FORMAT_VERSION
+    from ..client import DIR_FORMAT, FORMAT_VERSION
 
     if not os.path.isdir(root):
         raise NotADataDirectory(f"{root}: no such directory")
@@ -207,7 +207,7 @@ def stream_names(root: str) -> list[str]:
 
 
 def _check_families(root: str, report: DirectoryReport) -> None:
-    from .client import FAMILY_FORMAT, FORMAT_VERSION
+    from ..client import FAMILY_FORMAT, FORMAT_VERSION
 
     fam_dir = os.path.join(root, paths.FAMILIES)
     try:
@@ -347,8 +347,8 @@ def _entries(first: int, count: int) -> str:
 
 def _check_segment(root: str, name: str, directory: str, base: int, next_base: int | None,
                    state: _State, oracle: bool, rep: StreamReport) -> None:
-    from .segment import Segment
-    from .shard import stream_crc
+    from ..segment import Segment
+    from ..shard import stream_crc
 
     seg_path = os.path.join(directory, paths.segment_name(base))
     try:
@@ -495,7 +495,7 @@ def _check_index(directory: str, base: int, seg, stop: int | None, rep: StreamRe
 
     ``walked``: ({offset: (seq, ts)} of the valid records, {offset: first_seq} of damaged
     stretches) from a walk of the segment; without it each entry is checked directly."""
-    from .segment import RecordRef
+    from ..segment import RecordRef
 
     idx_path = os.path.join(directory, paths.index_name(base))
     try:
@@ -640,11 +640,11 @@ def recover_directory(root: str, progress: Progress | None = None) -> RecoveryRe
     checks and rebuilds it at open. Finally verifies the directory (C core only).
     Corrupt records cannot be repaired: they stay reported by the final verify.
     """
-    from .config import Config
-    from .errors import CometError
-    from .index import SegmentIndex
-    from .segment import Segment
-    from .shard import Writer
+    from ..config import Config
+    from ..errors import CometError
+    from ..index import SegmentIndex
+    from ..segment import Segment
+    from ..shard import Writer
 
     root = os.path.abspath(root)
     check_data_directory(root)

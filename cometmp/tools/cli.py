@@ -88,7 +88,7 @@ def _data_dir(path: str) -> str:
 
 
 def _open_readonly(root: str):
-    from .client import Client
+    from ..client import Client
 
     return Client(root, readonly=True)
 
@@ -139,7 +139,7 @@ def _human_bytes(n: int) -> str:
 
 
 def cmd_stats(args) -> int:
-    from .stats import directory_stats
+    from ..stats import directory_stats
 
     root = _data_dir(args.dir)
     doc = directory_stats(root)
@@ -167,7 +167,7 @@ def cmd_stats(args) -> int:
 
 def cmd_groups(args) -> int:
     """List consumer groups with their per-stream acked offset and lag; --delete NAME."""
-    from .client import Client
+    from ..client import Client
 
     root = _data_dir(args.dir)
     if args.delete:
@@ -210,7 +210,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_dump(args) -> int:
-    from .errors import StreamNotFound
+    from ..errors import StreamNotFound
 
     root = _data_dir(args.dir)
     if args.count is not None and args.count < 0:
@@ -357,7 +357,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from . import metrics
+    from .. import metrics
 
     root = _data_dir(args.dir)
     fams = metrics.families(root)
@@ -374,7 +374,7 @@ def cmd_forward(args) -> int:
         import nats  # noqa: F401
     except ImportError:
         raise UsageError("forwarding needs nats-py: pip install 'cometmp[nats]'") from None
-    from .forwarder import Forwarder
+    from ..forwarder import Forwarder
 
     root = _data_dir(args.dir)
     tty = sys.stderr.isatty()
@@ -420,7 +420,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 
 def cmd_supervise(args) -> int:
-    from .supervisor import Supervisor
+    from ..supervisor import Supervisor
 
     import signal
 
@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=_Formatter,
     )
-    from . import __version__
+    from .. import __version__
 
     p.add_argument("--version", action="version", version=f"cometmp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
@@ -583,7 +583,7 @@ def _log_to_stderr() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import BadStreamName, CometError, StreamNotFound
+    from ..errors import BadStreamName, CometError, StreamNotFound
     from .verify import NotADataDirectory
 
     argv = list(sys.argv[1:] if argv is None else argv)

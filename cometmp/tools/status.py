@@ -20,9 +20,9 @@ import json
 import os
 import time
 
-from . import paths
-from .errors import CometError, RegistryError
-from .registry import LIVE, STATE_NAMES, VACANT, Registry, is_alive
+from .. import paths
+from ..errors import CometError, RegistryError
+from ..registry import LIVE, STATE_NAMES, VACANT, Registry, is_alive
 
 
 def _families(directory: str) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """cometmp demo: the main job, end to end on real processes.
 
 Starts a real gunicorn (the one next to the running Python) with several workers that
-append through cometmp (app: cometmp._demo_app), drives HTTP load at it from threads in
+append through cometmp (app: cometmp.tools._demo_app), drives HTTP load at it from threads in
 this process, runs a consumer group in a separate process, ``kill -9``s a worker on the
 way (gunicorn respawns it; its shards are re-owned), and shows live progress. At the end
 it checks that every request answered 200 has its entry in the log, byte for byte and
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
                 _gunicorn() + ["-c", "python:cometmp.integrations.gunicorn_conf",
                                "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
                                "--graceful-timeout", "5", "--log-level", "warning",
-                               "cometmp._demo_app:app"],
+                               "cometmp.tools._demo_app:app"],
                 env=env, stdout=logf, stderr=logf, start_new_session=True)
         procs.append(master)
         consumer = subprocess.Popen([sys.executable, "-c", CONSUMER_CODE, root, f"{FAMILY}:shard:*", GROUP],
