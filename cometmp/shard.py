@@ -55,7 +55,12 @@ def stream_crc(name: str) -> int:
 
 
 class Writer:
-    """The C writer handle of one stream. Owned by the process that opened it."""
+    """The C writer handle of one stream. Owned by the process that opened it.
+
+    Handle lifetime (docs/ARCHITECTURE.md §11): ``handle`` owns one reference to the
+    cm_shard (freed by cffi's GC hook); ``close()`` waits for calls in flight in other
+    threads and makes every later call raise ClosedError (L1-L3).
+    """
 
     def __init__(self, directory: str, name: str, config, create: bool = True):
         opts = ffi.new("cm_options *")
@@ -70,8 +75,7 @@ class Writer:
         out = ffi.new("cm_shard **")
         report = ffi.new("cm_open_report *")
         check(lib.cm_shard_open(directory.encode(), opts, out, report))
-        self.handle = out[0]
-        self.address = int(ffi.cast("uintptr_t", self.handle))
+        self.handle = ffi.gc(out[0], lib.cm_shard_unref)   # L3: our reference
         self.name = name
         self.directory = directory
         self.pid = os.getpid()
@@ -117,11 +121,14 @@ class Writer:
         out["counters"] = {k: int(snap.counters[v]) for k, v in COUNTERS.items()}
         return out
 
+    def ref(self):
+        """What Appender.set_handle takes: a buffer over the head (magic) of the cm_shard;
+        the appender takes its own reference from it (L3). No address is a Python int."""
+        return ffi.buffer(ffi.cast("char *", self.handle), 8)
+
     def close(self) -> None:
-        if self.handle is not None:
-            lib.cm_shard_close(self.handle)
-            self.handle = None
-            self.address = 0
+        """Idempotent; waits (GIL released) for calls in flight in other threads (L2)."""
+        lib.cm_shard_close(self.handle)
 
 
 class StateView:
