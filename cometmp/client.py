@@ -275,7 +275,7 @@ class Client:
                            comp, self.config.compression.min_bytes or (1 << 62),
                            self._on_append_error)
             for i, s in enumerate(streams):
-                app.set_handle(i, self._writer(s).address)
+                app.set_handle(i, self._writer(s).ref())
             self._appenders.append((app, list(streams)))
             return app
 
@@ -304,7 +304,7 @@ class Client:
             self._pid = os.getpid()
             for app, streams in self._appenders:
                 for i, s in enumerate(streams):
-                    app.set_handle(i, self._writer(s).address)
+                    app.set_handle(i, self._writer(s).ref())
 
     def log(self, prefix: str, shards: int = 16) -> Log:
         """The stream family ``prefix`` with ``shards`` shards, created if new.
@@ -529,11 +529,11 @@ class Client:
                         w.sync()
                     except CometError as e:
                         log.error("cometmp: final fsync of %s failed: %s", w.directory, e)
-            # detach the fast path first: an append racing close() then fails with
-            # ClosedError instead of touching a freed handle
+            # detach the fast path; an append already inside the core finishes first
+            # (Writer.close() waits for it) and later ones fail with ClosedError (L1, L2)
             for app, streams in self._appenders:
                 for i in range(len(streams)):
-                    app.set_handle(i, 0)
+                    app.set_handle(i, None)
             for w in self._writers.values():
                 w.close()
             for r in self._readers.values():

@@ -134,13 +134,26 @@ class _StatePage:
         except OSError:
             return False
 
+    def read(self, fmt: struct.Struct, off: int) -> int:
+        try:
+            return fmt.unpack_from(self.mm, off)[0]
+        except (TypeError, ValueError):   # closed by another thread (L4)
+            raise ClosedError(f"{self.path} is closed") from None
+
     def close(self) -> None:
-        if self.ptr is not None:
-            ffi.release(self.ptr)
-            self.ptr = None
-        if self.mm is not None:
-            self.mm.close()
-            self.mm = None
+        """Wake this process's threads asleep on the page, then drop the mapping. A wait
+        in flight holds ``ptr`` (a buffer export), so the page stays mapped until it
+        returns and the GC unmaps it (L4); no ffi.release under a caller's feet."""
+        ptr, self.ptr = self.ptr, None
+        mm, self.mm = self.mm, None
+        if ptr is not None:
+            lib.cm_wake(ptr)
+        del ptr
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass
 
 
 class _Cursor:
@@ -148,7 +161,7 @@ class _Cursor:
     ``seg`` is set, entry ``pos`` is at (seg, off) with relative sequence ``seq``."""
 
     __slots__ = ("name", "shard", "reader", "state", "pos", "slot", "resets", "seg",
-                 "base", "off", "seq", "skipped", "local_next")
+                 "base", "off", "seq", "skipped", "local_next", "closed")
 
     def __init__(self, root: str, name: str, rw_state: bool):
         split = paths.split_shard_stream(name)
@@ -164,21 +177,21 @@ class _Cursor:
         self.base = self.off = self.seq = 0
         self.skipped = 0            # entries lost to corruption (never delivered)
         self.local_next: int | None = None   # acks of an ephemeral (readonly) consumer
+        self.closed = False
 
     def committed(self) -> int:
-        mm = self.state.mm
-        if mm is None and not self.state.remap():
+        if self.closed:
+            raise ClosedError(f"consumer cursor of {self.name!r} is closed")
+        if self.state.mm is None and not self.state.remap():
             return self.reader.committed()
-        return _U64.unpack_from(self.state.mm, CM_STATE_OFF_COMMITTED)[0]
+        return self.state.read(_U64, CM_STATE_OFF_COMMITTED)
 
     def notify_seq(self) -> int:
-        mm = self.state.mm
-        return _U32.unpack_from(mm, CM_STATE_OFF_NOTIFY_SEQ)[0] if mm is not None else 0
+        return self.state.read(_U32, CM_STATE_OFF_NOTIFY_SEQ) if self.state.mm is not None else 0
 
     def first_published(self) -> int:
         """first_entry from the state page: retention raises it before deleting (I15)."""
-        mm = self.state.mm
-        return _U64.unpack_from(mm, CM_STATE_OFF_FIRST_ENTRY)[0] if mm is not None else 0
+        return self.state.read(_U64, CM_STATE_OFF_FIRST_ENTRY) if self.state.mm is not None else 0
 
     def oldest(self) -> int:
         """Oldest retained entry (lists the directory; used when starting or resetting)."""
@@ -235,6 +248,8 @@ class _Cursor:
         total = 0
         reopened = -1
         while budget > 0 and self.pos < committed:
+            if self.closed:
+                raise ClosedError(f"consumer cursor of {self.name!r} is closed")
             if self.seg is None or self.seg.mm is None:
                 self.locate()
             nb = r._next_base(self.base)
@@ -244,7 +259,10 @@ class _Cursor:
             limit = committed if nb is None else min(committed, nb)
             status = _FILL_END
             if self.off >= 0:
-                off, seq, added, status = batch.fill(sidx, self.seg.mm, self.base, self.off,
+                mm = self.seg.mm           # one read: close() elsewhere may clear it (L4)
+                if mm is None:
+                    raise ClosedError(f"consumer cursor of {self.name!r} is closed")
+                off, seq, added, status = batch.fill(sidx, mm, self.base, self.off,
                                                      self.seq, limit - self.base, budget)
                 self.off, self.seq = off, seq
                 self.pos = self.base + seq
@@ -255,7 +273,7 @@ class _Cursor:
             # damage, or an end of data before `limit` that is not a stale mapping of a
             # replaced segment (checked once below): look for the published records after it
             if self.off >= 0 and (status == _FILL_DAMAGED or nb is not None or reopened == self.base):
-                nxt = lib.cm_resync(self.seg.ptr, self.seg.size, self.off + 1, self.seq)
+                nxt = self.seg.resync(self.off + 1, self.seq)
                 if nxt >= 0:
                     rec = self.seg.record_at(nxt, -1)
                     if isinstance(rec, RecordRef) and rec.seq < limit - self.base:
@@ -286,6 +304,7 @@ class _Cursor:
                     self.seg.path if self.seg is not None else "?")
 
     def close(self) -> None:
+        self.closed = True
         self.seg = None
         self.reader.close()
         self.state.close()
@@ -346,6 +365,12 @@ class Consumer:
         self._closed = False
 
     # ---- group and streams ---------------------------------------------------------------
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ClosedError(f"consumer {self.group!r} is closed")
+        if self.client._closed:
+            raise ClosedError(f"client for {self.root} is closed")
+
     def _check(self) -> None:
         if self._closed:
             raise ClosedError(f"consumer {self.group!r} is closed")
@@ -505,8 +530,10 @@ class Consumer:
                 self._touch(g)
                 return batch
             left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
+            self._check_closed()
             if not self._wait(cursors, seqs, left):
                 self._check_stale(cursors, force=True)
+            self._check_closed()   # woken by close() in another thread (L4)
             self._touch(g)   # a consumer waiting for data is active, not idle (R4)
 
     def _check_stale(self, cursors: list[_Cursor], force: bool = False) -> None:
@@ -560,19 +587,24 @@ class Consumer:
         """Sleep until a stream publishes past ``seqs`` or ``timeout``; True if woken."""
         if timeout <= 0:
             return False
+        # the cdata buffer exports, held in locals for the whole wait: a close() in another
+        # thread then cannot unmap a page this thread sleeps on (L4)
         states = [c.state.ptr for c in cursors if c.state.ptr is not None]
         if self.ephemeral or not cursors or len(states) != len(cursors):
             time.sleep(min(timeout, self.poll_interval))
             return False
         if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
             timeout = min(timeout, self.poll_interval)
-            cursors, seqs = cursors[:WAITV_MAX], seqs[:WAITV_MAX]
-        key = tuple(id(c) for c in cursors)
-        if self._wait_cache is None or self._wait_cache[0] != key:
-            arr = ffi.new("void *[]", [c.state.ptr for c in cursors])
+            cursors, seqs, states = cursors[:WAITV_MAX], seqs[:WAITV_MAX], states[:WAITV_MAX]
+        key = tuple(id(p) for p in states)
+        cache = self._wait_cache
+        if cache is None or cache[0] != key:
+            arr = ffi.new("void *[]", states)
             seen = ffi.new("uint32_t[]", len(cursors))
-            self._wait_cache = (key, arr, seen)
-        _k, arr, seen = self._wait_cache
+            cache = self._wait_cache = (key, arr, seen, states)
+        _k, arr, seen, _held = cache
+        if self._closed:
+            raise ClosedError(f"consumer {self.group!r} is closed")
         for i, s in enumerate(seqs):
             seen[i] = s
         rc = lib.cm_wait_many(arr, seen, len(cursors), int(timeout * 1e9))
@@ -754,11 +786,15 @@ class Consumer:
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
-        """Release mappings. Offsets stay in the file; the group stays until deleted."""
+        """Release mappings. Offsets stay in the file; the group stays until deleted.
+
+        Any thread: a read() in flight elsewhere (a wait included, which this wakes)
+        returns its batch or raises ClosedError; later calls raise ClosedError. Batches
+        and zero-copy views already returned stay valid: they keep their mappings (L4)."""
         if self._closed:
             return
         self._closed = True
-        for c in self._cursors.values():
+        for c in list(self._cursors.values()):
             c.close()
         self._cursors.clear()
         self._wait_cache = None

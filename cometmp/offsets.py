@@ -28,6 +28,7 @@ another magic, version or fingerprint raises FormatError.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
 import time
@@ -36,6 +37,7 @@ from typing import Iterator
 
 from . import paths
 from ._ffi import check, ffi, lib
+from .errors import ClosedError
 
 _L = None
 
@@ -77,6 +79,7 @@ CM_OFS_S_STREAM_LEN, CM_OFS_S_STREAM = 48, 64
 
 _GROUP_HEAD = struct.Struct("=IIQqqI")    # state name_len id created active patterns_len
 _SLOT_HEAD = struct.Struct("=IIQQQqQI")   # state group group_id next resets acked dropped len
+_GROUP_LIVE = struct.Struct("=IIQ")       # state name_len id
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
@@ -141,6 +144,11 @@ class OffsetStore:
 
     ``writable=False`` maps the file read-only (a readonly Client); a missing file then
     reads as "no groups". Fork-safe: the mapping is MAP_SHARED and holds no fd.
+
+    Handle lifetime (docs/ARCHITECTURE.md §11): ``_h`` owns a reference to the C handle
+    (L3), whose ``close()`` waits for C calls in flight and fails later ones with
+    ClosedError; Python-side reads go through ``_buf``, a Python mmap of the same file,
+    which a close in another thread turns into ClosedError, never into unmapped bytes.
     """
 
     def __init__(self, root: str, writable: bool):
@@ -155,8 +163,19 @@ class OffsetStore:
         if rc == lib.CM_E_NOTFOUND and not writable:
             return
         check(rc)
-        self._h = out[0]
-        self._buf = ffi.buffer(lib.cm_offsets_base(self._h), CM_OFS_FILE_BYTES)
+        self._h = ffi.gc(out[0], lib.cm_offsets_unref)   # L3
+        fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        try:
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            self._buf = mmap.mmap(fd, CM_OFS_FILE_BYTES, mmap.MAP_SHARED, prot)
+        finally:
+            os.close(fd)
+
+    def _unpack(self, fmt: struct.Struct, off: int) -> tuple:
+        try:
+            return fmt.unpack_from(self._buf, off)
+        except (TypeError, ValueError):   # closed by another thread
+            raise ClosedError(f"offsets file {self.path} is closed") from None
 
     @property
     def exists(self) -> bool:
@@ -180,7 +199,7 @@ class OffsetStore:
         if self._buf is None:
             return False
         off = CM_OFS_GROUPS_OFF + g.index * CM_OFS_GROUP_BYTES
-        state, _n, gid = struct.unpack_from("=IIQ", self._buf, off)
+        state, _n, gid = self._unpack(_GROUP_LIVE, off)
         return state == CM_OFS_LIVE and gid == g.id
 
     def add_pattern(self, g: GroupRef, pattern: str) -> None:
@@ -208,11 +227,11 @@ class OffsetStore:
         return int(idx[0])
 
     def next(self, slot: int) -> int | None:
-        v = _U64.unpack_from(self._buf, CM_OFS_SLOTS_OFF + slot * CM_OFS_SLOT_BYTES + CM_OFS_S_NEXT)[0]
+        v = self._unpack(_U64, CM_OFS_SLOTS_OFF + slot * CM_OFS_SLOT_BYTES + CM_OFS_S_NEXT)[0]
         return None if v == CM_OFS_UNSET else v
 
     def resets(self, slot: int) -> int:
-        return _U64.unpack_from(self._buf, CM_OFS_SLOTS_OFF + slot * CM_OFS_SLOT_BYTES + CM_OFS_S_RESETS)[0]
+        return self._unpack(_U64, CM_OFS_SLOTS_OFF + slot * CM_OFS_SLOT_BYTES + CM_OFS_S_RESETS)[0]
 
     def ack(self, g: GroupRef, slot: int, next_entry: int) -> bool:
         """Cumulative ack: every entry below ``next_entry`` is processed. Never moves back."""
@@ -238,9 +257,17 @@ class OffsetStore:
     # ---- inspection (reads the mapping; no lock) ----------------------------------------
     def groups(self) -> list[GroupInfo]:
         """Every live group with its slots, in table order."""
-        if self._buf is None:
+        try:
+            return self._groups()
+        except ValueError:   # the mapping was closed by another thread mid-walk
+            raise ClosedError(f"offsets file {self.path} is closed") from None
+
+    def _groups(self) -> list[GroupInfo]:
+        if self._h is None:
             return []
         buf = self._buf
+        if buf is None or buf.closed:
+            raise ClosedError(f"offsets file {self.path} is closed")
         ghwm = min(_U32.unpack_from(buf, CM_OFS_OFF_GROUP_HWM)[0], CM_OFS_GROUP_CAP)
         shwm = min(_U32.unpack_from(buf, CM_OFS_OFF_SLOT_HWM)[0], CM_OFS_SLOT_CAP)
         groups: dict[int, GroupInfo] = {}
@@ -264,7 +291,10 @@ class OffsetStore:
         return list(groups.values())
 
     def close(self) -> None:
+        """Idempotent, any thread. The C handle stays referenced (``_h``) so a
+        ``locked()`` block in flight can still unlock; its memory goes with this object."""
         if self._h is not None:
-            self._buf = None
             lib.cm_offsets_close(self._h)
-            self._h = None
+            buf, self._buf = self._buf, None
+            if buf is not None:
+                buf.close()

@@ -13,6 +13,7 @@ import os
 from typing import Iterator, NamedTuple
 
 from ._ffi import ffi, last_error, lib
+from .errors import ClosedError
 from .format import CM_REC_HEADER_BYTES, CM_SEG_HEADER_BYTES
 
 log = logging.getLogger("cometmp")
@@ -31,7 +32,14 @@ class RecordRef(NamedTuple):
 
 
 class Segment:
-    """Read-only mapping of one segment. Not thread safe; one per reader."""
+    """Read-only mapping of one segment. Not thread safe; one per reader.
+
+    Handle lifetime (docs/ARCHITECTURE.md §11, L4): ``ptr`` (what the C calls get) is a
+    cffi buffer export of ``mm``; every call reads it into a local first, so a
+    ``close()`` in another thread cannot unmap the bytes under a call in flight (the
+    export makes ``mm.close()`` fail and the GC unmaps later). After close every
+    access raises ClosedError.
+    """
 
     __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "_rec")
 
@@ -59,12 +67,22 @@ class Segment:
     def record_at(self, off: int, seq: int) -> RecordRef | None | str:
         """The record at off (expected sequence seq, -1 for any); None at end of data;
         a reason string when the frame is invalid."""
-        if self.mm is None:
+        ptr = self.ptr
+        if ptr is None:
+            raise ClosedError(f"{self.path} is closed")
+        if self.mm is None and ptr == ffi.NULL:
             return None
-        rc = lib.cm_record_at(self.ptr, self.size, off, seq & 0xFFFFFFFF, self._rec)
+        # take the scratch record (threads scanning one stream share this Segment, and
+        # the call runs without the GIL): a second concurrent caller gets its own
+        r, self._rec = self._rec, None
+        if r is None:
+            r = ffi.new("cm_record *")
+        rc = lib.cm_record_at(ptr, self.size, off, seq & 0xFFFFFFFF, r)
         if rc == 1:
-            r = self._rec
-            return RecordRef(off, r.seq, r.flags, r.ts_ns, r.len)
+            ref = RecordRef(off, r.seq, r.flags, r.ts_ns, r.len)
+            self._rec = r      # handed back only after its fields are read
+            return ref
+        self._rec = r
         if rc == 0:
             return None
         return last_error()
@@ -88,7 +106,7 @@ class Segment:
                 off += r.frame_bytes
                 seq += 1
                 continue
-            nxt = lib.cm_resync(self.ptr, self.size, off + 1, seq)
+            nxt = self.resync(off + 1, seq)
             if nxt < 0:
                 return
             yield f"{self.path}: offset {off}: {r}"
@@ -97,23 +115,44 @@ class Segment:
                 return
             off, seq = nxt, r2.seq
 
+    def resync(self, off: int, min_seq: int) -> int:
+        """cm_resync from ``off``: the offset of the next valid frame, or < 0."""
+        ptr = self.ptr
+        if ptr is None:
+            raise ClosedError(f"{self.path} is closed")
+        return lib.cm_resync(ptr, self.size, off, min_seq) if ptr != ffi.NULL else -1
+
+    def _mapping(self) -> mmap.mmap:
+        mm = self.mm
+        if mm is None:
+            raise ClosedError(f"{self.path} is closed")
+        return mm
+
     def payload(self, rec: RecordRef) -> bytes:
         start = rec.offset + CM_REC_HEADER_BYTES
-        return self.mm[start : start + rec.length]
+        try:
+            return self._mapping()[start : start + rec.length]
+        except ValueError:   # closed by another thread between the two lines
+            raise ClosedError(f"{self.path} is closed") from None
 
     def view(self, rec: RecordRef) -> memoryview:
         start = rec.offset + CM_REC_HEADER_BYTES
-        return memoryview(self.mm)[start : start + rec.length]
+        try:
+            return memoryview(self._mapping())[start : start + rec.length]
+        except ValueError:
+            raise ClosedError(f"{self.path} is closed") from None
 
     def first_ts(self) -> int | None:
         r = self.record_at(CM_SEG_HEADER_BYTES, 0)
         return r.ts_ns if isinstance(r, RecordRef) else None
 
     def close(self) -> None:
-        self.ptr = ffi.NULL
-        if self.mm is not None:
+        """Idempotent. A call in flight elsewhere, a Batch or a zero-copy view still
+        holding the mapping keeps it mapped; the GC unmaps it after them (L4)."""
+        self.ptr = None
+        mm, self.mm = self.mm, None
+        if mm is not None:
             try:
-                self.mm.close()
-            except BufferError:  # a caller still holds a zero-copy view; let GC unmap
+                mm.close()
+            except BufferError:
                 pass
-            self.mm = None

@@ -20,7 +20,7 @@ from typing import Iterator, NamedTuple
 from . import paths
 from ._ffi import check, ffi, lib, raise_for
 from .compression import decompress
-from .errors import CorruptRecord, EntryNotFound, StreamNotFound
+from .errors import ClosedError, CorruptRecord, EntryNotFound, StreamNotFound
 from .format import (
     CM_REC_FLAG_ZSTD,
     CM_SEG_HEADER_BYTES,
@@ -55,7 +55,12 @@ def stream_crc(name: str) -> int:
 
 
 class Writer:
-    """The C writer handle of one stream. Owned by the process that opened it."""
+    """The C writer handle of one stream. Owned by the process that opened it.
+
+    Handle lifetime (docs/ARCHITECTURE.md §11): ``handle`` owns one reference to the
+    cm_shard (freed by cffi's GC hook); ``close()`` waits for calls in flight in other
+    threads and makes every later call raise ClosedError (L1-L3).
+    """
 
     def __init__(self, directory: str, name: str, config, create: bool = True):
         opts = ffi.new("cm_options *")
@@ -70,8 +75,7 @@ class Writer:
         out = ffi.new("cm_shard **")
         report = ffi.new("cm_open_report *")
         check(lib.cm_shard_open(directory.encode(), opts, out, report))
-        self.handle = out[0]
-        self.address = int(ffi.cast("uintptr_t", self.handle))
+        self.handle = ffi.gc(out[0], lib.cm_shard_unref)   # L3: our reference
         self.name = name
         self.directory = directory
         self.pid = os.getpid()
@@ -117,11 +121,14 @@ class Writer:
         out["counters"] = {k: int(snap.counters[v]) for k, v in COUNTERS.items()}
         return out
 
+    def ref(self):
+        """What Appender.set_handle takes: a buffer over the head (magic) of the cm_shard;
+        the appender takes its own reference from it (L3). No address is a Python int."""
+        return ffi.buffer(ffi.cast("char *", self.handle), 8)
+
     def close(self) -> None:
-        if self.handle is not None:
-            lib.cm_shard_close(self.handle)
-            self.handle = None
-            self.address = 0
+        """Idempotent; waits (GIL released) for calls in flight in other threads (L2)."""
+        lib.cm_shard_close(self.handle)
 
 
 class StateView:
@@ -168,26 +175,37 @@ class StateView:
         except FileNotFoundError:
             return True
 
+    def _unpack(self, fmt: str, off: int) -> tuple:
+        # a close() in another thread leaves None or a closed mmap, never unmapped bytes
+        try:
+            return struct.unpack_from(fmt, self.mm, off)
+        except (TypeError, ValueError):
+            raise ClosedError(f"{self.path} is closed") from None
+
     def committed(self) -> int:
-        return struct.unpack_from("=Q", self.mm, CM_STATE_OFF_COMMITTED)[0]
+        return self._unpack("=Q", CM_STATE_OFF_COMMITTED)[0]
 
     def first_entry(self) -> int:
-        return struct.unpack_from("=Q", self.mm, CM_STATE_OFF_FIRST_ENTRY)[0]
+        return self._unpack("=Q", CM_STATE_OFF_FIRST_ENTRY)[0]
 
     def counters(self) -> dict[str, int]:
         from .format import CM_STATE_OFF_COUNTERS
 
-        vals = struct.unpack_from("=32Q", self.mm, CM_STATE_OFF_COUNTERS)
+        vals = self._unpack("=32Q", CM_STATE_OFF_COUNTERS)
         return {k: vals[v] for k, v in COUNTERS.items()}
 
     def close(self) -> None:
-        if self.mm is not None:
-            self.mm.close()
-            self.mm = None
+        mm, self.mm = self.mm, None
+        if mm is not None:
+            mm.close()
 
 
 class Reader:
-    """Reads one stream. Never writes a segment; see the module docstring for indexes."""
+    """Reads one stream. Never writes a segment; see the module docstring for indexes.
+
+    After ``close()`` (from any thread) every method, and every ``scan()`` iterator,
+    raises ClosedError; a call in flight keeps the mapping it uses (L4).
+    """
 
     MAX_MAPPED = 64
 
@@ -204,7 +222,12 @@ class Reader:
         self._indexes: dict[int, SegmentIndex] = {}
         self._fallback_committed: tuple[int, int] | None = None
         self.corrupt_skipped = 0
+        self._closed = False
         self._refresh_bases()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"reader of {self.name!r} is closed")
 
     # ---- geometry ---------------------------------------------------------------------
     def _refresh_bases(self) -> None:
@@ -212,6 +235,7 @@ class Reader:
 
     def committed(self) -> int:
         """Next entry number: every entry below it is complete and readable (I2)."""
+        self._check()
         if not self.state.valid or self.state.replaced():
             self.state.close()
             self.state = StateView(self.directory)
@@ -234,6 +258,7 @@ class Reader:
         return base + count
 
     def first(self) -> int:
+        self._check()
         self._refresh_bases()
         first = self._bases[0] if self._bases else self.committed()
         if self.state.valid:
@@ -243,6 +268,7 @@ class Reader:
     def _segment(self, base: int) -> Segment:
         seg = self._segments.get(base)
         if seg is None:
+            self._check()
             if len(self._segments) >= self.MAX_MAPPED:
                 oldest = next(iter(self._segments))
                 self._segments.pop(oldest).close()
@@ -323,7 +349,7 @@ class Reader:
         entry = max(start, self.first())
         remapped = -1
         while True:
-            committed = self.committed()
+            committed = self.committed()   # ClosedError once closed
             if entry >= committed:
                 return
             try:
@@ -338,6 +364,7 @@ class Reader:
             next_base = self._next_base(base)
             stop = (next_base if next_base is not None else committed) - base
             for item in seg.walk(off, seq, stop):
+                self._check()
                 if isinstance(item, str):
                     continue  # the entries it cost are counted from the gap below
                 e = base + item.seq
@@ -407,7 +434,9 @@ class Reader:
         return min(nb, committed) if nb is not None else committed
 
     def close(self) -> None:
-        for seg in self._segments.values():
+        """Idempotent; any thread. Later calls raise ClosedError (L4)."""
+        self._closed = True
+        for seg in list(self._segments.values()):
             seg.close()
         self._segments.clear()
         self._indexes.clear()

@@ -15,6 +15,8 @@ static const cm_api table = {
     cm_last_error,
     cm_last_errno,
     cm_record_at,
+    cm_shard_ref_raw,
+    cm_shard_unref,
 };
 
 void *cm_api_table(void) { return (void *)&table; }

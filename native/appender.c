@@ -7,6 +7,12 @@
  * the cffi module exports (api.c), and every error goes back to Python's
  * single error path (the on_error callable, cometmp/_ffi.py).
  *
+ * Handle lifetime (docs/ARCHITECTURE.md §11): each slot of `shards` owns one
+ * reference to its cm_shard (L3), taken from the head the Writer exposes
+ * (set_handle) and dropped on replace and dealloc; a call that releases the
+ * GIL takes one more for its duration, so a close() or set_handle() racing it
+ * cannot free the struct under it. A closed shard answers CM_E_CLOSED (L1).
+ *
  * GIL rule: never wait for a shard lock while holding the GIL, and never take
  * the GIL while holding a shard lock. We try the lock without blocking; if it
  * is contended, we release the GIL and then wait.
@@ -186,6 +192,7 @@ typedef struct {
 
 static void Appender_dealloc(Appender *self) {
     for (uint32_t i = 0; i < self->nshards; i++) {
+        if (self->shards && self->shards[i]) self->api->shard_unref(self->shards[i]);
         Py_XDECREF(self->names ? self->names[i] : NULL);
         Py_XDECREF(self->numbers ? self->numbers[i] : NULL);
     }
@@ -209,7 +216,7 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
                           &numbers, &router, &compress, &cmin, &on_error))
         return -1;
     const cm_api *api = (const cm_api *)(uintptr_t)api_addr;
-    if (!api || api->version != CM_API_VERSION) {
+    if (!api || api->version != CM_API_VERSION || !api->shard_ref) {
         PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
         return -1;
     }
@@ -241,20 +248,35 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-/* set_handle(index, address): install (or replace, after a fork) a shard handle */
+/* set_handle(index, ref): install (or replace, after a fork) a shard handle.
+ * `ref` is Writer.ref(), a buffer over the head of the cm_shard (its magic);
+ * the slot takes its own reference (L3). None detaches the slot: later
+ * appends to it fail with CM_E_CLOSED. */
 static PyObject *Appender_set_handle(Appender *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "set_handle(index, address)");
+        PyErr_SetString(PyExc_TypeError, "set_handle(index, ref)");
         return NULL;
     }
     Py_ssize_t i = PyLong_AsSsize_t(args[0]);
-    unsigned long long addr = PyLong_AsUnsignedLongLong(args[1]);
     if (PyErr_Occurred()) return NULL;
     if (i < 0 || (uint32_t)i >= self->nshards) {
         PyErr_SetString(PyExc_IndexError, "shard index out of range");
         return NULL;
     }
-    self->shards[i] = (cm_shard *)(uintptr_t)addr;
+    cm_shard *sh = NULL;
+    if (args[1] != Py_None) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(args[1], &v, PyBUF_SIMPLE) < 0) return NULL;
+        sh = v.len >= 8 ? self->api->shard_ref(v.buf) : NULL;
+        PyBuffer_Release(&v);
+        if (!sh) {
+            PyErr_SetString(PyExc_TypeError, "set_handle expects Writer.ref() or None");
+            return NULL;
+        }
+    }
+    cm_shard *old = self->shards[i];
+    self->shards[i] = sh;
+    if (old) self->api->shard_unref(old);
     Py_RETURN_NONE;
 }
 
@@ -352,9 +374,13 @@ static int call_core(Appender *self, uint32_t idx, cm_iov *iov, uint32_t n, uint
         rc = self->api->append(sh, iov, n, first, written, 1);
         if (rc != CM_E_BUSY) return rc;
     }
+    if (!sh) return self->api->append(sh, iov, n, first, written, 0);   /* CM_E_CLOSED */
+    /* L3: without the GIL, set_handle() may drop the slot's reference meanwhile */
+    self->api->shard_ref(sh);
     Py_BEGIN_ALLOW_THREADS
     rc = self->api->append(sh, iov, n, first, written, 0);
     Py_END_ALLOW_THREADS
+    self->api->shard_unref(sh);
     return rc;
 }
 
@@ -564,7 +590,7 @@ static PyMethodDef Appender_methods[] = {
     {"append_many", (PyCFunction)(void (*)(void))Appender_append_many,
      METH_FASTCALL | METH_KEYWORDS, "append_many(items, key=None) -> (index, first, count)"},
     {"set_handle", (PyCFunction)(void (*)(void))Appender_set_handle, METH_FASTCALL,
-     "set_handle(index, address)"},
+     "set_handle(index, ref)"},
     {"set_route", (PyCFunction)Appender_set_route, METH_O, "set_route(indexes)"},
     {"set_epoch_watch", (PyCFunction)(void (*)(void))Appender_set_epoch_watch, METH_FASTCALL,
      "set_epoch_watch(address, callback)"},

@@ -74,10 +74,14 @@ typedef struct cm_snapshot {
     uint64_t counters[32];
 } cm_snapshot;
 
-/* shard.c: one stream's writer/reader handle. Not shared across fork. */
+/* shard.c: one stream's writer/reader handle. Not shared across fork.
+ * Lifetime (ARCHITECTURE.md §11): open returns one reference; close waits for
+ * the calls in flight, releases fds and mappings, and makes every later call
+ * return CM_E_CLOSED; the memory goes with the last cm_shard_unref. */
 int  cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out,
                    cm_open_report *report);
 void cm_shard_close(cm_shard *s);
+void cm_shard_unref(cm_shard *s);
 int  cm_append(cm_shard *s, const cm_iov *iov, uint32_t n,
                uint64_t *first_entry, uint32_t *written);
 int  cm_sync(cm_shard *s);
@@ -126,11 +130,16 @@ const cm_constant *cm_registry_constants(uint32_t *count);
  * timeout_ns < 0 waits without limit. */
 int  cm_wait(void *state, uint32_t seen, int64_t timeout_ns);
 int  cm_wait_many(void *const *states, const uint32_t *seen, uint32_t n, int64_t timeout_ns);
+/* wake every thread of this process sleeping on `state` (a closing consumer) */
+int  cm_wake(void *state);
 
 /* offsets.c: the consumer-offsets file (native/offsets.h, cometmp/offsets.py) */
 typedef struct cm_offsets cm_offsets;
+/* lifetime as cm_shard: close waits for calls in flight, later calls return
+ * CM_E_CLOSED (unlock excepted); the mapping goes with the last unref */
 int  cm_offsets_open(const char *path, int create, cm_offsets **out);
 void cm_offsets_close(cm_offsets *o);
+void cm_offsets_unref(cm_offsets *o);
 void *cm_offsets_base(cm_offsets *o);
 uint64_t cm_offsets_fingerprint(void);
 int  cm_offsets_lock(cm_offsets *o);

@@ -14,6 +14,35 @@
 int cm_fail(int code, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* handle.c: the lifetime of a native object a binding may close while another
+ * thread is inside a call on it (ARCHITECTURE.md §11, L1-L4) */
+typedef struct cm_life {
+    uint32_t word;              /* 2 * calls in flight | closed (bit 0) */
+    uint32_t refs;              /* owners of the struct's memory */
+    uint64_t gen;               /* fork generation at init (I10) */
+} cm_life;
+
+void cm_life_init(cm_life *l);
+void cm_life_wake(cm_life *l);
+int  cm_life_close(cm_life *l);     /* 1: this call closed it and no call is in flight */
+void cm_life_ref(cm_life *l);
+int  cm_life_unref(cm_life *l);     /* 1: the last reference is gone: free the struct */
+int  cm_closed_error(const char *what);
+
+/* L1: every call on a handle is bracketed by these; CM_E_CLOSED once closed */
+static inline int cm_enter(cm_life *l, const char *what) {
+    if (__builtin_expect(__atomic_add_fetch(&l->word, 2u, __ATOMIC_SEQ_CST) & 1u, 0)) {
+        if (__atomic_sub_fetch(&l->word, 2u, __ATOMIC_SEQ_CST) == 1u) cm_life_wake(l);
+        return cm_closed_error(what);
+    }
+    return 0;
+}
+
+static inline void cm_leave(cm_life *l) {
+    if (__builtin_expect(__atomic_sub_fetch(&l->word, 2u, __ATOMIC_SEQ_CST) == 1u, 0))
+        cm_life_wake(l);
+}
+
 static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
 static inline void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -50,7 +79,7 @@ uint64_t cm_state_fingerprint(void);
 int  cm_state_init(cm_state *st);
 
 /* the function table handed to the CPython fast path (api.c, appender.c) */
-#define CM_API_VERSION 1
+#define CM_API_VERSION 2
 typedef struct cm_api {
     int version;
     int (*append)(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
@@ -60,7 +89,12 @@ typedef struct cm_api {
     /* appended for cometmp._reader (native/reader.c); keep new fields last */
     int (*record_at)(const uint8_t *map, uint64_t size, uint64_t off,
                      uint32_t expect_seq, struct cm_record *out);
+    /* version 2: owned shard references for the Appender (L3); shard_ref
+       returns NULL unless p is the head of a live cm_shard */
+    struct cm_shard *(*shard_ref)(void *p);
+    void (*shard_unref)(struct cm_shard *s);
 } cm_api;
 
+struct cm_shard *cm_shard_ref_raw(void *p);
 int cm_append_ex(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
                  uint64_t *first_entry, uint32_t *written, int nonblock);

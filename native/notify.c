@@ -133,3 +133,13 @@ done:
         __atomic_sub_fetch(&as_state(states[i])->waiters, 1, __ATOMIC_SEQ_CST);
     return rc;
 }
+
+/* Wake the threads of this process asleep on `state` (a consumer closing while
+ * another thread waits in cm_wait/cm_wait_many, ARCHITECTURE.md §11 L4). Other
+ * processes' waiters wake too; they re-check their sequence and sleep again. */
+int cm_wake(void *state) {
+    cm_state *st = as_state(state);
+    if (!st) return cm_fail(CM_E_ARG, 0, "cm_wake: no state page");
+    syscall(SYS_futex, &st->notify_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    return CM_OK;
+}

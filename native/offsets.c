@@ -37,6 +37,7 @@
 #endif
 
 struct cm_offsets {
+    cm_life life;               /* L1-L3 (ARCHITECTURE.md §11) */
     uint8_t *map;
     cm_ofs_header *h;
     int writable;
@@ -161,6 +162,7 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     if (m == MAP_FAILED) return cm_fail(CM_E_IO, e, "map %s", path);
     cm_offsets *o = calloc(1, sizeof *o);
     if (!o) { munmap(m, CM_OFS_FILE_BYTES); return cm_fail(CM_E_IO, ENOMEM, "offsets"); }
+    cm_life_init(&o->life);
     o->map = m;
     o->h = m;
     o->writable = writable;
@@ -169,8 +171,17 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     return CM_OK;
 }
 
+/* L2: later calls fail with CM_E_CLOSED once the calls in flight are done. The
+ * mapping stays until the last reference (L3): a thread of this process may
+ * still hold the robust mutex (OffsetStore.locked()), and unlocking it must
+ * reach the mapped word, never an unmapped one. */
 void cm_offsets_close(cm_offsets *o) {
-    if (!o) return;
+    if (o) cm_life_close(&o->life);
+}
+
+void cm_offsets_unref(cm_offsets *o) {
+    if (!o || !cm_life_unref(&o->life)) return;
+    cm_life_close(&o->life);
     if (o->map) munmap(o->map, CM_OFS_FILE_BYTES);
     free(o);
 }
@@ -212,7 +223,7 @@ static void repair(cm_offsets *o) {
     h->lock_recoveries++;
 }
 
-int cm_offsets_lock(cm_offsets *o) {
+static int lock_entered(cm_offsets *o) {
     if (!o || !o->map) return cm_fail(CM_E_CLOSED, 0, "offsets file closed");
     if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
     int rc = pthread_mutex_lock(&o->h->lock.mutex);
@@ -241,14 +252,14 @@ static int group_live(cm_offsets *o, uint32_t gi, uint64_t id) {
 
 /* Find group `name`; claim a record for it when missing and `create`.
  * Returns CM_OK (filling index and id) or CM_E_NOTFOUND. */
-int cm_offsets_group(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
+static int group_entered(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
                      uint32_t *index, uint64_t *id) {
     if (len == 0 || len > CM_OFS_NAME_MAX)
         return cm_fail(CM_E_ARG, 0, "group name is %u bytes; allowed 1..%d", len, CM_OFS_NAME_MAX);
     if (create && !o->writable) create = 0;
     int locked = 0;
     if (create) {
-        int rc = cm_offsets_lock(o);
+        int rc = lock_entered(o);
         if (rc < 0) return rc;
         locked = 1;
     }
@@ -297,8 +308,8 @@ out:
 
 /* Remember that group reads streams matching `pattern` (so it protects them
  * from retention even before it has a slot there). Idempotent. */
-int cm_offsets_add_pattern(cm_offsets *o, uint32_t gi, uint64_t id, const char *pat, uint32_t len) {
-    int rc = cm_offsets_lock(o);
+static int add_pattern_entered(cm_offsets *o, uint32_t gi, uint64_t id, const char *pat, uint32_t len) {
+    int rc = lock_entered(o);
     if (rc < 0) return rc;
     if (!group_live(o, gi, id)) {
         cm_offsets_unlock(o);
@@ -328,7 +339,7 @@ int cm_offsets_add_pattern(cm_offsets *o, uint32_t gi, uint64_t id, const char *
     return CM_OK;
 }
 
-int cm_offsets_touch(cm_offsets *o, uint32_t gi, uint64_t id, int64_t now_ns) {
+static int touch_entered(cm_offsets *o, uint32_t gi, uint64_t id, int64_t now_ns) {
     if (!o->writable) return CM_OK;
     if (!group_live(o, gi, id))
         return cm_fail(CM_E_NOTFOUND, 0, "consumer group %llu was deleted", (unsigned long long)id);
@@ -336,8 +347,8 @@ int cm_offsets_touch(cm_offsets *o, uint32_t gi, uint64_t id, int64_t now_ns) {
     return CM_OK;
 }
 
-int cm_offsets_delete_group(cm_offsets *o, uint32_t gi, uint64_t id) {
-    int rc = cm_offsets_lock(o);
+static int delete_group_entered(cm_offsets *o, uint32_t gi, uint64_t id) {
+    int rc = lock_entered(o);
     if (rc < 0) return rc;
     if (!group_live(o, gi, id)) {
         cm_offsets_unlock(o);
@@ -353,14 +364,14 @@ int cm_offsets_delete_group(cm_offsets *o, uint32_t gi, uint64_t id) {
 
 /* --------------------------------------------------------------- slots */
 
-int cm_offsets_slot(cm_offsets *o, uint32_t gi, uint64_t id, const char *stream, uint32_t len,
+static int slot_entered(cm_offsets *o, uint32_t gi, uint64_t id, const char *stream, uint32_t len,
                     int create, uint32_t *index) {
     if (len == 0 || len > CM_OFS_STREAM_MAX)
         return cm_fail(CM_E_ARG, 0, "stream name is %u bytes; allowed 1..%d", len, CM_OFS_STREAM_MAX);
     if (create && !o->writable) create = 0;
     int locked = 0;
     if (create) {
-        int rc = cm_offsets_lock(o);
+        int rc = lock_entered(o);
         if (rc < 0) return rc;
         locked = 1;
     }
@@ -417,7 +428,7 @@ static int slot_live(cm_offsets *o, uint32_t si, uint64_t id) {
 
 /* I13: cumulative ack; `next` only moves forward (CAS max; UNSET is below
  * everything). Returns 1 when it advanced, 0 when it already was >= next. */
-int cm_offsets_ack(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
+static int ack_entered(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
     if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
     if (!slot_live(o, si, id))
         return cm_fail(CM_E_NOTFOUND, 0, "offset slot %u no longer belongs to group %llu",
@@ -435,8 +446,8 @@ int cm_offsets_ack(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64
 
 /* Move a slot's offset anywhere (reset_offset); bumps `resets` so consumers
  * in other processes drop their in-memory positions. Takes the lock. */
-int cm_offsets_set(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
-    int rc = cm_offsets_lock(o);
+static int set_entered(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
+    int rc = lock_entered(o);
     if (rc < 0) return rc;
     if (!slot_live(o, si, id)) {
         cm_offsets_unlock(o);
@@ -451,7 +462,7 @@ int cm_offsets_set(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64
     return CM_OK;
 }
 
-int cm_offsets_add_dropped(cm_offsets *o, uint32_t si, uint64_t id, uint64_t n) {
+static int add_dropped_entered(cm_offsets *o, uint32_t si, uint64_t id, uint64_t n) {
     if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
     if (!slot_live(o, si, id)) return CM_E_NOTFOUND;
     __atomic_add_fetch(&slot_at(o, si)->dropped, n, __ATOMIC_RELAXED);
@@ -489,4 +500,89 @@ static const cm_constant layout[] = {
 const cm_constant *cm_offsets_layout(uint32_t *count) {
     *count = sizeof layout / sizeof layout[0];
     return layout;
+}
+
+/* ---------------------------------------------- entry points (L1) */
+
+int cm_offsets_lock(cm_offsets *o) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = lock_entered(o);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_group(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
+                     uint32_t *index, uint64_t *id) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = group_entered(o, name, len, create, now_ns, index, id);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_add_pattern(cm_offsets *o, uint32_t gi, uint64_t id, const char *pat, uint32_t len) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = add_pattern_entered(o, gi, id, pat, len);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_touch(cm_offsets *o, uint32_t gi, uint64_t id, int64_t now_ns) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = touch_entered(o, gi, id, now_ns);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_delete_group(cm_offsets *o, uint32_t gi, uint64_t id) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = delete_group_entered(o, gi, id);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_slot(cm_offsets *o, uint32_t gi, uint64_t id, const char *stream, uint32_t len,
+                    int create, uint32_t *index) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = slot_entered(o, gi, id, stream, len, create, index);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_ack(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = ack_entered(o, si, id, next, now_ns);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_set(cm_offsets *o, uint32_t si, uint64_t id, uint64_t next, int64_t now_ns) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = set_entered(o, si, id, next, now_ns);
+    cm_leave(&o->life);
+    return rc;
+}
+
+int cm_offsets_add_dropped(cm_offsets *o, uint32_t si, uint64_t id, uint64_t n) {
+    if (!o) return cm_closed_error("offsets file");
+    int rc = cm_enter(&o->life, "offsets file");
+    if (rc < 0) return rc;
+    rc = add_dropped_entered(o, si, id, n);
+    cm_leave(&o->life);
+    return rc;
 }

@@ -37,7 +37,11 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
+#define CM_SHARD_MAGIC 0x6873636dull   /* "mcsh": the head of a live cm_shard (L3) */
+
 struct cm_shard {
+    uint64_t magic;             /* first: the 8 bytes Writer.ref() exposes (L3) */
+    cm_life life;               /* L1-L3: calls in flight, closed, owners */
     char dir[PATH_MAX];
     int dirfd;
     int state_fd;
@@ -554,6 +558,8 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
         return cm_fail(CM_E_ARG, 0, "path too long: %s", dir);
     cm_shard *s = calloc(1, sizeof *s);
     if (!s) return cm_fail(CM_E_IO, ENOMEM, "allocate shard");
+    s->magic = CM_SHARD_MAGIC;
+    cm_life_init(&s->life);
     snprintf(s->dir, sizeof s->dir, "%s", dir);
     s->opt = *opt;
     s->opt.segment_bytes = round_up(opt->segment_bytes, 4096);
@@ -589,16 +595,39 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
     *out = s;
     return CM_OK;
 fail:
-    cm_shard_close(s);
+    cm_shard_unref(s);
     return rc;
 }
 
-void cm_shard_close(cm_shard *s) {
-    if (!s) return;
+/* Release fds and mappings. Runs once, when no call is in flight (L2). */
+static void release(cm_shard *s) {
     unmap_active(s);
     if (s->st) munmap(s->st, CM_STATE_BYTES);
+    s->st = NULL;
     if (s->state_fd >= 0) close(s->state_fd);   /* releases our LOCK_SH */
     if (s->dirfd > 0) close(s->dirfd);
+    s->state_fd = s->dirfd = -1;
+}
+
+/* L2: later calls fail with CM_E_CLOSED; waits for the calls in flight (the
+ * caller releases the GIL: cffi does), then releases fds and mappings. The
+ * struct stays until its last reference goes (cm_shard_unref, L3). */
+void cm_shard_close(cm_shard *s) {
+    if (s && cm_life_close(&s->life)) release(s);
+}
+
+/* L3: the Appender's reference, taken from the head the Writer exposes */
+cm_shard *cm_shard_ref_raw(void *p) {
+    cm_shard *s = p;
+    if (!s || s->magic != CM_SHARD_MAGIC) return NULL;
+    cm_life_ref(&s->life);
+    return s;
+}
+
+void cm_shard_unref(cm_shard *s) {
+    if (!s || !cm_life_unref(&s->life)) return;
+    cm_shard_close(s);          /* no owner left, so no call can be in flight */
+    s->magic = 0;
     free(s);
 }
 
@@ -704,10 +733,8 @@ static int sync_locked(cm_shard *s) {
     return CM_OK;
 }
 
-int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,
-                 uint32_t *written, int nonblock) {
-    *written = 0;
-    if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "append to a closed stream");
+static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,
+                          uint32_t *written, int nonblock) {
     if (s->gen != cm_fork_generation())
         return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
     for (uint32_t i = 0; i < n; i++)
@@ -787,11 +814,23 @@ out:
     return rc;
 }
 
+/* L1: every entry point enters the handle first; CM_E_CLOSED after close */
+int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,
+                 uint32_t *written, int nonblock) {
+    *written = 0;
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    rc = append_entered(s, iov, n, first_entry, written, nonblock);
+    cm_leave(&s->life);
+    return rc;
+}
+
 int cm_append(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry, uint32_t *written) {
     return cm_append_ex(s, iov, n, first_entry, written, 0);
 }
 
-int cm_sync(cm_shard *s) {
+static int sync_entered(cm_shard *s) {
     if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "sync of a closed stream");
     if (s->gen != cm_fork_generation())
         return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
@@ -804,7 +843,7 @@ int cm_sync(cm_shard *s) {
     return rc;
 }
 
-int cm_shard_snapshot(cm_shard *s, cm_snapshot *out) {
+static int shard_snapshot_entered(cm_shard *s, cm_snapshot *out) {
     if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "snapshot of a closed stream");
     cm_state *st = s->st;
     out->committed = __atomic_load_n(&st->committed, __ATOMIC_ACQUIRE);
@@ -817,7 +856,7 @@ int cm_shard_snapshot(cm_shard *s, cm_snapshot *out) {
     return CM_OK;
 }
 
-int cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry) {
+static int shard_set_first_entry_entered(cm_shard *s, uint64_t first_entry) {
     if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "closed stream");
     int rc = lock_shard(s, 0);
     if (rc < 0) return rc;
@@ -827,10 +866,46 @@ int cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry) {
     return CM_OK;
 }
 
-int cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta) {
+static int shard_add_counter_entered(cm_shard *s, uint32_t slot, uint64_t delta) {
     if (!s || !s->st) return cm_fail(CM_E_CLOSED, 0, "closed stream");
     if (slot >= CM_STATE_COUNTERS) return cm_fail(CM_E_ARG, 0, "counter %u", slot);
     __atomic_add_fetch(&s->st->counters[slot], delta, __ATOMIC_RELAXED);
     return CM_OK;
 }
 
+
+int cm_sync(cm_shard *s) {
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    rc = sync_entered(s);
+    cm_leave(&s->life);
+    return rc;
+}
+
+int cm_shard_snapshot(cm_shard *s, cm_snapshot *out) {
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    rc = shard_snapshot_entered(s, out);
+    cm_leave(&s->life);
+    return rc;
+}
+
+int cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry) {
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    rc = shard_set_first_entry_entered(s, first_entry);
+    cm_leave(&s->life);
+    return rc;
+}
+
+int cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta) {
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    rc = shard_add_counter_entered(s, slot, delta);
+    cm_leave(&s->life);
+    return rc;
+}
