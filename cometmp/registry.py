@@ -893,12 +893,13 @@ def track_log(lg) -> None:
 
 
 def make_router(client, prefix: str, shards: int):
-    """The key -> shard router of a Log. With config.concurrency.strict_ownership, a key
+    """The key -> shard router of a Log: None (the Appender routes by pick_shard in C,
+    no Python call per append) unless config.concurrency.strict_ownership, where a key
     whose shard this worker does not own raises ShardNotOwned (Comet's behaviour)."""
     from .client import pick_shard
 
     if not client.config.concurrency.strict_ownership:
-        return lambda key: pick_shard(key, shards)
+        return None
     holder: dict = {}
 
     def strict_router(key):
