@@ -18,11 +18,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Iterable, Iterator
 
-import mmh3
-
 from . import ownership, paths
 from ._ffi import api_table_address, error_for, lib
 from ._appender import Appender
+from ._appender import pick_shard as _pick_shard
 from .compression import Compressor
 from .config import Config
 from .errors import (
@@ -48,14 +47,12 @@ MAX_SHARDS = 65536
 
 def pick_shard(key: str | bytes | bytearray | memoryview, shard_count: int) -> int:
     """Shard for ``key`` among ``shard_count``: MurmurHash3 x86_32 (seed 0, unsigned) of the
-    key's bytes (str is UTF-8) modulo the count. Identical in every process and version."""
-    if isinstance(key, str):
-        key = key.encode("utf-8")
-    elif not isinstance(key, (bytes, bytearray, memoryview)):
-        raise TypeError(f"key must be str or bytes-like, not {type(key).__name__}")
-    if not isinstance(shard_count, int) or isinstance(shard_count, bool) or shard_count <= 0:
-        raise ValueError(f"shard_count must be a positive int, not {shard_count!r}")
-    return mmh3.hash(bytes(key), 0, signed=False) % shard_count
+    key's bytes (str is UTF-8) modulo the count. Identical in every process and version.
+
+    The rule is implemented once, in C (native/appender.c), where keyed appends use it
+    without calling back into Python. Raises TypeError for other key types, ValueError for
+    a shard count that is not a positive int."""
+    return _pick_shard(key, shard_count)
 
 
 class MessageIDs(Sequence):
@@ -126,7 +123,7 @@ class Log:
         if client.config.concurrency.strict_ownership:
             router = self._strict_shard
         else:
-            router = lambda key: pick_shard(key, shards)  # noqa: E731
+            router = None   # the Appender hashes keys itself (pick_shard in C)
         self._appender = client._make_appender(self.streams, list(range(shards)), router)
         self.append = self._appender.append  # C method: no Python frame per append
         ownership.track(self)

@@ -171,6 +171,98 @@ static PyTypeObject MessageIDType = {
     .tp_methods = MessageID_methods,
 };
 
+/* ---- key routing: the one implementation of cometmp.pick_shard -------------
+ * shard = MurmurHash3_x86_32(key bytes, seed 0) % shard_count, the hash taken as
+ * unsigned. str keys hash their UTF-8 bytes (strict: a lone surrogate raises
+ * UnicodeEncodeError, as str.encode("utf-8") does); bytes, bytearray and
+ * memoryview hash their bytes; any other key is a TypeError. Frozen for every
+ * version: tests/data/pick_shard_v1.json. cometmp.pick_shard calls pick_shard
+ * below, and the Appender hashes here without calling back into Python. */
+static inline uint32_t rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+static uint32_t murmur3_x86_32(const uint8_t *p, size_t len, uint32_t seed) {
+    const uint32_t c1 = 0xcc9e2d51u, c2 = 0x1b873593u;
+    uint32_t h = seed, k;
+    size_t nblocks = len / 4;
+    for (size_t i = 0; i < nblocks; i++, p += 4) {
+        k = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        k *= c1; k = rotl32(k, 15); k *= c2;
+        h ^= k; h = rotl32(h, 13); h = h * 5 + 0xe6546b64u;
+    }
+    k = 0;
+    switch (len & 3) {
+    case 3: k ^= (uint32_t)p[2] << 16; /* fall through */
+    case 2: k ^= (uint32_t)p[1] << 8;  /* fall through */
+    case 1: k ^= p[0];
+            k *= c1; k = rotl32(k, 15); k *= c2; h ^= k;
+    }
+    h ^= (uint32_t)len;
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    return h;
+}
+
+/* The hash of a key's bytes by the pick_shard rule; -1 with an exception. */
+static int key_hash(PyObject *key, uint32_t seed, uint32_t *h) {
+    if (PyUnicode_Check(key)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(key, &n);
+        if (!s) return -1;
+        *h = murmur3_x86_32((const uint8_t *)s, (size_t)n, seed);
+        return 0;
+    }
+    if (PyBytes_Check(key)) {
+        *h = murmur3_x86_32((const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), seed);
+        return 0;
+    }
+    if (PyByteArray_Check(key) || PyMemoryView_Check(key)) {
+        /* bytes(key): also flattens a non-contiguous memoryview */
+        PyObject *b = PyBytes_FromObject(key);
+        if (!b) return -1;
+        *h = murmur3_x86_32((const uint8_t *)PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), seed);
+        Py_DECREF(b);
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "key must be str or bytes-like, not %.100s", Py_TYPE(key)->tp_name);
+    return -1;
+}
+
+/* pick_shard(key, shard_count) -> int: the rule above, for cometmp.pick_shard */
+static PyObject *mod_pick_shard(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    (void)mod;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pick_shard(key, shard_count)");
+        return NULL;
+    }
+    PyObject *n = args[1];
+    int overflow = 0;
+    long long count = 0;
+    if (PyLong_Check(n) && !PyBool_Check(n)) count = PyLong_AsLongLongAndOverflow(n, &overflow);
+    if (count == -1 && PyErr_Occurred()) return NULL;
+    if (!(PyLong_Check(n) && !PyBool_Check(n)) || overflow < 0 || (overflow == 0 && count <= 0)) {
+        PyErr_Format(PyExc_ValueError, "shard_count must be a positive int, not %R", n);
+        return NULL;
+    }
+    uint32_t h;
+    if (key_hash(args[0], 0, &h) < 0) return NULL;
+    /* a count above 2**32 - 1 leaves every hash as it is */
+    return PyLong_FromUnsignedLong(overflow || (unsigned long long)count > UINT32_MAX
+                                   ? h : h % (uint32_t)count);
+}
+
+/* murmur3_x86_32(data, seed=0) -> int: the bare hash (str as UTF-8), for the tests */
+static PyObject *mod_murmur3(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    (void)mod;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "murmur3_x86_32(data, seed=0)");
+        return NULL;
+    }
+    unsigned long seed = nargs == 2 ? PyLong_AsUnsignedLongMask(args[1]) : 0;
+    if (PyErr_Occurred()) return NULL;
+    uint32_t h;
+    if (key_hash(args[0], (uint32_t)seed, &h) < 0) return NULL;
+    return PyLong_FromUnsignedLong(h);
+}
+
 typedef struct {
     PyObject_HEAD
     const cm_api *api;
@@ -181,7 +273,7 @@ typedef struct {
     uint32_t *route;        /* shard indexes used for key=None, round robin */
     uint32_t nroute;
     uint32_t rr;
-    PyObject *router;       /* key -> shard index */
+    PyObject *router;       /* key -> shard index, or None: pick_shard(key, nshards) in C */
     PyObject *compress;     /* bytes -> bytes | None (None: keep verbatim) */
     Py_ssize_t compress_min;
     PyObject *on_error;     /* (rc, index, msg, errno, written) -> True to retry */
@@ -207,7 +299,9 @@ static void Appender_dealloc(Appender *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Appender(api_addr, names, numbers, router, compress, compress_min, on_error) */
+/* Appender(api_addr, names, numbers, router, compress, compress_min, on_error)
+ * router: None routes a key by pick_shard(key, nshards) here (shard index ==
+ * shard number); a callable key -> index is called instead (strict ownership). */
 static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
     unsigned long long api_addr;
     PyObject *names, *numbers, *router, *compress, *on_error;
@@ -337,6 +431,12 @@ static int pick(Appender *self, PyObject *key, uint32_t *idx) {
     }
     if (key == NULL || key == Py_None) {
         *idx = self->route[self->rr++ % self->nroute];
+        return 0;
+    }
+    if (self->router == Py_None) {
+        uint32_t h;
+        if (key_hash(key, 0, &h) < 0) return -1;
+        *idx = h % self->nshards;
         return 0;
     }
     PyObject *r = PyObject_CallOneArg(self->router, key);
@@ -609,9 +709,17 @@ static PyTypeObject AppenderType = {
     .tp_methods = Appender_methods,
 };
 
+static PyMethodDef module_methods[] = {
+    {"pick_shard", (PyCFunction)(void (*)(void))mod_pick_shard, METH_FASTCALL,
+     "pick_shard(key, shard_count) -> int: murmur3 x86_32 (seed 0) of the key's bytes % count"},
+    {"murmur3_x86_32", (PyCFunction)(void (*)(void))mod_murmur3, METH_FASTCALL,
+     "murmur3_x86_32(data, seed=0) -> int (unsigned; str hashed as UTF-8)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef moddef = {
     PyModuleDef_HEAD_INIT, "cometmp._appender",
-    "CPython fast path for cometmp appends (see native/appender.c).", -1, NULL,
+    "CPython fast path for cometmp appends (see native/appender.c).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__appender(void) {

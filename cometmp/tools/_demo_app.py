@@ -1,6 +1,7 @@
 """The WSGI app `cometmp demo` serves with gunicorn: one append per request.
 
-GET /append?id=<id>[&key=<key>]  appends ``id`` to family ``demo:requests`` -> "<shard> <entry>"
+GET /append?id=<id>[&key=<key>]  appends ``id`` to the run's family (env COMETMP_DEMO_FAMILY)
+                                 -> "<shard> <entry>"
 GET /                            -> "ok" (readiness probe)
 
 The client is opened lazily in each worker, after fork (cometmp would also re-attach a
@@ -14,7 +15,6 @@ from urllib.parse import parse_qs
 
 import cometmp
 
-FAMILY = "demo:requests"
 _log = None
 
 
@@ -22,7 +22,8 @@ def _requests_log():
     global _log
     if _log is None:
         client = cometmp.Client(os.environ["COMETMP_DIR"])
-        _log = client.log(FAMILY, shards=int(os.environ.get("COMETMP_DEMO_SHARDS", "8")))
+        _log = client.log(os.environ["COMETMP_DEMO_FAMILY"],
+                          shards=int(os.environ.get("COMETMP_DEMO_SHARDS", "8")))
     return _log
 
 

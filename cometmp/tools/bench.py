@@ -195,6 +195,49 @@ def _bench_cometmp_append(root: str, calls: int, sampled: int, warmup: int, time
     return out
 
 
+KEYED_SHARDS = 16
+KEYED_KEYS = 4096  # distinct str keys, cycled
+
+
+def _bench_cometmp_keyed(root: str, calls: int, warmup: int) -> dict:
+    """Keyed vs unkeyed ``append(p, key)`` on one 16-shard family, in the same loop shape
+    (``key=None`` for unkeyed), so the difference is the cost of routing by key."""
+    import cometmp
+
+    d = tempfile.mkdtemp(prefix="keyed-", dir=root)
+    p = _payload()
+    keys = [f"user-{i}" for i in range(KEYED_KEYS)]
+    nones = [None] * KEYED_KEYS
+    rounds = max(1, calls // KEYED_KEYS)
+    pc = time.perf_counter_ns
+    out = {}
+    with cometmp.Client(d, config=_config()) as client:
+        append = client.log("bench:keyed", shards=KEYED_SHARDS).append
+        for ks in (keys, nones):
+            for k in ks[:warmup]:
+                append(p, k)
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            times: dict[str, list[int]] = {"keyed": [], "unkeyed": []}
+            for _ in range(rounds):  # interleaved, so both see the same machine
+                for name, ks in (("keyed", keys), ("unkeyed", nones)):
+                    t0 = pc()
+                    for k in ks:
+                        append(p, k)
+                    times[name].append(pc() - t0)
+        finally:
+            if gc_was:
+                gc.enable()
+    shutil.rmtree(d, ignore_errors=True)
+    for name, t in times.items():
+        out[f"{name}_mean_ns"] = sum(t) / (len(t) * KEYED_KEYS)
+    out["calls"] = rounds * KEYED_KEYS
+    out["shards"] = KEYED_SHARDS
+    out["keyed_vs_unkeyed"] = out["keyed_mean_ns"] / out["unkeyed_mean_ns"]
+    return out
+
+
 def _bench_cometmp_append_many(root: str, entries: int, warmup_batches: int) -> dict:
     import cometmp
 
@@ -558,13 +601,14 @@ def _run_single(args, root: str) -> dict:
     timer_ns = _timer_overhead_ns()
     floor_ns = _call_floor_ns(min(n, 200000))
     rounds: dict[str, list[dict]] = {k: [] for k in
-                                     ("append", "append_many", "sqlite", "filehandler")}
+                                     ("append", "append_many", "keyed", "sqlite", "filehandler")}
     ratios: dict[str, list[float]] = {"vs_sqlite": [], "vs_filehandler": [],
                                       "batch_vs_single": []}
     durable: dict[str, list[dict]] = {"cometmp_always": [], "sqlite_full": []}
     for _ in range(args.rounds):
         a = _bench_cometmp_append(root, n, sampled, warm, timer_ns)
         b = _bench_cometmp_append_many(root, n, max(2, warm // BATCH))
+        rounds["keyed"].append(_bench_cometmp_keyed(root, n, warm))
         s = _bench_sqlite(root, peer_calls, peer_sampled, 200, timer_ns)
         f = _bench_filehandler(root, peer_calls, peer_sampled, 200, timer_ns)
         rounds["append"].append(a)
@@ -675,6 +719,9 @@ def _print_single(doc: dict) -> None:
     b = r["append_many"]
     print(f"  {'cometmp append_many x1000':44} {_fmt_ns(b['ns_per_entry']):>10} per entry = "
           f"{b['entries_per_s'] / 1e6:.2f} M entries/s (p99 batch {b['p99_batch_us']:.0f} us)")
+    k = r["keyed"]
+    print(f"  {'cometmp append(p, key), 16 shards':44} {_fmt_ns(k['keyed_mean_ns']):>10} keyed, "
+          f"{_fmt_ns(k['unkeyed_mean_ns'])} key=None: {k['keyed_vs_unkeyed']:.2f}x")
     if "durable" in r:
         c, s = r["durable"]["cometmp_always"], r["durable"]["sqlite_full"]
         print(f"  {'durable: cometmp durability=always':44} {_fmt_ns(c['mean_ns']):>10} "

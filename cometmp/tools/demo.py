@@ -8,12 +8,18 @@ it checks that every request answered 200 has its entry in the log, byte for byt
 exactly once, and that the consumer group processed every entry; it stops everything it
 started (by pid) and exits 0 only if every check passed. Runs in the CLI process only;
 the library never prints.
+
+Every run is its own: it writes a fresh family ``demo:<run id>:requests`` (its own shard
+count), tags every payload with the run id, uses its own consumer group and checks only
+what it wrote. So the same ``--dir`` can be reused, with any ``--shards``, and earlier
+runs stay in it for inspection.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import os
 import shutil
@@ -26,8 +32,11 @@ import threading
 import time
 from collections import Counter
 
-FAMILY = "demo:requests"
-GROUP = "demo-consumer"
+FAMILY = "demo:{run}:requests"  # one family per run: see the module docstring
+GROUP = "demo-consumer-{run}"
+MAX_WORKERS = 64
+MAX_THREADS = 256
+NEEDS_GUNICORN = "the demo needs gunicorn: pip install 'cometmp[demo]'"
 
 CONSUMER_CODE = r"""
 import json, signal, sys, threading, cometmp
@@ -72,16 +81,24 @@ def _children(pid: int) -> list[int]:
     return sorted(set(out))
 
 
-def _gunicorn() -> list[str]:
+def _gunicorn() -> list[str] | None:
+    """The gunicorn of the running Python (the workers import cometmp from it), or None."""
+    if importlib.util.find_spec("gunicorn") is None:
+        return None
     exe = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     return [exe] if os.access(exe, os.X_OK) else [sys.executable, "-m", "gunicorn"]
+
+
+def _run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
 
 
 class Load:
     """HTTP load from threads; remembers every acknowledged (id -> shard, entry)."""
 
-    def __init__(self, port: int, threads: int):
+    def __init__(self, port: int, threads: int, run: str):
         self.port = port
+        self.run = run
         self.acked: dict[str, tuple[int, int]] = {}
         self.errors = 0
         self.lock = threading.Lock()
@@ -96,7 +113,7 @@ class Load:
     def _run(self, n: int) -> None:
         i = 0
         while not self.stop.is_set():
-            rid = f"t{n}-{i}"
+            rid = f"{self.run}/t{n}-{i}"  # the payload: this run's id, then the request's
             # every third request is keyed: keyed requests route by pick_shard in every worker
             path = f"/append?id={rid}" + (f"&key=user-{i % 97}" if i % 3 == 0 else "")
             i += 1
@@ -152,32 +169,72 @@ def _ownership(root: str) -> dict:
         return {"error": str(e), "slots": []}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="cometmp demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=12.0, help="how long to drive load (default 12)")
-    ap.add_argument("--dir", help="data directory to use and keep (default: a temp dir, removed)")
-    ap.add_argument("--workers", type=int, default=3, help="gunicorn workers (default 3)")
-    ap.add_argument("--shards", type=int, default=8, help="shards of the demo family (default 8)")
-    ap.add_argument("--threads", type=int, default=6, help="load-generator threads (default 6)")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (usage errors, README "Exit codes")
+        print(f"cometmp demo: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parse(argv) -> argparse.Namespace:
+    from .client import MAX_SHARDS, DIR_FORMAT
+
+    ap = _Parser(prog="cometmp demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=12.0, help="how long to drive load, >= 1 (default 12)")
+    ap.add_argument("--dir", help="data directory to use and keep; may hold earlier runs "
+                    "(default: a temp dir, removed)")
+    ap.add_argument("--workers", type=int, default=3, help=f"gunicorn workers, 1..{MAX_WORKERS} (default 3)")
+    ap.add_argument("--shards", type=int, default=8,
+                    help=f"shards of this run's family, 1..{MAX_SHARDS} (default 8)")
+    ap.add_argument("--threads", type=int, default=6,
+                    help=f"load-generator threads, 1..{MAX_THREADS} (default 6)")
     args = ap.parse_args(argv)
+    if not 1 <= args.seconds <= 24 * 3600:
+        ap.error(f"--seconds must be between 1 and 86400, not {args.seconds:g}")
+    for name, top in (("workers", MAX_WORKERS), ("shards", MAX_SHARDS), ("threads", MAX_THREADS)):
+        if not 1 <= getattr(args, name) <= top:
+            ap.error(f"--{name} must be between 1 and {top}, not {getattr(args, name)}")
+    if args.dir is not None:
+        d = os.path.abspath(args.dir)
+        if os.path.exists(d) and not os.path.isdir(d):
+            ap.error(f"--dir {d}: exists and is not a directory")
+        if os.path.isdir(d) and os.listdir(d):
+            try:
+                with open(os.path.join(d, "cometmp.json")) as f:
+                    is_data_dir = json.load(f).get("format") == DIR_FORMAT
+            except (OSError, ValueError, AttributeError):
+                is_data_dir = False
+            if not is_data_dir:
+                ap.error(f"--dir {d}: not empty and not a cometmp data directory")
+    return args
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    gunicorn = _gunicorn()
+    if gunicorn is None:
+        print(NEEDS_GUNICORN, file=sys.stderr)
+        return 1
 
     import cometmp
 
+    run = _run_id()
+    family, group = FAMILY.format(run=run), GROUP.format(run=run)
     keep = args.dir is not None
     root = os.path.abspath(args.dir) if keep else tempfile.mkdtemp(prefix="cometmp-demo-")
     os.makedirs(root, exist_ok=True)
     server_log = os.path.join(root, "gunicorn.log") if keep else os.path.join(
         tempfile.gettempdir(), f"cometmp-demo-gunicorn-{os.getpid()}.log")
     port = _free_port()
-    env = dict(os.environ, COMETMP_DIR=root, COMETMP_DEMO_SHARDS=str(args.shards))
+    env = dict(os.environ, COMETMP_DIR=root, COMETMP_DEMO_SHARDS=str(args.shards),
+               COMETMP_DEMO_FAMILY=family)
     env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(cometmp.__file__))) + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    print(f"cometmp demo: data in {root}")
-    print(f"  gunicorn: {args.workers} sync workers on 127.0.0.1:{port}, family {FAMILY!r} "
-          f"with {args.shards} shards; consumer group {GROUP!r} in its own process")
+    print(f"cometmp demo: run {run}, data in {root}")
+    print(f"  gunicorn: {args.workers} sync workers on 127.0.0.1:{port}, family {family!r} "
+          f"with {args.shards} shards; consumer group {group!r} in its own process")
     # create the family up front so the consumer's pattern matches from the start
     with cometmp.Client(root) as c:
-        c.log(FAMILY, shards=args.shards)
+        c.log(family, shards=args.shards)
 
     procs: list[subprocess.Popen] = []
     checks: list[tuple[str, bool, str]] = []
@@ -186,13 +243,13 @@ def main(argv=None) -> int:
     try:
         with open(server_log, "ab") as logf:
             master = subprocess.Popen(
-                _gunicorn() + ["-c", "python:cometmp.integrations.gunicorn_conf",
+                gunicorn + ["-c", "python:cometmp.integrations.gunicorn_conf",
                                "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
                                "--graceful-timeout", "5", "--log-level", "warning",
                                "cometmp.tools._demo_app:app"],
                 env=env, stdout=logf, stderr=logf, start_new_session=True)
         procs.append(master)
-        consumer = subprocess.Popen([sys.executable, "-c", CONSUMER_CODE, root, f"{FAMILY}:shard:*", GROUP],
+        consumer = subprocess.Popen([sys.executable, "-c", CONSUMER_CODE, root, f"{family}:shard:*", group],
                                     env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
         procs.append(consumer)
 
@@ -216,11 +273,16 @@ def main(argv=None) -> int:
             except OSError:
                 pass
             if master.poll() is not None or time.monotonic() > deadline:
-                print(f"gunicorn did not come up; its log is {server_log}")
+                how = (f"exited with code {master.returncode}" if master.poll() is not None
+                       else "did not answer within 30 s")
+                print(f"gunicorn {how}; its log is {server_log}:")
+                with open(server_log, errors="replace") as f:
+                    for line in f.read().splitlines()[-10:]:
+                        print(f"  {line}")
                 return 1
             time.sleep(0.1)
 
-        load = Load(port, args.threads)
+        load = Load(port, args.threads, run)
         start = time.monotonic()
         load.start()
         display = Display()
@@ -248,7 +310,7 @@ def main(argv=None) -> int:
                 for s in doc.get("slots", []) if s.get("pid"))
             lines = [
                 f"t={now - start:5.1f}s  acknowledged {n:7d}  {rate:8.0f} appends/s  unanswered {load.errors}",
-                f"consumer group {GROUP}: processed {consumer_state['distinct']}  lag {max(0, n - consumer_state['distinct'])}",
+                f"consumer group {group}: processed {consumer_state['distinct']}  lag {max(0, n - consumer_state['distinct'])}",
                 f"workers: {owned or '-'}",
             ]
             if killed:
@@ -264,7 +326,7 @@ def main(argv=None) -> int:
         total_log = None
         drain_deadline = time.monotonic() + 20
         with cometmp.Client(root, readonly=True) as ro:
-            streams = ro.streams(f"{FAMILY}:shard:*")
+            streams = ro.streams(f"{family}:shard:*")
             total_log = sum(ro.length(s) - ro.first_entry(s) for s in streams)
             while consumer_state["distinct"] < total_log and time.monotonic() < drain_deadline:
                 time.sleep(0.1)
@@ -289,7 +351,8 @@ def main(argv=None) -> int:
                        f"{consumer_state['distinct']} of {total_log} entries, "
                        f"{consumer_state['delivered']} deliveries"))
         live = [s for s in status_doc.get("slots", []) if s.get("alive") and s.get("process_id") is not None]
-        owners = Counter(sh for s in live for sh in (s.get("shards") or []))
+        # the registry reports shards up to the widest family in the directory (earlier runs)
+        owners = Counter(sh for s in live for sh in (s.get("shards") or []) if sh < args.shards)
         owned_ok = sorted(owners) == list(range(args.shards)) and all(v == 1 for v in owners.values())
         checks.append(("every shard is owned by exactly one live worker", owned_ok,
                        f"{len(live)} live workers own {len(owners)} of {args.shards} shards"))

@@ -37,6 +37,9 @@ def test_single_scenario_reports_every_workload_with_positive_figures(capsys, tm
         assert len(r["rounds"]) == 1
     assert res["append"]["entries_written"] >= res["append"]["calls"]
     assert res["sqlite"]["rows"] >= res["sqlite"]["calls"]
+    keyed = res["keyed"]
+    for field in ("keyed_mean_ns", "unkeyed_mean_ns", "keyed_vs_unkeyed", "calls"):
+        assert _positive(keyed[field]), field
     many = res["append_many"]
     assert many["batch_size"] == 1000 and many["entries"] >= 1000
     assert _positive(many["entries_per_s"]) and _positive(many["ns_per_entry"])

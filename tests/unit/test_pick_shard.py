@@ -106,3 +106,62 @@ def test_pick_shard_rejects_bad_shard_counts(bad):
 def test_pick_shard_rejects_non_str_non_bytes_keys(bad):
     with pytest.raises(TypeError):
         cometmp.pick_shard(bad, 4)
+
+
+def _random_keys(rng, count):
+    """str keys (ASCII, Latin-1, CJK, astral) and bytes keys of lengths 0..64."""
+    alphabets = ["abcdefghijklmnopqrstuvwxyz0123456789:-_", "äöüßéèçñ", "日本語中文한국어",
+                 "\U0001F600\U0001F680\U00010348"]
+    for i in range(count):
+        n = rng.randrange(65)
+        if i % 2:
+            yield rng.randbytes(n)
+        else:
+            chars = "".join(alphabets[:1 + i % 4])
+            yield "".join(rng.choice(chars) for _ in range(n))
+
+
+def test_c_murmur3_matches_the_mmh3_package_on_random_keys():
+    import random
+
+    import mmh3
+
+    from cometmp._appender import murmur3_x86_32 as c_murmur3
+
+    seed = random.randrange(1 << 32)
+    print(f"random seed {seed}")  # rerun a failure with this seed
+    rng = random.Random(seed)
+    for key in _random_keys(rng, 20000):
+        raw = key.encode("utf-8") if isinstance(key, str) else key
+        want = mmh3.hash(raw, 0, signed=False)
+        assert c_murmur3(key) == want, (seed, key)
+        hseed = rng.randrange(1 << 32)
+        assert c_murmur3(raw, hseed) == mmh3.hash(raw, hseed, signed=False), (seed, raw, hseed)
+        n = rng.choice([1, 2, 3, 7, 16, 100, 1024, 65536, rng.randrange(1, 1 << 40)])
+        assert cometmp.pick_shard(key, n) == want % n, (seed, key, n)
+
+
+def test_keyed_appends_route_in_c_like_pick_shard(tmp_path):
+    import random
+
+    seed = random.randrange(1 << 32)
+    print(f"random seed {seed}")
+    rng = random.Random(seed)
+    with cometmp.Client(str(tmp_path / "d")) as c:
+        lg = c.log("keyed", shards=13)
+        for key in _random_keys(rng, 2000):
+            assert lg.append(b"v", key=key).shard == cometmp.pick_shard(key, 13), (seed, key)
+        assert lg.append(b"v", key=bytearray(b"k")).shard == cometmp.pick_shard(b"k", 13)
+        assert lg.append(b"v", key=memoryview(b"kxkx")[::2]).shard == cometmp.pick_shard(b"kk", 13)
+
+
+def test_a_lone_surrogate_key_is_refused_like_str_encode(tmp_path):
+    with pytest.raises(UnicodeEncodeError):
+        cometmp.pick_shard("a\udc80", 4)
+    with cometmp.Client(str(tmp_path / "d")) as c:
+        lg = c.log("keyed", shards=4)
+        with pytest.raises(UnicodeEncodeError):
+            lg.append(b"v", key="a\udc80")
+        with pytest.raises(TypeError):
+            lg.append(b"v", key=12)
+        assert c.length("keyed:shard:0000") + c.length("keyed:shard:0003") == 0
