@@ -15,6 +15,8 @@ static const cm_api table = {
     cm_last_error,
     cm_last_errno,
     cm_record_at,
+    cm_walk_init,
+    cm_walk_next,
 };
 
 void *cm_api_table(void) { return (void *)&table; }

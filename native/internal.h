@@ -60,6 +60,10 @@ typedef struct cm_api {
     /* appended for cometmp._reader (native/reader.c); keep new fields last */
     int (*record_at)(const uint8_t *map, uint64_t size, uint64_t off,
                      uint32_t expect_seq, struct cm_record *out);
+    /* appended for the one walker (native/walker.c) */
+    void (*walk_init)(struct cm_walk *w, const uint8_t *map, uint64_t size, uint64_t off,
+                      uint32_t seq, uint32_t stop, uint32_t published);
+    int (*walk_next)(struct cm_walk *w, struct cm_record *rec, struct cm_damage *dmg);
 } cm_api;
 
 int cm_append_ex(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
