@@ -62,7 +62,7 @@ from .format import (
     CM_STATE_VERSION,
 )
 from .offsets import GroupRef, OffsetStore, validate_group_name
-from .segment import RecordRef
+from .segment import Damage
 from .shard import MessageID, Reader, StreamMessage
 
 __all__ = ["Batch", "Consumer", "consumer_groups", "delete_consumer_group"]
@@ -87,6 +87,7 @@ MATCH_RECHECK = 0.02
 STALE_RECHECK = 1.0
 WAITV_MAX = 128
 _FILL_MORE, _FILL_END, _FILL_DAMAGED = 0, 1, 2
+_DAMAGE_RESYNC = lib.CM_DAMAGE_RESYNC
 _TOUCH_EVERY_NS = 1_000_000_000
 
 
@@ -228,17 +229,17 @@ class _Cursor:
         target = pos - base
         off, seq = (CM_SEG_HEADER_BYTES, 0) if target == 0 else r._index(base).floor(seg, target, False)
         self.seg, self.base = seg, base
-        for item in seg.walk(off, seq):
-            if isinstance(item, str):
+        nb = r._next_base(base)
+        limit = self.committed() if nb is None else nb
+        for item in seg.walk(off, seq, max(limit - base, target), skip_to=target):
+            if isinstance(item, Damage):
                 continue
-            if item.seq >= target:
-                self.off, self.seq = item.offset, item.seq
-                if item.seq > target:    # entries lost to corruption
-                    self.skipped += item.seq - target
-                    self.pos = base + item.seq
-                return
+            self.off, self.seq = item.offset, item.seq
+            if item.seq > target:    # entries lost to corruption
+                self.skipped += item.seq - target
+                self.pos = base + item.seq
+            return
         # no record at or after target in this segment: continue in the next one
-        self.off, self.seq = off, seq
         self.seq = target
         self.off = -1
 
@@ -257,32 +258,45 @@ class _Cursor:
                 self._at(nb)
                 continue
             limit = committed if nb is None else min(committed, nb)
-            status = _FILL_END
             if self.off >= 0:
                 mm = self.seg.mm           # one read: close() elsewhere may clear it (L4)
                 if mm is None:
                     raise ClosedError(f"consumer cursor of {self.name!r} is closed")
-                off, seq, added, status = batch.fill(sidx, mm, self.base, self.off,
-                                                     self.seq, limit - self.base, budget)
+                off, seq, added, status, lost, resume, end = batch.fill(
+                    sidx, mm, self.base, self.off, self.seq, limit - self.base, budget)
                 self.off, self.seq = off, seq
                 self.pos = self.base + seq
                 total += added
                 budget -= added
                 if status == _FILL_MORE:
                     continue
-            # damage, or an end of data before `limit` that is not a stale mapping of a
-            # replaced segment (checked once below): look for the published records after it
-            if self.off >= 0 and (status == _FILL_DAMAGED or nb is not None or reopened == self.base):
-                nxt = self.seg.resync(self.off + 1, self.seq)
-                if nxt >= 0:
-                    rec = self.seg.record_at(nxt, -1)
-                    if isinstance(rec, RecordRef) and rec.seq < limit - self.base:
-                        self._skip(rec.seq - self.seq)
-                        self.off, self.seq = nxt, rec.seq
-                        self.pos = self.base + rec.seq
+                if status == _FILL_DAMAGED:
+                    if end == _DAMAGE_RESYNC:
+                        # corruption (FORMAT.md 2.4): the walker found the next valid record
+                        self._skip(lost)
+                        self.off, self.seq = resume, seq + lost
+                        self.pos = self.base + self.seq
                         continue
-            # the segment's data ended before `limit`: it was sealed, or (same base) an
-            # empty active segment was replaced by a larger one
+                    # nothing valid below `limit` after (off, seq). Before calling the
+                    # rest lost, rule out a stale view: a successor we did not know yet
+                    # (rotation: the limit was too high), or (checked once) a mapping of an
+                    # empty active segment that was replaced by a larger one, same base
+                    r._refresh_bases()
+                    nb = r._next_base(self.base)
+                    if nb is not None and nb < limit:
+                        continue
+                    if nb is None and reopened != self.base:
+                        reopened = self.base
+                        r._drop(self.base)
+                        self.seg = None
+                        continue
+                    self._skip(lost)
+                    self.pos = self.base + seq + lost
+                    self.off = -1
+                    if nb is None:
+                        break
+                    continue
+            # the segment is done below `limit`: move on to the next one
             r._refresh_bases()
             nb = r._next_base(self.base)
             if nb is None:

@@ -1,9 +1,10 @@
-"""Pure-Python reader of cometmp's on-disk format: constants, checksums, parsing.
+"""cometmp's on-disk layouts in Python: constants, checksums, header and index parsing.
 
 docs/FORMAT.md is normative; these constants mirror native/format.h and
 tests/unit/test_format_constants.py checks them against the compiled core. This module
-never imports the C core: it is the independent oracle the tests (and ``cometmp verify
---oracle``) use to check what the C writer produced.
+never imports the C core (the golden files are built from it alone). It does not read
+records: the one walker is native/walker.c, and its independent pure-Python copy, the
+tests' oracle, is tests/oracle.py.
 
 Segment (little-endian)::
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator
 
 # ---- segment ---------------------------------------------------------------------------
 CM_SEG_MAGIC = 0x47534D43  # b"CMSG"
@@ -174,98 +174,11 @@ def segment_header_ok(buf: bytes | memoryview) -> bool:
     return h.valid and h.header_crc == crc32c(bytes(buf[:CM_SEG_OFF_HEADER_CRC]))
 
 
-@dataclass(frozen=True)
-class Record:
-    offset: int
-    seq: int
-    flags: int
-    ts_ns: int
-    payload: bytes
-
-    @property
-    def frame_bytes(self) -> int:
-        return CM_REC_HEADER_BYTES + len(self.payload)
-
-    @property
-    def compressed(self) -> bool:
-        return bool(self.flags & CM_REC_FLAG_ZSTD)
-
-
 def encode_record(payload: bytes, ts_ns: int, seq: int, flags: int = 0) -> bytes:
     """The frame the writer produces for ``payload`` (used to build golden files)."""
     body = struct.pack("<qI", ts_ns, seq | flags) + payload
     length = struct.pack("<I", len(payload))
     return length + struct.pack("<I", crc32c(body, crc32c(length))) + body
-
-
-def record_at(buf: bytes | memoryview, off: int, expect_seq: int | None = None) -> Record | None | str:
-    """The record at ``off``: a Record, None at the end of data (all-zero header or end of
-    buffer), or a string saying why the frame is invalid (validity rules V1-V5)."""
-    if off + CM_REC_HEADER_BYTES > len(buf):
-        return None
-    head = bytes(buf[off : off + CM_REC_HEADER_BYTES])
-    if head == bytes(CM_REC_HEADER_BYTES):
-        return None
-    length, crc, ts, seqflags = _REC_HDR.unpack(head)
-    if length > len(buf) - off - CM_REC_HEADER_BYTES:
-        return f"length {length} runs past the segment end"
-    flags = seqflags & CM_REC_FLAGS_MASK
-    if flags & ~CM_REC_FLAG_ZSTD & 0xFFFFFFFF:
-        return f"unknown flags 0x{flags:08x}"
-    payload = bytes(buf[off + CM_REC_HEADER_BYTES : off + CM_REC_HEADER_BYTES + length])
-    if crc32c(head[8:] + payload, crc32c(head[:4])) != crc:
-        return "crc mismatch"
-    seq = seqflags & CM_REC_SEQ_MASK
-    if expect_seq is not None and seq != expect_seq:
-        return f"sequence {seq}, expected {expect_seq}"
-    return Record(off, seq, flags, ts, payload)
-
-
-@dataclass(frozen=True)
-class Damage:
-    offset: int
-    reason: str
-    first_seq: int  # first sequence number the damage covers
-    lost: int  # records lost (0 for a torn tail)
-    torn_tail: bool
-
-
-def walk_segment(buf: bytes | memoryview, limit: int | None = None) -> Iterator[Record | Damage]:
-    """Yield every valid record of a segment, and a Damage for each invalid stretch.
-
-    After an invalid frame the walk looks for the next valid frame with a higher sequence
-    number (resynchronisation). If one exists the damage is corruption costing ``lost``
-    records; if none does, it is a torn tail and the walk ends.
-    """
-    end = len(buf) if limit is None else min(limit, len(buf))
-    off, seq = CM_SEG_HEADER_BYTES, 0
-    while True:
-        r = record_at(buf[:end] if limit is not None else buf, off, seq)
-        if r is None:
-            return
-        if isinstance(r, Record):
-            yield r
-            off += r.frame_bytes
-            seq += 1
-            continue
-        nxt = _resync(buf, off + 1, seq, end)
-        if nxt is None:
-            yield Damage(off, r, seq, 0, True)
-            return
-        yield Damage(off, r, seq, max(1, nxt.seq - seq), False)
-        off, seq = nxt.offset, nxt.seq
-
-
-def _resync(buf, start: int, min_seq: int, end: int) -> Record | None:
-    for off in range(start, end - CM_REC_HEADER_BYTES + 1):
-        length, _crc, ts, seqflags = _REC_HDR.unpack_from(buf, off)
-        seq = seqflags & CM_REC_SEQ_MASK
-        if seq < min_seq or ts == 0 or length > end - off - CM_REC_HEADER_BYTES:
-            continue
-        r = record_at(buf, off, seq)
-        if isinstance(r, Record):
-            return r
-    return None
 
 
 def parse_index(buf: bytes | memoryview) -> tuple[int, int, list[tuple[int, int, int]]] | None:

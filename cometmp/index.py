@@ -1,24 +1,47 @@
-"""The sparse index of one segment (<base>.idx), read side and rebuild.
+"""The sparse index of one segment (<base>.idx): lookups in its memory map, and rebuild.
 
-Derived data (I8): not checksummed per entry; every entry is checked against the
-segment before use, and a missing or damaged index is rebuilt by walking the segment.
-A writable client persists the rebuilt index (temp file, rename); a read-only one keeps
-it in memory. The writer side lives in native/shard.c (index_note).
+Who may call: a Reader (cometmp.shard) and verify/recover; not thread safe (one per reader).
+
+Lookups follow Kafka's OffsetIndex: the file is mapped read-only and searched in place by
+binary search (cm_index_floor / cm_index_floor_time in native/index.c); it is never
+re-read or parsed in Python, so the newest entry of the active segment costs what an old
+one does, and entries the writer adds (index_note in native/shard.c, under the stream
+lock, ``offset`` stored last) are visible through the shared mapping at once.
+
+Derived data (I8): not checksummed per entry; every entry a lookup returns is checked
+against the segment before use, and a missing or damaged index is rebuilt by walking the
+segment (cm_index_build, the one walker). A writable client persists the rebuilt index
+of a sealed segment (temp file, rename, I7); a read-only one keeps it in memory and
+searches that copy the same way.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
+import mmap
 import os
+import struct
+import time
 
 from . import paths
-from .format import CM_IDX_ENTRY_BYTES, CM_IDX_HEADER_BYTES, CM_SEG_HEADER_BYTES, encode_index, parse_index
+from ._ffi import ffi, lib
+from .format import (
+    CM_IDX_ENTRY_BYTES,
+    CM_IDX_HEADER_BYTES,
+    CM_IDX_MAGIC,
+    CM_IDX_OFF_HEADER_CRC,
+    CM_IDX_VERSION,
+    CM_SEG_HEADER_BYTES,
+    encode_index,
+)
 from .segment import RecordRef, Segment
 
 log = logging.getLogger("cometmp")
 
 DEFAULT_INTERVAL = 4096
+_HDR = struct.Struct("<IHHQI8xI")
+#: how often a reader without a usable index file looks for one again (seconds)
+REMAP_INTERVAL = 1.0
 
 
 def index_capacity(seg_capacity: int, interval: int) -> int:
@@ -26,96 +49,134 @@ def index_capacity(seg_capacity: int, interval: int) -> int:
     return CM_IDX_HEADER_BYTES + (seg_capacity // interval + 2) * CM_IDX_ENTRY_BYTES
 
 
+_NO_TABLE: tuple = (None, ffi.NULL, 0)
+
+
 class SegmentIndex:
-    """Entries (rel, offset, ts) of one segment's index. Not thread safe."""
+    """One segment's index table, mapped (or rebuilt in memory). Thread safe: threads
+    scanning one stream share it, and the lookups run in C without the GIL.
+
+    Handle lifetime (docs/ARCHITECTURE.md §11, L4): the table, its cffi export and its
+    size are one immutable tuple, swapped whole (remap, rebuild, close); every lookup
+    reads it into a local first and has its own output words, so neither a swap nor a
+    ``close()`` in another thread can unmap a table under a lookup in flight (the GC
+    unmaps it after the last holder) or mix two lookups' answers.
+    """
 
     def __init__(self, directory: str, base: int):
         self.path = os.path.join(directory, paths.index_name(base))
         self.base = base
         self.interval = DEFAULT_INTERVAL
-        self.rels: list[int] = []
-        self.entries: list[tuple[int, int, int]] = []
         self.rebuilt = False
-        self._load()
+        self._view: tuple = _NO_TABLE    # (table, cffi export, size)
+        self._mapped_at = 0.0
+        self._map()
 
-    def _load(self) -> None:
+    # ---- the table ----------------------------------------------------------------------
+    def _map(self) -> None:
+        """Map the index file if its header is valid for this segment (FORMAT.md §3.1)."""
+        self._mapped_at = time.monotonic()
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        parsed = parse_index(data) if data else None
-        if parsed is None or parsed[0] != self.base:
-            self.entries, self.rels = [], []
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             return
-        _base, self.interval, self.entries = parsed
-        self.rels = [e[0] for e in self.entries]
+        try:
+            size = os.fstat(fd).st_size
+            if size < CM_IDX_HEADER_BYTES:
+                return
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, ValueError):
+            return
+        finally:
+            os.close(fd)
+        magic, version, _hb, base, interval, hcrc = _HDR.unpack_from(mm, 0)
+        if (magic != CM_IDX_MAGIC or version != CM_IDX_VERSION or base != self.base or interval < 64
+                or hcrc != lib.cm_crc32c(0, mm[:CM_IDX_OFF_HEADER_CRC], CM_IDX_OFF_HEADER_CRC)):
+            mm.close()
+            return
+        self.interval = interval
+        self._use(mm)
 
-    def _check(self, seg: Segment, i: int) -> bool:
-        rel, off, _ts = self.entries[i]
+    def _use(self, table) -> None:
+        self._view = (table, ffi.from_buffer(table), len(table))
+
+    def close(self) -> None:
+        """Drop the table; a lookup in flight keeps its own reference (L4)."""
+        self._view = _NO_TABLE
+
+    @staticmethod
+    def _lookup(fn, view: tuple, key: int) -> tuple[int, int, int] | None:
+        _table, ptr, size = view      # held for the call
+        rel, off, ts = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("int64_t *")
+        if fn(ptr, size, key, rel, off, ts) != 0:
+            return None
+        return int(rel[0]), int(off[0]), int(ts[0])
+
+    def _floor_entry(self, rel: int) -> tuple[int, int, int] | None:
+        if self._view[0] is None and not self.rebuilt and \
+                time.monotonic() - self._mapped_at >= REMAP_INTERVAL:
+            self._map()
+        return self._lookup(lib.cm_index_floor, self._view, min(rel, 0xFFFFFFFF))
+
+    def _floor_time_entry(self, ts_ns: int) -> tuple[int, int, int] | None:
+        return self._lookup(lib.cm_index_floor_time, self._view, ts_ns)
+
+    @staticmethod
+    def _check(seg: Segment, entry: tuple[int, int, int]) -> bool:
+        rel, off, _ts = entry
         return isinstance(seg.record_at(off, rel), RecordRef)
 
     def rebuild(self, seg: Segment, persist: bool) -> None:
         """Rebuild from the segment's records (I8); persist only for sealed segments."""
-        entries: list[tuple[int, int, int]] = []
-        last = -(1 << 62)
-        for rec in seg.walk():
-            if isinstance(rec, str):
-                continue
-            if rec.offset - last >= self.interval:
-                entries.append((rec.seq, rec.offset, rec.ts_ns))
-                last = rec.offset
-        self.entries = entries
-        self.rels = [e[0] for e in entries]
+        table = bytearray(encode_index(self.base, self.interval, [], index_capacity(seg.size, self.interval)))
+        count = ffi.new("uint32_t *")
+        ptr, mm = seg.ptr, seg.mm     # locals: held for the call (L4)
+        if ptr is not None and mm is not None:
+            buf = ffi.from_buffer(table)
+            try:
+                lib.cm_index_build(ptr, seg.size, self.interval, buf, len(table), count)
+            finally:
+                ffi.release(buf)
+        self._use(table)
         self.rebuilt = True
         if persist:
             tmp = self.path + paths.TMP_SUFFIX
             try:
                 with open(tmp, "wb") as f:
-                    f.write(encode_index(self.base, self.interval, entries,
-                                         index_capacity(seg.size, self.interval)))
+                    f.write(table)
                 os.replace(tmp, self.path)
-                log.info("cometmp: rebuilt index %s (%d entries)", self.path, len(entries))
+                log.info("cometmp: rebuilt index %s (%d entries)", self.path, count[0])
             except OSError as e:  # the in-memory index still serves; retry next open
                 log.warning("cometmp: could not persist rebuilt index %s: %s", self.path, e)
 
+    # ---- lookups ------------------------------------------------------------------------
     def floor(self, seg: Segment, target: int, persist: bool) -> tuple[int, int]:
         """(offset, seq) of a record at or before relative entry ``target``."""
-        if not self.entries or target > self.rels[-1]:
-            self._load()
-        i = bisect.bisect_right(self.rels, target) - 1
-        if i < 0:
-            if not self.entries and not self.rebuilt and target > 0:
+        hit = self._floor_entry(target)
+        if hit is None:
+            if not self.rebuilt and target > 0 and self._floor_entry(0xFFFFFFFF) is None:
                 # I8: a segment with records always has an index entry for its first
                 # one, so an empty table means the file is missing or damaged
                 self.rebuild(seg, persist)
-                i = bisect.bisect_right(self.rels, target) - 1
-            if i < 0:
+                hit = self._floor_entry(target)
+            if hit is None:
                 return CM_SEG_HEADER_BYTES, 0
-        if not self._check(seg, i):
+        if not self._check(seg, hit):
             log.warning("cometmp: index %s does not match its segment; rebuilding", self.path)
             self.rebuild(seg, persist)
-            i = bisect.bisect_right(self.rels, target) - 1
-            if i < 0:
+            hit = self._floor_entry(target)
+            if hit is None or not self._check(seg, hit):
                 return CM_SEG_HEADER_BYTES, 0
-        rel, off, _ = self.entries[i]
+        rel, off, _ = hit
         return off, rel
 
     def floor_time(self, seg: Segment, ts_ns: int) -> tuple[int, int]:
         """(offset, seq) of an indexed record with timestamp < ts_ns (or the first)."""
-        self._load()
-        lo, hi = 0, len(self.entries)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.entries[mid][2] < ts_ns:
-                lo = mid + 1
-            else:
-                hi = mid
-        i = lo - 1
-        if i < 0:
+        hit = self._floor_time_entry(ts_ns)
+        if hit is None:
             return CM_SEG_HEADER_BYTES, 0
-        if not self._check(seg, i):
+        if not self._check(seg, hit):
             self.rebuild(seg, False)
             return CM_SEG_HEADER_BYTES, 0
-        rel, off, _ = self.entries[i]
+        rel, off, _ = hit
         return off, rel

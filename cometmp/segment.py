@@ -1,8 +1,11 @@
-"""A segment file mapped read-only, and the walk over its records (native/segment.c).
+"""A segment file mapped read-only, and the walk over its records (native/segment.c,
+native/walker.c).
 
-Record validity (V1-V5) and resynchronisation after damage are the C core's
-(cm_record_at, cm_resync); this module only maps files and turns results into Python.
-Segment files never change size after creation (I9), so one mapping serves for life.
+Record validity (V1-V5) and "the next valid record" after damage (FORMAT.md §2.4) are
+implemented once, in the C walker (cm_walk_next); this module only maps files and turns
+its results into Python: a ``RecordRef`` per record and a structured ``Damage`` finding
+per damaged stretch. Segment files never change size after creation (I9), so one mapping
+serves for life.
 """
 
 from __future__ import annotations
@@ -12,11 +15,24 @@ import mmap
 import os
 from typing import Iterator, NamedTuple
 
-from ._ffi import ffi, last_error, lib
+from ._ffi import ffi, lib
 from .errors import ClosedError
 from .format import CM_REC_HEADER_BYTES, CM_SEG_HEADER_BYTES
 
 log = logging.getLogger("cometmp")
+
+SEQ_ANY = 0xFFFFFFFF
+
+#: cm_damage.cause -> Damage.cause
+CAUSES = {
+    lib.CM_DAMAGE_LENGTH: "length",
+    lib.CM_DAMAGE_FLAGS: "flags",
+    lib.CM_DAMAGE_CRC: "crc",
+    lib.CM_DAMAGE_SEQ: "sequence",
+    lib.CM_DAMAGE_END: "end-of-data",
+}
+#: cm_damage.end -> Damage.end
+ENDS = {lib.CM_DAMAGE_RESYNC: "resync", lib.CM_DAMAGE_LIMIT: "limit", lib.CM_DAMAGE_TORN: "torn"}
 
 
 class RecordRef(NamedTuple):
@@ -29,6 +45,29 @@ class RecordRef(NamedTuple):
     @property
     def frame_bytes(self) -> int:
         return CM_REC_HEADER_BYTES + self.length
+
+
+class Damage(NamedTuple):
+    """A damaged stretch found by the walker (FORMAT.md §2.4), as data, never as a message.
+
+    ``end``: ``"resync"`` corruption, a valid record follows at ``resume`` and ``lost``
+    entries are gone; ``"limit"`` no valid record follows below the walk's published
+    limit, whose last ``lost`` entries are gone; ``"torn"`` a torn tail, nothing published
+    lost. ``cause``: the rule the frame at ``offset`` failed (``"end-of-data"``: zeros or a
+    cut file below the published count)."""
+
+    offset: int
+    first_seq: int
+    lost: int
+    cause: str
+    end: str
+    resume: int
+    reason: str  # human-readable text of cause (for messages only)
+
+    @classmethod
+    def from_c(cls, d) -> "Damage":
+        reason = ffi.string(lib.cm_damage_reason(d.cause, d.frame_len, d.frame_seqflags, d.first_seq)).decode()
+        return cls(d.offset, d.first_seq, d.lost, CAUSES.get(d.cause, "invalid"), ENDS[d.end], d.resume, reason)
 
 
 class Segment:
@@ -52,6 +91,8 @@ class Segment:
         self._rec = ffi.new("cm_record *")
         self.header_ok = mm is not None and lib.cm_segment_header_check(self.ptr, size, ffi.NULL, ffi.NULL) == 0
         if mm is not None and not self.header_ok:
+            from ._ffi import last_error
+
             log.warning("cometmp: %s: %s (reading records anyway)", path, last_error())
 
     @classmethod
@@ -66,18 +107,18 @@ class Segment:
 
     def record_at(self, off: int, seq: int) -> RecordRef | None | str:
         """The record at off (expected sequence seq, -1 for any); None at end of data;
-        a reason string when the frame is invalid."""
-        ptr = self.ptr
+        the text of the rule it fails when the frame is invalid (for messages)."""
+        ptr, mm = self.ptr, self.mm    # locals: a close() elsewhere cannot unmap them (L4)
         if ptr is None:
             raise ClosedError(f"{self.path} is closed")
-        if self.mm is None and ptr == ffi.NULL:
+        if mm is None or ptr == ffi.NULL:
             return None
         # take the scratch record (threads scanning one stream share this Segment, and
         # the call runs without the GIL): a second concurrent caller gets its own
         r, self._rec = self._rec, None
         if r is None:
             r = ffi.new("cm_record *")
-        rc = lib.cm_record_at(ptr, self.size, off, seq & 0xFFFFFFFF, r)
+        rc = lib.cm_frame_check(ptr, self.size, off, seq & 0xFFFFFFFF, r)
         if rc == 1:
             ref = RecordRef(off, r.seq, r.flags, r.ts_ns, r.len)
             self._rec = r      # handed back only after its fields are read
@@ -85,35 +126,40 @@ class Segment:
         self._rec = r
         if rc == 0:
             return None
-        return last_error()
+        head = mm[off : off + CM_REC_HEADER_BYTES]
+        ln = int.from_bytes(head[0:4], "little")
+        sf = int.from_bytes(head[16:20], "little")
+        return ffi.string(lib.cm_damage_reason(-rc, ln, sf, seq & 0xFFFFFFFF)).decode()
 
-    def walk(self, off: int = CM_SEG_HEADER_BYTES, seq: int = 0, stop_seq: int | None = None
-             ) -> Iterator[RecordRef | str]:
-        """Records from (off, seq) in order. A damaged stretch yields one reason string and
-        the walk resumes at the next valid record; a torn tail ends it. Stops before
-        ``stop_seq`` (exclusive) so a reader never looks at unpublished bytes; with
-        ``stop_seq`` given, an end of data before it is damage too."""
-        while stop_seq is None or seq < stop_seq:
-            r = self.record_at(off, seq)
-            if r is None:
-                if stop_seq is None:
-                    return
-                # end of data before the published count: the missing records were
-                # zeroed or cut (damage, I2), so look for the published ones after them
-                r = "end of data before the published count (zeroed or missing bytes)"
-            if isinstance(r, RecordRef):
-                yield r
-                off += r.frame_bytes
-                seq += 1
-                continue
-            nxt = self.resync(off + 1, seq)
-            if nxt < 0:
+    def walk(self, off: int = CM_SEG_HEADER_BYTES, seq: int = 0, stop_seq: int | None = None,
+             skip_to: int = 0) -> Iterator[RecordRef | Damage]:
+        """Records from (off, seq) in order, and a ``Damage`` per damaged stretch (the walk
+        resumes after it at the next valid record; a torn tail or damage running to the
+        limit ends it). With ``stop_seq`` (a published limit: the stream's committed count
+        or the next segment's base) the walk stops before it, so a reader never looks at
+        unpublished records (I2), and an end of data before it is damage. Records below
+        ``skip_to`` are stepped over in C (a point read's walk from an index entry)."""
+        ptr, mm = self.ptr, self.mm    # held by this generator for as long as it walks (L4)
+        if ptr is None:
+            raise ClosedError(f"{self.path} is closed")
+        if mm is None or ptr == ffi.NULL:
+            return
+        # per walk, not per segment: a paused scan and a point read may walk one segment
+        w, rec, dmg = ffi.new("cm_walk *"), ffi.new("cm_record *"), ffi.new("cm_damage *")
+        if stop_seq is None:
+            stop, published = SEQ_ANY, 0
+        else:
+            stop = published = max(0, min(stop_seq, SEQ_ANY))
+        lib.cm_walk_init(w, ptr, self.size, off, seq, stop, published)
+        step, seek = lib.cm_walk_next, lib.cm_walk_seek
+        while True:
+            rc = seek(w, skip_to, rec, dmg) if skip_to else step(w, rec, dmg)
+            if rc == 1:
+                yield RecordRef(rec.offset, rec.seq, rec.flags, rec.ts_ns, rec.len)
+            elif rc == 2:
+                yield Damage.from_c(dmg)
+            else:
                 return
-            yield f"{self.path}: offset {off}: {r}"
-            r2 = self.record_at(nxt, -1)
-            if not isinstance(r2, RecordRef):  # pragma: no cover - resync validated it
-                return
-            off, seq = nxt, r2.seq
 
     def resync(self, off: int, min_seq: int) -> int:
         """cm_resync from ``off``: the offset of the next valid frame, or < 0."""

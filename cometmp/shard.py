@@ -32,7 +32,7 @@ from .format import (
     COUNTERS,
 )
 from .index import SegmentIndex
-from .segment import Segment
+from .segment import Damage, Segment
 
 log = logging.getLogger("cometmp")
 
@@ -253,7 +253,7 @@ class Reader:
         seg = self._segment(base)
         count = 0
         for rec in seg.walk():
-            if not isinstance(rec, str):
+            if not isinstance(rec, Damage):
                 count = rec.seq + 1
         return base + count
 
@@ -270,9 +270,7 @@ class Reader:
         if seg is None:
             self._check()
             if len(self._segments) >= self.MAX_MAPPED:
-                oldest = next(iter(self._segments))
-                self._segments.pop(oldest).close()
-                self._indexes.pop(oldest, None)
+                self._drop(next(iter(self._segments)))
             seg = Segment.open(os.path.join(self.directory, paths.segment_name(base)), base)
             self._segments[base] = seg
         return seg
@@ -281,7 +279,9 @@ class Reader:
         seg = self._segments.pop(base, None)
         if seg is not None:
             seg.close()
-        self._indexes.pop(base, None)
+        idx = self._indexes.pop(base, None)
+        if idx is not None:
+            idx.close()
 
     def _index(self, base: int) -> SegmentIndex:
         idx = self._indexes.get(base)
@@ -307,19 +307,26 @@ class Reader:
             raise EntryNotFound(f"{self.name}: no entry {entry} (length {committed})")
         base = self._base_for(entry)
         target = entry - base
+        lost = None
         for attempt in (0, 1):
             if attempt:  # an empty active segment may have been replaced: remap once
                 self._drop(base)
             seg = self._segment(base)
             idx = self._index(base)
             off, seq = idx.floor(seg, target, self.writable_index and base != self._bases[-1])
-            for item in seg.walk(off, seq, committed - base):
-                if isinstance(item, str):
+            nb = self._next_base(base)
+            # I2: walk only published entries; the successor's base or the committed
+            # count is also the count below which an end of data is damage (FORMAT.md 2.4)
+            for item in seg.walk(off, seq, min(committed, nb if nb is not None else committed) - base,
+                                 skip_to=target):
+                if isinstance(item, Damage):
+                    if item.first_seq <= target < item.first_seq + item.lost:
+                        lost = item
+                        break
                     continue
                 if item.seq == target:
                     return seg, item
-                if item.seq > target:
-                    break
+                break
             if seg.record_at(CM_SEG_HEADER_BYTES, 0) is not None:
                 break
         if base < self._bases[-1] or entry < committed:
@@ -327,8 +334,8 @@ class Reader:
             if entry < first:
                 raise EntryNotFound(f"{self.name}: entry {entry} was removed by retention")
             raise CorruptRecord(
-                f"{seg.path}: entry {entry} is damaged (failed its checksum)",
-                path=seg.path, offset=off, entry=entry,
+                f"{seg.path}: entry {entry} is damaged ({lost.reason if lost else 'failed its checksum'})",
+                path=seg.path, offset=lost.offset if lost else off, entry=entry,
             )
         raise EntryNotFound(f"{self.name}: no entry {entry}")
 
@@ -363,9 +370,9 @@ class Reader:
             progressed = False
             next_base = self._next_base(base)
             stop = (next_base if next_base is not None else committed) - base
-            for item in seg.walk(off, seq, stop):
+            for item in seg.walk(off, seq, stop, skip_to=entry - base):
                 self._check()
-                if isinstance(item, str):
+                if isinstance(item, Damage):
                     continue  # the entries it cost are counted from the gap below
                 e = base + item.seq
                 if e < entry:
@@ -423,8 +430,9 @@ class Reader:
         base = bases[lo]
         seg = self._segment(base)
         off, seq = self._index(base).floor_time(seg, ts_ns)
-        for item in seg.walk(off, seq, committed - base):
-            if isinstance(item, str):
+        nb = self._next_base(base)
+        for item in seg.walk(off, seq, min(committed, nb if nb is not None else committed) - base):
+            if isinstance(item, Damage):
                 continue
             if base + item.seq >= committed:
                 break
@@ -438,6 +446,8 @@ class Reader:
         self._closed = True
         for seg in list(self._segments.values()):
             seg.close()
+        for idx in self._indexes.values():
+            idx.close()
         self._segments.clear()
         self._indexes.clear()
         self.state.close()

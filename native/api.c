@@ -17,6 +17,8 @@ static const cm_api table = {
     cm_record_at,
     cm_shard_ref_raw,
     cm_shard_unref,
+    cm_walk_init,
+    cm_walk_next,
 };
 
 void *cm_api_table(void) { return (void *)&table; }

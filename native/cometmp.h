@@ -89,13 +89,79 @@ int  cm_shard_snapshot(cm_shard *s, cm_snapshot *out);
 int  cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry);
 int  cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta);
 
-/* segment.c: stateless record parsing over a mapped segment. */
+/* segment.c: stateless record parsing over a mapped segment.
+ * cm_frame_check: CM_REC_VALID, CM_REC_END, or -CM_DAMAGE_* (no message);
+ * cm_record_at: the same with CM_E_CORRUPT and a message for cm_last_error(). */
+int  cm_frame_check(const uint8_t *map, uint64_t size, uint64_t off,
+                    uint32_t expect_seq, cm_record *out);
 int  cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
                   uint32_t expect_seq, cm_record *out);
-int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from,
-                  uint32_t min_seq);
 int  cm_segment_header_check(const uint8_t *map, uint64_t size,
                              uint64_t *base, uint64_t *capacity);
+
+/* walker.c: the one walk over a segment's records (FORMAT.md 2.4). See the
+ * comment at the top of walker.c for the rule. */
+#define CM_WALK_DONE      0
+#define CM_WALK_RECORD    1
+#define CM_WALK_DAMAGE    2
+#define CM_SEQ_ANY        0xFFFFFFFF   /* stop: no limit */
+
+/* cm_damage.cause: the validity rule the frame at `offset` failed */
+#define CM_DAMAGE_LENGTH  2   /* V2: the payload runs past the end of the file */
+#define CM_DAMAGE_FLAGS   3   /* V3: unknown flag bits */
+#define CM_DAMAGE_CRC     4   /* V4: checksum mismatch */
+#define CM_DAMAGE_SEQ     5   /* V5: another sequence than the expected one */
+#define CM_DAMAGE_END     6   /* V1 end of data below the published count: zeroed or cut */
+
+/* cm_damage.end: how the damaged stretch ends */
+#define CM_DAMAGE_RESYNC  1   /* a valid record follows at `resume`: corruption */
+#define CM_DAMAGE_LIMIT   2   /* none before the limit: the published entries up to it are lost */
+#define CM_DAMAGE_TORN    3   /* none, and nothing published is lost: a torn tail */
+
+typedef struct cm_walk {
+    const uint8_t *map;
+    uint64_t size;        /* bytes of map the walk may look at */
+    uint64_t off;         /* offset of the next frame */
+    uint32_t seq;         /* sequence expected there */
+    uint32_t stop;        /* walk only sequences below this (CM_SEQ_ANY: no limit) */
+    uint32_t published;   /* sequences below this were published: an end of data before it is damage */
+    int32_t  done;
+} cm_walk;
+
+typedef struct cm_damage {
+    uint64_t offset;          /* of the invalid frame, where `first_seq` was expected */
+    uint64_t resume;          /* offset of the next valid record (RESYNC), else = offset */
+    uint32_t first_seq;       /* first sequence of the damaged stretch */
+    uint32_t lost;            /* entries lost: found - first_seq, limit - first_seq, or 0 (torn) */
+    int32_t  cause;           /* CM_DAMAGE_LENGTH .. CM_DAMAGE_END */
+    int32_t  end;             /* CM_DAMAGE_RESYNC, _LIMIT or _TORN */
+    uint32_t frame_len;       /* raw len and seqflags of the invalid frame (0 at an end of data) */
+    uint32_t frame_seqflags;
+} cm_damage;
+
+void cm_walk_init(cm_walk *w, const uint8_t *map, uint64_t size, uint64_t off, uint32_t seq,
+                  uint32_t stop, uint32_t published);
+int  cm_walk_next(cm_walk *w, cm_record *rec, cm_damage *dmg);
+/* cm_walk_next until a record with seq >= target, damage, or the end */
+int  cm_walk_seek(cm_walk *w, uint32_t target, cm_record *rec, cm_damage *dmg);
+/* walk to the end: count records and lost entries; *last = the last record */
+int  cm_walk_count(cm_walk *w, cm_record *last, uint64_t *records, uint64_t *lost);
+int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from,
+                  uint32_t min_seq);
+/* text of a damage cause for messages (never parsed back) */
+const char *cm_damage_reason(int32_t cause, uint32_t len, uint32_t seqflags, uint32_t expect_seq);
+
+/* index.c: lookups in a mapped index file (header + entries, FORMAT.md 3), by
+ * binary search; no entry is trusted: callers check the record it names (I8).
+ * CM_OK with the entry, CM_E_NOTFOUND when no entry is at or before the key. */
+int  cm_index_floor(const uint8_t *idx, uint64_t idx_bytes, uint32_t rel,
+                    uint32_t *entry_rel, uint64_t *entry_off, int64_t *entry_ts);
+int  cm_index_floor_time(const uint8_t *idx, uint64_t idx_bytes, int64_t ts_ns,
+                         uint32_t *entry_rel, uint64_t *entry_off, int64_t *entry_ts);
+/* the entries of a segment's index, built by walking it (I8): writes up to
+ * `cap` entries at idx + 32 (the caller provides the header), *count = entries */
+int  cm_index_build(const uint8_t *seg, uint64_t seg_size, uint32_t interval,
+                    uint8_t *idx, uint64_t idx_bytes, uint32_t *count);
 
 /* crc32c.c */
 uint32_t cm_crc32c(uint32_t crc, const void *buf, size_t len);

@@ -60,3 +60,98 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
     *fd_out = fd;
     return CM_OK;
 }
+
+/* ----------------------------------------------------------- lookups
+ *
+ * Kafka's OffsetIndex: look entries up in the mapping, never re-read or parse
+ * the file. The table is a prefix of entries followed by zeros (preallocated,
+ * FORMAT.md 3.2: offset 0 ends it; the writer stores `offset` last), so its
+ * length and the floor of a key are both found by binary search. A damaged
+ * table can mislead the search, never the reader: the caller checks the record
+ * an entry names before it walks from there (I8). */
+
+static inline const uint8_t *idx_entry(const uint8_t *idx, uint64_t i) {
+    return idx + CM_IDX_HEADER_BYTES + i * CM_IDX_ENTRY_BYTES;
+}
+
+/* number of entries: the first slot whose offset is 0 */
+static uint64_t idx_count(const uint8_t *idx, uint64_t idx_bytes) {
+    if (!idx || idx_bytes < CM_IDX_HEADER_BYTES) return 0;
+    uint64_t lo = 0, hi = (idx_bytes - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (__atomic_load_n((const uint32_t *)(idx_entry(idx, mid) + CM_IDXE_OFF_OFFSET),
+                            __ATOMIC_ACQUIRE) != 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int idx_hit(const uint8_t *idx, uint64_t i, uint32_t *rel, uint64_t *off, int64_t *ts) {
+    const uint8_t *e = idx_entry(idx, i);
+    if (rel) *rel = get32(e + CM_IDXE_OFF_REL);
+    if (off) *off = get32(e + CM_IDXE_OFF_OFFSET);
+    if (ts) *ts = (int64_t)get64(e + CM_IDXE_OFF_TS);
+    return CM_OK;
+}
+
+int cm_index_floor(const uint8_t *idx, uint64_t idx_bytes, uint32_t rel,
+                   uint32_t *entry_rel, uint64_t *entry_off, int64_t *entry_ts) {
+    uint64_t lo = 0, hi = idx_count(idx, idx_bytes);   /* last entry with rel <= key */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (get32(idx_entry(idx, mid) + CM_IDXE_OFF_REL) <= rel)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0) return CM_E_NOTFOUND;
+    return idx_hit(idx, lo - 1, entry_rel, entry_off, entry_ts);
+}
+
+int cm_index_floor_time(const uint8_t *idx, uint64_t idx_bytes, int64_t ts_ns,
+                        uint32_t *entry_rel, uint64_t *entry_off, int64_t *entry_ts) {
+    uint64_t lo = 0, hi = idx_count(idx, idx_bytes);   /* last entry with ts < key (I6) */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if ((int64_t)get64(idx_entry(idx, mid) + CM_IDXE_OFF_TS) < ts_ns)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0) return CM_E_NOTFOUND;
+    return idx_hit(idx, lo - 1, entry_rel, entry_off, entry_ts);
+}
+
+/* Rebuild (I8): an entry for the first record and then for the first record at
+ * least `interval` bytes after the previous entry's, as index_note() in shard.c. */
+int cm_index_build(const uint8_t *seg, uint64_t seg_size, uint32_t interval,
+                   uint8_t *idx, uint64_t idx_bytes, uint32_t *count) {
+    *count = 0;
+    if (idx_bytes < CM_IDX_HEADER_BYTES || interval < 64)
+        return cm_fail(CM_E_ARG, 0, "index of %llu bytes, interval %u",
+                       (unsigned long long)idx_bytes, interval);
+    uint64_t cap = (idx_bytes - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES;
+    memset(idx + CM_IDX_HEADER_BYTES, 0, cap * CM_IDX_ENTRY_BYTES);
+    cm_walk w;
+    cm_record r;
+    cm_damage d;
+    cm_walk_init(&w, seg, seg_size, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
+    uint64_t last = 0, n = 0;
+    int rc;
+    while ((rc = cm_walk_next(&w, &r, &d)) != CM_WALK_DONE) {
+        if (rc != CM_WALK_RECORD) continue;
+        if (n && r.offset - last < interval) continue;
+        if (n == cap) break;
+        uint8_t *e = idx + CM_IDX_HEADER_BYTES + n * CM_IDX_ENTRY_BYTES; /* rel(4) offset(4) ts_ns(8) */
+        put32(e + CM_IDXE_OFF_REL, r.seq);
+        put32(e + CM_IDXE_OFF_OFFSET, (uint32_t)r.offset);
+        put64(e + CM_IDXE_OFF_TS, (uint64_t)r.ts_ns);
+        last = r.offset;
+        n++;
+    }
+    *count = (uint32_t)n;
+    return CM_OK;
+}

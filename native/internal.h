@@ -93,6 +93,10 @@ typedef struct cm_api {
        returns NULL unless p is the head of a live cm_shard */
     struct cm_shard *(*shard_ref)(void *p);
     void (*shard_unref)(struct cm_shard *s);
+    /* appended for the one walker (native/walker.c) */
+    void (*walk_init)(struct cm_walk *w, const uint8_t *map, uint64_t size, uint64_t off,
+                      uint32_t seq, uint32_t stop, uint32_t published);
+    int (*walk_next)(struct cm_walk *w, struct cm_record *rec, struct cm_damage *dmg);
 } cm_api;
 
 struct cm_shard *cm_shard_ref_raw(void *p);

@@ -4,9 +4,9 @@
  * reading thread). Python-level work per record (a cffi call, a RecordRef, a
  * slice) costs ~1 us, twenty times the budget of a 5 M entries/s reader, so
  * the record walk and the per-entry objects live here. The record rules stay
- * the core's: every frame is validated by cm_record_at (V1-V5), reached
- * through the function table the cffi module exports (api.c), so both
- * extensions share one copy of the code.
+ * the core's: records come from the one walker (walker.c: V1-V5 and FORMAT.md
+ * 2.4), reached through the function table the cffi module exports (api.c), so
+ * both extensions share one copy of the code.
  *
  * A Batch holds, per entry, a pointer into a segment mapping plus length,
  * flags, timestamp, entry number and stream index; it keeps every mapping it
@@ -167,11 +167,17 @@ static PyObject *Batch_add_stream(Batch *b, PyObject *const *args, Py_ssize_t na
 enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
 
 /* fill(stream_index, mapping, base, off, seq, stop_seq, max_n)
- *   -> (off, seq, added, status)
+ *   -> (off, seq, added, status, lost, resume, end)
  * Appends the valid records of one segment from (off, seq) while seq <
- * stop_seq (I2: never past the published count) and added < max_n.
- * status: 0 stopped at a limit, 1 end of the segment's data, 2 a frame at
- * `off` failed validation (the caller resynchronises, as Segment.walk). */
+ * stop_seq (I2: never past the published count, which is also the count below
+ * which an end of data is damage) and added < max_n, walking with the core's
+ * one walker (walker.c, through the api.c table).
+ * status: 0 stopped at a limit (max_n or stop_seq); 2 damage at (off, seq),
+ * not consumed (1, the end of the segment's data, no longer occurs: below
+ * stop_seq an end of data is damage): `lost` entries are lost, and with end ==
+ * CM_DAMAGE_RESYNC the walk continues at (resume, seq + lost); with
+ * CM_DAMAGE_LIMIT nothing valid follows below stop_seq. The caller decides
+ * (a stale mapping of a replaced segment looks like damage, consumer.py). */
 static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "fill(stream_index, mapping, base, off, seq, stop_seq, max_n)");
@@ -188,6 +194,10 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_IndexError, "stream index out of range");
         return NULL;
     }
+    if (seq > CM_REC_SEQ_MASK || stop > CM_REC_SEQ_MASK + 1ull) {
+        PyErr_SetString(PyExc_ValueError, "sequence out of range");
+        return NULL;
+    }
     if (b->exports) {
         PyErr_SetString(PyExc_BufferError, "cannot grow a batch while views of it exist");
         return NULL;
@@ -200,28 +210,38 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
     if (ensure_cap(b, b->n + max_n) < 0) return NULL;
     Py_ssize_t added = 0;
     int status = FILL_MORE;
+    cm_walk w;
     cm_record r;
+    cm_damage d = {0};
+    api->walk_init(&w, map, size, off, (uint32_t)seq, (uint32_t)stop, (uint32_t)stop);
     Py_ssize_t n = b->n;
-    while (added < max_n && seq < stop) {
-        int rc = api->record_at(map, size, off, (uint32_t)seq, &r);
-        if (rc != CM_REC_VALID) {
-            status = rc == CM_REC_END ? FILL_END : FILL_DAMAGED;
+    for (;;) {
+        if (added >= max_n) break;
+        uint64_t at = w.off;
+        uint32_t at_seq = w.seq;
+        int rc = api->walk_next(&w, &r, &d);
+        if (rc == CM_WALK_DONE) break;
+        if (rc == CM_WALK_DAMAGE) {
+            status = FILL_DAMAGED;
+            w.off = at;              /* report the damage where it starts */
+            w.seq = at_seq;
             break;
         }
-        b->ptr[n] = map + off + CM_REC_HEADER_BYTES;
+        b->ptr[n] = map + r.offset + CM_REC_HEADER_BYTES;
         b->len[n] = r.len;
         b->flags[n] = r.flags;
         b->ts[n] = r.ts_ns;
-        b->entry[n] = base + seq;
+        b->entry[n] = base + r.seq;
         b->sidx[n] = (uint32_t)si;
         b->hidx[n] = (uint32_t)h;
         n++;
         added++;
-        off += r.frame_bytes;
-        seq++;
     }
     b->n = n;
-    return Py_BuildValue("(KKni)", off, seq, added, status);
+    return Py_BuildValue("(KKniIKi)", (unsigned long long)w.off, (unsigned long long)w.seq, added,
+                         status, (unsigned int)(status == FILL_DAMAGED ? d.lost : 0),
+                         (unsigned long long)(status == FILL_DAMAGED ? d.resume : w.off),
+                         status == FILL_DAMAGED ? d.end : 0);
 }
 
 /* A read-only memoryview of entry i that shares one managed buffer per mapping:
@@ -440,7 +460,7 @@ static PyMethodDef Batch_methods[] = {
     {"add_stream", (PyCFunction)(void (*)(void))Batch_add_stream, METH_FASTCALL,
      "add_stream(name, shard) -> stream index"},
     {"fill", (PyCFunction)(void (*)(void))Batch_fill, METH_FASTCALL,
-     "fill(stream_index, mapping, base, off, seq, stop_seq, max_n) -> (off, seq, added, status)"},
+     "fill(stream_index, mapping, base, off, seq, stop_seq, max_n) -> (off, seq, added, status, lost, resume, end)"},
     {"payloads", (PyCFunction)Batch_payloads, METH_NOARGS,
      "payloads() -> list of the entries' data (bytes, or memoryviews with zero_copy)"},
     {"ack_points", (PyCFunction)Batch_ack_points, METH_NOARGS,
@@ -506,7 +526,7 @@ static PyObject *configure(PyObject *m, PyObject *args) {
     PyObject *sm, *mid, *dec;
     if (!PyArg_ParseTuple(args, "KOOO", &addr, &sm, &mid, &dec)) return NULL;
     const cm_api *t = (const cm_api *)(uintptr_t)addr;
-    if (!t || t->version != CM_API_VERSION || !t->record_at) {
+    if (!t || t->version != CM_API_VERSION || !t->record_at || !t->walk_next) {
         PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
         return NULL;
     }

@@ -101,9 +101,11 @@ static int all_zero(const uint8_t *p, size_t n) {
  *  V2 the payload lies inside the file
  *  V3 only known flag bits are set
  *  V4 the crc matches
- *  V5 the relative sequence equals the expected one (when given)           */
-int cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
-                 uint32_t expect_seq, cm_record *out) {
+ *  V5 the relative sequence equals the expected one (when given)
+ * Returns CM_REC_VALID, CM_REC_END, or -CM_DAMAGE_* naming the rule that failed;
+ * it formats no message (the walker calls it for every frame and candidate). */
+int cm_frame_check(const uint8_t *map, uint64_t size, uint64_t off,
+                   uint32_t expect_seq, cm_record *out) {
     if (off + CM_REC_HEADER_BYTES > size)
         return CM_REC_END;
     const uint8_t *p = map + off;
@@ -112,19 +114,15 @@ int cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
     uint32_t len = get32(p + CM_REC_OFF_LEN);
     uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
     if ((uint64_t)len > size - off - CM_REC_HEADER_BYTES)
-        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: length %u runs past the segment end",
-                       (unsigned long long)off, len);
+        return -CM_DAMAGE_LENGTH;
     if ((sf & CM_REC_FLAGS_MASK) & ~CM_REC_FLAG_ZSTD)
-        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: unknown flags 0x%08x",
-                       (unsigned long long)off, sf & CM_REC_FLAGS_MASK);
+        return -CM_DAMAGE_FLAGS;
     uint32_t c = cm_crc32c(0, p, 4);
     c = cm_crc32c(c, p + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + len);
     if (c != get32(p + CM_REC_OFF_CRC))
-        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: crc mismatch",
-                       (unsigned long long)off);
+        return -CM_DAMAGE_CRC;
     if (expect_seq != 0xFFFFFFFFu && (sf & CM_REC_SEQ_MASK) != expect_seq)
-        return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: sequence %u, expected %u",
-                       (unsigned long long)off, sf & CM_REC_SEQ_MASK, expect_seq);
+        return -CM_DAMAGE_SEQ;
     if (out) {
         out->len = len;
         out->flags = sf & CM_REC_FLAGS_MASK;
@@ -137,24 +135,37 @@ int cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
     return CM_REC_VALID;
 }
 
-/* After a frame that failed validation, find the next offset holding a valid
- * frame whose sequence is at least min_seq; -1 when none (a torn tail). */
-int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from, uint32_t min_seq) {
-    for (uint64_t off = from; off + CM_REC_HEADER_BYTES <= size; off++) {
-        const uint8_t *p = map + off;
-        uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
-        uint32_t seq = sf & CM_REC_SEQ_MASK;
-        if (seq < min_seq || ((sf & CM_REC_FLAGS_MASK) & ~CM_REC_FLAG_ZSTD))
-            continue;
-        uint32_t len = get32(p + CM_REC_OFF_LEN);
-        if ((uint64_t)len > size - off - CM_REC_HEADER_BYTES)
-            continue;
-        if (get64(p + CM_REC_OFF_TS) == 0)
-            continue;
-        if (cm_record_at(map, size, off, seq, NULL) == CM_REC_VALID)
-            return (int64_t)off;
+/* cm_frame_check() with a message for cm_last_error() when the frame is invalid. */
+int cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
+                 uint32_t expect_seq, cm_record *out) {
+    int rc = cm_frame_check(map, size, off, expect_seq, out);
+    if (rc >= 0)
+        return rc;
+    const uint8_t *p = map + off;
+    return cm_fail(CM_E_CORRUPT, 0, "record at offset %llu: %s", (unsigned long long)off,
+                   cm_damage_reason(-rc, get32(p + CM_REC_OFF_LEN),
+                                    get32(p + CM_REC_OFF_SEQFLAGS), expect_seq));
+}
+
+/* Text of a damage cause, for messages only (never parsed: findings carry the code). */
+const char *cm_damage_reason(int32_t cause, uint32_t len, uint32_t seqflags, uint32_t expect_seq) {
+    static __thread char buf[96];
+    switch (cause) {
+    case CM_DAMAGE_LENGTH:
+        snprintf(buf, sizeof buf, "length %u runs past the segment end", len);
+        return buf;
+    case CM_DAMAGE_FLAGS:
+        snprintf(buf, sizeof buf, "unknown flags 0x%08x", seqflags & CM_REC_FLAGS_MASK);
+        return buf;
+    case CM_DAMAGE_CRC:
+        return "crc mismatch";
+    case CM_DAMAGE_SEQ:
+        snprintf(buf, sizeof buf, "sequence %u, expected %u", seqflags & CM_REC_SEQ_MASK, expect_seq);
+        return buf;
+    case CM_DAMAGE_END:
+        return "end of data before the published count (zeroed or missing bytes)";
     }
-    return -1;
+    return "invalid frame";
 }
 
 /* Zero [from, to) touching only non-zero 4 KiB blocks; returns the number of

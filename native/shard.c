@@ -233,32 +233,39 @@ static int list_segments(cm_shard *s, uint64_t *min_base, uint64_t *max_base,
     return CM_OK;
 }
 
-/* Walk valid frames from (off, seq). Stops at the end of data or at damage
- * that no later valid frame follows (a torn tail). Damage followed by valid
- * frames is corruption: counted, skipped by resynchronising (FORMAT.md
- * "Recovery"). Rebuilds index entries for what it walks when asked. */
-static void walk(cm_shard *s, uint64_t off, uint32_t seq, uint64_t limit, int note,
-                 uint64_t *tail, uint32_t *next_seq, int64_t *last_ts, uint64_t *corrupt) {
+/* Walk the active segment from (off, seq) with the one walker (walker.c,
+ * FORMAT.md 2.4) up to `limit` bytes: stop/published as in cm_walk. Damage
+ * followed by valid frames is corruption: counted, skipped. An end of data (or
+ * damage no valid frame follows) at or above `published` ends the walk: *tail is
+ * its offset; below `published` the walk reports the published entries as lost
+ * and *tail is left at the damage (the caller keeps the published tail).
+ * Rebuilds index entries for what it walks when asked. *damaged = findings. */
+static void walk(cm_shard *s, uint64_t off, uint32_t seq, uint64_t limit, uint32_t stop,
+                 uint32_t published, int note, uint64_t *tail, uint32_t *next_seq,
+                 int64_t *last_ts, uint64_t *corrupt, uint32_t *damaged) {
+    cm_walk w;
     cm_record r;
-    for (;;) {
-        int rc = cm_record_at(s->seg_map, limit, off, seq, &r);
-        if (rc == CM_REC_VALID) {
-            if (note) index_note(s, off, seq, r.ts_ns);
+    cm_damage d;
+    int rc;
+    cm_walk_init(&w, s->seg_map, limit, off, seq, stop, published);
+    uint64_t end = off;
+    while ((rc = cm_walk_next(&w, &r, &d)) != CM_WALK_DONE) {
+        if (rc == CM_WALK_RECORD) {
+            if (note) index_note(s, r.offset, r.seq, r.ts_ns);
             *last_ts = r.ts_ns;
-            off += r.frame_bytes;
-            seq++;
+            end = w.off;
             continue;
         }
-        if (rc == CM_REC_END) break;
-        int64_t nx = cm_resync(s->seg_map, limit, off + 1, seq);
-        if (nx < 0) break;
-        cm_record_at(s->seg_map, limit, (uint64_t)nx, 0xFFFFFFFFu, &r);
-        *corrupt += r.seq > seq ? r.seq - seq : 1;
-        off = (uint64_t)nx;
-        seq = r.seq;
+        if (d.end == CM_DAMAGE_TORN) {
+            end = d.offset;
+            break;
+        }
+        (*damaged)++;
+        *corrupt += d.lost;
+        end = w.off;
     }
-    *tail = off;
-    *next_seq = seq;
+    *tail = end;
+    *next_seq = w.seq;
 }
 
 /* Zero everything after the tail that holds data; returns bytes dropped
@@ -389,8 +396,9 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             }
         }
         uint64_t c0 = 0;
-        walk(s, start, sseq, st->tail, 0, &tail, &nseq, &last_ts, &c0);
-        if (tail != st->tail || nseq != want || c0) {
+        uint32_t d0 = 0;
+        walk(s, start, sseq, st->tail, want, want, 0, &tail, &nseq, &last_ts, &c0, &d0);
+        if (tail != st->tail || nseq != want || d0) {
             trusted = 0;
         } else {
             /* entries past the kept one may describe the dead writer's unpublished
@@ -398,14 +406,14 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             st->idx_count = keep;
             if (st->idx_count == 0) st->idx_last_off = 0;
             /* re-note the entries between the kept index point and the tail */
-            uint64_t t2; uint32_t q2; int64_t ts2; uint64_t c2 = 0;
+            uint64_t t2; uint32_t q2, d2 = 0; int64_t ts2; uint64_t c2 = 0;
             if (st->idx_count) {
                 const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES +
                                    (uint64_t)(st->idx_count - 1) * CM_IDX_ENTRY_BYTES;
                 st->idx_last_off = get32(e + CM_IDXE_OFF_OFFSET);
             }
             index_clear_from(s, st->idx_count);
-            walk(s, start, sseq, st->tail, 1, &t2, &q2, &ts2, &c2);
+            walk(s, start, sseq, st->tail, want, want, 1, &t2, &q2, &ts2, &c2, &d2);
             /* I4: bytes of an unpublished write lie in [tail, reserve_end), but
                zero everything past the tail, not only that stretch or only when
                the tail is not already zero: frames left after a run of zeros
@@ -424,19 +432,23 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         st->idx_count = 0;
         st->idx_last_off = 0;
         index_clear_from(s, 0);
-        walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, 1, &tail, &nseq, &last_ts, &corrupt);
-        /* I1/I2: if this boot's state page published more entries than the walk
-           found, the missing ones at the end are damaged, not torn: they were
-           acknowledged. Keep their numbers and the published tail (the damage
-           stays reported by readers and verify); never hand their entry numbers
-           out again. */
-        if (!state_fresh && !header_repairs && st->active_base == B && same_boot &&
-            st->committed > B + nseq && st->committed - B < (1u << 28) &&
-            st->tail > tail && st->tail <= s->seg_cap) {
-            corrupt += st->committed - B - nseq;
-            nseq = (uint32_t)(st->committed - B);
-            tail = st->tail;
-        }
+        /* I1/I2: this boot's state page (same boot_id, same active segment) tells
+           how many entries were published. Below that count an end of data is
+           damage (zeroed or cut bytes), not the end: the walk resynchronises past
+           it (FORMAT.md 2.4), and published entries no valid frame holds any more
+           are lost but keep their numbers and the published tail - they were
+           acknowledged, so their entry numbers are never handed out again. The
+           damage stays reported by readers and verify. */
+        uint32_t published = 0;
+        int pub_known = !state_fresh && !header_repairs && st->active_base == B && same_boot &&
+                        st->committed > B && st->committed - B < (1u << 28) &&
+                        st->tail > CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap;
+        if (pub_known) published = (uint32_t)(st->committed - B);
+        uint32_t damaged = 0;
+        walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, CM_SEQ_ANY, published, 1, &tail, &nseq,
+             &last_ts, &corrupt, &damaged);
+        if (pub_known && nseq == published && st->tail > tail)
+            tail = st->tail;   /* the walk ended in damage right below the published tail */
         dropped = zero_after(s, tail, s->seg_cap);
         if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
         if (state_fresh) st->first_entry = min_base;

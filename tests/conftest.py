@@ -1,8 +1,8 @@
 """Shared fixtures and helpers of cometmp's test tiers (unit/, crash/, ...).
 
 Everything here works on real files under ``tmp_path`` and real processes: no mocks.
-``cometmp.format`` (the pure-Python reader) is the oracle the tests check the C core
-against.
+``tests/oracle.py`` (the pure-Python reader) is the oracle the tests check the C core's
+one walker against.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import pytest
 import cometmp
 from cometmp import format as fmt
 from cometmp import paths
+
+import oracle
 
 MiB = 1024 * 1024
 
@@ -69,15 +71,80 @@ def segment_files(root: str, stream: str) -> list[tuple[int, str]]:
     return [(b, os.path.join(d, paths.segment_name(b))) for b in paths.list_segment_bases(d)]
 
 
-def oracle_walk(path: str) -> tuple[list[fmt.Record], list[fmt.Damage]]:
-    """All records and damage of a segment file, according to the pure-Python reader."""
+def oracle_walk(path: str) -> tuple[list[oracle.Record], list[oracle.Damage]]:
+    """All records and damage of a segment file, according to the pure-Python reader; on
+    the way, assert that the package's one walker (native/walker.c) agrees with it."""
     with open(path, "rb") as f:
         buf = f.read()
     assert fmt.segment_header_ok(buf), f"{path}: bad segment header"
     recs, damage = [], []
-    for item in fmt.walk_segment(buf):
-        (recs if isinstance(item, fmt.Record) else damage).append(item)
+    for item in oracle.walk_segment(buf):
+        (recs if isinstance(item, oracle.Record) else damage).append(item)
+    assert_walkers_agree(path, buf)
     return recs, damage
+
+
+def published_limits(path: str) -> list[int | None]:
+    """The limits readers walk a segment with: none, and the published count below which
+    an end of data is damage (the successor's base of a sealed segment, the state page's
+    committed count for the active one, FORMAT.md §2.4)."""
+    directory = os.path.dirname(path)
+    base = int(os.path.basename(path)[:20])
+    bases = paths.list_segment_bases(directory)
+    limits: list[int | None] = [None]
+    later = [b for b in bases if b > base]
+    if later:
+        limits.append(later[0] - base)
+    else:
+        try:
+            with open(os.path.join(directory, paths.STATE), "rb") as f:
+                page = f.read(fmt.CM_STATE_BYTES)
+        except OSError:
+            page = b""
+        if len(page) == fmt.CM_STATE_BYTES and int.from_bytes(page[:4], sys.byteorder) == fmt.CM_STATE_MAGIC:
+            committed = int.from_bytes(page[fmt.CM_STATE_OFF_COMMITTED:fmt.CM_STATE_OFF_COMMITTED + 8],
+                                       sys.byteorder)
+            if committed >= base:
+                limits.append(committed - base)
+    return limits
+
+
+def c_walk_items(path: str, stop: int | None) -> list[tuple]:
+    """The C walker's view (Segment.walk): records and damage findings as plain tuples."""
+    from cometmp.segment import Damage, Segment
+
+    seg = Segment.open(path, int(os.path.basename(path)[:20]))
+    try:
+        return [("damage", i.offset, i.first_seq, i.lost, i.end, i.cause) if isinstance(i, Damage)
+                else ("record", i.offset, i.seq, i.flags, i.ts_ns, i.length)
+                for i in seg.walk(stop_seq=stop)]
+    finally:
+        seg.close()
+
+
+def oracle_items(buf: bytes, stop: int | None) -> list[tuple]:
+    """The oracle's view of the same walk, as the same tuples."""
+    return [("damage", i.offset, i.first_seq, i.lost, i.end, i.reason) if isinstance(i, oracle.Damage)
+            else ("record", i.offset, i.seq, i.flags, i.ts_ns, len(i.payload))
+            for i in oracle.walk_segment(buf, stop=stop, published=stop or 0)]
+
+
+def assert_walkers_agree(path: str, buf: bytes | None = None) -> int:
+    """The C walker and the oracle agree on every record and every finding of a segment,
+    under every limit a reader uses (published_limits). Returns the number of findings."""
+    if buf is None:
+        with open(path, "rb") as f:
+            buf = f.read()
+    findings = 0
+    for stop in published_limits(path):
+        c, o = c_walk_items(path, stop), oracle_items(buf, stop)
+        if c != o:
+            diff = next((i for i, (a, b) in enumerate(zip(c, o)) if a != b), min(len(c), len(o)))
+            raise AssertionError(f"{path} (limit {stop}): the C walker and the oracle disagree at item "
+                                 f"{diff}: {c[diff:diff + 2]} vs {o[diff:diff + 2]} "
+                                 f"({len(c)} vs {len(o)} items)")
+        findings += sum(item[0] == "damage" for item in c)
+    return findings
 
 
 def tree_fingerprint(root: str) -> dict[str, tuple]:
@@ -107,3 +174,24 @@ def payload_for(tag: str, n: int, size: int) -> bytes:
         return head[:size] if size else b""
     rnd = random.Random(f"{tag}:{n}")
     return head + rnd.randbytes(size - len(head))
+
+
+@pytest.fixture(autouse=True)
+def _damage_suites_walkers_agree(request):
+    """After every test of the damage suites (tests/crash) that worked in ``tmp_path``:
+    every segment it left, damaged or not, reads the same with the C walker and the
+    oracle (assert_walkers_agree). Fixtures shared by a module are checked where their
+    tests call oracle_walk()."""
+    if "tmp_path" not in request.fixturenames or os.sep + "crash" + os.sep not in str(request.path):
+        yield
+        return
+    root = str(request.getfixturevalue("tmp_path"))
+    yield
+    for dirpath, _dirs, files in os.walk(root):
+        for fn in sorted(files):
+            if fn.endswith(paths.SEGMENT_SUFFIX) and len(fn) == 20 + len(paths.SEGMENT_SUFFIX):
+                path = os.path.join(dirpath, fn)
+                with open(path, "rb") as f:
+                    buf = f.read()
+                if fmt.segment_header_ok(buf):
+                    assert_walkers_agree(path, buf)

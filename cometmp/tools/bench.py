@@ -24,6 +24,9 @@ What is measured (100-byte payloads, docs/PERFORMANCE.md explains every figure):
 * ``filehandler``  ``logger.info(msg)`` on a logger whose only handler is a
   ``logging.FileHandler`` (``%(message)s``, 100-char message, flushed per record),
   i.e. what an application pays per line; timed like ``append``.
+* ``read``         ``client.read(stream, entry)`` of the newest entry against an old one
+  (the middle of a 200,000-entry stream), mean per call over 2,000 calls each; the two
+  must be within 2x (the index is searched in its memory map).
 * ``durable`` (unless ``--no-durable``): ``durability="always"`` single append (fsync per
   call) against SQLite ``synchronous=FULL`` autocommit.
 
@@ -275,6 +278,37 @@ def _bench_cometmp_append_many(root: str, entries: int, warmup_batches: int) -> 
         "p99_batch_us": _pct(st, 99) / 1e3,
         "max_batch_us": st[-1] / 1e3,
     }
+
+
+def _bench_reads(root: str, entries: int, calls: int) -> dict:
+    """``client.read(stream, entry)`` of the newest entry (the active segment's tail: the
+    index lookup hits the last entry of a table the writer is still filling) against an
+    old one (the middle of the stream), mean per call. Both look the entry up in the mapped
+    sparse index and walk at most one index interval (native/index.c, walker.c)."""
+    import cometmp
+
+    d = os.path.join(root, "reads")
+    with cometmp.Client(d, config=_config()) as c:
+        lg = c.log("read", shards=1)
+        pay = _payload()
+        for _ in range(0, entries, BATCH):
+            lg.append_many([pay] * BATCH)
+        stream = lg.streams[0]
+        newest = c.length(stream) - 1
+        old = newest // 2
+        out = {}
+        for key, entry in (("newest", newest), ("old", old)):
+            for _ in range(min(100, calls)):
+                c.read(stream, entry)
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                c.read(stream, entry)
+            out[f"{key}_ns"] = (time.perf_counter_ns() - t0) / calls
+        out["newest_vs_old"] = out["newest_ns"] / out["old_ns"]
+        out["calls"] = calls
+        out["entries"] = c.length(stream)
+    shutil.rmtree(d, ignore_errors=True)
+    return out
 
 
 def _sqlite_conn(path: str, synchronous: str) -> sqlite3.Connection:
@@ -622,6 +656,7 @@ def _run_single(args, root: str) -> dict:
             durable["cometmp_always"].append(_bench_cometmp_durable(root, durable_calls, timer_ns))
             durable["sqlite_full"].append(_bench_sqlite_full(root, durable_calls, timer_ns))
     results = {k: _merge_rounds(v) for k, v in rounds.items()}
+    results["read"] = _bench_reads(root, min(n, 200_000), 2000 if not args.quick else 200)
     res_ratios = {k: _median(v) for k, v in ratios.items()}
     res_ratios["vs_comet_append"] = COMET_REFERENCE["append_ns"] / results["append"]["mean_ns"]
     res_ratios["vs_comet_append_many"] = (results["append_many"]["entries_per_s"]
@@ -728,6 +763,10 @@ def _print_single(doc: dict) -> None:
               f"(p99 {_fmt_ns(c['p99_sampled_ns'])}, {c['calls']} calls)")
         print(f"  {'durable: SQLite WAL synchronous=FULL':44} {_fmt_ns(s['mean_ns']):>10} "
               f"(p99 {_fmt_ns(s['p99_sampled_ns'])}, {s['calls']} calls)")
+    if "read" in r:
+        x = r["read"]
+        print(f"  {'client.read: newest entry / an old one':44} {_fmt_ns(x['newest_ns']):>10} / "
+              f"{_fmt_ns(x['old_ns'])} per call ({x['newest_vs_old']:.2f}x, {x['entries']} entries)")
     print("  ratios (median over rounds of same-round figures):")
     print(f"    append vs SQLite insert        {q['vs_sqlite']:8.1f}x faster")
     print(f"    append vs FileHandler emit     {q['vs_filehandler']:8.1f}x faster")

@@ -292,12 +292,15 @@ def _print_problems(problems, limit: int | None = None) -> None:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify_directory
+    from .verify import OracleUnavailable, verify_directory
 
     root = _data_dir(args.dir)
     progress = Progress("verify")
     try:
         report = verify_directory(root, oracle=args.oracle, progress=progress)
+    except OracleUnavailable as e:
+        print(f"cometmp verify: {e}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         progress.done()
     if args.json:

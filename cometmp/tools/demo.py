@@ -176,7 +176,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse(argv) -> argparse.Namespace:
-    from .client import MAX_SHARDS, DIR_FORMAT
+    from ..client import MAX_SHARDS, DIR_FORMAT
 
     ap = _Parser(prog="cometmp demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=12.0, help="how long to drive load, >= 1 (default 12)")

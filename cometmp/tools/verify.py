@@ -7,9 +7,11 @@ not judged, I2). What it checks, per stream directory (docs/FORMAT.md):
 
 * segment headers: magic, version, header checksum, base equal to the file name, capacity
   equal to the file size (I9), stream checksum equal to the stream's name;
-* every record of every segment, with the C core (``Segment.walk`` over cm_record_at /
-  cm_resync) and, with ``oracle=True``, also with the pure-Python ``format.walk_segment``;
-  the two must agree record for record;
+* every record of every segment, with the one walker (``Segment.walk`` over
+  cm_walk_next, native/walker.c), whose damage findings are structured (cause, offset,
+  first entry, entries lost) and become ``Problem``s; with ``oracle=True`` also with the
+  tests' independent pure-Python reader (tests/oracle.py, loaded by ``load_oracle()``):
+  the two must agree record for record and finding for finding;
 * entry numbering: each sealed segment holds exactly the entries up to the next
   segment's base (I1), and the active segment holds every published entry (I2);
 * index files: header, base, and every entry points at a valid record of its segment (I8);
@@ -29,9 +31,12 @@ a sealed segment, deletes leftover temp files of dead processes, and verifies ag
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import struct
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -56,19 +61,18 @@ from ..format import (
     CM_STATE_OFF_TAIL,
     CM_STATE_OFF_VERSION,
     CM_STATE_VERSION,
-    Damage,
-    Record,
     parse_index,
-    walk_segment,
 )
 
 __all__ = [
     "DirectoryReport",
     "NotADataDirectory",
+    "OracleUnavailable",
     "Problem",
     "RecoveryReport",
     "StreamReport",
     "check_data_directory",
+    "load_oracle",
     "recover_directory",
     "verify_directory",
 ]
@@ -84,6 +88,33 @@ class NotADataDirectory(Exception):
     """The path does not exist or is not a cometmp data directory (CLI exit code 3)."""
 
 
+class OracleUnavailable(Exception):
+    """``verify --oracle`` cannot find the tests' oracle (tests/oracle.py; CLI exit 2)."""
+
+
+#: environment variable naming the oracle's file when the package is not in a source tree
+ORACLE_ENV = "COMETMP_ORACLE"
+
+
+@functools.lru_cache(maxsize=None)
+def load_oracle():
+    """The independent pure-Python reader used by ``verify --oracle``: the test suite's
+    oracle (tests/oracle.py), which is deliberately not part of the package (the package
+    reads records through its one walker only). Found at ``$COMETMP_ORACLE``, or next to
+    the package in a source tree (``<checkout>/tests/oracle.py``)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.environ.get(ORACLE_ENV) or os.path.join(package_root, "tests", "oracle.py")
+    if not os.path.isfile(path):
+        raise OracleUnavailable(
+            f"the pure-Python oracle is not installed with the package: run from a source checkout "
+            f"(tests/oracle.py) or set {ORACLE_ENV} to its path (looked for {path})")
+    spec = importlib.util.spec_from_file_location("cometmp_tests_oracle", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
 @dataclass
 class Problem:
     severity: str  # "error" | "warning"
@@ -91,6 +122,10 @@ class Problem:
     path: str  # the file concerned
     offset: int | None  # byte offset in that file, when it applies
     message: str
+    # structured damage findings (kind "corrupt-record" / "missing-entries"), else None
+    cause: str | None = None  # rule the frame failed: length, flags, crc, sequence, end-of-data
+    first_entry: int | None = None  # first entry the damage covers
+    entries_lost: int | None = None
 
     def __str__(self) -> str:
         where = self.path if self.offset is None else f"{self.path}: offset {self.offset}"
@@ -107,8 +142,9 @@ class StreamReport:
     committed: int | None = None
     problems: list[Problem] = field(default_factory=list)
 
-    def add(self, severity: str, kind: str, path: str, offset: int | None, message: str) -> None:
-        self.problems.append(Problem(severity, kind, path, offset, message))
+    def add(self, severity: str, kind: str, path: str, offset: int | None, message: str,
+            **finding) -> None:
+        self.problems.append(Problem(severity, kind, path, offset, message, **finding))
 
 
 @dataclass
@@ -311,33 +347,28 @@ def _read_header(seg_path: str, mm) -> tuple[int, int, int, int, int]:
 
 
 def _walk_c(seg, stop_seq: int | None) -> tuple[list, list, int, int]:
-    """Walk a segment with the C core. Returns (records, damages, end_offset, next_seq):
-    records as (offset, seq, ts); damages as (offset, first_seq, lost, reason). The walk
-    ends at the end of data, at ``stop_seq``, or at an invalid frame no valid frame follows
-    (end_offset then points at it; -1 when the walk stopped inside a damaged stretch)."""
+    """Walk a segment with the one walker. Returns (records, damages, end_offset, next_seq):
+    records as (offset, seq, ts); damages as ``segment.Damage`` findings, except a torn tail,
+    which ends the walk like an end of data. ``end_offset`` is where the walk ended (the
+    torn tail, the end of data, or the limit), -1 when it ended in damage that ran to the
+    limit ``stop_seq``; ``next_seq`` is the first sequence after what was walked."""
+    from ..segment import Damage
+
     records: list[tuple[int, int, int]] = []
-    damages: list[tuple[int, int, int, str]] = []
+    damages: list = []
     off, seq = CM_SEG_HEADER_BYTES, 0
-    pending: tuple[int, int, str] | None = None
     for item in seg.walk(stop_seq=stop_seq):
-        if isinstance(item, str):
-            # Segment.walk reports "<path>: offset <off>: <reason>" at the expected offset
-            reason = item
-            for prefix in (f"{seg.path}: offset {off}: ", f"record at offset {off}: "):
-                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
-            pending = (off, seq, reason)
+        if isinstance(item, Damage):
+            if item.end == "torn":
+                return records, damages, item.offset, item.first_seq
+            damages.append(item)
+            if item.end == "limit":
+                return records, damages, -1, item.first_seq + item.lost
+            off, seq = item.resume, item.first_seq + item.lost
             continue
-        if pending is not None:
-            damages.append((pending[0], pending[1], max(1, item.seq - pending[1]), pending[2]))
-            pending = None
         records.append((item.offset, item.seq, item.ts_ns))
         off = item.offset + item.frame_bytes
         seq = item.seq + 1
-    if pending is not None:
-        # damage right below stop_seq: the walk stopped at the resynchronised record
-        lost = max(1, stop_seq - pending[1]) if stop_seq is not None else 1
-        damages.append((pending[0], pending[1], lost, pending[2]))
-        return records, damages, -1, pending[1] + lost
     return records, damages, off, seq
 
 
@@ -386,26 +417,38 @@ def _check_segment(root: str, name: str, directory: str, base: int, next_base: i
         active = next_base is None
         stop = None
         if active and state.valid and state.committed >= base:
-            stop = state.committed - base
+            stop = state.committed - base   # I2: judge only what was published
+        elif not active:
+            stop = max(0, next_base - base)  # sealed: the successor's base proves the count (I1)
         records, damages, end, nseq = _walk_c(seg, stop)
         rep.records += len(records)
-        for off, first_seq, lost, reason in damages:
-            rep.corrupt_records += lost
-            rep.add(ERROR, "corrupt-record", seg_path, off, f"{reason}; {_entries(base + first_seq, lost)} lost")
+        for d in damages:
+            rep.corrupt_records += d.lost
+            finding = {"cause": d.cause, "first_entry": base + d.first_seq, "entries_lost": d.lost}
+            lost = _entries(base + d.first_seq, d.lost) + " lost" if d.lost else "no entry lost"
+            if d.end == "resync":
+                rep.add(ERROR, "corrupt-record", seg_path, d.offset, f"{d.reason}; {lost}", **finding)
+            elif active:
+                rep.add(ERROR, "missing-entries", seg_path, d.offset,
+                        f"{_entries(base + d.first_seq, d.lost)} are published (state committed "
+                        f"{state.committed}) but not readable (I2)"
+                        + ("" if d.cause == "end-of-data" else f": {d.reason}"), **finding)
+            elif d.cause == "end-of-data":
+                rep.add(ERROR, "missing-entries", seg_path, d.offset,
+                        f"{_entries(base + d.first_seq, d.lost)} missing before the next segment (I1)",
+                        **finding)
+            else:
+                # damage at the end of a sealed segment: the next segment's base proves the
+                # records existed, so this is corruption, not a torn tail
+                rep.add(ERROR, "corrupt-record", seg_path, d.offset, f"{d.reason}; {lost}", **finding)
 
         # what follows the last valid record
         tail_item = seg.record_at(end, -1) if end >= 0 else None
         if end < 0:
-            pass  # stopped at stop_seq inside a damaged stretch: reported above
+            pass  # ended in damage that ran to the limit: reported above
         elif active:
             if stop is not None:
-                if nseq < stop:
-                    rep.add(ERROR, "missing-entries", seg_path, end,
-                            f"entries {base + nseq}..{state.committed - 1} are published (state committed "
-                            f"{state.committed}) but not readable (I2)"
-                            + (f": {tail_item}" if isinstance(tail_item, str) else ""))
-                    rep.corrupt_records += stop - nseq
-                elif isinstance(tail_item, str):  # (a valid record there was published since)
+                if isinstance(tail_item, str):  # (a valid record there was published since)
                     rep.add(WARNING, "torn-tail", seg_path, end,
                             "invalid bytes after the published tail (a write in progress, or a torn tail "
                             "that the next writer open zeroes, I4)")
@@ -422,23 +465,7 @@ def _check_segment(root: str, name: str, directory: str, base: int, next_base: i
                     rep.add(WARNING, "torn-tail", seg_path, end,
                             f"torn tail ({tail_item}); the next writer open zeroes it")
         else:
-            lost = next_base - (base + nseq)
-            if isinstance(tail_item, str) and lost > 0:
-                # damage at the end of a sealed segment: the next segment's base proves the
-                # records existed, so this is corruption, not a torn tail
-                reason = tail_item
-                prefix = f"record at offset {end}: "
-                reason = reason[len(prefix):] if reason.startswith(prefix) else reason
-                rep.corrupt_records += lost
-                rep.add(ERROR, "corrupt-record", seg_path, end, f"{reason}; {_entries(base + nseq, lost)} lost")
-            elif lost > 0:
-                rep.corrupt_records += lost
-                rep.add(ERROR, "missing-entries", seg_path, end,
-                        f"{_entries(base + nseq, lost)} missing before the next segment (I1)")
-            elif lost < 0:
-                rep.add(ERROR, "overlap", seg_path, end,
-                        f"holds entries up to {base + nseq - 1} but the next segment starts at {next_base} (I1)")
-            elif isinstance(tail_item, str):
+            if isinstance(tail_item, str):
                 rep.add(WARNING, "garbage", seg_path, end,
                         f"non-zero bytes after the last record of a sealed segment ({tail_item}); no entry lost")
             elif tail_item is not None:
@@ -448,7 +475,7 @@ def _check_segment(root: str, name: str, directory: str, base: int, next_base: i
         if oracle:
             _check_oracle(seg, seg_path, stop, records, damages, end, rep)
 
-        walked = ({o: (q, t) for o, q, t in records}, {d[0]: d[1] for d in damages})
+        walked = ({o: (q, t) for o, q, t in records}, {d.offset: d.first_seq for d in damages})
         if end >= 0 and isinstance(tail_item, str):
             walked[1][end] = nseq  # an index entry may point at the damaged last record
         _check_index(directory, base, seg, stop, rep, walked)
@@ -458,21 +485,20 @@ def _check_segment(root: str, name: str, directory: str, base: int, next_base: i
 
 def _check_oracle(seg, seg_path: str, stop: int | None, records: list, damages: list, end: int,
                   rep: StreamReport) -> None:
-    """Walk the segment again with the pure-Python reader; the two must agree."""
+    """Walk the segment again with the independent pure-Python reader (the tests' oracle,
+    tests/oracle.py) under the same limits; records and findings must agree."""
+    oracle = load_oracle()
     buf = memoryview(seg.mm)
     o_records: list[tuple[int, int, int]] = []
     o_damages: list[tuple[int, int, int, str]] = []
     try:
-        for item in walk_segment(buf):
-            if isinstance(item, Record):
-                if stop is not None and item.seq >= stop:
-                    break
-                o_records.append((item.offset, item.seq, item.ts_ns))
-            elif isinstance(item, Damage):
-                if stop is not None and item.first_seq >= stop:
-                    break
+        walk = oracle.walk_segment(buf, stop=stop, published=stop or 0)
+        for item in walk:
+            if isinstance(item, oracle.Damage):
                 if not item.torn_tail:
-                    o_damages.append((item.offset, item.first_seq, item.lost, item.reason))
+                    o_damages.append((item.offset, item.first_seq, item.lost, item.end))
+            else:
+                o_records.append((item.offset, item.seq, item.ts_ns))
     finally:
         buf.release()
     if o_records != records:
@@ -483,10 +509,12 @@ def _check_oracle(seg, seg_path: str, stop: int | None, records: list, damages: 
         rep.add(ERROR, "oracle", seg_path, where,
                 f"the C core and the Python oracle disagree: {len(records)} vs {len(o_records)} valid records, "
                 f"first difference at record {diff}")
-    elif [d[:2] for d in o_damages] != [d[:2] for d in damages]:
+        return
+    c_damages = [(d.offset, d.first_seq, d.lost, d.end) for d in damages]
+    if o_damages != c_damages:
         rep.add(ERROR, "oracle", seg_path, None,
-                f"the C core and the Python oracle disagree on damaged stretches (offset, seq): "
-                f"{[d[:2] for d in damages]} vs {[d[:2] for d in o_damages]}")
+                f"the C core and the Python oracle disagree on damaged stretches (offset, seq, lost, end): "
+                f"{c_damages} vs {o_damages}")
 
 
 def _check_index(directory: str, base: int, seg, stop: int | None, rep: StreamReport,
@@ -584,6 +612,8 @@ def verify_directory(root: str, oracle: bool = False, progress: Progress | None 
     """Check every stream of data directory ``root``. Read-only. Raises NotADataDirectory."""
     root = os.path.abspath(root)
     check_data_directory(root)
+    if oracle:
+        load_oracle()  # OracleUnavailable before any work
     report = DirectoryReport(root, oracle)
     _check_families(root, report)
     for d in (root, os.path.join(root, paths.CONSUMERS)):
@@ -702,8 +732,9 @@ def recover_directory(root: str, progress: Progress | None = None) -> RecoveryRe
                 report.failures.append(f"{seg_path}: cannot open: {e}")
                 continue
             try:
-                records, damages, _end, _nseq = _walk_c(seg, None)
-                walked = ({o: (q, t) for o, q, t in records}, {d[0]: d[1] for d in damages})
+                nb = bases[bases.index(base) + 1]
+                records, damages, _end, _nseq = _walk_c(seg, nb - base)
+                walked = ({o: (q, t) for o, q, t in records}, {d.offset: d.first_seq for d in damages})
                 _check_index(directory, base, seg, None, probe, walked)
                 if probe.problems:
                     idx = SegmentIndex(directory, base)

@@ -20,6 +20,8 @@ from cometmp import paths
 from cometmp.tools import cli
 from cometmp import format as fmt
 
+import oracle
+
 MiB = 1024 * 1024
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cometmp.__file__)))
 
@@ -68,10 +70,10 @@ def sealed_segment(d: str, stream: str) -> str:
     return os.path.join(directory, paths.segment_name(bases[0]))
 
 
-def records_of(seg_path: str) -> list[fmt.Record]:
+def records_of(seg_path: str) -> list[oracle.Record]:
     with open(seg_path, "rb") as f:
         buf = f.read()
-    return [r for r in fmt.walk_segment(buf) if isinstance(r, fmt.Record)]
+    return [r for r in oracle.walk_segment(buf) if isinstance(r, oracle.Record)]
 
 
 def flip_byte(path: str, offset: int, mask: int = 0x20) -> None:
@@ -470,7 +472,7 @@ def test_format_doc_worked_example_is_a_segment_verify_accepts(capsys, tmp_path)
     rc, doc = run_json(capsys, "verify", d, "--oracle")
     assert rc == 0 and doc["records"] == 3
     assert [p["kind"] for p in doc["streams"]["example"]["problems"]] == ["state"]  # no state page
-    recs = [r for r in fmt.walk_segment(seg + bytes(4096 - len(seg))) if isinstance(r, fmt.Record)]
+    recs = [r for r in oracle.walk_segment(seg + bytes(4096 - len(seg))) if isinstance(r, oracle.Record)]
     assert [r.payload for r in recs] == [b"hi", b"", b"hello, cometmp"]
 
 
