@@ -15,6 +15,9 @@ iso=()
 [ "${COMETMP_BUILD_ISOLATION:-1}" = "0" ] && iso=(--no-isolation)
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
+# Link without the interpreter's LDFLAGS: a pyenv-built Python bakes -Wl,-rpath,<its prefix>/lib
+# into LDSHARED, which would leave this machine's path as RUNPATH in every extension.
+export LDSHARED="${LDSHARED:-${CC:-gcc} -shared}"
 raw="$(mktemp -d)"
 trap 'rm -rf "$raw"' EXIT
 # python -m build makes the sdist, then builds the wheel from the unpacked sdist, so a file

@@ -87,6 +87,27 @@ def test_wheel_is_manylinux_and_carries_stubs_and_license(artifacts: tuple[Path,
     assert not [n for n in names if n.startswith(("native/", "tests/"))]
 
 
+def test_wheel_extensions_need_only_libc_and_carry_no_build_paths(
+        artifacts: tuple[Path, Path], tmp_path: Path) -> None:
+    """No RPATH/RUNPATH pointing at the build machine (pyenv bakes one into LDSHARED), and
+    every extension NEEDs libc (auditwheel detects the libc from them)."""
+    from elftools.elf.dynamic import DynamicSection  # pyelftools: an auditwheel dependency
+    from elftools.elf.elffile import ELFFile
+
+    with zipfile.ZipFile(artifacts[1]) as zf:
+        zf.extractall(tmp_path)
+    sos = sorted((tmp_path / "cometmp").glob("*.so"))
+    assert len(sos) == 3
+    for so in sos:
+        with open(so, "rb") as f:
+            dyn = next(s for s in ELFFile(f).iter_sections() if isinstance(s, DynamicSection))
+            tags = [(t.entry.d_tag, getattr(t, "needed", None)) for t in dyn.iter_tags()]
+        assert not [t for t, _ in tags if t in ("DT_RPATH", "DT_RUNPATH")], so.name
+        needed = {n for t, n in tags if t == "DT_NEEDED"}
+        assert "libc.so.6" in needed and needed <= {"libc.so.6", "ld-linux-x86-64.so.2",
+                                                    "libpthread.so.0"}, (so.name, needed)
+
+
 SMOKE = """
 import json, sys
 import cometmp
