@@ -1,0 +1,30 @@
+"""Type stubs for cometmp._cffi, the cffi module native/build_ffi.py builds from native/cometmp.h.
+
+The integer constants (#define in cometmp.h) are declared one by one; a test checks
+the list against the header. The cm_* functions take and return cffi objects
+(cdata pointers, structs), which have no static types, so they are Any.
+"""
+
+from typing import Any
+
+class _Lib:
+    CM_OK: int
+    CM_E_IO: int
+    CM_E_NOSPACE: int
+    CM_E_TOOBIG: int
+    CM_E_CORRUPT: int
+    CM_E_FORMAT: int
+    CM_E_READONLY: int
+    CM_E_FORKED: int
+    CM_E_NOTFOUND: int
+    CM_E_CLOSED: int
+    CM_E_ARG: int
+    CM_DURABILITY_NONE: int
+    CM_DURABILITY_INTERVAL: int
+    CM_DURABILITY_ALWAYS: int
+    CM_REC_VALID: int
+    CM_REC_END: int
+    def __getattr__(self, name: str) -> Any: ...  # the cm_* functions of cometmp.h
+
+ffi: Any  # a cffi.FFI instance (cffi ships no type information)
+lib: _Lib
