@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
 done
 if [ ${#pythons[@]} -eq 0 ]; then
     for v in 3.10 3.11 3.12 3.13; do
-        p=$(ls -d "$HOME"/.pyenv/versions/"$v".*/bin/python3 2>/dev/null | sort -V | tail -1)
+        p=$(ls -d "${PYENV_ROOT:-${HOME:-/root}/.pyenv}"/versions/"$v".*/bin/python3 2>/dev/null | sort -V | tail -1)
         [ -n "$p" ] && pythons+=("$p")
     done
 fi
