@@ -3,7 +3,7 @@
 Read-only and never registers: it maps the registry, reads the table (under the
 membership lock for at most 1 s, else racily) and checks each holder's liveness from
 /proc (pid + start time, I21), so a killed worker shows ``alive: false`` at once,
-before any sweep. cometmp/cli.py prints it.
+before any sweep. cometmp/tools/cli.py prints it.
 
 Document: ``directory``, ``registry`` (shm name or null), ``version``, ``process_count``,
 ``epoch``, ``families`` ({prefix: shard count}), ``slots`` (one item per slot
