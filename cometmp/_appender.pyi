@@ -53,7 +53,7 @@ class Appender:
         api_addr: int,
         names: list[str],
         numbers: list[int],
-        router: Callable[[Any], int],
+        router: Callable[[Any], int] | None,
         compress: Callable[[memoryview], bytes | None] | None,
         compress_min: int,
         on_error: Callable[[int, int, str, int, int], bool],
@@ -66,3 +66,9 @@ class Appender:
     def set_handle(self, index: int, address: int, /) -> None: ...
     def set_route(self, indexes: Iterable[int], /) -> None: ...
     def set_epoch_watch(self, address: int, callback: Callable[[], object] | None, /) -> None: ...
+
+def murmur3_x86_32(data: str | Buffer, seed: int = 0, /) -> int:
+    """MurmurHash3 x86_32 of ``data`` (str hashed as UTF-8), unsigned."""
+
+def pick_shard(key: str | Buffer, shard_count: int, /) -> int:
+    """murmur3 x86_32 (seed 0) of the key's bytes modulo ``shard_count``."""

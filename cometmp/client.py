@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, overload
 
 from . import ownership, paths
 from ._ffi import api_table_address, error_for, lib
@@ -37,6 +37,9 @@ from .errors import (
 )
 from .shard import MessageID, Reader, StreamMessage, Writer
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
 log = logging.getLogger("cometmp")
 
 DIR_FORMAT = "cometmp.dir"
@@ -55,18 +58,26 @@ def pick_shard(key: str | bytes | bytearray | memoryview, shard_count: int) -> i
     return _pick_shard(key, shard_count)
 
 
-class MessageIDs(Sequence):
-    """The ids of one append_many: a contiguous range of entries in one stream."""
+class MessageIDs(Sequence[MessageID]):
+    """The ids of one append_many: a contiguous range of entries in one stream.
+
+    ``count`` is the number of ids (an attribute: it shadows Sequence.count).
+    """
 
     __slots__ = ("stream", "shard", "first", "count")
 
     def __init__(self, stream: str, shard: int, first: int, count: int):
-        self.stream, self.shard, self.first, self.count = stream, shard, first, count
+        self.stream, self.shard, self.first = stream, shard, first
+        self.count = count  # type: ignore[assignment]  # public since v0.1; see the docstring
 
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> MessageID: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[MessageID]: ...
+    def __getitem__(self, i: int | slice) -> MessageID | list[MessageID]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self.count))]
         if i < 0:
@@ -129,7 +140,8 @@ class Log:
         ownership.track(self)
         self._reroute(watch=True)
 
-    def append_many(self, items: Iterable, key=None) -> MessageIDs:
+    def append_many(self, items: "Iterable[Buffer]",
+                    key: "str | bytes | bytearray | memoryview | None" = None) -> MessageIDs:
         idx, first, count = self._appender.append_many(items, key)
         return MessageIDs(self.streams[idx], idx, first, count)
 

@@ -72,7 +72,8 @@ int  cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_cap
 
 /* prealloc.c */
 void cm_prealloc_populate(uint8_t *addr, size_t len);
-void cm_prealloc_unmap(uint8_t *addr, size_t len);
+uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len);
+void cm_prealloc_wait(uint64_t ticket);
 
 /* state.c */
 uint64_t cm_state_fingerprint(void);

@@ -13,7 +13,11 @@
  *
  * Lifetime rule: the thread touches the appender's mapping, so a segment
  * mapping is never unmapped directly while the thread runs; cm_prealloc_unmap()
- * queues the munmap behind any populate request for it (FIFO order).
+ * drops the populate requests still queued for it (populating a mapping that is
+ * going away is wasted work, and would keep dirtying its file after a close) and
+ * queues the munmap behind the one in progress (FIFO order). It returns a ticket;
+ * cm_prealloc_wait(ticket) returns once that munmap ran, so a closed stream's
+ * files are not touched after cm_shard_close() returns.
  *
  * One thread per process and fork generation (I10): a forked child starts its
  * own on first use; requests inherited from the parent are dropped, except
@@ -46,6 +50,8 @@ static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t space = PTHREAD_COND_INITIALIZER;
 static struct req queue[QUEUE];
 static int qhead, qlen;
+static uint64_t unmaps_queued, unmaps_done; /* tickets of REQ_UNMAP, FIFO */
+static pthread_cond_t unmapped = PTHREAD_COND_INITIALIZER;
 static uint64_t thread_gen; /* fork generation whose thread runs; 0 = none */
 
 static void *warm_main(void *arg) {
@@ -62,6 +68,10 @@ static void *warm_main(void *arg) {
         pthread_mutex_unlock(&mu);
         if (r.kind == REQ_UNMAP) {
             munmap(r.addr, r.len);
+            pthread_mutex_lock(&mu);
+            unmaps_done++;
+            pthread_cond_broadcast(&unmapped);
+            pthread_mutex_unlock(&mu);
         } else {
             for (size_t off = 0; off < r.len; off += STEP) {
                 size_t n = r.len - off < STEP ? r.len - off : STEP;
@@ -79,7 +89,9 @@ static void after_fork_child(void) {
     pthread_mutex_init(&mu, NULL);
     pthread_cond_init(&work, NULL);
     pthread_cond_init(&space, NULL);
+    pthread_cond_init(&unmapped, NULL);
     qhead = qlen = 0;
+    unmaps_queued = unmaps_done = 0;
     thread_gen = 0;
 }
 
@@ -113,18 +125,44 @@ void cm_prealloc_populate(uint8_t *addr, size_t len) {
     pthread_mutex_unlock(&mu);
 }
 
-/* Unmap a segment mapping after every queued prefault of it (see the lifetime rule). */
-void cm_prealloc_unmap(uint8_t *addr, size_t len) {
+/* Caller holds mu. Removes the queued populate requests inside [addr, addr+len). */
+static void drop_populates(const uint8_t *addr, size_t len) {
+    int kept = 0;
+    for (int i = 0; i < qlen; i++) {
+        struct req r = queue[(qhead + i) % QUEUE];
+        if (r.kind == REQ_POPULATE && r.addr >= addr && r.addr < addr + len) continue;
+        queue[(qhead + kept) % QUEUE] = r;
+        kept++;
+    }
+    if (kept != qlen) pthread_cond_broadcast(&space);
+    qlen = kept;
+}
+
+/* Unmap a segment mapping once no prefault of it runs (see the lifetime rule).
+ * Returns a ticket for cm_prealloc_wait(); 0 when the munmap already happened. */
+uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len) {
     pthread_mutex_lock(&mu);
     if (thread_gen != cm_fork_generation()) {   /* no thread: nothing can touch it */
         pthread_mutex_unlock(&mu);
         munmap(addr, len);
-        return;
+        return 0;
     }
+    drop_populates(addr, len);
     while (qlen == QUEUE)
         pthread_cond_wait(&space, &mu);
     queue[(qhead + qlen) % QUEUE] = (struct req){REQ_UNMAP, addr, len};
     qlen++;
+    uint64_t ticket = ++unmaps_queued;
     pthread_cond_signal(&work);
+    pthread_mutex_unlock(&mu);
+    return ticket;
+}
+
+/* Wait until the munmap of `ticket` ran (at most one populate step, STEP bytes). */
+void cm_prealloc_wait(uint64_t ticket) {
+    if (!ticket) return;
+    pthread_mutex_lock(&mu);
+    while (unmaps_done < ticket && thread_gen == cm_fork_generation())
+        pthread_cond_wait(&unmapped, &mu);
     pthread_mutex_unlock(&mu);
 }

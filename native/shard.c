@@ -83,14 +83,16 @@ static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * t
 
 /* ---------------------------------------------------------------- mapping */
 
-static void unmap_active(cm_shard *s) {
-    if (s->seg_map) cm_prealloc_unmap(s->seg_map, s->seg_cap);
+/* Returns the prefault thread's ticket for the segment's munmap (cm_prealloc_wait). */
+static uint64_t unmap_active(cm_shard *s) {
+    uint64_t ticket = s->seg_map ? cm_prealloc_unmap(s->seg_map, s->seg_cap) : 0;
     if (s->seg_fd >= 0) close(s->seg_fd);
     if (s->idx_map) munmap(s->idx_map, s->idx_cap);
     if (s->idx_fd >= 0) close(s->idx_fd);
     s->seg_map = NULL; s->seg_fd = -1; s->idx_map = NULL; s->idx_fd = -1;
     s->seg_cap = s->idx_cap = 0;
     s->seg_base = UINT64_MAX;
+    return ticket;
 }
 
 /* Map the index of the active segment, creating it when missing or unusable.
@@ -613,12 +615,13 @@ fail:
 
 /* Release fds and mappings. Runs once, when no call is in flight (L2). */
 static void release(cm_shard *s) {
-    unmap_active(s);
+    uint64_t ticket = unmap_active(s);
     if (s->st) munmap(s->st, CM_STATE_BYTES);
     s->st = NULL;
     if (s->state_fd >= 0) close(s->state_fd);   /* releases our LOCK_SH */
     if (s->dirfd > 0) close(s->dirfd);
     s->state_fd = s->dirfd = -1;
+    cm_prealloc_wait(ticket);   /* no prefault touches this stream's files after close */
 }
 
 /* L2: later calls fail with CM_E_CLOSED; waits for the calls in flight (the

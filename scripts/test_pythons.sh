@@ -23,7 +23,7 @@ if [ ${#pythons[@]} -eq 0 ]; then
     done
 fi
 [ ${#pythons[@]} -eq 0 ] && { echo "test_pythons: no interpreters found" >&2; exit 1; }
-[ ${#args[@]} -eq 0 ] && args=(tests/unit -q)
+[ ${#args[@]} -eq 0 ] && args=(tests/unit -q -rfE)
 root="${COMETMP_VENVS:-/tmp/cometmp-venvs}"
 mkdir -p "$root"
 test_deps=$(python3 - <<'PY'

@@ -144,6 +144,8 @@ with cometmp.Client("/tmp/unused") as client:
     reveal_type(log.append_many([b"a", b"b"], key="k"))
     reveal_type(log.append(b"x").entry)
     log.append("str")
+    reveal_type(log.append_many([b"a"])[0])
+    log.append_many(["str"])
 """
 
 
@@ -164,6 +166,8 @@ EXPECTED_MYPY = [
     'user.py:7: note: Revealed type is "cometmp.client.MessageIDs"',
     'user.py:8: note: Revealed type is "builtins.int"',
     'user.py:9: error: Argument 1 has incompatible type "str"; expected "Buffer"  [arg-type]',
+    'user.py:10: note: Revealed type is "cometmp._appender.MessageID"',
+    'user.py:11: error: List item 0 has incompatible type "str"; expected "Buffer"  [list-item]',
 ]
 
 
