@@ -9,7 +9,7 @@ How a read works (docs/ARCHITECTURE.md §9):
 * The group is claimed in the shared offsets file (cometmp.offsets) by the first
   ``read()``, together with the pattern it reads, so from then on it protects unread
   entries from retention, also on streams created later (I14).
-* Each matched stream has a cursor: the next entry to deliver (``pos``), the group's slot
+* Each matched stream has a cursor (cometmp.cursor): the next entry to deliver (``pos``), the group's slot
   in the offsets file, and a (segment, offset, sequence) location so consecutive reads
   cost O(1) regardless of depth. A cursor starts at the group's acknowledged offset, or
   at the oldest retained entry for a new group.
@@ -29,11 +29,8 @@ acked. Entries the hard retention cap deleted before the group acked them are re
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import mmap
 import os
-import struct
 import threading
 import time
 import zlib
@@ -43,6 +40,7 @@ from typing import Any, AsyncIterator, Callable
 from . import _reader, paths
 from ._ffi import api_table_address, check, ffi, lib
 from .compression import decompress
+from .cursor import Cursor
 from .errors import (
     ClosedError,
     CometError,
@@ -52,18 +50,8 @@ from .errors import (
     StopProcessing,
     StreamNotFound,
 )
-from .format import (
-    CM_SEG_HEADER_BYTES,
-    CM_STATE_BYTES,
-    CM_STATE_MAGIC,
-    CM_STATE_OFF_COMMITTED,
-    CM_STATE_OFF_FIRST_ENTRY,
-    CM_STATE_OFF_NOTIFY_SEQ,
-    CM_STATE_VERSION,
-)
 from .offsets import GroupRef, OffsetStore, validate_group_name
-from .segment import Damage
-from .shard import MessageID, Reader, StreamMessage
+from .shard import MessageID, StreamMessage
 
 __all__ = ["Batch", "Consumer", "consumer_groups", "delete_consumer_group"]
 
@@ -76,8 +64,6 @@ _reader.configure(api_table_address(), StreamMessage, MessageID, decompress)
 #: only the data objects (the fast path); ``ack_points()`` is what acking it means.
 Batch = _reader.Batch
 
-_U32 = struct.Struct("=I")
-_U64 = struct.Struct("=Q")
 
 #: longest single sleep: new streams matching the pattern are noticed at least this often
 DISCOVER_INTERVAL = 0.5
@@ -86,242 +72,7 @@ MATCH_RECHECK = 0.02
 #: how often read() checks that no state page was rebuilt under it
 STALE_RECHECK = 1.0
 WAITV_MAX = 128
-_FILL_MORE, _FILL_END, _FILL_DAMAGED = 0, 1, 2
-_DAMAGE_RESYNC = lib.CM_DAMAGE_RESYNC
 _TOUCH_EVERY_NS = 1_000_000_000
-
-
-class _StatePage:
-    """A stream's state page mapped for a consumer: committed, first_entry, notify_seq,
-    and (read-write mapping only) the address cm_wait registers on. Remapped when the
-    writer rebuilt the file (a new inode)."""
-
-    __slots__ = ("path", "rw", "mm", "ptr", "ino")
-
-    def __init__(self, directory: str, rw: bool):
-        self.path = os.path.join(directory, paths.STATE)
-        self.rw = rw
-        self.mm: mmap.mmap | None = None
-        self.ptr = None
-        self.ino = -1
-        self.remap()
-
-    def remap(self) -> bool:
-        self.close()
-        try:
-            fd = os.open(self.path, (os.O_RDWR if self.rw else os.O_RDONLY) | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(fd)
-            if st.st_size != CM_STATE_BYTES:
-                return False
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.rw else 0)
-            mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, prot)
-        finally:
-            os.close(fd)
-        magic, version = struct.unpack_from("=IH", mm, 0)
-        if magic != CM_STATE_MAGIC or version != CM_STATE_VERSION:
-            mm.close()
-            return False
-        self.mm, self.ino = mm, st.st_ino
-        if self.rw:
-            self.ptr = ffi.from_buffer(mm)
-        return True
-
-    def stale(self) -> bool:
-        try:
-            return os.stat(self.path).st_ino != self.ino
-        except OSError:
-            return False
-
-    def read(self, fmt: struct.Struct, off: int) -> int:
-        try:
-            return fmt.unpack_from(self.mm, off)[0]
-        except (TypeError, ValueError):   # closed by another thread (L4)
-            raise ClosedError(f"{self.path} is closed") from None
-
-    def close(self) -> None:
-        """Wake this process's threads asleep on the page, then drop the mapping. A wait
-        in flight holds ``ptr`` (a buffer export), so the page stays mapped until it
-        returns and the GC unmaps it (L4); no ffi.release under a caller's feet."""
-        ptr, self.ptr = self.ptr, None
-        mm, self.mm = self.mm, None
-        if ptr is not None:
-            lib.cm_wake(ptr)
-        del ptr
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:
-                pass
-
-
-class _Cursor:
-    """One stream as a consumer sees it. ``pos`` is the next entry to deliver; when
-    ``seg`` is set, entry ``pos`` is at (seg, off) with relative sequence ``seq``."""
-
-    __slots__ = ("name", "shard", "reader", "state", "pos", "slot", "resets", "seg",
-                 "base", "off", "seq", "skipped", "local_next", "closed")
-
-    def __init__(self, root: str, name: str, rw_state: bool):
-        split = paths.split_shard_stream(name)
-        self.name = name
-        self.shard = split[1] if split else 0
-        directory = paths.stream_dir(root, name)
-        self.reader = Reader(directory, name, self.shard, writable_index=False)
-        self.state = _StatePage(directory, rw_state)
-        self.pos: int | None = None
-        self.slot: int | None = None
-        self.resets = -1
-        self.seg = None
-        self.base = self.off = self.seq = 0
-        self.skipped = 0            # entries lost to corruption (never delivered)
-        self.local_next: int | None = None   # acks of an ephemeral (readonly) consumer
-        self.closed = False
-
-    def committed(self) -> int:
-        if self.closed:
-            raise ClosedError(f"consumer cursor of {self.name!r} is closed")
-        if self.state.mm is None and not self.state.remap():
-            return self.reader.committed()
-        return self.state.read(_U64, CM_STATE_OFF_COMMITTED)
-
-    def notify_seq(self) -> int:
-        return self.state.read(_U32, CM_STATE_OFF_NOTIFY_SEQ) if self.state.mm is not None else 0
-
-    def first_published(self) -> int:
-        """first_entry from the state page: retention raises it before deleting (I15)."""
-        return self.state.read(_U64, CM_STATE_OFF_FIRST_ENTRY) if self.state.mm is not None else 0
-
-    def oldest(self) -> int:
-        """Oldest retained entry (lists the directory; used when starting or resetting)."""
-        try:
-            return max(self.reader.first(), self.first_published())
-        except (OSError, CometError):
-            return self.first_published()
-
-    # ---- locating and reading ------------------------------------------------------------
-    def _at(self, base: int) -> None:
-        """Move to the start of segment ``base``, unmapping the one we leave (a batch still
-        holding it keeps it mapped): a deleted segment's disk space is freed only when
-        nobody maps it any more."""
-        prev = self.base if self.seg is not None else None
-        self.seg = self.reader._segment(base)
-        self.base, self.off, self.seq = base, CM_SEG_HEADER_BYTES, 0
-        if prev is not None and prev < base:
-            self.reader._drop(prev)
-
-    def locate(self) -> None:
-        """Position (seg, off, seq) at entry ``pos``: O(log n) by segment name and the
-        sparse index, then a walk of at most one index interval."""
-        r = self.reader
-        pos = self.pos
-        if not r._bases:
-            r._refresh_bases()
-        i = bisect.bisect_right(r._bases, pos) - 1
-        if i < 0:
-            raise EntryNotFound(f"{self.name}: entry {pos} is older than the oldest segment")
-        # no listing here: if pos lies in a segment newer than the last one we know, the
-        # fill stops at the end of this one and read_into() relists (rotation)
-        base = r._bases[i]
-        seg = r._segment(base)           # FileNotFoundError if retention just deleted it
-        target = pos - base
-        off, seq = (CM_SEG_HEADER_BYTES, 0) if target == 0 else r._index(base).floor(seg, target, False)
-        self.seg, self.base = seg, base
-        nb = r._next_base(base)
-        limit = self.committed() if nb is None else nb
-        for item in seg.walk(off, seq, max(limit - base, target), skip_to=target):
-            if isinstance(item, Damage):
-                continue
-            self.off, self.seq = item.offset, item.seq
-            if item.seq > target:    # entries lost to corruption
-                self.skipped += item.seq - target
-                self.pos = base + item.seq
-            return
-        # no record at or after target in this segment: continue in the next one
-        self.seq = target
-        self.off = -1
-
-    def read_into(self, batch, sidx: int, budget: int, committed: int) -> int:
-        """Append up to ``budget`` entries below ``committed`` to ``batch``."""
-        r = self.reader
-        total = 0
-        reopened = -1
-        while budget > 0 and self.pos < committed:
-            if self.closed:
-                raise ClosedError(f"consumer cursor of {self.name!r} is closed")
-            if self.seg is None or self.seg.mm is None:
-                self.locate()
-            nb = r._next_base(self.base)
-            if nb is not None and self.pos >= nb:
-                self._at(nb)
-                continue
-            limit = committed if nb is None else min(committed, nb)
-            if self.off >= 0:
-                mm = self.seg.mm           # one read: close() elsewhere may clear it (L4)
-                if mm is None:
-                    raise ClosedError(f"consumer cursor of {self.name!r} is closed")
-                off, seq, added, status, lost, resume, end = batch.fill(
-                    sidx, mm, self.base, self.off, self.seq, limit - self.base, budget)
-                self.off, self.seq = off, seq
-                self.pos = self.base + seq
-                total += added
-                budget -= added
-                if status == _FILL_MORE:
-                    continue
-                if status == _FILL_DAMAGED:
-                    if end == _DAMAGE_RESYNC:
-                        # corruption (FORMAT.md 2.4): the walker found the next valid record
-                        self._skip(lost)
-                        self.off, self.seq = resume, seq + lost
-                        self.pos = self.base + self.seq
-                        continue
-                    # nothing valid below `limit` after (off, seq). Before calling the
-                    # rest lost, rule out a stale view: a successor we did not know yet
-                    # (rotation: the limit was too high), or (checked once) a mapping of an
-                    # empty active segment that was replaced by a larger one, same base
-                    r._refresh_bases()
-                    nb = r._next_base(self.base)
-                    if nb is not None and nb < limit:
-                        continue
-                    if nb is None and reopened != self.base:
-                        reopened = self.base
-                        r._drop(self.base)
-                        self.seg = None
-                        continue
-                    self._skip(lost)
-                    self.pos = self.base + seq + lost
-                    self.off = -1
-                    if nb is None:
-                        break
-                    continue
-            # the segment is done below `limit`: move on to the next one
-            r._refresh_bases()
-            nb = r._next_base(self.base)
-            if nb is None:
-                if reopened == self.base:
-                    break
-                reopened = self.base
-                r._drop(self.base)
-                self.seg = None
-                continue
-            if nb > self.pos:
-                self._skip(nb - self.pos)
-            self.pos = nb
-            self._at(nb)
-        return total
-
-    def _skip(self, n: int) -> None:
-        self.skipped += n
-        log.warning("cometmp: consumer skipped %d damaged entries of %s at %s", n, self.name,
-                    self.seg.path if self.seg is not None else "?")
-
-    def close(self) -> None:
-        self.closed = True
-        self.seg = None
-        self.reader.close()
-        self.state.close()
 
 
 @dataclass
@@ -367,7 +118,7 @@ class Consumer:
         self._store = OffsetStore(self.root, writable=not self.ephemeral)
         self._group: GroupRef | None = None
         self._patterns: set[str] = set()
-        self._cursors: dict[str, _Cursor] = {}
+        self._cursors: dict[str, Cursor] = {}
         self._match_cache: dict[str, tuple[int, list[str]]] = {}
         self._match_checked = 0.0
         self._stale_checked = time.monotonic()
@@ -435,21 +186,21 @@ class Consumer:
         self._match_cache[pattern] = (mtime, names)
         return names
 
-    def _cursor(self, name: str) -> _Cursor:
+    def _cursor(self, name: str) -> Cursor:
         c = self._cursors.get(name)
         if c is None:
             paths.validate_stream_name(name)
-            c = _Cursor(self.root, name, rw_state=not self.ephemeral)
+            c = Cursor(self.root, name, rw_state=not self.ephemeral)
             self._cursors[name] = c
             self._wait_cache = None
         return c
 
-    def _slot(self, c: _Cursor, g: GroupRef | None) -> int | None:
+    def _slot(self, c: Cursor, g: GroupRef | None) -> int | None:
         if c.slot is None and g is not None:
             c.slot = self._store.slot(g, c.name, create=not self.ephemeral)
         return c.slot
 
-    def _sync(self, c: _Cursor, g: GroupRef | None) -> None:
+    def _sync(self, c: Cursor, g: GroupRef | None) -> None:
         """Bring ``c.pos`` in line with the offsets file: start, resets from other
         processes, acks further ahead by another member of the group, retention."""
         slot = self._slot(c, g)
@@ -477,7 +228,7 @@ class Consumer:
         if c.pos < first:
             self._dropped(c, g, c.pos, first)
 
-    def _dropped(self, c: _Cursor, g: GroupRef | None, start: int, end: int) -> None:
+    def _dropped(self, c: Cursor, g: GroupRef | None, start: int, end: int) -> None:
         log.error("cometmp: consumer group %r lost entries [%d, %d) of %s to the hard "
                   "retention cap before acknowledging them", self.group, start, end, c.name)
         self._pending.append(_Drop(c.name, start, end))
@@ -550,7 +301,7 @@ class Consumer:
             self._check_closed()   # woken by close() in another thread (L4)
             self._touch(g)   # a consumer waiting for data is active, not idle (R4)
 
-    def _check_stale(self, cursors: list[_Cursor], force: bool = False) -> None:
+    def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
         checked after an idle wait slice and at least every STALE_RECHECK seconds."""
         now = time.monotonic()
@@ -562,7 +313,7 @@ class Consumer:
                 c.state.remap()
                 self._wait_cache = None
 
-    def _cursors_for(self, pattern: str, assignment) -> list[_Cursor]:
+    def _cursors_for(self, pattern: str, assignment) -> list[Cursor]:
         out = []
         for name in self._match(pattern):
             if not _assigned(name, assignment):
@@ -573,7 +324,7 @@ class Consumer:
                 continue
         return out
 
-    def _fill(self, cursors: list[_Cursor], g: GroupRef | None, budget: int, zc: bool) -> Batch:
+    def _fill(self, cursors: list[Cursor], g: GroupRef | None, budget: int, zc: bool) -> Batch:
         batch = Batch(zc)
         n = len(cursors)
         start = self._rr
@@ -597,7 +348,7 @@ class Consumer:
                     self._dropped(c, g, c.pos, first)
         return batch
 
-    def _wait(self, cursors: list[_Cursor], seqs: list[int], timeout: float) -> bool:
+    def _wait(self, cursors: list[Cursor], seqs: list[int], timeout: float) -> bool:
         """Sleep until a stream publishes past ``seqs`` or ``timeout``; True if woken."""
         if timeout <= 0:
             return False
