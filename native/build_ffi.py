@@ -3,6 +3,10 @@
 The public header native/cometmp.h is the cdef, read verbatim. Every C
 source of the core except the CPython fast path (appender.c, built as its
 own extension by setup.py) is compiled into this one module.
+
+``make_builder(failpoints=True)`` is the test build: the same core compiled
+with -DCM_FAILPOINTS (native/failpoint.h), which only the tests make, into a
+directory of their own (tests/failpoints.py). setup.py uses the default.
 """
 import pathlib
 
@@ -10,18 +14,29 @@ from cffi import FFI
 
 NATIVE = pathlib.Path(__file__).resolve().parent
 CORE_SOURCES = ["api.c", "crc32c.c", "error.c", "handle.c", "index.c", "prealloc.c", "segment.c", "shard.c", "state.c", "walker.c",
-                "registry.c", "notify.c", "offsets.c"]
+                "registry.c", "notify.c", "offsets.c", "failpoint.c"]
 
-ffibuilder = FFI()
-ffibuilder.cdef((NATIVE / "cometmp.h").read_text())
-ffibuilder.set_source(
-    "cometmp._cffi",
-    "#include <stdint.h>\n#include <stddef.h>\n#include \"cometmp.h\"\n#include \"format.h\"\n",
-    sources=[str((NATIVE / name).relative_to(NATIVE.parent)) for name in CORE_SOURCES],
-    include_dirs=[str(NATIVE.relative_to(NATIVE.parent))],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    libraries=["pthread"],
-)
+
+def make_builder(failpoints: bool = False, absolute: bool = False) -> FFI:
+    """The cffi builder; `failpoints` compiles the test-only failpoints in,
+    `absolute` names the sources by absolute path (a build outside the tree)."""
+    root = NATIVE.parent
+    name = (lambda p: str(p)) if absolute else (lambda p: str(p.relative_to(root)))
+    builder = FFI()
+    builder.cdef((NATIVE / "cometmp.h").read_text())
+    builder.set_source(
+        "cometmp._cffi",
+        "#include <stdint.h>\n#include <stddef.h>\n#include \"cometmp.h\"\n#include \"format.h\"\n",
+        sources=[name(NATIVE / src) for src in CORE_SOURCES],
+        include_dirs=[name(NATIVE)],
+        define_macros=[("CM_FAILPOINTS", "1")] if failpoints else [],
+        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        libraries=["pthread"],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

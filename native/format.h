@@ -101,7 +101,8 @@ typedef struct cm_state {
     uint64_t first_entry;       /* 192 oldest retained entry */
     uint32_t notify_seq;        /* 200 futex word, bumped on every publish */
     uint32_t active_gen;        /* 204 bumped by every rotation: writers in other processes remap */
-    uint8_t  pad1[48];          /* 208 */
+    uint32_t rotate_pending;    /* 208 a failed rotation left a newer segment: appends retry it (I1) */
+    uint8_t  pad1[44];          /* 212 */
     /* counters, 32 x u64, updated under the lock (see CM_CTR_*) */
     uint64_t counters[CM_STATE_COUNTERS]; /* 256 */
     uint8_t  reserved[CM_STATE_BYTES - 512];  /* 512 */

@@ -61,6 +61,8 @@ void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k);
 int  cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
                        uint64_t prealloc, uint32_t stream_crc, int durable,
                        int *fd_out);
+int  cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
+                           uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out);
 void cm_segment_name(char *buf, size_t n, uint64_t base, const char *suffix);
 uint64_t cm_zero_range(uint8_t *map, uint64_t from, uint64_t to);
 

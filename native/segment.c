@@ -199,16 +199,19 @@ static int write_full(int fd, const void *buf, size_t n, off_t off) {
     return 0;
 }
 
-/* Create <base>.seg crash-safely: temp file, size, preallocate, header,
- * (fsync), rename (I7). Returns the open fd of the final file. */
-int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
-                      uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out) {
+/* Prepare <base>.seg.tmp: size, preallocate, header, (fdatasync). Nothing is
+ * visible in the log yet (I7); the caller renames it in (cm_segment_create,
+ * or rotate() once everything else the segment needs exists) or unlinks it.
+ * Returns the open fd of the temp file. */
+int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
+                          uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out) {
     char name[64], tmp[80];
     cm_segment_name(name, sizeof name, base, ".seg");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
     int fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
-        return cm_fail(CM_E_IO, errno, "create %s/%s", dir, tmp);
+        return cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,
+                       "create %s/%s", dir, tmp);
     int rc;
     if (ftruncate(fd, (off_t)capacity) != 0) {
         rc = cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,
@@ -232,15 +235,31 @@ int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capaci
         rc = cm_fail(CM_E_IO, errno, "fsync %s/%s", dir, tmp);
         goto fail;
     }
-    if (renameat(dirfd, tmp, dirfd, name) != 0) {
-        rc = cm_fail(CM_E_IO, errno, "rename %s/%s", dir, tmp);
-        goto fail;
-    }
-    if (durable) fsync(dirfd);
     *fd_out = fd;
     return CM_OK;
 fail:
     close(fd);
     unlinkat(dirfd, tmp, 0);
     return rc;
+}
+
+/* Create <base>.seg crash-safely: temp file (cm_segment_create_tmp), rename
+ * (I7), fsync of the directory if durable. Returns the open fd of the final file. */
+int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
+                      uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out) {
+    char name[64], tmp[80];
+    cm_segment_name(name, sizeof name, base, ".seg");
+    snprintf(tmp, sizeof tmp, "%s.tmp", name);
+    int fd;
+    int rc = cm_segment_create_tmp(dirfd, dir, base, capacity, prealloc, stream_crc, durable, &fd);
+    if (rc < 0) return rc;
+    if (renameat(dirfd, tmp, dirfd, name) != 0) {
+        rc = cm_fail(CM_E_IO, errno, "rename %s/%s", dir, tmp);
+        close(fd);
+        unlinkat(dirfd, tmp, 0);
+        return rc;
+    }
+    if (durable) fsync(dirfd);
+    *fd_out = fd;
+    return CM_OK;
 }

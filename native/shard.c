@@ -32,6 +32,7 @@
 #include <linux/futex.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "failpoint.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -204,16 +205,17 @@ static void index_clear_from(cm_shard *s, uint32_t from) {
 
 /* ------------------------------------------------------------- recovery */
 
-/* List segment bases in the directory: the largest and smallest. */
+/* List segment bases in the directory: the largest and smallest, and the
+ * largest below the largest (*prev_base; UINT64_MAX with one segment). */
 static int list_segments(cm_shard *s, uint64_t *min_base, uint64_t *max_base,
-                         int *count, int remove_tmp) {
+                         uint64_t *prev_base, int *count, int remove_tmp) {
     *count = 0; *min_base = UINT64_MAX; *max_base = 0;
     int fd = dup(s->dirfd);
     if (fd < 0) return cm_fail(CM_E_IO, errno, "dup %s", s->dir);
     DIR *d = fdopendir(fd);
     if (!d) { close(fd); return cm_fail(CM_E_IO, errno, "list %s", s->dir); }
     rewinddir(d);
-    *count = 0; *min_base = UINT64_MAX; *max_base = 0;
+    *count = 0; *min_base = *prev_base = UINT64_MAX; *max_base = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         const char *n = de->d_name;
@@ -228,7 +230,12 @@ static int list_segments(cm_shard *s, uint64_t *min_base, uint64_t *max_base,
         if (!digits) continue;
         uint64_t b = strtoull(n, NULL, 10);
         if (b < *min_base) *min_base = b;
-        if (b > *max_base) *max_base = b;
+        if (*count == 0 || b > *max_base) {
+            if (*count) *prev_base = *max_base;
+            *max_base = b;
+        } else if (*prev_base == UINT64_MAX || b > *prev_base) {
+            *prev_base = b;
+        }
         (*count)++;
     }
     closedir(d);
@@ -329,15 +336,81 @@ static int restore_segment_size(cm_shard *s, uint64_t base, uint64_t *repaired) 
     return rc;
 }
 
+static int remove_new_segment(cm_shard *s, uint64_t base, int durable);
+
+/* Entries a segment file holds by walking it read-only with the one walker:
+ * *end = base + (sequence of its last valid record + 1), or base when it has
+ * none. Returns CM_OK, or < 0 when it cannot be mapped or its header is bad. */
+static int segment_end(cm_shard *s, uint64_t base, uint64_t *end) {
+    char name[64];
+    cm_segment_name(name, sizeof name, base, ".seg");
+    int fd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return cm_fail(CM_E_IO, errno, "open %s/%s", s->dir, name);
+    struct stat sb;
+    int rc = CM_E_CORRUPT;
+    void *m = MAP_FAILED;
+    uint64_t size = 0, hbase, hcap;
+    if (fstat(fd, &sb) == 0 && (size = (uint64_t)sb.st_size) >= CM_SEG_HEADER_BYTES)
+        m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return cm_fail(CM_E_IO, errno, "map %s/%s", s->dir, name);
+    if (cm_segment_header_check(m, size, &hbase, &hcap) == CM_OK && hbase == base) {
+        cm_walk w;
+        cm_record last;
+        uint64_t records = 0, lost = 0;
+        cm_walk_init(&w, m, size, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
+        cm_walk_count(&w, &last, &records, &lost);
+        *end = records ? base + last.seq + 1 : base;
+        rc = CM_OK;
+    }
+    munmap(m, size);
+    return rc;
+}
+
+/* I1: a newest segment that holds no record while the segment before it holds
+ * entries at or past its base is what a failed rotation left (ARCHITECTURE.md
+ * §4.1: an older build appended on into the older segment after it): adopting
+ * it would move `committed` back below acknowledged entries and hand their
+ * numbers out again. Remove it (delete: unlink, fsync the directory when
+ * durable) and recover from the older segment. Only checked when the state
+ * page does not already name the newest segment as active (a rotation that
+ * completed set active_base), so an ordinary open walks nothing extra.
+ * Returns 1 when it removed one, 0 when none, < 0 on error. Caller holds the lock. */
+static int drop_rotation_leftover(cm_shard *s, uint64_t max_base, uint64_t prev_base) {
+    uint64_t newest_end, prev_end;
+    if (segment_end(s, max_base, &newest_end) < 0 || newest_end != max_base)
+        return 0;                       /* not empty (or unreadable: recovery reports it) */
+    if (segment_end(s, prev_base, &prev_end) < 0 || prev_end <= max_base)
+        return 0;                       /* a rotation that completed: the older one ends at its base */
+    int e = remove_new_segment(s, max_base, s->opt.durability != CM_DURABILITY_NONE);
+    if (e)
+        return cm_fail(CM_E_IO, e, "remove %s/%020llu.seg, an empty segment a failed rotation "
+                       "left below the end of %020llu.seg (entry %llu)", s->dir,
+                       (unsigned long long)max_base, (unsigned long long)prev_base,
+                       (unsigned long long)prev_end);
+    return 1;
+}
+
 /* Validate and repair the active segment's tail. Caller holds the lock
  * (and, at open, the directory flock). state_fresh: the state page was
  * just (re)initialised and carries nothing to trust. */
 static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_report *rep) {
     cm_state *st = s->st;
-    uint64_t min_base, max_base;
+    uint64_t min_base, max_base, prev_base;
     int count;
-    int rc = list_segments(s, &min_base, &max_base, &count, at_open);
+    int rc = list_segments(s, &min_base, &max_base, &prev_base, &count, at_open);
     if (rc < 0) return rc;
+    pthread_once(&boot_once, read_boot_id);
+    if (count > 1 && (state_fresh || st->active_base != max_base ||
+                      memcmp(st->boot_id, boot_id, sizeof boot_id) != 0)) {
+        rc = drop_rotation_leftover(s, max_base, prev_base);
+        if (rc < 0) return rc;
+        if (rc > 0) {
+            rc = list_segments(s, &min_base, &max_base, &prev_base, &count, 0);
+            if (rc < 0) return rc;
+        }
+    }
+    st->rotate_pending = 0;   /* the files decide from here on */
     if (count == 0) {
         /* I1: entry numbers are never reused, so a stream whose segments are
            all gone restarts at the committed count, not at 0 */
@@ -678,9 +751,32 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     return CM_OK;
 }
 
-/* Seal the active segment and start a new one at the committed entry.
+static int errno_code(int e) { return e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO; }
+
+/* Remove what a failed rotation made visible at `base` (delete: unlink, then
+ * fsync the directory when durable), so that no file claims entry numbers the
+ * older segment will still hand out (I1). Returns 0 or the errno. An index
+ * without its segment is inert (nothing lists it), so only the segment counts. */
+static int remove_new_segment(cm_shard *s, uint64_t base, int durable) {
+    char seg[64], idx[64];
+    cm_segment_name(seg, sizeof seg, base, ".seg");
+    cm_segment_name(idx, sizeof idx, base, ".idx");
+    int e = CM_FAILPOINT("rotate.remove");
+    if (!e && unlinkat(s->dirfd, seg, 0) != 0 && errno != ENOENT) e = errno;
+    if (!e) unlinkat(s->dirfd, idx, 0);
+    if (!e && durable && fsync(s->dirfd) != 0) e = errno;
+    return e;
+}
+
+/* Seal the active segment and start a new one at the committed entry: a
+ * transaction (ARCHITECTURE.md §4.1). Everything the new segment needs (its
+ * index, its size and first blocks, both mappings) exists before the segment
+ * is renamed in; a failure after the rename removes it again, and if even that
+ * fails, st->rotate_pending makes every append retry the rotation first, so no
+ * entry is ever appended to the older segment under a number the newer file
+ * claims (I1). On failure nothing of the stream's state changed.
  * `frame` is the size of the record that did not fit. Caller holds the lock. */
-static int rotate(cm_shard *s, uint64_t frame) {
+static int rotate_locked(cm_shard *s, uint64_t frame) {
     cm_state *st = s->st;
     uint64_t base = st->committed;
     uint64_t cap = s->opt.segment_bytes;
@@ -689,36 +785,119 @@ static int rotate(cm_shard *s, uint64_t frame) {
     int durable = s->opt.durability != CM_DURABILITY_NONE;
     uint64_t pre = round_up(CM_SEG_HEADER_BYTES + frame, 4096) + s->opt.alloc_chunk;
     if (pre > cap) pre = cap;
-    if (durable && s->seg_fd >= 0 && fdatasync(s->seg_fd) != 0)
-        return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg", s->dir, (unsigned long long)s->seg_base);
-    int fd, ifd;
-    int rc = cm_segment_create(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc, durable, &fd);
-    if (rc < 0) {
-        if (rc == CM_E_NOSPACE) st->counters[CM_CTR_DISK_FULL]++;
-        return rc;
+    char seg[64], tmp[80], idx[64];
+    cm_segment_name(seg, sizeof seg, base, ".seg");
+    cm_segment_name(idx, sizeof idx, base, ".idx");
+    snprintf(tmp, sizeof tmp, "%s.tmp", seg);
+    int e, rc;
+    if (durable && s->seg_fd >= 0) {
+        if ((e = CM_FAILPOINT("rotate.seal_fsync")) == 0 && fdatasync(s->seg_fd) != 0) e = errno;
+        if (e) return cm_fail(CM_E_IO, e, "fsync %s/%020llu.seg", s->dir,
+                              (unsigned long long)s->seg_base);
     }
-    close(fd);
+    /* 1. the index (renamed in; inert until its segment exists) */
+    int fd = -1, ifd = -1;
+    if ((e = CM_FAILPOINT("rotate.index_create")) != 0)
+        return cm_fail(errno_code(e), e, "create %s/%s (failpoint)", s->dir, idx);
     rc = cm_index_create(s->dirfd, s->dir, base, cap, s->opt.index_interval, durable, &ifd);
-    if (rc < 0) {
-        if (rc == CM_E_NOSPACE) st->counters[CM_CTR_DISK_FULL]++;
-        return rc;
+    if (rc < 0) return rc;
+    /* 2. the segment as a temp file: size, first blocks, header, [fdatasync] (I7, I9) */
+    if ((e = CM_FAILPOINT("rotate.segment_create")) != 0)
+        rc = cm_fail(errno_code(e), e, "create %s/%s (failpoint)", s->dir, tmp);
+    else
+        rc = cm_segment_create_tmp(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc,
+                                   durable, &fd);
+    if (rc < 0) goto drop_index;
+    /* 3. both mappings, still invisible */
+    uint64_t icap = cm_index_capacity(cap, s->opt.index_interval);
+    uint8_t *map = MAP_FAILED, *imap = MAP_FAILED;
+    if ((e = CM_FAILPOINT("rotate.map")) == 0) {
+        map = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map != MAP_FAILED)
+            imap = mmap(NULL, icap, PROT_READ | PROT_WRITE, MAP_SHARED, ifd, 0);
+        if (imap == MAP_FAILED) e = errno;
     }
-    close(ifd);
+    if (e) {
+        rc = cm_fail(errno_code(e), e, "map %s/%s", s->dir, tmp);
+        goto drop_tmp;
+    }
+    /* 4. visible: rename in, then [fsync the directory] */
+    if ((e = CM_FAILPOINT("rotate.rename")) == 0 && renameat(s->dirfd, tmp, s->dirfd, seg) != 0)
+        e = errno;
+    if (e) {
+        rc = cm_fail(errno_code(e), e, "rename %s/%s", s->dir, tmp);
+        goto drop_tmp;
+    }
+    if (durable) {
+        if ((e = CM_FAILPOINT("rotate.fsync")) == 0 && fsync(s->dirfd) != 0) e = errno;
+        if (e) {
+            rc = cm_fail(errno_code(e), e, "fsync %s after creating %s", s->dir, seg);
+            goto drop_visible;
+        }
+    }
+    if ((e = CM_FAILPOINT("rotate.after_segment_create")) != 0) {
+        rc = cm_fail(errno_code(e), e, "after creating %s/%s (failpoint)", s->dir, seg);
+        goto drop_visible;
+    }
+    /* 5. commit: the handle and the state follow the files. A crash before this
+       point is repaired by recover_locked(): it adopts the new (empty) segment,
+       whose base is exactly where the older one ends. */
+    unmap_active(s);
+    s->seg_fd = fd; s->seg_map = map; s->seg_cap = cap; s->seg_base = base;
+    s->idx_fd = ifd; s->idx_map = imap; s->idx_cap = icap;
+    s->idx_interval = s->opt.index_interval;
     if (!durable) s->sealed_unsynced = 1;
     st->active_gen++;
-    rc = map_active(s, base, NULL);
-    if (rc < 0) return rc;
-    /* the state follows the files: a crash before this point is repaired by
-       recover_locked(), which adopts the newest segment as the active one */
+    s->seg_gen = st->active_gen;
     st->idx_count = 0;
     st->idx_last_off = 0;
     st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;
     st->alloc_end = pre;
     st->active_base = base;
+    st->rotate_pending = 0;
     st->counters[CM_CTR_ROTATIONS]++;
     if (s->opt.prefault)
         cm_prealloc_populate(s->seg_map, pre);
     return CM_OK;
+
+drop_visible:
+    munmap(map, cap);
+    munmap(imap, icap);
+    close(fd);
+    close(ifd);
+    /* I1: the older segment keeps appending at `base`, so the new file must go */
+    if ((e = remove_new_segment(s, base, durable)) != 0) {
+        st->rotate_pending = 1;   /* every append retries the rotation first */
+        char msg[400];
+        int err = cm_last_errno();
+        snprintf(msg, sizeof msg, "%s", cm_last_error());
+        cm_fail(rc, err, "%s; removing %s/%s failed too (%s), so appends retry the rotation; "
+                "the first error was", msg, s->dir, seg, strerror(e));
+    } else {
+        st->rotate_pending = 0;
+    }
+    return rc;
+drop_tmp:
+    if (map != MAP_FAILED) munmap(map, cap);
+    if (imap != MAP_FAILED) munmap(imap, icap);
+    close(fd);
+    unlinkat(s->dirfd, tmp, 0);
+drop_index:
+    close(ifd);
+    if (st->rotate_pending) {
+        /* a retry that failed before its rename: the earlier attempt's segment is
+           still there; removing it lets appends continue in the older segment */
+        if (remove_new_segment(s, base, durable) == 0) st->rotate_pending = 0;
+    } else {
+        unlinkat(s->dirfd, idx, 0);
+    }
+    return rc;
+}
+
+static int rotate(cm_shard *s, uint64_t frame) {
+    int rc = rotate_locked(s, frame);
+    if (rc == CM_E_NOSPACE) s->st->counters[CM_CTR_DISK_FULL]++;
+    return rc;
 }
 
 static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
@@ -764,6 +943,13 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
     if (s->seg_base != st->active_base || s->seg_gen != st->active_gen) {
         /* another process rotated (or replaced an empty active segment) */
         rc = map_active(s, st->active_base, NULL);
+        if (rc < 0) goto out;
+    }
+    if (st->rotate_pending && n > 0) {
+        /* I1: a failed rotation left a newer segment at `committed`; the older
+           segment must not take an entry under a number that file claims, so
+           finish (or undo) that rotation before anything is appended */
+        rc = rotate(s, CM_REC_HEADER_BYTES + (uint64_t)iov[0].len);
         if (rc < 0) goto out;
     }
     int64_t ts = cm_now_ns();

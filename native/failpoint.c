@@ -1,0 +1,66 @@
+/* failpoint.c - the test build's failpoints (failpoint.h). Empty in the
+ * default build. Thread safe; parses COMETMP_FAILPOINT at every evaluation so a
+ * test can change it between steps (os.environ -> putenv). */
+#ifdef CM_FAILPOINTS
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "failpoint.h"
+
+#define MAX_POINTS 32
+
+static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
+static char fp_spec[1024];               /* the value the counters belong to */
+static struct { char name[64]; unsigned long hits; } fp_hits[MAX_POINTS];
+static int fp_n;
+
+static int errno_named(const char *s) {
+    if (!strcmp(s, "ENOSPC")) return ENOSPC;
+    if (!strcmp(s, "EDQUOT")) return EDQUOT;
+    if (!strcmp(s, "EIO")) return EIO;
+    if (!strcmp(s, "ENOMEM")) return ENOMEM;
+    int v = atoi(s);
+    return v > 0 ? v : EIO;
+}
+
+int cm_failpoint(const char *name) {
+    const char *env = getenv("COMETMP_FAILPOINT");
+    if (!env || !*env) return 0;
+    pthread_mutex_lock(&fp_lock);
+    if (strncmp(env, fp_spec, sizeof fp_spec) != 0) {   /* a new spec: counters restart */
+        snprintf(fp_spec, sizeof fp_spec, "%s", env);
+        fp_n = 0;
+    }
+    unsigned long hits = 0;
+    int i;
+    for (i = 0; i < fp_n && strcmp(fp_hits[i].name, name) != 0; i++) {}
+    if (i == fp_n && fp_n < MAX_POINTS) {
+        snprintf(fp_hits[i].name, sizeof fp_hits[i].name, "%s", name);
+        fp_hits[i].hits = 0;
+        fp_n++;
+    }
+    if (i < fp_n) hits = ++fp_hits[i].hits;
+    int err = 0;
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", fp_spec);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok && hits; tok = strtok_r(NULL, ",", &save)) {
+        char *f[4] = {0};
+        int nf = 0;
+        char *save2 = NULL;
+        for (char *p = strtok_r(tok, ":", &save2); p && nf < 4; p = strtok_r(NULL, ":", &save2))
+            f[nf++] = p;
+        if (nf < 2 || strcmp(f[0], name) != 0) continue;
+        unsigned long k = strtoul(f[1], NULL, 10);
+        unsigned long n = nf > 3 ? strtoul(f[3], NULL, 10) : 1;
+        if (hits >= k && hits < k + n) err = nf > 2 ? errno_named(f[2]) : EIO;
+    }
+    pthread_mutex_unlock(&fp_lock);
+    return err;
+}
+#else
+typedef int cm_failpoints_compiled_out;   /* ISO C wants a non-empty unit */
+#endif

@@ -1,0 +1,20 @@
+/* failpoint.h - named failpoints of the test build (CONVENTIONS 12; issue 9 item 8).
+ *
+ * Compiled in only when the core is built with -DCM_FAILPOINTS (the tests build
+ * that second copy of cometmp._cffi themselves: tests/failpoints.py, via
+ * native/build_ffi.py make_builder(failpoints=True)). The default build
+ * (`pip install`) has none: CM_FAILPOINT(name) is the constant 0 and the
+ * compiler removes the failure branch.
+ *
+ * In a failpoint build, COMETMP_FAILPOINT="name:k:ERRNO[:n]" (several separated
+ * by commas) makes the n-th..(k+n-1)-th evaluation of `name` (counted from
+ * the first evaluation after the variable last changed; n defaults to 1)
+ * return that errno (ENOSPC, EIO, EDQUOT), and the call site fails as if the
+ * step it guards had failed with it. Points: see docs/ARCHITECTURE.md §4.1.
+ */
+#ifdef CM_FAILPOINTS
+int cm_failpoint(const char *name);     /* 0, or the errno to fail with */
+#define CM_FAILPOINT(name) cm_failpoint(name)
+#else
+#define CM_FAILPOINT(name) 0
+#endif
