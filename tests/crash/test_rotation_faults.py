@@ -1,0 +1,140 @@
+"""A rotation that fails at any step (ENOSPC or EIO) writes nothing, leaves no file that
+claims entry numbers, and loses or reuses no acknowledged entry, before or after a reopen
+(issue 9 item 1; ARCHITECTURE.md §4.1, I1).
+
+The failpoint cases run a writer on the failpoint build of the core (tests/failpoints.py);
+each prints its parameters, and a failure replays with
+
+    python tests/crash/rotation_fault_writer.py SO ROOT SPEC DURABILITY SEED OUT
+
+The full-filesystem case fills a real 4 MiB tmpfs (the fixture of test_disk_full.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+import cometmp
+
+import failpoints
+from conftest import child_env, oracle_walk, segment_files, small_config
+from test_disk_full import small_fs  # noqa: F401  (fixture)
+
+STREAM = "rot:shard:0000"
+WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rotation_fault_writer.py")
+DURABLE_ONLY = ("rotate.seal_fsync", "rotate.fsync")
+
+
+def cases():
+    for point in failpoints.ROTATION_POINTS:
+        for err in ("ENOSPC", "EIO"):
+            for k, times in ((1, 1), (3, 1), (2, 4)):
+                durability = "interval" if point in DURABLE_ONLY or k == 3 else "none"
+                if point == "rotate.remove":
+                    # the new segment became visible, the step after failed, and so did its
+                    # removal: appends retry the rotation (rotate_pending) until one works
+                    spec = (f"rotate.after_segment_create:{k}:{err}:{times + 1},"
+                            f"rotate.remove:1:{err}:{times}")
+                else:
+                    spec = f"{point}:{k}:{err}:{times}"
+                yield pytest.param(spec, durability, k * 100 + times, id=f"{spec}-{durability}")
+
+
+@pytest.fixture(scope="module")
+def fp_core() -> str:
+    return failpoints.build()
+
+
+def check_log(root: str, acked: dict[int, list], cfg: cometmp.Config, oracle: bool = True) -> None:
+    """After a reopen: exactly the acknowledged entries, dense from 0, with their bytes
+    (an empty segment left inside the log would make its range unreadable, one left at
+    the end would hand numbers out again); no temp file; the next append gets the next
+    number. With `oracle`, also every segment by the pure-Python reader: no damage, each
+    starting where the one before ends."""
+    n = len(acked)
+    assert sorted(acked) == list(range(n)), "acknowledged entry numbers are not dense"
+    with cometmp.Client(root, config=cfg) as c:
+        got = [(m.id.entry, [len(m.data), hashlib.sha256(m.data).hexdigest()])
+               for m in c.scan(STREAM)]
+        assert [e for e, _ in got] == list(range(n))
+        bad = [e for e, d in got if acked[e] != d]
+        assert not bad, f"entries with other bytes: {bad[:10]}"
+        assert c.length(STREAM) == n
+        assert c.log("rot", shards=1).append(b"after the faults").entry == n
+    bases = [b for b, _ in segment_files(root, STREAM)]
+    assert bases == sorted(set(bases)) and bases[0] == 0 and bases[-1] <= n
+    expect = 0
+    for base, path in segment_files(root, STREAM) if oracle else ():
+        recs, damage = oracle_walk(path)
+        assert not damage, f"{path}: {damage}"
+        assert base == expect, f"segment {base} does not start where the one before ends ({expect})"
+        expect = base + len(recs)
+    assert not oracle or expect == n + 1
+    d = os.path.dirname(segment_files(root, STREAM)[0][1])
+    assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("spec,durability,seed", list(cases()))
+def test_failed_rotation_loses_and_reuses_nothing(fp_core, spec, durability, seed):
+    # in /dev/shm when there is one: ~8 MiB per case, and the oracle pass over it is slow
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
+        run_writer(fp_core, d, spec, durability, seed)
+
+
+def run_writer(fp_core: str, tmp: str, spec: str, durability: str, seed: int) -> None:
+    root, out = os.path.join(tmp, "log"), os.path.join(tmp, "acked.json")
+    args = [fp_core, root, spec, durability, str(seed), out]
+    print("replay:", sys.executable, WRITER, *args)
+    p = subprocess.run([sys.executable, WRITER, *args], env=child_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(out) as f:
+        res = json.load(f)
+    assert res["errors"], f"the failpoint {spec} never fired"
+    print(f"{len(res['errors'])} failed appends, {len(res['acked'])} acknowledged")
+    cfg = small_config(preallocate_bytes=64 * 1024, durability=durability)
+    check_log(root, {int(e): d for e, d in res["acked"].items()}, cfg, oracle=False)
+
+
+@pytest.mark.parametrize("free_kib", [900, 1150, 1400, 1700])
+def test_rotation_on_a_full_tmpfs(small_fs, free_kib):  # noqa: F811
+    """Fill a real tmpfs so that appends and rotations hit ENOSPC, keep appending (big
+    entries that need a new segment, small ones that still fit the old one), then free the
+    space: every acknowledged entry is there once, numbers dense, appends resume."""
+    root = os.path.join(small_fs, "log")
+    cfg = small_config(preallocate_bytes=64 * 1024)
+    rng = random.Random(free_kib)
+    acked: dict[int, list] = {}
+    fails = rotation_fails = 0
+    with cometmp.Client(root, config=cfg) as c:
+        lg = c.log("rot", shards=1)
+        st = os.statvfs(small_fs)
+        filler = os.path.join(small_fs, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"\xff" * max(0, st.f_bavail * st.f_frsize - free_kib * 1024))
+        for i in range(400):
+            data = rng.randbytes(rng.choice((300, 2000, 60_000, 150_000)))
+            before = c.length(STREAM)
+            try:
+                entry = lg.append(data).entry
+            except cometmp.DiskFull as e:
+                fails += 1
+                rotation_fails += ".idx" in str(e) or ".seg.tmp" in str(e)
+                assert c.length(STREAM) == before
+                continue
+            assert entry not in acked and entry == before
+            acked[entry] = [len(data), hashlib.sha256(data).hexdigest()]
+            assert c.read(STREAM, entry).data == data
+        print(f"free {free_kib} KiB: {len(acked)} acknowledged, {fails} DiskFull, "
+              f"{rotation_fails} in rotation")
+        assert fails
+        os.unlink(filler)
+    check_log(root, acked, cfg)

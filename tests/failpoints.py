@@ -1,0 +1,71 @@
+"""The failpoint build of the core, for the crash tier (CONVENTIONS 12, issue 9 item 8).
+
+The default build (``pip install``) has no failpoints: ``native/failpoint.h`` compiles
+``CM_FAILPOINT(name)`` to the constant 0. The tests build a second copy of
+``cometmp._cffi`` with ``-DCM_FAILPOINTS`` (``native/build_ffi.py``
+``make_builder(failpoints=True)``) into a cache directory of their own, keyed by a hash of
+``native/`` so an edited core is rebuilt, and load it in a child process *as*
+``cometmp._cffi`` before ``cometmp`` is imported (``bootstrap``). The package's other
+extensions (``_appender``, ``_reader``) reach the core through its function table, so they
+go through the failpoint copy too. Nothing in the installed package changes.
+
+In that child ``COMETMP_FAILPOINT="rotate.map:3:ENOSPC"`` (comma-separated, an optional
+fourth field = how many consecutive evaluations fail) makes the 3rd evaluation of the point
+fail with that errno; counters restart whenever the variable changes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+NATIVE = pathlib.Path(__file__).resolve().parent.parent / "native"
+
+#: every failpoint of the rotation path (native/shard.c rotate_locked, remove_new_segment)
+ROTATION_POINTS = ("rotate.seal_fsync", "rotate.index_create", "rotate.segment_create", "rotate.map",
+                   "rotate.rename", "rotate.fsync", "rotate.after_segment_create", "rotate.remove")
+
+
+def _source_key() -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for p in sorted(NATIVE.iterdir()):
+        if p.suffix in (".c", ".h", ".py"):
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    h.update(sys.version.encode())
+    return h.hexdigest()
+
+
+def build() -> str:
+    """Path of the failpoint build's ``_cffi`` shared object (built once per source hash)."""
+    out = pathlib.Path(tempfile.gettempdir()) / f"cometmp-failpoints-{os.getuid()}-{_source_key()}"
+    found = glob.glob(str(out / "cometmp" / "_cffi*.so"))
+    if found:
+        return found[0]
+    spec = importlib.util.spec_from_file_location("_cometmp_build_ffi", NATIVE / "build_ffi.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    work = tempfile.mkdtemp(prefix="cometmp-fpbuild-")
+    try:
+        mod.make_builder(failpoints=True, absolute=True).compile(tmpdir=work)
+        try:
+            os.rename(work, out)
+        except OSError:             # another session built it first
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return glob.glob(str(out / "cometmp" / "_cffi*.so"))[0]
+
+
+def bootstrap(so_path: str) -> None:
+    """In a fresh process, before ``import cometmp``: use the failpoint core."""
+    assert "cometmp" not in sys.modules, "bootstrap must run before cometmp is imported"
+    spec = importlib.util.spec_from_file_location("cometmp._cffi", so_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules["cometmp._cffi"] = mod
