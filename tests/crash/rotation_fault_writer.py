@@ -3,8 +3,9 @@
     python rotation_fault_writer.py SO ROOT SPEC DURABILITY SEED OUT
 
 Loads the failpoint core SO as cometmp._cffi (tests/failpoints.py), opens ROOT with 1 MiB
-segments, sets COMETMP_FAILPOINT=SPEC and appends entries of 20-90 KiB (singles and
-append_many batches) so that rotations keep happening while some of them fail. It checks,
+segments, sets COMETMP_FAILPOINT=SPEC and appends entries of 18-90 KiB (singles and
+append_many batches; after a failure three of at most 500 bytes, which still fit the older
+segment) so that rotations keep happening while some of them fail. It checks,
 in process, that every error is the cometmp one for the injected errno (DiskFull for
 ENOSPC/EDQUOT, StorageError otherwise), that every acknowledged entry reads back with its
 bytes right away and that no entry number is handed out twice. Then it clears the
@@ -50,10 +51,14 @@ def main() -> int:
     with cometmp.Client(root, config=cfg) as c:
         lg = c.log("rot", shards=1)
         os.environ["COMETMP_FAILPOINT"] = spec
+        small = 0
         for i in range(140):
             if i == 110:
                 os.environ.pop("COMETMP_FAILPOINT")   # space returns: all must succeed now
-            batch = [rng.randbytes(rng.randint(20_000, 90_000))
+            # after a failure, small entries that still fit the older segment (the attack)
+            hi = 500 if small else 90_000
+            small = max(0, small - 1)
+            batch = [rng.randbytes(rng.randint(hi // 5, hi))
                      for _ in range(rng.randint(2, 5) if rng.random() < 0.25 else 1)]
             before = c.length(STREAM)
             try:
@@ -70,6 +75,7 @@ def main() -> int:
                     print(f"append {i}: {type(e).__name__} errno {e.errno}, injected {injected}: {e}")
                     return 1
                 errors.append(f"{i}:{type(e).__name__}:{e}")
+                small = 3
                 entries = list(range(before, before + e.appended))
                 batch = batch[:e.appended]
                 if c.length(STREAM) != before + e.appended:
