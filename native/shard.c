@@ -792,7 +792,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     int e, rc;
     if (durable && s->seg_fd >= 0) {
         if ((e = CM_FAILPOINT("rotate.seal_fsync")) == 0 && fdatasync(s->seg_fd) != 0) e = errno;
-        if (e) return cm_fail(CM_E_IO, e, "fsync %s/%020llu.seg", s->dir,
+        if (e) return cm_fail(errno_code(e), e, "fsync %s/%020llu.seg", s->dir,
                               (unsigned long long)s->seg_base);
     }
     /* 1. the index (renamed in; inert until its segment exists) */
