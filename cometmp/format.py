@@ -66,8 +66,13 @@ CM_STATE_MAGIC = 0x54534D43  # b"CMST"
 CM_STATE_VERSION = 1
 CM_STATE_BYTES = 4096
 CM_STATE_COUNTERS = 32
+CM_STATE_BOOT_ID_BYTES = 32
+CM_LOCK_LINE_BYTES = 64  # every shared mutex (state page, offsets file, registry) has its own line
+CM_STATE_OFF_MAGIC = 0
 CM_STATE_OFF_VERSION = 4
 CM_STATE_OFF_FINGERPRINT = 8
+CM_STATE_OFF_SIZE = 16
+CM_STATE_OFF_CREATED = 24
 CM_STATE_OFF_BOOT_ID = 32
 CM_STATE_OFF_LOCK = 64
 CM_STATE_OFF_COMMITTED = 128
@@ -76,11 +81,15 @@ CM_STATE_OFF_TAIL = 144
 CM_STATE_OFF_RESERVE_END = 152
 CM_STATE_OFF_LAST_TS = 160
 CM_STATE_OFF_ALLOC_END = 168
+CM_STATE_OFF_IDX_LAST_OFF = 176
+CM_STATE_OFF_IDX_COUNT = 184
 CM_STATE_OFF_WAITERS = 188
 CM_STATE_OFF_FIRST_ENTRY = 192
 CM_STATE_OFF_NOTIFY_SEQ = 200
 CM_STATE_OFF_ACTIVE_GEN = 204
+CM_STATE_OFF_ROTATE_PENDING = 208   # was padding (zero) in the first v1 builds
 CM_STATE_OFF_COUNTERS = 256
+CM_STATE_OFF_RESERVED = 512
 
 #: counter slots in the state page, by name (FORMAT.md "Counters")
 COUNTERS = {
@@ -122,6 +131,22 @@ assert _SEG_HDR.size == CM_SEG_HEADER_BYTES
 assert _REC_HDR.size == CM_REC_HEADER_BYTES
 assert _IDX_HDR.size == CM_IDX_HEADER_BYTES
 assert _IDX_ENT.size == CM_IDX_ENTRY_BYTES
+
+
+def fingerprint(version: int, *terms: int) -> int:
+    """A layout fingerprint as native/state.c, offsets.c and registry.c compute it
+    (FORMAT.md §4, §7, §8): ``f = version``, then ``f = f * 1000003 + x`` mod 2**64."""
+    f = version
+    for x in terms:
+        f = (f * 1000003 + x) & 0xFFFFFFFFFFFFFFFF
+    return f
+
+
+def state_fingerprint(mutex_bytes: int, pointer_bytes: int) -> int:
+    """cm_state_fingerprint() of a build whose pthread_mutex_t and pointers have these sizes."""
+    return fingerprint(CM_STATE_VERSION, CM_STATE_OFF_BOOT_ID, CM_STATE_OFF_LOCK, mutex_bytes,
+                       CM_STATE_OFF_COMMITTED, CM_STATE_OFF_NOTIFY_SEQ, CM_STATE_OFF_COUNTERS,
+                       CM_STATE_COUNTERS, pointer_bytes)
 
 
 def _make_table() -> list[int]:

@@ -1,6 +1,6 @@
 """Consumer-group offsets: the shared mapped file ``DIR/consumers/offsets`` (native/offsets.c).
 
-One file per data directory, shared by every process. Layout (native/offsets.h,
+One file per data directory, shared by every process. Layout (native/format.h,
 docs/FORMAT.md §7; native endian, fixed size, sparse)::
 
     [0, 4096)        header  magic "CMOF"(4) version(2) header_bytes(2) fingerprint(8)
@@ -39,20 +39,8 @@ from . import paths
 from ._ffi import check, ffi, lib
 from .errors import ClosedError
 
-_L = None
-
-
-def layout() -> dict[str, int]:
-    """The layout constants as the compiled core reports them (cm_offsets_layout)."""
-    global _L
-    if _L is None:
-        n = ffi.new("uint32_t *")
-        table = lib.cm_offsets_layout(n)
-        _L = {ffi.string(table[i].name).decode(): int(table[i].value) for i in range(n[0])}
-    return _L
-
-
-# Mirrors of native/offsets.h (tests/unit/test_offsets.py compares them with layout()).
+# Mirrors of native/format.h, offsets-file section (tests/unit/test_format_constants.py
+# compares every CM_OFS_* constant here with cm_format_constants()).
 CM_OFS_MAGIC = 0x464F4D43  # b"CMOF"
 CM_OFS_VERSION = 1
 CM_OFS_HEADER_BYTES = 4096
@@ -68,8 +56,11 @@ CM_OFS_PATTERNS_MAX = 960
 CM_OFS_STREAM_MAX = 440
 CM_OFS_UNSET = (1 << 64) - 1
 CM_OFS_FREE, CM_OFS_LIVE, CM_OFS_DELETING = 0, 1, 2
+CM_OFS_OFF_MAGIC, CM_OFS_OFF_VERSION, CM_OFS_OFF_HEADER_BYTES, CM_OFS_OFF_FINGERPRINT = 0, 4, 6, 8
+CM_OFS_OFF_FILE_BYTES, CM_OFS_OFF_GROUP_CAP, CM_OFS_OFF_SLOT_CAP = 16, 24, 28
 CM_OFS_OFF_GROUP_HWM = 32
 CM_OFS_OFF_SLOT_HWM = 36
+CM_OFS_OFF_NEXT_GROUP_ID, CM_OFS_OFF_CREATED, CM_OFS_OFF_LOCK_RECOVERIES = 40, 48, 56
 CM_OFS_OFF_LOCK = 64
 CM_OFS_G_STATE, CM_OFS_G_NAME_LEN, CM_OFS_G_ID, CM_OFS_G_CREATED = 0, 4, 8, 16
 CM_OFS_G_ACTIVE, CM_OFS_G_PATTERNS_LEN, CM_OFS_G_NAME, CM_OFS_G_PATTERNS = 24, 32, 64, 1088
@@ -77,6 +68,9 @@ CM_OFS_S_STATE, CM_OFS_S_GROUP, CM_OFS_S_GROUP_ID, CM_OFS_S_NEXT = 0, 4, 8, 16
 CM_OFS_S_RESETS, CM_OFS_S_ACKED, CM_OFS_S_DROPPED = 24, 32, 40
 CM_OFS_S_STREAM_LEN, CM_OFS_S_STREAM = 48, 64
 
+#: header up to the lock: magic version header_bytes fingerprint file_bytes group_cap slot_cap
+#: group_hwm slot_hwm next_group_id created_ns lock_recoveries
+HEADER = struct.Struct("=IHHQQIIIIQqQ")
 _GROUP_HEAD = struct.Struct("=IIQqqI")    # state name_len id created active patterns_len
 _SLOT_HEAD = struct.Struct("=IIQQQqQI")   # state group group_id next resets acked dropped len
 _GROUP_LIVE = struct.Struct("=IIQ")       # state name_len id

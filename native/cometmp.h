@@ -174,12 +174,19 @@ uint64_t cm_fork_generation(void);
 /* api.c: function table handed to the CPython fast path (_appender) */
 void *cm_api_table(void);
 
-/* api.c: the layout constants of format.h, for cometmp/format.py's test */
+/* format.c: every layout constant of native/format.h (segment, record, index,
+ * state page, offsets file, registry), for the test that compares them with
+ * the Python mirrors (tests/unit/test_format_constants.py) */
 typedef struct cm_constant { const char *name; uint64_t value; } cm_constant;
 const cm_constant *cm_format_constants(uint32_t *count);
 
-/* registry.c: the worker registry in POSIX shm (cometmp/registry.py). The
- * caller maps the object; these own its layout, init and robust lock. */
+/* the layout fingerprints of the three shared mappings (state.c, offsets.c,
+ * registry.c): version, layout and pthread ABI, FORMAT.md §4, §7, §8 */
+uint64_t cm_state_fingerprint(void);
+
+/* registry.c: the worker registry in POSIX shm (cometmp/registry/table.py).
+ * The caller maps the object; these own its init, check and robust lock
+ * (layout in native/format.h). */
 uint64_t cm_registry_bytes(void);
 uint64_t cm_registry_fingerprint(void);
 int  cm_registry_init(void *base, uint64_t size, uint32_t process_count);
@@ -188,7 +195,6 @@ int  cm_registry_lock(void *base, int32_t timeout_ms);
 void cm_registry_unlock(void *base);
 uint64_t cm_registry_bump_epoch(void *base);
 int64_t cm_fs_type(const char *path);
-const cm_constant *cm_registry_constants(uint32_t *count);
 
 /* notify.c: sleep until a writer publishes (issue 4). `state` is a stream's
  * state page mapped read-write (the waiter counts itself in `waiters`).
@@ -199,7 +205,7 @@ int  cm_wait_many(void *const *states, const uint32_t *seen, uint32_t n, int64_t
 /* wake every thread of this process sleeping on `state` (a closing consumer) */
 int  cm_wake(void *state);
 
-/* offsets.c: the consumer-offsets file (native/offsets.h, cometmp/offsets.py) */
+/* offsets.c: the consumer-offsets file (layout in native/format.h, cometmp/offsets.py) */
 typedef struct cm_offsets cm_offsets;
 /* lifetime as cm_shard: close waits for calls in flight, later calls return
  * CM_E_CLOSED (unlock excepted); the mapping goes with the last unref */
@@ -220,4 +226,3 @@ int  cm_offsets_slot(cm_offsets *o, uint32_t group, uint64_t id, const char *str
 int  cm_offsets_ack(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t next, int64_t now_ns);
 int  cm_offsets_set(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t next, int64_t now_ns);
 int  cm_offsets_add_dropped(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t n);
-const cm_constant *cm_offsets_layout(uint32_t *count);

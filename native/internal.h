@@ -78,7 +78,6 @@ uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len);
 void cm_prealloc_wait(uint64_t ticket);
 
 /* state.c */
-uint64_t cm_state_fingerprint(void);
 int  cm_state_init(cm_state *st);
 
 /* the function table handed to the CPython fast path (api.c, appender.c) */

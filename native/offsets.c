@@ -1,6 +1,6 @@
 /* offsets.c - the consumer-offsets file: groups, (group, stream) slots, acks.
  *
- * Layout in offsets.h and docs/FORMAT.md §7; protocol in docs/ARCHITECTURE.md §9. Who may call: any
+ * Layout in native/format.h and docs/FORMAT.md §7; protocol in docs/ARCHITECTURE.md §9. Who may call: any
  * process and thread; the file is shared by every process of a data
  * directory. Claims, pattern updates, offset resets and deletions hold the
  * header's robust process-shared (recursive) mutex (I12); acks do not take
@@ -30,7 +30,6 @@
 #include <sys/syscall.h>
 #include "cometmp.h"
 #include "internal.h"
-#include "offsets.h"
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -467,39 +466,6 @@ static int add_dropped_entered(cm_offsets *o, uint32_t si, uint64_t id, uint64_t
     if (!slot_live(o, si, id)) return CM_E_NOTFOUND;
     __atomic_add_fetch(&slot_at(o, si)->dropped, n, __ATOMIC_RELAXED);
     return CM_OK;
-}
-
-#define C(name) { #name, (uint64_t)(name) }
-static const cm_constant layout[] = {
-    C(CM_OFS_MAGIC), C(CM_OFS_VERSION), C(CM_OFS_HEADER_BYTES), C(CM_OFS_GROUP_BYTES),
-    C(CM_OFS_GROUP_CAP), C(CM_OFS_SLOT_BYTES), C(CM_OFS_SLOT_CAP), C(CM_OFS_GROUPS_OFF),
-    C(CM_OFS_SLOTS_OFF), C(CM_OFS_FILE_BYTES), C(CM_OFS_NAME_MAX), C(CM_OFS_PATTERNS_MAX),
-    C(CM_OFS_STREAM_MAX), C(CM_OFS_UNSET), C(CM_OFS_FREE), C(CM_OFS_LIVE), C(CM_OFS_DELETING),
-    { "CM_OFS_OFF_GROUP_HWM", offsetof(cm_ofs_header, group_hwm) },
-    { "CM_OFS_OFF_SLOT_HWM", offsetof(cm_ofs_header, slot_hwm) },
-    { "CM_OFS_OFF_LOCK", offsetof(cm_ofs_header, lock) },
-    { "CM_OFS_G_STATE", offsetof(cm_ofs_group, state) },
-    { "CM_OFS_G_NAME_LEN", offsetof(cm_ofs_group, name_len) },
-    { "CM_OFS_G_ID", offsetof(cm_ofs_group, id) },
-    { "CM_OFS_G_CREATED", offsetof(cm_ofs_group, created_ns) },
-    { "CM_OFS_G_ACTIVE", offsetof(cm_ofs_group, active_ns) },
-    { "CM_OFS_G_PATTERNS_LEN", offsetof(cm_ofs_group, patterns_len) },
-    { "CM_OFS_G_NAME", offsetof(cm_ofs_group, name) },
-    { "CM_OFS_G_PATTERNS", offsetof(cm_ofs_group, patterns) },
-    { "CM_OFS_S_STATE", offsetof(cm_ofs_slot, state) },
-    { "CM_OFS_S_GROUP", offsetof(cm_ofs_slot, group) },
-    { "CM_OFS_S_GROUP_ID", offsetof(cm_ofs_slot, group_id) },
-    { "CM_OFS_S_NEXT", offsetof(cm_ofs_slot, next) },
-    { "CM_OFS_S_RESETS", offsetof(cm_ofs_slot, resets) },
-    { "CM_OFS_S_ACKED", offsetof(cm_ofs_slot, acked_ns) },
-    { "CM_OFS_S_DROPPED", offsetof(cm_ofs_slot, dropped) },
-    { "CM_OFS_S_STREAM_LEN", offsetof(cm_ofs_slot, stream_len) },
-    { "CM_OFS_S_STREAM", offsetof(cm_ofs_slot, stream) },
-};
-
-const cm_constant *cm_offsets_layout(uint32_t *count) {
-    *count = sizeof layout / sizeof layout[0];
-    return layout;
 }
 
 /* ---------------------------------------------- entry points (L1) */

@@ -4,18 +4,11 @@
  * st_dev:st_ino>", created by cometmp/supervisor.py through posix_ipc). It is
  * transient and rebuildable, so it is native-endian and not checksummed; the
  * fingerprint makes builds with another layout or pthread ABI refuse to share
- * it (FORMAT.md "Registry"). Python (cometmp/registry.py) reads and writes the
- * slots with the offsets exported by cm_registry_constants(); this file owns
- * the layout, the initialisation and the lock, because a robust mutex cannot
- * be driven from Python.
- *
- * Layout (native endian):
- *   header  magic(4) version(2) header_bytes(2) fingerprint(8) size(4)
- *           max_entries(4) created_ns(8) unlinked(4) process_count(4)
- *           epoch(8) owner_uid(4) owner_gid(4) = 56, pad to 64
- *   lock    robust process-shared pthread mutex, its own 64-byte line (I20)
- *   masters 8 x { pid(4) pad(4) start_ticks(8) } = 128
- *   entries max_entries x 64 bytes, see cm_reg_entry
+ * it (FORMAT.md §8). Python (cometmp/registry/table.py) reads and writes the
+ * slots with its mirror of the CM_REG_* offsets of native/format.h (compared
+ * with cm_format_constants() by tests/unit/test_format_constants.py); this
+ * file owns the initialisation, the check and the lock, because a robust
+ * mutex cannot be driven from Python. Layout: native/format.h.
  *
  * Why a robust mutex and not a posix_ipc semaphore: a semaphore held by a
  * process that is SIGKILLed stays decremented forever (measured-here.md §2),
@@ -35,56 +28,8 @@
 #include "cometmp.h"
 #include "internal.h"
 
-#define CM_REG_MAGIC        0x47524D43u /* "CMRG" as LE bytes */
-#define CM_REG_VERSION      1
-#define CM_REG_MASTERS      8
-#define CM_REG_MAX_ENTRIES  256
-
-typedef struct cm_reg_entry {   /* one worker slot (or waiting entry), 64 bytes */
-    int32_t  pid;               /* 0   0 = nobody */
-    uint32_t state;             /* 4   CM_SLOT_* */
-    uint64_t start_ticks;       /* 8   /proc/<pid>/stat field 22: pid reuse guard (I21) */
-    uint64_t epoch;             /* 16  registry epoch when this holder took it */
-    int64_t  heartbeat_ns;      /* 24  CLOCK_MONOTONIC, written by the holder */
-    int64_t  vacated_ns;        /* 32  CLOCK_MONOTONIC when it became VACANT */
-    int64_t  key;               /* 40  server's own worker id (uWSGI worker_id), -1 none */
-    int32_t  last_pid;          /* 48  previous holder, for status */
-    uint32_t flags;             /* 52 */
-    uint8_t  pad[8];            /* 56 */
-} cm_reg_entry;
-
-typedef struct cm_reg_master {
-    int32_t  pid;
-    uint32_t pad;
-    uint64_t start_ticks;
-} cm_reg_master;
-
-typedef struct cm_registry {
-    uint32_t magic;             /* 0 */
-    uint16_t version;           /* 4 */
-    uint16_t header_bytes;      /* 6 */
-    uint64_t fingerprint;       /* 8 */
-    uint32_t size;              /* 16 */
-    uint32_t max_entries;       /* 20 */
-    int64_t  created_ns;        /* 24 */
-    uint32_t unlinked;          /* 32 set under the lock before shm_unlink */
-    uint32_t process_count;     /* 36 configured worker count (processCount) */
-    uint64_t epoch;             /* 40 bumped on every ownership change; watched by appenders */
-    uint32_t owner_uid;         /* 48 */
-    uint32_t owner_gid;         /* 52 */
-    uint8_t  pad0[8];           /* 56 */
-    union { pthread_mutex_t mutex; uint8_t pad[64]; } lock;  /* 64 */
-    cm_reg_master masters[CM_REG_MASTERS];                   /* 128 */
-    cm_reg_entry entries[CM_REG_MAX_ENTRIES];                /* 256 */
-} cm_registry;
-
-_Static_assert(sizeof(cm_reg_entry) == 64, "a slot is one cache line");
-_Static_assert(offsetof(cm_registry, epoch) == 40, "epoch at 40");
-_Static_assert(offsetof(cm_registry, lock) == 64, "lock at 64");
-_Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex fits its line");
-_Static_assert(offsetof(cm_registry, masters) == 128, "masters at 128");
-_Static_assert(offsetof(cm_registry, entries) == 256, "entries at 256");
-_Static_assert(sizeof(cm_registry) == 256 + 64 * CM_REG_MAX_ENTRIES, "registry size");
+/* The layout (cm_registry, cm_reg_entry, cm_reg_master, CM_REG_*) is in
+ * native/format.h with the other layouts. */
 
 uint64_t cm_registry_fingerprint(void) {
     uint64_t f = CM_REG_VERSION;
@@ -116,7 +61,7 @@ int cm_registry_init(void *base, uint64_t size, uint32_t process_count) {
         return cm_fail(CM_E_IO, 0, "cannot initialise the registry's robust mutex");
     pthread_mutexattr_destroy(&a);
     r->version = CM_REG_VERSION;
-    r->header_bytes = offsetof(cm_registry, entries);
+    r->header_bytes = CM_REG_HEADER_BYTES;
     r->fingerprint = cm_registry_fingerprint();
     r->size = (uint32_t)sizeof *r;
     r->max_entries = CM_REG_MAX_ENTRIES;
@@ -184,39 +129,4 @@ int64_t cm_fs_type(const char *path) {
     if (statfs(path, &sb) != 0)
         return cm_fail(errno == ENOENT ? CM_E_NOTFOUND : CM_E_IO, errno, "statfs %s", path);
     return (int64_t)(uint64_t)(uint32_t)sb.f_type;
-}
-
-#define C(name) { #name, (uint64_t)(name) }
-#define O(name, type, field) { name, offsetof(type, field) }
-static const cm_constant reg_constants[] = {
-    C(CM_REG_MAGIC), C(CM_REG_VERSION), C(CM_REG_MASTERS), C(CM_REG_MAX_ENTRIES),
-    { "CM_REG_BYTES", sizeof(cm_registry) },
-    { "CM_REG_ENTRY_BYTES", sizeof(cm_reg_entry) },
-    { "CM_REG_MASTER_BYTES", sizeof(cm_reg_master) },
-    O("CM_REG_OFF_MAGIC", cm_registry, magic),
-    O("CM_REG_OFF_VERSION", cm_registry, version),
-    O("CM_REG_OFF_FINGERPRINT", cm_registry, fingerprint),
-    O("CM_REG_OFF_CREATED", cm_registry, created_ns),
-    O("CM_REG_OFF_UNLINKED", cm_registry, unlinked),
-    O("CM_REG_OFF_PROCESS_COUNT", cm_registry, process_count),
-    O("CM_REG_OFF_EPOCH", cm_registry, epoch),
-    O("CM_REG_OFF_OWNER_UID", cm_registry, owner_uid),
-    O("CM_REG_OFF_OWNER_GID", cm_registry, owner_gid),
-    O("CM_REG_OFF_LOCK", cm_registry, lock),
-    O("CM_REG_OFF_MASTERS", cm_registry, masters),
-    O("CM_REG_OFF_ENTRIES", cm_registry, entries),
-    O("CM_REGE_OFF_PID", cm_reg_entry, pid),
-    O("CM_REGE_OFF_STATE", cm_reg_entry, state),
-    O("CM_REGE_OFF_START", cm_reg_entry, start_ticks),
-    O("CM_REGE_OFF_EPOCH", cm_reg_entry, epoch),
-    O("CM_REGE_OFF_HEARTBEAT", cm_reg_entry, heartbeat_ns),
-    O("CM_REGE_OFF_VACATED", cm_reg_entry, vacated_ns),
-    O("CM_REGE_OFF_KEY", cm_reg_entry, key),
-    O("CM_REGE_OFF_LAST_PID", cm_reg_entry, last_pid),
-    O("CM_REGE_OFF_FLAGS", cm_reg_entry, flags),
-};
-
-const cm_constant *cm_registry_constants(uint32_t *count) {
-    *count = sizeof reg_constants / sizeof reg_constants[0];
-    return reg_constants;
 }

@@ -21,7 +21,6 @@ uint64_t cm_state_fingerprint(void) {
     f = f * 1000003u + sizeof(pthread_mutex_t);
     f = f * 1000003u + offsetof(cm_state, committed);
     f = f * 1000003u + offsetof(cm_state, notify_seq);
-    f = f * 1000003u + offsetof(cm_state, rotate_pending);
     f = f * 1000003u + offsetof(cm_state, counters);
     f = f * 1000003u + CM_STATE_COUNTERS;
     f = f * 1000003u + sizeof(void *);

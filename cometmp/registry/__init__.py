@@ -24,7 +24,6 @@ from .membership import (
     worker_id,
 )
 from .table import (
-    C,
     ENTRY,
     ENV_DIR,
     ENV_FAILPOINTS,
@@ -49,7 +48,7 @@ from .table import (
 )
 
 __all__ = [
-    "C", "ENV_DIR", "ENV_FAILPOINTS", "FREE", "LIVE", "LOCK_TIMEOUT_MS", "MAX_ENTRIES",
+    "ENV_DIR", "ENV_FAILPOINTS", "FREE", "LIVE", "LOCK_TIMEOUT_MS", "MAX_ENTRIES",
     "MAX_PROCESS_COUNT", "MEMBER_PERIOD", "RECLAIM_GRACE", "SHM_PREFIX", "STATE_NAMES",
     "VACANT", "ENTRY", "Entry", "Registry", "Snapshot", "check_filesystem", "configure",
     "configured_directory", "in_use_or_young", "is_alive", "join", "leave", "shm_name",

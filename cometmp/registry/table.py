@@ -1,16 +1,16 @@
 """The worker registry's shared-memory table: one POSIX shm object per data directory.
 
 Used by every process of a prefork pool: workers through cometmp.registry.membership,
-the master through cometmp.supervisor, ``cometmp status`` read-only. The layout and the
-membership lock live in native/registry.c (docs/FORMAT.md §8); this module reads and
-writes the 64-byte entries with the offsets C exports.
+the master through cometmp.supervisor, ``cometmp status`` read-only. The layout is in
+native/format.h (docs/FORMAT.md §8; this module mirrors its constants), the membership
+lock in native/registry.c; this module reads and writes the 64-byte entries.
 
 Design (docs/ARCHITECTURE.md "Registry", "Slot states", "Shard ownership")
 --------------------------------------------------------------------------
 One registry per data directory, named ``/cometmp-<blake2b(st_dev:st_ino)>``
 so two directories never collide and one directory always finds the same
-object. Layout and the membership lock live in native/registry.c; this module
-reads and writes the 64-byte entries with the offsets C exports.
+object. The layout is in native/format.h, the membership lock in native/registry.c;
+this module reads and writes the 64-byte entries.
 
 ``entries[0 .. processCount-1]`` are the *slots*: the entry at index ``p`` is
 processID ``p`` and owns the shards ``s`` with ``s % processCount == p`` of
@@ -64,8 +64,6 @@ ENV_DIR = "COMETMP_DIR"
 ENV_FAILPOINTS = "COMETMP_FAILPOINTS"
 SHM_PREFIX = "/cometmp-"
 
-FREE, LIVE, VACANT = 0, 1, 2
-STATE_NAMES = {FREE: "free", LIVE: "live", VACANT: "vacant"}
 #: A slot whose worker is gone and not replaced within this many seconds is reclaimed.
 RECLAIM_GRACE = 1.0
 LOCK_TIMEOUT_MS = 5000
@@ -73,22 +71,51 @@ LOCK_TIMEOUT_MS = 5000
 MEMBER_PERIOD = 0.2
 
 
-def _constants() -> dict[str, int]:
-    n = ffi.new("uint32_t *")
-    table = lib.cm_registry_constants(n)
-    return {ffi.string(table[i].name).decode(): int(table[i].value) for i in range(n[0])}
+# ---- layout: mirrors native/format.h (docs/FORMAT.md §8); tests/unit/test_format_constants.py
+# compares every CM_REG* constant here with cm_format_constants(). Native endian, 16 640 bytes.
+CM_REG_MAGIC = 0x47524D43  # b"CMRG"
+CM_REG_VERSION = 1
+CM_REG_MASTERS = 8
+CM_REG_MAX_ENTRIES = 256
+CM_REG_HEADER_BYTES = 256
+CM_REG_FREE, CM_REG_LIVE, CM_REG_VACANT = 0, 1, 2
+CM_REG_OFF_MAGIC = 0
+CM_REG_OFF_VERSION = 4
+CM_REG_OFF_HEADER_BYTES = 6
+CM_REG_OFF_FINGERPRINT = 8
+CM_REG_OFF_SIZE = 16
+CM_REG_OFF_MAX_ENTRIES = 20
+CM_REG_OFF_CREATED = 24
+CM_REG_OFF_UNLINKED = 32
+CM_REG_OFF_PROCESS_COUNT = 36
+CM_REG_OFF_EPOCH = 40
+CM_REG_OFF_OWNER_UID = 48
+CM_REG_OFF_OWNER_GID = 52
+CM_REG_OFF_LOCK = 64
+CM_REG_OFF_MASTERS = 128
+CM_REG_MASTER_BYTES = 16
+CM_REG_OFF_ENTRIES = CM_REG_OFF_MASTERS + CM_REG_MASTERS * CM_REG_MASTER_BYTES
+CM_REG_ENTRY_BYTES = 64
+CM_REG_BYTES = CM_REG_OFF_ENTRIES + CM_REG_MAX_ENTRIES * CM_REG_ENTRY_BYTES
+CM_REGM_OFF_PID, CM_REGM_OFF_START = 0, 8
+CM_REGE_OFF_PID, CM_REGE_OFF_STATE, CM_REGE_OFF_START, CM_REGE_OFF_EPOCH = 0, 4, 8, 16
+CM_REGE_OFF_HEARTBEAT, CM_REGE_OFF_VACATED, CM_REGE_OFF_KEY = 24, 32, 40
+CM_REGE_OFF_LAST_PID, CM_REGE_OFF_FLAGS = 48, 52
 
-
-C = _constants()
-MAX_ENTRIES = C["CM_REG_MAX_ENTRIES"]
+FREE, LIVE, VACANT = CM_REG_FREE, CM_REG_LIVE, CM_REG_VACANT
+STATE_NAMES = {FREE: "free", LIVE: "live", VACANT: "vacant"}
+MAX_ENTRIES = CM_REG_MAX_ENTRIES
 MAX_PROCESS_COUNT = MAX_ENTRIES // 2  # room for a whole second generation of waiting workers
-REG_BYTES = C["CM_REG_BYTES"]
+REG_BYTES = CM_REG_BYTES
+#: header: magic(4) version(2) header_bytes(2) fingerprint(8) size(4) max_entries(4)
+#:         created_ns(8) unlinked(4) process_count(4) epoch(8) owner_uid(4) owner_gid(4)
+HEADER = struct.Struct("=IHHQIIqIIQII")
 #: entry: pid(4) state(4) start_ticks(8) epoch(8) heartbeat_ns(8) vacated_ns(8) key(8)
 #:        last_pid(4) flags(4) pad(8) = 64, native endian
 ENTRY = struct.Struct("=iIQQqqqiI8x")
 MASTER = struct.Struct("=i4xQ")
-assert ENTRY.size == C["CM_REG_ENTRY_BYTES"] and MASTER.size == C["CM_REG_MASTER_BYTES"]
-assert C["CM_REGE_OFF_KEY"] == 40 and C["CM_REGE_OFF_LAST_PID"] == 48
+assert ENTRY.size == CM_REG_ENTRY_BYTES and MASTER.size == CM_REG_MASTER_BYTES
+assert HEADER.size == CM_REG_OFF_OWNER_GID + 4
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
@@ -233,7 +260,7 @@ class Registry:
         self.inode = inode
         self.address = int(ffi.cast("uintptr_t", self._ptr))
         #: address of the shared uint64 ownership epoch (for Appender.set_epoch_watch)
-        self.epoch_address = self.address + C["CM_REG_OFF_EPOCH"]
+        self.epoch_address = self.address + CM_REG_OFF_EPOCH
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
@@ -265,7 +292,7 @@ class Registry:
         if shm.size < REG_BYTES:
             shm.close_fd()
             raise FormatError(f"registry {name} of {directory} is {shm.size} bytes; this build "
-                              f"uses {REG_BYTES} (version {C['CM_REG_VERSION']})")
+                              f"uses {REG_BYTES} (version {CM_REG_VERSION})")
         reg = cls._map(directory, name, shm, False)
         deadline = time.monotonic() + wait
         while True:
@@ -298,8 +325,8 @@ class Registry:
         reg = cls._map(directory, name, shm, True)
         from .._ffi import check
         check(lib.cm_registry_init(reg._ptr, REG_BYTES, _check_count(process_count)))
-        reg._put_u32(C["CM_REG_OFF_OWNER_UID"], os.geteuid() if uid is None else uid)
-        reg._put_u32(C["CM_REG_OFF_OWNER_GID"], os.getegid() if gid is None else gid)
+        reg._put_u32(CM_REG_OFF_OWNER_UID, os.geteuid() if uid is None else uid)
+        reg._put_u32(CM_REG_OFF_OWNER_GID, os.getegid() if gid is None else gid)
         return reg
 
     def close(self) -> None:
@@ -324,7 +351,7 @@ class Registry:
 
     def unlink_locked(self) -> None:
         """Mark unlinked and remove the name. Caller holds the lock."""
-        self._put_u32(C["CM_REG_OFF_UNLINKED"], 1)
+        self._put_u32(CM_REG_OFF_UNLINKED, 1)
         lib.cm_registry_bump_epoch(self._ptr)
         if self.same_object():
             with contextlib.suppress(posix_ipc.ExistentialError):
@@ -339,33 +366,33 @@ class Registry:
 
     @property
     def epoch(self) -> int:
-        return _U64.unpack_from(self._mm, C["CM_REG_OFF_EPOCH"])[0]
+        return _U64.unpack_from(self._mm, CM_REG_OFF_EPOCH)[0]
 
     @property
     def process_count(self) -> int:
-        return self._u32(C["CM_REG_OFF_PROCESS_COUNT"])
+        return self._u32(CM_REG_OFF_PROCESS_COUNT)
 
     @property
     def unlinked(self) -> bool:
-        return self._u32(C["CM_REG_OFF_UNLINKED"]) != 0
+        return self._u32(CM_REG_OFF_UNLINKED) != 0
 
     @property
     def version(self) -> int:
-        return struct.unpack_from("=H", self._mm, C["CM_REG_OFF_VERSION"])[0]
+        return struct.unpack_from("=H", self._mm, CM_REG_OFF_VERSION)[0]
 
     def raw_entries(self):
         """Every entry as a raw tuple, from one copy of the table (fast, racy)."""
-        off = C["CM_REG_OFF_ENTRIES"]
+        off = CM_REG_OFF_ENTRIES
         return ENTRY.iter_unpack(self._mm[off:off + MAX_ENTRIES * ENTRY.size])
 
     def entry(self, i: int) -> Entry:
-        return Entry(i, ENTRY.unpack_from(self._mm, C["CM_REG_OFF_ENTRIES"] + i * ENTRY.size))
+        return Entry(i, ENTRY.unpack_from(self._mm, CM_REG_OFF_ENTRIES + i * ENTRY.size))
 
     def _write_entry(self, i: int, pid: int, state: int, start: int, epoch: int, hb: int,
                      vacated: int, key: int, last_pid: int, flags: int = 0) -> None:
         """Caller holds the lock. Order: state last, so a holder that dies here leaves
         either the old state or a LIVE entry with every field set (_repair_locked)."""
-        base = C["CM_REG_OFF_ENTRIES"] + i * ENTRY.size
+        base = CM_REG_OFF_ENTRIES + i * ENTRY.size
         raw = bytearray(ENTRY.pack(pid, FREE, start, epoch, hb, vacated, key, last_pid, flags))
         self._mm[base + 8:base + 64] = bytes(raw[8:])
         struct.pack_into("=i", self._mm, base, pid)
@@ -377,24 +404,24 @@ class Registry:
 
     def heartbeat(self, i: int, pid: int) -> None:
         """Set entry i's heartbeat if this pid still holds it (no lock: single writer)."""
-        base = C["CM_REG_OFF_ENTRIES"] + i * ENTRY.size
+        base = CM_REG_OFF_ENTRIES + i * ENTRY.size
         if struct.unpack_from("=i", self._mm, base)[0] == pid:
-            struct.pack_into("=q", self._mm, base + C["CM_REGE_OFF_HEARTBEAT"], time.monotonic_ns())
+            struct.pack_into("=q", self._mm, base + CM_REGE_OFF_HEARTBEAT, time.monotonic_ns())
 
     def masters(self) -> list[tuple[int, int, int]]:
-        off = C["CM_REG_OFF_MASTERS"]
+        off = CM_REG_OFF_MASTERS
         return [(i, *MASTER.unpack_from(self._mm, off + i * MASTER.size))
-                for i in range(C["CM_REG_MASTERS"])]
+                for i in range(CM_REG_MASTERS)]
 
     def _set_master(self, i: int, pid: int, ticks: int) -> None:
-        MASTER.pack_into(self._mm, C["CM_REG_OFF_MASTERS"] + i * MASTER.size, pid, ticks)
+        MASTER.pack_into(self._mm, CM_REG_OFF_MASTERS + i * MASTER.size, pid, ticks)
 
     def bump_epoch_locked(self) -> int:
         """I22: publish a change of the ownership function (after the slot stores)."""
         return int(lib.cm_registry_bump_epoch(self._ptr))
 
     def set_process_count_locked(self, n: int) -> None:
-        self._put_u32(C["CM_REG_OFF_PROCESS_COUNT"], _check_count(n))
+        self._put_u32(CM_REG_OFF_PROCESS_COUNT, _check_count(n))
 
     # -- the membership lock (I20) ---------------------------------------------------
     @contextlib.contextmanager

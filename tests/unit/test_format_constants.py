@@ -1,25 +1,60 @@
-"""cometmp/format.py (the pure-Python oracle) agrees with native/format.h."""
+"""Every layout's Python mirror agrees with native/format.h, through one C table.
+
+cm_format_constants() (native/format.c) lists every constant of the six layouts: segment,
+record, index, state page (cometmp/format.py), consumer offsets file (cometmp/offsets.py)
+and worker registry (cometmp/registry/table.py). Each C constant must have an equal Python
+constant in the module that mirrors its layout, and each Python CM_* constant of those
+modules must be known to C.
+"""
 
 from __future__ import annotations
+
+import struct
 
 import cometmp
 from cometmp import _ffi
 from cometmp import format as fmt
+from cometmp import offsets
+from cometmp.registry import table
+
+#: the Python module mirroring each layout, by constant-name prefix
+MIRRORS = [("CM_OFS_", offsets), ("CM_REGE_", table), ("CM_REGM_", table), ("CM_REG_", table),
+           ("CM_", fmt)]
+
+
+def mirror_of(name: str):
+    return next(mod for prefix, mod in MIRRORS if name.startswith(prefix))
+
+
+def python_constants() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _prefix, mod in MIRRORS:
+        for n, v in vars(mod).items():
+            if n.startswith("CM_") and mirror_of(n) is mod:
+                out[n] = v
+    return out
+
+
+def test_the_one_table_covers_all_six_layouts():
+    c = _ffi.format_constants()
+    for prefix in ("CM_SEG_", "CM_REC_", "CM_IDX_", "CM_IDXE_", "CM_STATE_", "CM_CTR_",
+                   "CM_OFS_", "CM_REG_", "CM_REGE_", "CM_REGM_"):
+        assert any(n.startswith(prefix) for n in c), prefix
+    assert len(c) == len(set(c)) > 150
 
 
 def test_every_c_layout_constant_has_an_equal_python_constant():
     c = _ffi.format_constants()
-    assert len(c) > 40
-    missing = sorted(n for n in c if not hasattr(fmt, n))
-    assert not missing, f"cometmp/format.py lacks {missing}"
-    differ = {n: (getattr(fmt, n), v) for n, v in c.items() if getattr(fmt, n) != v}
+    missing = sorted(f"{mirror_of(n).__name__}.{n}" for n in c if not hasattr(mirror_of(n), n))
+    assert not missing, f"Python mirrors lack {missing}"
+    differ = {n: (getattr(mirror_of(n), n), v) for n, v in c.items() if getattr(mirror_of(n), n) != v}
     assert not differ, f"(python, C) values differ: {differ}"
 
 
 def test_every_python_layout_constant_is_known_to_c():
     c = _ffi.format_constants()
-    py = {n for n in vars(fmt) if n.startswith("CM_")}
-    assert py - set(c) == set(), "Python-only constants cannot be checked against the C layout"
+    unknown = sorted(set(python_constants()) - set(c))
+    assert not unknown, f"Python-only constants cannot be checked against the C layout: {unknown}"
 
 
 def test_counter_names_map_to_the_c_counter_slots():
@@ -28,6 +63,36 @@ def test_counter_names_map_to_the_c_counter_slots():
         assert c["CM_CTR_" + name.upper()] == slot
     assert len(set(fmt.COUNTERS.values())) == len(fmt.COUNTERS)
     assert max(fmt.COUNTERS.values()) < fmt.CM_STATE_COUNTERS
+
+
+def test_python_structs_match_the_c_offsets():
+    c = _ffi.format_constants()
+    # registry entry "=iIQQqqqiI8x" and master "=i4xQ"
+    fields = ["PID", "STATE", "START", "EPOCH", "HEARTBEAT", "VACATED", "KEY", "LAST_PID", "FLAGS"]
+    assert [c[f"CM_REGE_OFF_{f}"] for f in fields] == [0, 4, 8, 16, 24, 32, 40, 48, 52]
+    assert table.ENTRY.size == c["CM_REG_ENTRY_BYTES"] == 64
+    assert table.MASTER.size == c["CM_REG_MASTER_BYTES"]
+    assert table.HEADER.size == c["CM_REG_OFF_OWNER_GID"] + 4
+    assert c["CM_REG_BYTES"] == c["CM_REG_OFF_ENTRIES"] + 64 * c["CM_REG_MAX_ENTRIES"] == 16640
+    assert lib_registry_bytes() == c["CM_REG_BYTES"]
+    # offsets-file header (up to the lock), group and slot heads
+    assert offsets.HEADER.size == c["CM_OFS_OFF_LOCK"]
+    assert struct.calcsize("=IIQqqI") == c["CM_OFS_G_PATTERNS_LEN"] + 4
+    assert struct.calcsize("=IIQQQqQI") == c["CM_OFS_S_STREAM_LEN"] + 4
+    assert c["CM_OFS_FILE_BYTES"] == 41947136
+
+
+def lib_registry_bytes() -> int:
+    return int(_ffi.lib.cm_registry_bytes())
+
+
+def test_fingerprints_follow_the_documented_formula():
+    # FORMAT.md §4: the Python fold over the documented terms gives the C value for some
+    # (mutex, pointer) size; on the reference ABI (x86-64 glibc: 40, 8) exactly that one.
+    ours = int(_ffi.lib.cm_state_fingerprint())
+    candidates = {(m, p) for m in range(24, 65, 4) for p in (4, 8)
+                  if fmt.state_fingerprint(m, p) == ours}
+    assert len(candidates) == 1
 
 
 def test_crc32c_is_castagnoli_in_python_and_c():

@@ -1,20 +1,45 @@
-"""Format version 1 golden files (built by the pure-Python encoder) are read by the C core."""
+"""Format version 1 golden files (built by the pure-Python encoder) are read by the C core.
+
+One golden file per file kind (tests/data/make_golden.py lists them): segments, indexes, the
+state page, the directory marker, a family file, the consumer offsets file (frozen as its
+non-zero byte runs, rebuilt sparse in tmp) and a registry shared-memory image.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import os
 import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
 
 import cometmp
 from cometmp import format as fmt
+from cometmp._ffi import lib
 from cometmp.segment import RecordRef, Segment
+from cometmp.shard import Writer
 
 from conftest import small_config, tree_fingerprint
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 V1 = os.path.join(DATA, "format_v1")
+
+
+def load_make_golden():
+    spec = importlib.util.spec_from_file_location("make_golden", os.path.join(DATA, "make_golden.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_layouts() -> dict:
+    with open(os.path.join(V1, "layouts.json")) as f:
+        return json.load(f)
 
 
 def load_desc() -> dict:
@@ -26,15 +51,46 @@ def expected_entries(desc: dict) -> list[dict]:
     return [r for seg in desc["segments"] for r in seg["records"]]
 
 
+GOLDEN_V1 = {
+    "cometmp.json",
+    "families/events:v1.json",
+    "streams/golden/00000000000000000000.seg",
+    "streams/golden/00000000000000000005.seg",
+    "streams/golden/00000000000000000000.idx",
+    "streams/golden/00000000000000000005.idx",
+    "streams/golden/state",
+    "consumers/offsets.sparse.json",
+    "shm/registry",
+}
+STREAM_FILES = sorted(os.path.basename(p) for p in GOLDEN_V1 if p.startswith("streams/golden/"))
+
+
 def test_golden_files_are_what_the_python_encoder_produces():
-    spec = importlib.util.spec_from_file_location("make_golden", os.path.join(DATA, "make_golden.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    files = mod.build_v1(load_desc())
-    assert len(files) == 3
+    files = load_make_golden().build_all_v1()
+    assert set(files) == GOLDEN_V1
     for rel, data in files.items():
         with open(os.path.join(V1, rel), "rb") as f:
             assert f.read() == data, f"{rel}: encoder output differs from the frozen v1 file"
+
+
+def test_make_golden_check_passes_on_the_committed_files():
+    r = subprocess.run([sys.executable, os.path.join(DATA, "make_golden.py"), "--check"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def reference_abi(kind: str) -> None:
+    """Skip unless this build shares the golden images' ABI (their fingerprints match)."""
+    from cometmp._ffi import lib
+
+    mg = load_make_golden()
+    abi = load_layouts()["abi"]
+    want = {"state": fmt.state_fingerprint(abi["mutex_bytes"], abi["pointer_bytes"]),
+            "offsets": mg.offsets_fingerprint(abi), "registry": mg.registry_fingerprint(abi)}[kind]
+    have = {"state": lib.cm_state_fingerprint, "offsets": lib.cm_offsets_fingerprint,
+            "registry": lib.cm_registry_fingerprint}[kind]()
+    if have != want:
+        pytest.skip(f"the golden {kind} image is of x86-64 glibc; this build's fingerprint differs")
 
 
 def test_c_record_parser_reads_every_golden_record():
@@ -68,8 +124,7 @@ def test_client_reads_golden_stream_readonly_without_modifying_it(tmp_path):
         for i, r in enumerate(exp):
             assert c.read(desc["stream"], i).data == bytes.fromhex(r["data_hex"])
         assert c.seek_time(desc["stream"], exp[2]["ts_ns"]) == 2
-    assert sorted(os.listdir(os.path.join(root, "streams", desc["stream"]))) == sorted(
-        f"{s['base']:020d}.seg" for s in desc["segments"])
+    assert sorted(os.listdir(os.path.join(root, "streams", desc["stream"]))) == STREAM_FILES
     assert tree_fingerprint(root) == before
 
 
@@ -80,6 +135,16 @@ def test_c_writer_adopts_golden_stream_and_continues_its_numbering(tmp_path):
     exp = expected_entries(desc)
     stream = desc["stream"]
     noise = os.urandom(5000)  # incompressible, larger than the segment's free room
+    w = Writer(os.path.join(root, "streams", stream), stream, small_config(), create=False)
+    # the golden state page is valid format-wise, so it is adopted (not rebuilt); it was
+    # written in another boot (boot_id), so recovery does not trust its tail and rescans
+    # the active segment (I16), finding the same end: nothing dropped, nothing corrupt
+    if lib.cm_state_fingerprint() == fmt.state_fingerprint(40, 8):
+        assert w.open_report == {"bytes_dropped": 0, "corrupt_records": 0,
+                                 "state_rebuilt": False, "scanned_full": True}
+        snap = w.snapshot()
+        assert snap["counters"]["appends"] == len(exp)   # the golden page's counters survive
+    w.close()
     with cometmp.Client(root, config=small_config()) as c:
         ids = c.append(stream, [b"new-1", noise])
         assert [i.entry for i in ids] == [len(exp), len(exp) + 1]
@@ -89,3 +154,125 @@ def test_c_writer_adopts_golden_stream_and_continues_its_numbering(tmp_path):
     with cometmp.Client(root, readonly=True) as c:
         assert [m.data.hex() for m in c.scan(stream)] == [r["data_hex"] for r in exp] + [
             b"new-1".hex(), noise.hex()]
+
+
+def test_golden_indexes_are_what_the_c_indexer_builds_and_serve_lookups():
+    from cometmp._ffi import ffi
+
+    desc = load_desc()
+    d = os.path.join(V1, "streams", desc["stream"])
+    for seg in desc["segments"]:
+        with open(os.path.join(d, f"{seg['base']:020d}.seg"), "rb") as f:
+            data = f.read()
+        with open(os.path.join(d, f"{seg['base']:020d}.idx"), "rb") as f:
+            idx = f.read()
+        base, interval, entries = fmt.parse_index(idx)
+        assert (base, interval) == (seg["base"], load_layouts()["index"]["interval"])
+        built = ffi.new("uint8_t[]", len(idx))
+        count = ffi.new("uint32_t *")
+        assert lib.cm_index_build(data, len(data), interval, built, len(idx), count) == 0
+        assert count[0] == len(entries) and bytes(ffi.buffer(built))[32:] == idx[32:]
+        rel, off, ts = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("int64_t *")
+        last = len(seg["records"]) - 1
+        assert lib.cm_index_floor(idx, len(idx), last, rel, off, ts) == 0
+        assert (rel[0], off[0], ts[0]) == entries[-1]
+        assert lib.cm_index_floor_time(idx, len(idx), entries[-1][2] + 1, rel, off, ts) == 0
+        assert (rel[0], off[0], ts[0]) == entries[-1]
+
+
+def test_golden_state_page_decodes_and_verify_accepts_the_whole_directory(tmp_path):
+    reference_abi("state")
+    desc = load_desc()
+    with open(os.path.join(V1, "streams", desc["stream"], "state"), "rb") as f:
+        page = f.read()
+    q = struct.Struct("=Q")
+    assert struct.unpack_from("=I", page, fmt.CM_STATE_OFF_MAGIC)[0] == fmt.CM_STATE_MAGIC
+    assert q.unpack_from(page, fmt.CM_STATE_OFF_FINGERPRINT)[0] == lib.cm_state_fingerprint()
+    assert q.unpack_from(page, fmt.CM_STATE_OFF_COMMITTED)[0] == len(expected_entries(desc))
+    assert q.unpack_from(page, fmt.CM_STATE_OFF_ACTIVE_BASE)[0] == desc["segments"][-1]["base"]
+    root = str(tmp_path / "v1")
+    shutil.copytree(V1, root)
+    before = tree_fingerprint(root)
+    r = subprocess.run([sys.executable, "-m", "cometmp", "verify", root, "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert not [p for p in report.get("problems", []) if p.get("severity") == "error"], report
+    assert tree_fingerprint(root) == before
+
+
+def test_golden_offsets_file_is_read_by_offsets_and_cometmp_groups(tmp_path):
+    reference_abi("offsets")
+    from cometmp.offsets import CM_OFS_FILE_BYTES, OffsetStore
+
+    mg = load_make_golden()
+    root = str(tmp_path / "v1")
+    shutil.copytree(V1, root)
+    with open(os.path.join(V1, "consumers", "offsets.sparse.json")) as f:
+        sparse = json.load(f)
+    path = os.path.join(root, "consumers", "offsets")
+    mg.materialize_sparse(sparse, path)
+    assert os.path.getsize(path) == CM_OFS_FILE_BYTES
+    store = OffsetStore(root, writable=False)
+    try:
+        groups = {g.name: g for g in store.groups()}
+    finally:
+        store.close()
+    assert sorted(groups) == ["audit-été", "billing"]          # "gone" is DELETING: not listed
+    billing = groups["billing"]
+    assert billing.patterns == ["golden", "events:v1:shard:*"] and billing.id == 1
+    assert {s: (i.next, i.resets, i.dropped) for s, i in billing.slots.items()} == {
+        "golden": (5, 1, 0), "events:v1:shard:0003": (None, 0, 0)}
+    assert groups["audit-été"].slots["golden"].next == 7
+    assert groups["audit-été"].slots["golden"].dropped == 2
+    r = subprocess.run([sys.executable, "-m", "cometmp", "groups", root, "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert sorted(g["name"] for g in doc["groups"]) == ["audit-été", "billing"]
+    assert "golden" in json.dumps(doc)
+
+
+def test_golden_registry_image_is_accepted_by_c_and_parsed_by_the_table():
+    reference_abi("registry")
+    from cometmp._ffi import ffi
+    from cometmp.registry import table
+
+    with open(os.path.join(V1, "shm", "registry"), "rb") as f:
+        image = f.read()
+    assert len(image) == table.REG_BYTES == lib.cm_registry_bytes()
+    mm = mmap.mmap(-1, table.REG_BYTES)      # a private stand-in for the /dev/shm object
+    mm[:] = image
+    reg = table.Registry("/golden", "/cometmp-golden-test", mm, False, 0)
+    try:
+        assert lib.cm_registry_check(reg._ptr, table.REG_BYTES) == 0
+        assert (reg.version, reg.process_count, reg.epoch, reg.unlinked) == (1, 3, 9, False)
+        for snap in (reg.snapshot(lock=False), reg.snapshot(lock=True)):
+            states = [(e.index, table.STATE_NAMES[e.state], e.pid, e.key) for e in snap.entries[:5]]
+            assert states == [(0, "live", 4101, -1), (1, "vacant", 0, -1), (2, "live", 4103, 2),
+                              (3, "live", 4104, -1), (4, "free", 0, -1)]
+            assert all(e.key == -1 and e.state == table.FREE for e in snap.entries[4:])
+            assert snap.owners(6) == [0, -1, 2, 0, -1, 2]     # slot 1 is vacant: its shards wait
+            assert snap.index_of(4104, 804) == 3                # a waiting worker (index >= N)
+        assert reg.masters()[0] == (0, 4100, 777)
+        # the header and lock line are what cm_registry_init writes (time and table aside)
+        fresh = bytearray(table.REG_BYTES)
+        assert lib.cm_registry_init(ffi.from_buffer(fresh), len(fresh), 3) == 0
+        same = [(0, table.CM_REG_OFF_CREATED), (table.CM_REG_OFF_UNLINKED, table.CM_REG_OFF_EPOCH),
+                (table.CM_REG_OFF_LOCK, table.CM_REG_OFF_MASTERS)]
+        for a, b in same:
+            assert fresh[a:b] == image[a:b], (a, b)
+    finally:
+        reg.close()
+
+
+def test_golden_family_file_gives_the_shard_count(tmp_path):
+    root = str(tmp_path / "v1")
+    shutil.copytree(V1, root)
+    with cometmp.Client(root, readonly=True) as c:
+        assert c.family_shards("events:v1") == 16
+        assert c.family_shards("absent") is None
+    with cometmp.Client(root) as c:      # a writer reopening the family keeps its count
+        assert c.log("events:v1", shards=16) is not None
+        with pytest.raises(cometmp.ShardCountMismatch):
+            c.log("events:v1", shards=8)

@@ -15,12 +15,6 @@ from cometmp.offsets import OffsetStore
 from conftest import child_env
 
 
-def test_python_layout_constants_match_the_compiled_core():
-    c = offsets.layout()
-    for name, value in c.items():
-        assert getattr(offsets, name) == value, name
-
-
 def test_file_starts_with_magic_version_and_is_sparse(data_dir):
     os.makedirs(data_dir)
     store = OffsetStore(data_dir, writable=True)
