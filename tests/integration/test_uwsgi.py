@@ -47,30 +47,27 @@ def start_uwsgi(tmp_path, *extra: str, processes: int = 4) -> Server:
     return srv
 
 
-def _caught_signals(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((line.split()[1] for line in f if line.startswith("SigCgt:")), None)
-    except OSError:
-        return None
-
-
 def wait_workers_ready(srv: Server, timeout: float = 15.0) -> None:
-    """Every current worker has installed its own signal handlers.
+    """Every current worker has answered a request, so it runs its request loop.
 
     uWSGI 2.0 runs the *master's* SIGINT handler in a worker that is still starting (in
     its postfork hooks, or loading the app with lazy-apps): a stop at that moment leaves
     the worker to the "NO MERCY" SIGKILL, and its atexit, which unlinks the registry,
-    never runs. A started worker catches another set of signals than the master, which
-    /proc shows, so the tests stop the server only once every worker's set differs."""
+    never runs. So the tests stop the server only once each worker has served a
+    ``/whoami`` (which answers with the worker's pid); workers take requests in turn."""
     deadline = time.monotonic() + timeout
+    served: set[int] = set()
     while True:
-        master = _caught_signals(srv.pid)
-        pending = [p for p in srv.workers() if _caught_signals(p) in (None, master)]
-        if master is not None and not pending:
+        pending = [p for p in srv.workers() if p not in served]
+        if not pending:
             return
-        assert time.monotonic() < deadline, f"workers {pending} never started:\n{srv.log()}"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, f"workers {pending} never served:\n{srv.log()}"
+        try:
+            status, body = get(srv.port, "/whoami", timeout=2.0)
+        except OSError:
+            continue
+        if status == 200:
+            served.add(int(body.split()[0]))
 
 
 def stuck_request(port: int) -> None:
