@@ -214,14 +214,20 @@ static int key_hash(PyObject *key, uint32_t seed, uint32_t *h) {
         return 0;
     }
     if (PyBytes_Check(key)) {
-        *h = murmur3_x86_32((const uint8_t *)CM_BYTES_DATA(key), (size_t)CM_BYTES_SIZE(key), seed);
+        char *s;
+        Py_ssize_t n;
+        CM_BYTES(key, &s, &n);
+        *h = murmur3_x86_32((const uint8_t *)s, (size_t)n, seed);
         return 0;
     }
     if (PyByteArray_Check(key) || PyMemoryView_Check(key)) {
         /* bytes(key): also flattens a non-contiguous memoryview */
         PyObject *b = PyBytes_FromObject(key);
         if (!b) return -1;
-        *h = murmur3_x86_32((const uint8_t *)CM_BYTES_DATA(b), (size_t)CM_BYTES_SIZE(b), seed);
+        char *s;
+        Py_ssize_t n;
+        CM_BYTES(b, &s, &n);
+        *h = murmur3_x86_32((const uint8_t *)s, (size_t)n, seed);
         Py_DECREF(b);
         return 0;
     }
@@ -493,8 +499,10 @@ static int call_core(Appender *self, uint32_t idx, cm_iov *iov, uint32_t n, uint
 static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view) {
     *has_view = 0;
     if (PyBytes_CheckExact(o)) {
-        iov->data = CM_BYTES_DATA(o);
-        Py_ssize_t n = CM_BYTES_SIZE(o);
+        char *s;
+        Py_ssize_t n;
+        CM_BYTES(o, &s, &n);
+        iov->data = s;
         if ((size_t)n > UINT32_MAX) goto toobig;
         iov->len = (uint32_t)n;
         iov->flags = 0;
@@ -537,8 +545,11 @@ static int maybe_compress(Appender *self, PyObject *o, cm_iov *iov, PyObject **k
         PyErr_SetString(PyExc_TypeError, "compressor must return bytes or None");
         return -1;
     }
-    iov->data = CM_BYTES_DATA(c);
-    iov->len = (uint32_t)CM_BYTES_SIZE(c);
+    char *s;
+    Py_ssize_t len;
+    CM_BYTES(c, &s, &len);
+    iov->data = s;
+    iov->len = (uint32_t)len;
     iov->flags = CM_REC_FLAG_ZSTD;
     *keep = c;
     return 0;
@@ -598,6 +609,31 @@ done:
     return result;
 }
 
+/* Fill iov from the leading items of seq (a PySequence_Fast result) that are bytes
+ * shorter than verbatim_below; returns the index of the first other item. A loop of its
+ * own, specialised for a list and a tuple, so that under the limited API (a call per
+ * item access) it keeps few live values and no per-item type test of seq. */
+static inline __attribute__((always_inline)) Py_ssize_t
+fill_verbatim(PyObject *seq, const int is_list, Py_ssize_t n, Py_ssize_t verbatim_below,
+              cm_iov *iov, uint64_t *total) {
+    uint64_t t = 0;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        PyObject *o = CM_FAST_ITEM_OF(seq, is_list, i);
+        if (!PyBytes_CheckExact(o)) break;
+        char *s;
+        Py_ssize_t len;
+        CM_BYTES(o, &s, &len);
+        if (len >= verbatim_below) break;
+        iov[i].data = s;
+        iov[i].len = (uint32_t)len;
+        iov[i].flags = 0;
+        t += (uint32_t)len;
+    }
+    *total = t;
+    return i;
+}
+
 /* append_many(items, key=None) -> (shard_index, first_entry, count) */
 static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_ssize_t nargs,
                                       PyObject *kwnames) {
@@ -632,11 +668,21 @@ static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_
     }
     uint64_t total = 0;
     int need_keeps = self->compress != Py_None;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t i;
+    /* the common case first: leading bytes payloads that stay verbatim */
+    const Py_ssize_t verbatim_below = need_keeps ? self->compress_min : PY_SSIZE_T_MAX;
+    if (PyList_CheckExact(seq))
+        i = fill_verbatim(seq, 1, n, verbatim_below, iov, &total);
+    else
+        i = fill_verbatim(seq, 0, n, verbatim_below, iov, &total);
+    for (; i < n; i++) {
         PyObject *o = CM_FAST_ITEM(seq, i);
         if (PyBytes_CheckExact(o)) {
-            iov[i].data = CM_BYTES_DATA(o);
-            iov[i].len = (uint32_t)CM_BYTES_SIZE(o);
+            char *s;
+            Py_ssize_t len;
+            CM_BYTES(o, &s, &len);
+            iov[i].data = s;
+            iov[i].len = (uint32_t)len;
             iov[i].flags = 0;
         } else {
             if (!views) {
