@@ -44,6 +44,11 @@ class MessageID:
     def __ge__(self, other: MessageID) -> bool: ...
     def __reduce__(self) -> tuple[type[MessageID], tuple[str, int, int]]: ...
 
+def pick_shard(key: str | bytes | bytearray | memoryview, shard_count: int, /) -> int:
+    """murmur3 x86_32 (seed 0) of the key's bytes (str as UTF-8) % shard_count"""
+def murmur3_x86_32(data: str | bytes | bytearray | memoryview, seed: int = 0, /) -> int:
+    """the bare hash, unsigned (str hashed as UTF-8); for the tests"""
+
 @final
 class Appender:
     """Fast append path over a set of shard handles. Internal: built by Client._make_appender."""

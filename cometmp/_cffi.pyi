@@ -24,6 +24,18 @@ class _Lib:
     CM_DURABILITY_ALWAYS: int
     CM_REC_VALID: int
     CM_REC_END: int
+    CM_WALK_DONE: int
+    CM_WALK_RECORD: int
+    CM_WALK_DAMAGE: int
+    CM_SEQ_ANY: int
+    CM_DAMAGE_LENGTH: int
+    CM_DAMAGE_FLAGS: int
+    CM_DAMAGE_CRC: int
+    CM_DAMAGE_SEQ: int
+    CM_DAMAGE_END: int
+    CM_DAMAGE_RESYNC: int
+    CM_DAMAGE_LIMIT: int
+    CM_DAMAGE_TORN: int
     def __getattr__(self, name: str) -> Any: ...  # the cm_* functions of cometmp.h
 
 ffi: Any  # a cffi.FFI instance (cffi ships no type information)
