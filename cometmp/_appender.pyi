@@ -44,6 +44,11 @@ class MessageID:
     def __ge__(self, other: MessageID) -> bool: ...
     def __reduce__(self) -> tuple[type[MessageID], tuple[str, int, int]]: ...
 
+def pick_shard(key: str | bytes | bytearray | memoryview, shard_count: int, /) -> int:
+    """murmur3 x86_32 (seed 0) of the key's bytes (str as UTF-8) % shard_count"""
+def murmur3_x86_32(data: str | bytes | bytearray | memoryview, seed: int = 0, /) -> int:
+    """the bare hash, unsigned (str hashed as UTF-8); for the tests"""
+
 @final
 class Appender:
     """Fast append path over a set of shard handles. Internal: built by Client._make_appender."""
@@ -63,7 +68,8 @@ class Appender:
         """append(data, key=None) -> MessageID"""
     def append_many(self, items: Iterable[Buffer], /, key: _Key = None) -> tuple[int, int, int]:
         """append_many(items, key=None) -> (shard index, first entry, count)"""
-    def set_handle(self, index: int, address: int, /) -> None: ...
+    def set_handle(self, index: int, ref: Buffer | None, /) -> None:
+        """set_handle(index, ref): install Writer.ref() (a buffer over the handle) or None"""
     def set_route(self, indexes: Iterable[int], /) -> None: ...
     def set_epoch_watch(self, address: int, callback: Callable[[], object] | None, /) -> None: ...
 

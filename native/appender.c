@@ -17,8 +17,7 @@
  * the GIL while holding a shard lock. We try the lock without blocking; if it
  * is contended, we release the GIL and then wait.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "pyapi.h"        /* Python.h, and what differs under the limited API */
 #include <stdint.h>
 #include <stddef.h>
 #include "cometmp.h"
@@ -37,10 +36,10 @@ typedef struct {
     uint64_t entry;
 } MessageIDObject;
 
-static PyTypeObject MessageIDType;
+static PyTypeObject *MessageIDType;   /* a heap type (PyType_FromSpec), made at import */
 
 static PyObject *mid_new_raw(PyObject *stream, PyObject *shard, uint64_t entry) {
-    MessageIDObject *m = PyObject_New(MessageIDObject, &MessageIDType);
+    MessageIDObject *m = PyObject_New(MessageIDObject, MessageIDType);  /* takes a type ref */
     if (!m) return NULL;
     m->stream = Py_NewRef(stream);
     m->shard = Py_NewRef(shard);
@@ -62,9 +61,11 @@ static PyObject *MessageID_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 }
 
 static void MessageID_dealloc(MessageIDObject *m) {
+    PyTypeObject *tp = Py_TYPE((PyObject *)m);
     Py_DECREF(m->stream);
     Py_DECREF(m->shard);
-    PyObject_Free(m);
+    PyObject_Free(m);   /* PyObject_New allocated it; the type is final */
+    Py_DECREF(tp);      /* an instance of a heap type owns a reference to it */
 }
 
 static PyObject *mid_tuple(MessageIDObject *m) {
@@ -100,11 +101,6 @@ static PyObject *MessageID_item(MessageIDObject *m, Py_ssize_t i) {
     return NULL;
 }
 
-static PySequenceMethods MessageID_as_sequence = {
-    .sq_length = MessageID_len,
-    .sq_item = (ssizeargfunc)MessageID_item,
-};
-
 static Py_hash_t MessageID_hash(MessageIDObject *m) {
     PyObject *t = mid_tuple(m);
     if (!t) return -1;
@@ -114,7 +110,7 @@ static Py_hash_t MessageID_hash(MessageIDObject *m) {
 }
 
 static PyObject *MessageID_richcompare(PyObject *a, PyObject *b, int op) {
-    if (!PyObject_TypeCheck(a, &MessageIDType) || !PyObject_TypeCheck(b, &MessageIDType))
+    if (!PyObject_TypeCheck(a, MessageIDType) || !PyObject_TypeCheck(b, MessageIDType))
         Py_RETURN_NOTIMPLEMENTED;
     MessageIDObject *x = (MessageIDObject *)a, *y = (MessageIDObject *)b;
     if (op == Py_EQ || op == Py_NE) {
@@ -144,7 +140,7 @@ static PyObject *MessageID_repr(MessageIDObject *m) {
 static PyObject *MessageID_reduce(MessageIDObject *m, PyObject *unused) {
     PyObject *t = mid_tuple(m);
     if (!t) return NULL;
-    PyObject *r = Py_BuildValue("(ON)", (PyObject *)Py_TYPE(m), t);
+    PyObject *r = Py_BuildValue("(ON)", (PyObject *)Py_TYPE((PyObject *)m), t);
     return r;
 }
 
@@ -153,22 +149,29 @@ static PyMethodDef MessageID_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject MessageIDType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "cometmp.MessageID",
-    .tp_basicsize = sizeof(MessageIDObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "MessageID(stream, shard, entry): identity of one appended entry.\n\n"
-              "Immutable and tuple-like: unpacks as (stream, shard, entry), compares and\n"
-              "hashes by value, pickles.",
-    .tp_new = MessageID_new,
-    .tp_dealloc = (destructor)MessageID_dealloc,
-    .tp_repr = (reprfunc)MessageID_repr,
-    .tp_hash = (hashfunc)MessageID_hash,
-    .tp_richcompare = MessageID_richcompare,
-    .tp_as_sequence = &MessageID_as_sequence,
-    .tp_getset = MessageID_getset,
-    .tp_methods = MessageID_methods,
+/* Final (no BASETYPE) and immutable (IMMUTABLETYPE: no class attribute can be set),
+ * like the static type it replaces; not GC-tracked. */
+static PyType_Slot MessageID_slots[] = {
+    {Py_tp_doc, "MessageID(stream, shard, entry): identity of one appended entry.\n\n"
+                "Immutable and tuple-like: unpacks as (stream, shard, entry), compares and\n"
+                "hashes by value, pickles."},
+    {Py_tp_new, MessageID_new},
+    {Py_tp_dealloc, MessageID_dealloc},
+    {Py_tp_repr, MessageID_repr},
+    {Py_tp_hash, MessageID_hash},
+    {Py_tp_richcompare, MessageID_richcompare},
+    {Py_sq_length, MessageID_len},
+    {Py_sq_item, MessageID_item},
+    {Py_tp_getset, MessageID_getset},
+    {Py_tp_methods, MessageID_methods},
+    {0, NULL},
+};
+
+static PyType_Spec MessageID_spec = {
+    .name = "cometmp.MessageID",
+    .basicsize = sizeof(MessageIDObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = MessageID_slots,
 };
 
 /* ---- key routing: the one implementation of cometmp.pick_shard -------------
@@ -203,7 +206,7 @@ static uint32_t murmur3_x86_32(const uint8_t *p, size_t len, uint32_t seed) {
 
 /* The hash of a key's bytes by the pick_shard rule; -1 with an exception. */
 static int key_hash(PyObject *key, uint32_t seed, uint32_t *h) {
-    if (PyUnicode_Check(key)) {
+    if (PyUnicode_CheckExact(key) || PyUnicode_Check(key)) {  /* exact: no call when limited */
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(key, &n);
         if (!s) return -1;
@@ -211,18 +214,24 @@ static int key_hash(PyObject *key, uint32_t seed, uint32_t *h) {
         return 0;
     }
     if (PyBytes_Check(key)) {
-        *h = murmur3_x86_32((const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key), seed);
+        char *s;
+        Py_ssize_t n;
+        CM_BYTES(key, &s, &n);
+        *h = murmur3_x86_32((const uint8_t *)s, (size_t)n, seed);
         return 0;
     }
     if (PyByteArray_Check(key) || PyMemoryView_Check(key)) {
         /* bytes(key): also flattens a non-contiguous memoryview */
         PyObject *b = PyBytes_FromObject(key);
         if (!b) return -1;
-        *h = murmur3_x86_32((const uint8_t *)PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b), seed);
+        char *s;
+        Py_ssize_t n;
+        CM_BYTES(b, &s, &n);
+        *h = murmur3_x86_32((const uint8_t *)s, (size_t)n, seed);
         Py_DECREF(b);
         return 0;
     }
-    PyErr_Format(PyExc_TypeError, "key must be str or bytes-like, not %.100s", Py_TYPE(key)->tp_name);
+    cm_type_error(PyExc_TypeError, "key must be str or bytes-like, not %.100s", key);
     return -1;
 }
 
@@ -296,7 +305,9 @@ static void Appender_dealloc(Appender *self) {
     Py_XDECREF(self->compress);
     Py_XDECREF(self->on_error);
     Py_XDECREF(self->on_epoch);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);      /* an instance of a heap type owns a reference to it */
 }
 
 /* Appender(api_addr, names, numbers, router, compress, compress_min, on_error)
@@ -314,8 +325,8 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
         return -1;
     }
-    Py_ssize_t n = PyList_GET_SIZE(names);
-    if (n <= 0 || n != PyList_GET_SIZE(numbers) || n > 1000000) {
+    Py_ssize_t n = CM_LIST_SIZE(names);
+    if (n <= 0 || n != CM_LIST_SIZE(numbers) || n > 1000000) {
         PyErr_SetString(PyExc_ValueError, "names and numbers must be equal, non-empty lists");
         return -1;
     }
@@ -330,8 +341,8 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        self->names[i] = Py_NewRef(PyList_GET_ITEM(names, i));
-        self->numbers[i] = Py_NewRef(PyList_GET_ITEM(numbers, i));
+        self->names[i] = Py_NewRef(CM_LIST_ITEM(names, i));
+        self->numbers[i] = Py_NewRef(CM_LIST_ITEM(numbers, i));
         self->route[i] = (uint32_t)i;
     }
     self->nroute = (uint32_t)n;
@@ -378,14 +389,14 @@ static PyObject *Appender_set_handle(Appender *self, PyObject *const *args, Py_s
 static PyObject *Appender_set_route(Appender *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "set_route expects a sequence of shard indexes");
     if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = CM_FAST_SIZE(seq);
     if (n <= 0 || n > (Py_ssize_t)self->nshards) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "route must name 1..nshards shard indexes");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t v = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+        Py_ssize_t v = PyLong_AsSsize_t(CM_FAST_ITEM(seq, i));
         if (v < 0 || (uint32_t)v >= self->nshards) {
             Py_DECREF(seq);
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_IndexError, "shard index out of range");
@@ -413,7 +424,7 @@ static PyObject *Appender_set_epoch_watch(Appender *self, PyObject *const *args,
         PyErr_SetString(PyExc_TypeError, "callback must be callable");
         return NULL;
     }
-    Py_XSETREF(self->on_epoch, addr ? Py_NewRef(args[1]) : NULL);
+    CM_XSETREF(self->on_epoch, addr ? Py_NewRef(args[1]) : NULL);
     self->epoch_ptr = (const uint64_t *)(uintptr_t)addr;
     self->epoch_seen = addr ? __atomic_load_n(self->epoch_ptr, __ATOMIC_ACQUIRE) : 0;
     Py_RETURN_NONE;
@@ -439,7 +450,7 @@ static int pick(Appender *self, PyObject *key, uint32_t *idx) {
         *idx = h % self->nshards;
         return 0;
     }
-    PyObject *r = PyObject_CallOneArg(self->router, key);
+    PyObject *r = CM_CALL1(self->router, key);
     if (!r) return -1;
     Py_ssize_t v = PyLong_AsSsize_t(r);
     Py_DECREF(r);
@@ -488,8 +499,10 @@ static int call_core(Appender *self, uint32_t idx, cm_iov *iov, uint32_t n, uint
 static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view) {
     *has_view = 0;
     if (PyBytes_CheckExact(o)) {
-        iov->data = PyBytes_AS_STRING(o);
-        Py_ssize_t n = PyBytes_GET_SIZE(o);
+        char *s;
+        Py_ssize_t n;
+        CM_BYTES(o, &s, &n);
+        iov->data = s;
         if ((size_t)n > UINT32_MAX) goto toobig;
         iov->len = (uint32_t)n;
         iov->flags = 0;
@@ -500,8 +513,7 @@ static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view)
         return -1;
     }
     if (!PyObject_CheckBuffer(o)) {
-        PyErr_Format(PyExc_TypeError, "payload must be bytes-like, not %.100s",
-                     Py_TYPE(o)->tp_name);
+        cm_type_error(PyExc_TypeError, "payload must be bytes-like, not %.100s", o);
         return -1;
     }
     if (PyObject_GetBuffer(o, view, PyBUF_SIMPLE) != 0) return -1;
@@ -523,7 +535,7 @@ static int maybe_compress(Appender *self, PyObject *o, cm_iov *iov, PyObject **k
         return 0;
     PyObject *mv = PyMemoryView_FromMemory((char *)iov->data, iov->len, PyBUF_READ);
     if (!mv) return -1;
-    PyObject *c = PyObject_CallOneArg(self->compress, mv);
+    PyObject *c = CM_CALL1(self->compress, mv);
     Py_DECREF(mv);
     (void)o;
     if (!c) return -1;
@@ -533,8 +545,11 @@ static int maybe_compress(Appender *self, PyObject *o, cm_iov *iov, PyObject **k
         PyErr_SetString(PyExc_TypeError, "compressor must return bytes or None");
         return -1;
     }
-    iov->data = PyBytes_AS_STRING(c);
-    iov->len = (uint32_t)PyBytes_GET_SIZE(c);
+    char *s;
+    Py_ssize_t len;
+    CM_BYTES(c, &s, &len);
+    iov->data = s;
+    iov->len = (uint32_t)len;
     iov->flags = CM_REC_FLAG_ZSTD;
     *keep = c;
     return 0;
@@ -547,7 +562,7 @@ static PyObject *make_id(Appender *self, uint32_t idx, uint64_t entry) {
 static int parse_key(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                      const char *fname, PyObject **data, PyObject **key) {
     *key = NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t nkw = kwnames ? CM_TUPLE_SIZE(kwnames) : 0;
     if (nargs < 1 || nargs > 2 || nargs + nkw > 2) {
         PyErr_Format(PyExc_TypeError, "%s(data, key=None)", fname);
         return -1;
@@ -555,7 +570,7 @@ static int parse_key(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     *data = args[0];
     if (nargs == 2) *key = args[1];
     for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *k = CM_TUPLE_ITEM(kwnames, i);
         if (!PyUnicode_Check(k) || PyUnicode_CompareWithASCIIString(k, "key") != 0 || *key) {
             PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fname, k);
             return -1;
@@ -594,6 +609,31 @@ done:
     return result;
 }
 
+/* Fill iov from the leading items of seq (a PySequence_Fast result) that are bytes
+ * shorter than verbatim_below; returns the index of the first other item. A loop of its
+ * own, specialised for a list and a tuple, so that under the limited API (a call per
+ * item access) it keeps few live values and no per-item type test of seq. */
+static inline __attribute__((always_inline)) Py_ssize_t
+fill_verbatim(PyObject *seq, const int is_list, Py_ssize_t n, Py_ssize_t verbatim_below,
+              cm_iov *iov, uint64_t *total) {
+    uint64_t t = 0;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        PyObject *o = CM_FAST_ITEM_OF(seq, is_list, i);
+        if (!PyBytes_CheckExact(o)) break;
+        char *s;
+        Py_ssize_t len;
+        CM_BYTES(o, &s, &len);
+        if (len >= verbatim_below) break;
+        iov[i].data = s;
+        iov[i].len = (uint32_t)len;
+        iov[i].flags = 0;
+        t += (uint32_t)len;
+    }
+    *total = t;
+    return i;
+}
+
 /* append_many(items, key=None) -> (shard_index, first_entry, count) */
 static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_ssize_t nargs,
                                       PyObject *kwnames) {
@@ -605,7 +645,7 @@ static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_
     }
     PyObject *seq = PySequence_Fast(items, "append_many expects an iterable of bytes-like payloads");
     if (!seq) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = CM_FAST_SIZE(seq);
     PyObject *result = NULL;
     cm_iov stack_iov[64];
     cm_iov *iov = stack_iov;
@@ -626,14 +666,23 @@ static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_
         iov = PyMem_Malloc(sizeof(cm_iov) * (size_t)n);
         if (!iov) { PyErr_NoMemory(); goto done; }
     }
-    PyObject **objs = PySequence_Fast_ITEMS(seq);
     uint64_t total = 0;
     int need_keeps = self->compress != Py_None;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *o = objs[i];
+    Py_ssize_t i;
+    /* the common case first: leading bytes payloads that stay verbatim */
+    const Py_ssize_t verbatim_below = need_keeps ? self->compress_min : PY_SSIZE_T_MAX;
+    if (PyList_CheckExact(seq))
+        i = fill_verbatim(seq, 1, n, verbatim_below, iov, &total);
+    else
+        i = fill_verbatim(seq, 0, n, verbatim_below, iov, &total);
+    for (; i < n; i++) {
+        PyObject *o = CM_FAST_ITEM(seq, i);
         if (PyBytes_CheckExact(o)) {
-            iov[i].data = PyBytes_AS_STRING(o);
-            iov[i].len = (uint32_t)PyBytes_GET_SIZE(o);
+            char *s;
+            Py_ssize_t len;
+            CM_BYTES(o, &s, &len);
+            iov[i].data = s;
+            iov[i].len = (uint32_t)len;
             iov[i].flags = 0;
         } else {
             if (!views) {
@@ -697,16 +746,20 @@ static PyMethodDef Appender_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject AppenderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "cometmp._appender.Appender",
-    .tp_basicsize = sizeof(Appender),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Fast append path over a set of shard handles. Internal.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Appender_init,
-    .tp_dealloc = (destructor)Appender_dealloc,
-    .tp_methods = Appender_methods,
+static PyType_Slot Appender_slots[] = {
+    {Py_tp_doc, "Fast append path over a set of shard handles. Internal."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Appender_init},
+    {Py_tp_dealloc, Appender_dealloc},
+    {Py_tp_methods, Appender_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Appender_spec = {
+    .name = "cometmp._appender.Appender",
+    .basicsize = sizeof(Appender),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Appender_slots,
 };
 
 static PyMethodDef module_methods[] = {
@@ -722,14 +775,19 @@ static struct PyModuleDef moddef = {
     "CPython fast path for cometmp appends (see native/appender.c).", -1, module_methods,
 };
 
+/* Single-phase init: the module, and so both types, live until the process ends;
+ * MessageIDType keeps one reference of its own for mid_new_raw. */
 PyMODINIT_FUNC PyInit__appender(void) {
-    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&MessageIDType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Appender", (PyObject *)&AppenderType) < 0 ||
-        PyModule_AddObjectRef(m, "MessageID", (PyObject *)&MessageIDType) < 0) {
+    PyObject *app = PyType_FromSpec(&Appender_spec);
+    if (!MessageIDType) MessageIDType = (PyTypeObject *)PyType_FromSpec(&MessageID_spec);
+    if (!app || !MessageIDType || PyModule_AddObjectRef(m, "Appender", app) < 0 ||
+        PyModule_AddObjectRef(m, "MessageID", (PyObject *)MessageIDType) < 0) {
+        Py_XDECREF(app);
         Py_DECREF(m);
         return NULL;
     }
+    Py_DECREF(app);
     return m;
 }

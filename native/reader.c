@@ -18,21 +18,23 @@
  *   batch.payloads()  list of the data objects only (the fast path)
  *
  * data is bytes (a copy) by default; with zero_copy it is a read-only
- * memoryview over the mapping (view_of): every view of one mapping shares one
- * managed buffer that keeps the mapping exported, so a view can never outlive
- * its bytes, whatever happens to the Batch. A compressed record is always
- * decompressed into bytes.
+ * memoryview over the mapping (view_of) that keeps the mapping exported, so a
+ * view can never outlive its bytes, whatever happens to the Batch (full API:
+ * every view of one mapping shares one managed buffer; limited API: one small
+ * exporter per mapping, a Span). A compressed record is always decompressed
+ * into bytes.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "pyapi.h"        /* Python.h, and what differs under the limited API */
 #include <stdint.h>
 #include <stddef.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "structmember.h"  /* PyMemberDef, T_PYSSIZET (3.11: not in Python.h) */
 
 static const cm_api *api;
 static PyObject *StreamMessageType;   /* cometmp.StreamMessage (a tuple subclass) */
 static PyObject *MessageIDType;       /* cometmp.MessageID */
+static allocfunc sm_alloc;            /* StreamMessage's tp_alloc */
 static PyObject *decompress_fn;       /* bytes -> bytes */
 
 typedef struct {
@@ -49,7 +51,7 @@ typedef struct {
     PyObject *names;          /* list: stream name per stream index */
     PyObject *shards;         /* list: shard number per stream index */
     Py_buffer *held;          /* exported mappings */
-    PyObject **bases;         /* per held mapping: a read-only memoryview of all of it */
+    PyObject **bases;         /* per held mapping, what view_of makes views from */
     Py_ssize_t nheld, capheld;
     Py_ssize_t exports;       /* live memoryviews over this batch */
     Py_ssize_t export_index;  /* entry the next getbuffer exports */
@@ -92,6 +94,7 @@ static void release_held(Batch *b) {
 }
 
 static int Batch_traverse(Batch *b, visitproc visit, void *arg) {
+    Py_VISIT(Py_TYPE((PyObject *)b));   /* a heap type: its instances own a reference */
     if (b->items)
         for (Py_ssize_t i = 0; i < b->n; i++) Py_VISIT(b->items[i]);
     Py_VISIT(b->names);
@@ -118,14 +121,16 @@ static void Batch_dealloc(Batch *b) {
     PyMem_Free(b->bases);
     PyMem_Free(b->ptr); PyMem_Free(b->len); PyMem_Free(b->flags); PyMem_Free(b->ts);
     PyMem_Free(b->entry); PyMem_Free(b->sidx); PyMem_Free(b->hidx); PyMem_Free(b->items);
-    Py_TYPE(b)->tp_free((PyObject *)b);
+    PyTypeObject *tp = Py_TYPE((PyObject *)b);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(b);
+    Py_DECREF(tp);      /* a subclass's subtype_dealloc leaves this to its heap base */
 }
 
 static PyObject *Batch_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     int zero_copy = 0;
     static char *kwlist[] = {"zero_copy", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", kwlist, &zero_copy)) return NULL;
-    Batch *b = (Batch *)type->tp_alloc(type, 0);
+    Batch *b = (Batch *)((allocfunc)PyType_GetSlot(type, Py_tp_alloc))(type, 0);
     if (!b) return NULL;
     b->zero_copy = zero_copy;
     b->names = PyList_New(0);
@@ -161,7 +166,7 @@ static PyObject *Batch_add_stream(Batch *b, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     if (PyList_Append(b->names, args[0]) < 0 || PyList_Append(b->shards, args[1]) < 0) return NULL;
-    return PyLong_FromSsize_t(PyList_GET_SIZE(b->names) - 1);
+    return PyLong_FromSsize_t(CM_LIST_SIZE(b->names) - 1);
 }
 
 enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
@@ -190,7 +195,7 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
     unsigned long long stop = PyLong_AsUnsignedLongLong(args[5]);
     Py_ssize_t max_n = PyLong_AsSsize_t(args[6]);
     if (PyErr_Occurred()) return NULL;
-    if (si < 0 || si >= PyList_GET_SIZE(b->names)) {
+    if (si < 0 || si >= CM_LIST_SIZE(b->names)) {
         PyErr_SetString(PyExc_IndexError, "stream index out of range");
         return NULL;
     }
@@ -244,6 +249,78 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
                          status == FILL_DAMAGED ? d.end : 0);
 }
 
+#ifdef Py_LIMITED_API
+/* The limited API hides a memoryview's fields, so the full build's narrowing below is
+ * not possible, and slicing a base view costs 3.5 times the view (a slice object and two
+ * ints per entry, measured). Instead each held mapping gets a Span: a small exporter that
+ * keeps the mapping exported for its own life and exports the one range it is told,
+ * read-only. A view of entry i is a memoryview of the Span, so the view keeps the mapping
+ * (not the Batch: no cycle through cached messages) exported, mmap.close() elsewhere
+ * fails, and the GC unmaps once the last view is gone. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer map;            /* the mapping, exported while the Span lives */
+    const uint8_t *next;      /* the range the next getbuffer exports (then NULL) */
+    Py_ssize_t next_len;
+} Span;
+
+static PyTypeObject *SpanType;
+
+static int Span_getbuffer(Span *sp, Py_buffer *view, int flags) {
+    const uint8_t *p = sp->next;
+    sp->next = NULL;
+    if (!p) {
+        PyErr_SetString(PyExc_BufferError, "a Batch exports its entries only through payloads()");
+        view->obj = NULL;
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, (PyObject *)sp, (void *)p, sp->next_len, 1, flags);
+}
+
+static void Span_dealloc(Span *sp) {
+    PyTypeObject *tp = Py_TYPE((PyObject *)sp);
+    if (sp->map.obj) PyBuffer_Release(&sp->map);
+    PyObject_Free(sp);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot Span_slots[] = {
+    {Py_tp_dealloc, Span_dealloc},
+    {Py_bf_getbuffer, Span_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec Span_spec = {
+    .name = "cometmp._reader._Span",
+    .basicsize = sizeof(Span),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Span_slots,
+};
+
+static PyObject *view_of(Batch *b, Py_ssize_t i) {
+    uint32_t h = b->hidx[i];
+    Span *sp = (Span *)b->bases[h];
+    if (!sp) {
+        sp = PyObject_New(Span, SpanType);
+        if (!sp) return NULL;
+        sp->map.obj = NULL;
+        sp->next = NULL;
+        if (PyObject_GetBuffer(b->held[h].obj, &sp->map, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(sp);
+            return NULL;
+        }
+        if (sp->map.buf != b->held[h].buf) {     /* an exporter that moves: the slow path */
+            Py_DECREF(sp);
+            b->export_index = i;
+            return PyMemoryView_FromObject((PyObject *)b);
+        }
+        b->bases[h] = (PyObject *)sp;
+    }
+    sp->next = b->ptr[i];
+    sp->next_len = (Py_ssize_t)b->len[i];
+    return PyMemoryView_FromObject((PyObject *)sp);
+}
+#else
 /* A read-only memoryview of entry i that shares one managed buffer per mapping:
  * PyMemoryView_FromObject(view) registers a new view on the base view's managed
  * buffer (one object, where a view of a fresh exporter costs two), then we narrow it
@@ -272,12 +349,13 @@ static PyObject *view_of(Batch *b, Py_ssize_t i) {
     m->view.readonly = 1;
     return v;
 }
+#endif
 
 static PyObject *payload(Batch *b, Py_ssize_t i) {
     if (b->flags[i] & CM_REC_FLAG_ZSTD) {
         PyObject *raw = PyBytes_FromStringAndSize((const char *)b->ptr[i], b->len[i]);
         if (!raw) return NULL;
-        PyObject *out = PyObject_CallOneArg(decompress_fn, raw);
+        PyObject *out = CM_CALL1(decompress_fn, raw);
         Py_DECREF(raw);
         return out;
     }
@@ -294,18 +372,22 @@ static PyObject *message(Batch *b, Py_ssize_t i) {
     PyObject *ts = PyLong_FromLongLong(b->ts[i]);
     PyObject *id = NULL, *msg = NULL;
     if (entry && ts) {
-        PyObject *a[3] = {PyList_GET_ITEM(b->names, b->sidx[i]),
-                          PyList_GET_ITEM(b->shards, b->sidx[i]), entry};
-        id = PyObject_Vectorcall(MessageIDType, a, 3, NULL);   /* MessageID(stream, shard, entry) */
+        PyObject *a[3] = {CM_LIST_ITEM(b->names, b->sidx[i]),
+                          CM_LIST_ITEM(b->shards, b->sidx[i]), entry};
+        /* MessageID(stream, shard, entry); it has no vectorcall, so both build a tuple */
+#ifdef Py_LIMITED_API
+        id = PyObject_CallFunctionObjArgs(MessageIDType, a[0], a[1], a[2], NULL);
+#else
+        id = PyObject_Vectorcall(MessageIDType, a, 3, NULL);
+#endif
     }
     if (id) {
         /* StreamMessage is a NamedTuple: build the tuple subclass directly */
-        PyTypeObject *tp = (PyTypeObject *)StreamMessageType;
-        msg = tp->tp_alloc(tp, 3);
+        msg = sm_alloc((PyTypeObject *)StreamMessageType, 3);
         if (msg) {
-            PyTuple_SET_ITEM(msg, 0, id);
-            PyTuple_SET_ITEM(msg, 1, data);
-            PyTuple_SET_ITEM(msg, 2, ts);
+            CM_TUPLE_SET(msg, 0, id);
+            CM_TUPLE_SET(msg, 1, data);
+            CM_TUPLE_SET(msg, 2, ts);
             id = data = ts = NULL;
         }
     }
@@ -340,13 +422,11 @@ static PyObject *Batch_subscript(Batch *b, PyObject *key) {
         for (Py_ssize_t k = 0, i = start; k < len; k++, i += step) {
             PyObject *m = message(b, i);
             if (!m) { Py_DECREF(out); return NULL; }
-            PyList_SET_ITEM(out, k, m);
+            CM_LIST_SET(out, k, m);
         }
         return out;
     }
-    PyErr_Format(PyExc_TypeError, "batch indices must be integers or slices, not %.100s",
-                 Py_TYPE(key)->tp_name);
-    return NULL;
+    return cm_type_error(PyExc_TypeError, "batch indices must be integers or slices, not %.100s", key);
 }
 
 /* payloads() -> list of the entries' data (bytes, or memoryviews with zero_copy) */
@@ -361,9 +441,9 @@ static PyObject *Batch_payloads(Batch *b, PyObject *unused) {
 #endif
     Py_ssize_t i;
     for (i = 0; i < b->n; i++) {
-        PyObject *d = b->items[i] ? Py_NewRef(PyTuple_GET_ITEM(b->items[i], 1)) : payload(b, i);
+        PyObject *d = b->items[i] ? Py_NewRef(CM_TUPLE_ITEM(b->items[i], 1)) : payload(b, i);
         if (!d) break;
-        PyList_SET_ITEM(out, i, d);
+        CM_LIST_SET(out, i, d);
     }
 #if PY_VERSION_HEX >= 0x030A0000
     if (gc_was) PyGC_Enable();
@@ -376,7 +456,7 @@ static PyObject *Batch_payloads(Batch *b, PyObject *unused) {
 static PyObject *Batch_ack_points(Batch *b, PyObject *unused) {
     PyObject *out = PyDict_New();
     if (!out) return NULL;
-    Py_ssize_t ns = PyList_GET_SIZE(b->names);
+    Py_ssize_t ns = CM_LIST_SIZE(b->names);
     uint64_t *hi = PyMem_Calloc((size_t)(ns ? ns : 1), sizeof(uint64_t));
     if (!hi) { Py_DECREF(out); return PyErr_NoMemory(); }
     for (Py_ssize_t i = 0; i < b->n; i++)
@@ -384,7 +464,7 @@ static PyObject *Batch_ack_points(Batch *b, PyObject *unused) {
     for (Py_ssize_t s = 0; s < ns; s++) {
         if (!hi[s]) continue;
         PyObject *v = PyLong_FromUnsignedLongLong(hi[s]);
-        if (!v || PyDict_SetItem(out, PyList_GET_ITEM(b->names, s), v) < 0) {
+        if (!v || PyDict_SetItem(out, CM_LIST_ITEM(b->names, s), v) < 0) {
             Py_XDECREF(v); Py_DECREF(out); PyMem_Free(hi); return NULL;
         }
         Py_DECREF(v);
@@ -402,7 +482,7 @@ static PyObject *Batch_entry_at(Batch *b, PyObject *arg) {
         PyErr_SetString(PyExc_IndexError, "batch index out of range");
         return NULL;
     }
-    return Py_BuildValue("(OK)", PyList_GET_ITEM(b->names, b->sidx[i]),
+    return Py_BuildValue("(OK)", CM_LIST_ITEM(b->names, b->sidx[i]),
                          (unsigned long long)b->entry[i]);
 }
 
@@ -441,21 +521,6 @@ static int Batch_getbuffer(Batch *b, Py_buffer *view, int flags) {
 
 static void Batch_releasebuffer(Batch *b, Py_buffer *view) { b->exports--; }
 
-static PyBufferProcs Batch_as_buffer = {
-    (getbufferproc)Batch_getbuffer,
-    (releasebufferproc)Batch_releasebuffer,
-};
-
-static PySequenceMethods Batch_as_sequence = {
-    .sq_length = (lenfunc)Batch_len,
-    .sq_item = (ssizeargfunc)Batch_item,
-};
-
-static PyMappingMethods Batch_as_mapping = {
-    .mp_length = (lenfunc)Batch_len,
-    .mp_subscript = (binaryfunc)Batch_subscript,
-};
-
 static PyMethodDef Batch_methods[] = {
     {"add_stream", (PyCFunction)(void (*)(void))Batch_add_stream, METH_FASTCALL,
      "add_stream(name, shard) -> stream index"},
@@ -480,7 +545,7 @@ static PyGetSetDef Batch_getset[] = {
 };
 
 static PyObject *Batch_repr(Batch *b) {
-    Py_ssize_t nstreams = b->names ? PyList_GET_SIZE(b->names) : 0;
+    Py_ssize_t nstreams = b->names ? CM_LIST_SIZE(b->names) : 0;
     if (b->n == 0)
         return PyUnicode_FromString("<cometmp Batch: empty>");
     /* name the streams the entries came from, up to three */
@@ -488,36 +553,52 @@ static PyObject *Batch_repr(Batch *b) {
     if (!seen) return NULL;
     for (Py_ssize_t i = 0; i < b->n && i < 100000; i++) {
         if ((Py_ssize_t)b->sidx[i] < nstreams &&
-            PySet_Add(seen, PyList_GET_ITEM(b->names, b->sidx[i])) < 0) {
+            PySet_Add(seen, CM_LIST_ITEM(b->names, b->sidx[i])) < 0) {
             Py_DECREF(seen);
             return NULL;
         }
     }
     PyObject *r = PyUnicode_FromFormat("<cometmp Batch: %zd entries from %zd stream(s)>", b->n,
-                                       PySet_GET_SIZE(seen));
+                                       PySet_Size(seen));
     Py_DECREF(seen);
     return r;
 }
 
-static PyTypeObject BatchType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "cometmp._reader.Batch",
-    .tp_repr = (reprfunc)Batch_repr,
-    .tp_basicsize = sizeof(Batch),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Entries read by Consumer.read(): list-like of StreamMessage (see reader.c).",
-    .tp_new = Batch_new,
-    .tp_init = Batch_init,
-    .tp_dealloc = (destructor)Batch_dealloc,
-    .tp_traverse = (traverseproc)Batch_traverse,
-    .tp_clear = (inquiry)Batch_clear,
-    .tp_as_sequence = &Batch_as_sequence,
-    .tp_as_mapping = &Batch_as_mapping,
-    .tp_as_buffer = &Batch_as_buffer,
-    .tp_methods = Batch_methods,
-    .tp_getset = Batch_getset,
-    .tp_weaklistoffset = offsetof(Batch, weakrefs),
-    .tp_dictoffset = offsetof(Batch, dict),
+/* the offsets a heap type takes as members (PyType_FromSpec, 3.9+) */
+static PyMemberDef Batch_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(Batch, weakrefs), READONLY, NULL},
+    {"__dictoffset__", T_PYSSIZET, offsetof(Batch, dict), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* Subclassable, with a __dict__ and weak references, like the static type it replaces;
+ * IMMUTABLETYPE: no class attribute can be set. */
+static PyType_Slot Batch_slots[] = {
+    {Py_tp_doc, "Entries read by Consumer.read(): list-like of StreamMessage (see reader.c)."},
+    {Py_tp_repr, Batch_repr},
+    {Py_tp_new, Batch_new},
+    {Py_tp_init, Batch_init},
+    {Py_tp_dealloc, Batch_dealloc},
+    {Py_tp_traverse, Batch_traverse},
+    {Py_tp_clear, Batch_clear},
+    {Py_sq_length, Batch_len},
+    {Py_sq_item, Batch_item},
+    {Py_mp_length, Batch_len},
+    {Py_mp_subscript, Batch_subscript},
+    {Py_bf_getbuffer, Batch_getbuffer},     /* the limited API has these from 3.11 */
+    {Py_bf_releasebuffer, Batch_releasebuffer},
+    {Py_tp_methods, Batch_methods},
+    {Py_tp_getset, Batch_getset},
+    {Py_tp_members, Batch_members},
+    {0, NULL},
+};
+
+static PyType_Spec Batch_spec = {
+    .name = "cometmp._reader.Batch",
+    .basicsize = sizeof(Batch),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Batch_slots,
 };
 
 /* configure(api_addr, StreamMessage, MessageID, decompress) */
@@ -535,9 +616,10 @@ static PyObject *configure(PyObject *m, PyObject *args) {
         return NULL;
     }
     api = t;
-    Py_XSETREF(StreamMessageType, Py_NewRef(sm));
-    Py_XSETREF(MessageIDType, Py_NewRef(mid));
-    Py_XSETREF(decompress_fn, Py_NewRef(dec));
+    sm_alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)sm, Py_tp_alloc);
+    CM_XSETREF(StreamMessageType, Py_NewRef(sm));
+    CM_XSETREF(MessageIDType, Py_NewRef(mid));
+    CM_XSETREF(decompress_fn, Py_NewRef(dec));
     Py_RETURN_NONE;
 }
 
@@ -553,12 +635,18 @@ static struct PyModuleDef moddef = {
 };
 
 PyMODINIT_FUNC PyInit__reader(void) {
-    if (PyType_Ready(&BatchType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moddef);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Batch", (PyObject *)&BatchType) < 0) {
+    PyObject *batch = PyType_FromSpec(&Batch_spec);
+#ifdef Py_LIMITED_API
+    if (!SpanType) SpanType = (PyTypeObject *)PyType_FromSpec(&Span_spec);  /* kept for good */
+    if (!SpanType) Py_CLEAR(batch);
+#endif
+    if (!batch || PyModule_AddObjectRef(m, "Batch", batch) < 0) {
+        Py_XDECREF(batch);
         Py_DECREF(m);
         return NULL;
     }
+    Py_DECREF(batch);
     return m;
 }

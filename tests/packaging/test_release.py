@@ -74,17 +74,44 @@ def test_sdist_has_every_native_source_and_the_builder(artifacts: tuple[Path, Pa
     assert not [n for n in names if n.endswith((".so", ".o"))]
 
 
+# Built on CPython >= 3.11 every extension is on the 3.11 limited API and the wheel is one
+# cp311-abi3 wheel for 3.11 and later; built on 3.10 it is for 3.10 only (setup.py).
+ABI3 = sys.version_info >= (3, 11)
+WHEEL_TAG = "cp311-abi3" if ABI3 else "cp{0}{1}-cp{0}{1}".format(*sys.version_info[:2])
+
+
 def test_wheel_is_manylinux_and_carries_stubs_and_license(artifacts: tuple[Path, Path]) -> None:
     _, wheel = artifacts
-    assert re.search(rf"-manylinux_2_\d+_{platform.machine()}\.whl$", wheel.name), wheel.name
+    assert re.fullmatch(rf"cometmp-0\.1\.0-{WHEEL_TAG}-manylinux_2_\d+_{platform.machine()}\.whl",
+                        wheel.name), wheel.name
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
+        tags = [line for line in zf.read("cometmp-0.1.0.dist-info/WHEEL").decode().splitlines()
+                if line.startswith("Tag: ")]
+    assert tags and all(t.startswith(f"Tag: {WHEEL_TAG}-manylinux_2_") for t in tags), tags
     for mod in ("_appender", "_reader", "_cffi"):
         assert f"cometmp/{mod}.pyi" in names
-        assert any(re.fullmatch(rf"cometmp/{mod}\..*\.so", n) for n in names), mod
+        so = r"abi3\.so" if ABI3 else r"cpython-.*\.so"
+        if mod == "_cffi":
+            so = r"abi3\.so"  # cffi builds its module on the limited API on every 3.x
+        assert any(re.fullmatch(rf"cometmp/{mod}\.{so}", n) for n in names), (mod, sorted(names))
     assert "cometmp/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not [n for n in names if n.startswith(("native/", "tests/"))]
+
+
+@pytest.mark.skipif(not ABI3, reason="built on 3.10: the full API, a cp310 wheel")
+def test_abi3_wheel_uses_only_the_311_stable_abi(artifacts: tuple[Path, Path]) -> None:
+    """abi3audit reads each extension's imported symbols: none outside the stable ABI, and
+    none newer than the wheel's cp311 tag promises."""
+    out = run([sys.executable, "-m", "abi3audit", "--strict", "--report", str(artifacts[1])],
+              cwd=ROOT)
+    results = {so["name"]: so["result"] for spec in json.loads(out)["specs"].values()
+               for so in spec["wheel"]}
+    assert sorted(results) == ["_appender.abi3.so", "_cffi.abi3.so", "_reader.abi3.so"]
+    for name, r in results.items():
+        assert r["is_abi3"] and not r["non_abi3_symbols"], (name, r)
+        assert r["is_abi3_baseline_compatible"] and r["baseline"] == "3.11", (name, r)
 
 
 def test_wheel_extensions_need_only_libc_and_carry_no_build_paths(
