@@ -202,7 +202,8 @@ class Cursor:
         while budget > 0 and self.pos < committed:
             if self.closed:
                 raise ClosedError(f"consumer cursor of {self.name!r} is closed")
-            if self.seg is None or self.seg.mm is None:
+            seg = self.seg                 # one read: close() elsewhere may clear it (L4)
+            if seg is None or seg.mm is None:
                 self.locate()
             nb = r._next_base(self.base)
             if nb is not None and self.pos >= nb:
@@ -210,7 +211,8 @@ class Cursor:
                 continue
             limit = committed if nb is None else min(committed, nb)
             if self.off >= 0:
-                mm = self.seg.mm           # one read: close() elsewhere may clear it (L4)
+                seg = self.seg
+                mm = seg.mm if seg is not None else None
                 if mm is None:
                     raise ClosedError(f"consumer cursor of {self.name!r} is closed")
                 off, seq, added, status, lost, resume, end = batch.fill(
