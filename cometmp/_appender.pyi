@@ -55,7 +55,7 @@ class Appender:
 
     def __init__(
         self,
-        api_addr: int,
+        core_path: str,
         names: list[str],
         numbers: list[int],
         router: Callable[[Any], int] | None,
@@ -71,10 +71,5 @@ class Appender:
     def set_handle(self, index: int, ref: Buffer | None, /) -> None:
         """set_handle(index, ref): install Writer.ref() (a buffer over the handle) or None"""
     def set_route(self, indexes: Iterable[int], /) -> None: ...
-    def set_epoch_watch(self, address: int, callback: Callable[[], object] | None, /) -> None: ...
-
-def murmur3_x86_32(data: str | Buffer, seed: int = 0, /) -> int:
-    """MurmurHash3 x86_32 of ``data`` (str hashed as UTF-8), unsigned."""
-
-def pick_shard(key: str | Buffer, shard_count: int, /) -> int:
-    """murmur3 x86_32 (seed 0) of the key's bytes modulo ``shard_count``."""
+    def set_epoch_watch(self, mapping: Buffer | None, offset: int,
+                        callback: Callable[[], object] | None, /) -> None: ...

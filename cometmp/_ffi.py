@@ -71,8 +71,10 @@ def check(rc: int) -> int:
     return rc
 
 
-def api_table_address() -> int:
-    return int(ffi.cast("uintptr_t", lib.cm_api_table()))
+def core_path() -> str:
+    """The file of the loaded core (cometmp._cffi): the CPython extensions look its
+    function table up there (dlopen RTLD_NOLOAD), so no address travels as an int."""
+    return _cffi.__file__
 
 
 def format_constants() -> dict[str, int]:

@@ -4,7 +4,7 @@ from typing import Any, Callable, Iterator, overload
 
 from .shard import StreamMessage
 
-def configure(api_addr: int, stream_message: type, message_id: type,
+def configure(core_path: str, stream_message: type, message_id: type,
               decompress: Callable[[bytes], bytes]) -> None: ...
 
 class Batch:

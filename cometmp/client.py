@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Iterable, Iterator, overload
 
 from . import ownership, paths
-from ._ffi import api_table_address, error_for, lib
+from ._ffi import core_path, error_for, lib
 from ._appender import Appender
 from ._appender import pick_shard as _pick_shard
 from .compression import Compressor
@@ -130,7 +130,7 @@ class Log:
         self._dir_key = ownership.directory_key(client.path)
         self._owned: frozenset[int] | None = None   # None: standalone, every shard
         self._epoch = -1
-        self._watched = 0
+        self._watched: tuple[object, int] | None = None
         if client.config.concurrency.strict_ownership:
             router = self._strict_shard
         else:
@@ -161,11 +161,14 @@ class Log:
         app = self._appender
         app.set_route(route)
         if watch:
-            addr = ownership.epoch_address(self._dir_key) if p is not None else 0
-            if addr != self._watched:
-                ref = weakref.ref(self)
-                app.set_epoch_watch(addr, _epoch_callback(ref) if addr else None)
-                self._watched = addr
+            src = ownership.epoch_source(self._dir_key) if p is not None else None
+            if src is None:
+                if self._watched is not None:
+                    app.set_epoch_watch(None, 0, None)
+            elif self._watched is None or self._watched[0] is not src[0] \
+                    or self._watched[1] != src[1]:
+                app.set_epoch_watch(src[0], src[1], _epoch_callback(weakref.ref(self)))
+            self._watched = src
 
     def _strict_shard(self, key) -> int:
         """The router under config.concurrency.strict_ownership: a key whose shard another
@@ -280,7 +283,7 @@ class Client:
         with self._lock:
             self._check_writable()
             comp = self._compressor if self._compressor is not None else None
-            app = Appender(api_table_address(), list(streams), list(numbers), router,
+            app = Appender(core_path(), list(streams), list(numbers), router,
                            comp, self.config.compression.min_bytes or (1 << 62),
                            self._on_append_error)
             for i, s in enumerate(streams):

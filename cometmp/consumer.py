@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from . import _reader, paths
-from ._ffi import api_table_address, check, ffi, lib
+from ._ffi import check, core_path, ffi, lib
 from .compression import decompress
 from .cursor import Cursor
 from .errors import (
@@ -57,7 +57,7 @@ __all__ = ["Batch", "Consumer", "consumer_groups", "delete_consumer_group"]
 
 log = logging.getLogger("cometmp")
 
-_reader.configure(api_table_address(), StreamMessage, MessageID, decompress)
+_reader.configure(core_path(), StreamMessage, MessageID, decompress)
 
 #: Entries of one read(): list-like of StreamMessage (see native/reader.c). ``len()``,
 #: indexing, slicing and iteration build StreamMessages lazily; ``payloads()`` returns

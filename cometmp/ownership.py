@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Protocol
 
 log = logging.getLogger("cometmp")
 
-__all__ = ["Placement", "Runtime", "changed", "directory_key", "epoch_address", "install",
+__all__ = ["Placement", "Runtime", "changed", "directory_key", "epoch_source", "install",
            "placement", "track"]
 
 DirectoryKey = tuple  # (st_dev, st_ino) of a data directory, or () when it cannot be stat'ed
@@ -54,9 +54,10 @@ class Runtime(Protocol):
         """This process's placement in the pool of the directory ``key``; None when it is
         not a member of that directory's pool."""
 
-    def epoch_address(self, key: DirectoryKey) -> int:
-        """Address of the shared 64-bit ownership epoch of that pool, valid for the life of
-        the process (the C appender watches it before routing), or 0."""
+    def epoch_source(self, key: DirectoryKey) -> tuple[object, int] | None:
+        """Where the pool's shared 64-bit ownership epoch lives: (a buffer over the shared
+        mapping, byte offset), which the C appender holds and watches before routing; or
+        None. No address travels as an int."""
 
 
 _runtime: Runtime | None = None
@@ -88,11 +89,11 @@ def placement(key: DirectoryKey) -> Placement | None:
     return rt.placement(key)
 
 
-def epoch_address(key: DirectoryKey) -> int:
+def epoch_source(key: DirectoryKey) -> tuple[object, int] | None:
     rt = _runtime
     if rt is None or not key:
-        return 0
-    return rt.epoch_address(key)
+        return None
+    return rt.epoch_source(key)
 
 
 def track(lg) -> None:

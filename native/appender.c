@@ -287,6 +287,8 @@ typedef struct {
     Py_ssize_t compress_min;
     PyObject *on_error;     /* (rc, index, msg, errno, written) -> True to retry */
     const uint64_t *epoch_ptr; /* shared ownership epoch to watch, or NULL */
+    Py_buffer epoch_view;   /* the mapping epoch_ptr points into, held (L4) */
+    int has_epoch_view;
     uint64_t epoch_seen;
     PyObject *on_epoch;     /* called when *epoch_ptr changed, before routing */
 } Appender;
@@ -301,6 +303,7 @@ static void Appender_dealloc(Appender *self) {
     PyMem_Free(self->names);
     PyMem_Free(self->numbers);
     PyMem_Free(self->route);
+    if (self->has_epoch_view) PyBuffer_Release(&self->epoch_view);
     Py_XDECREF(self->router);
     Py_XDECREF(self->compress);
     Py_XDECREF(self->on_error);
@@ -310,19 +313,19 @@ static void Appender_dealloc(Appender *self) {
     Py_DECREF(tp);      /* an instance of a heap type owns a reference to it */
 }
 
-/* Appender(api_addr, names, numbers, router, compress, compress_min, on_error)
+/* Appender(core_path, names, numbers, router, compress, compress_min, on_error)
  * router: None routes a key by pick_shard(key, nshards) here (shard index ==
  * shard number); a callable key -> index is called instead (strict ownership). */
 static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
-    unsigned long long api_addr;
-    PyObject *names, *numbers, *router, *compress, *on_error;
+    PyObject *core, *names, *numbers, *router, *compress, *on_error;
     Py_ssize_t cmin;
-    if (!PyArg_ParseTuple(args, "KO!O!OOnO", &api_addr, &PyList_Type, &names, &PyList_Type,
+    if (!PyArg_ParseTuple(args, "UO!O!OOnO", &core, &PyList_Type, &names, &PyList_Type,
                           &numbers, &router, &compress, &cmin, &on_error))
         return -1;
-    const cm_api *api = (const cm_api *)(uintptr_t)api_addr;
-    if (!api || api->version != CM_API_VERSION || !api->shard_ref) {
-        PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
+    const cm_api *api = (const cm_api *)cm_core_api(core, CM_API_VERSION);
+    if (!api) return -1;
+    if (!api->shard_ref) {
+        PyErr_SetString(PyExc_ImportError, "cometmp: core API table lacks shard_ref");
         return -1;
     }
     Py_ssize_t n = CM_LIST_SIZE(names);
@@ -409,24 +412,49 @@ static PyObject *Appender_set_route(Appender *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* set_epoch_watch(address, callback): before routing each append, compare the
- * uint64 at `address` (a shared ownership epoch, kept mapped by the caller
- * until it calls set_epoch_watch(0, None)) with the last value seen, and call
- * callback() when it changed, so routing follows ownership at the next append. */
+/* set_epoch_watch(mapping, offset, callback): before routing each append, compare
+ * the uint64 at `offset` of `mapping` (a buffer: the registry's shared mapping,
+ * where the ownership epoch lives) with the last value seen, and call callback()
+ * when it changed, so routing follows ownership at the next append. The Appender
+ * holds a buffer export of the mapping until the watch is replaced or it dies, so
+ * the word cannot be unmapped under it (L4). set_epoch_watch(None, 0, None) stops. */
+static void drop_epoch_view(Appender *self) {
+    self->epoch_ptr = NULL;
+    if (self->has_epoch_view) {
+        PyBuffer_Release(&self->epoch_view);
+        self->has_epoch_view = 0;
+    }
+}
+
 static PyObject *Appender_set_epoch_watch(Appender *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "set_epoch_watch(address, callback)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "set_epoch_watch(mapping, offset, callback)");
         return NULL;
     }
-    unsigned long long addr = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred()) return NULL;
-    if (addr && !PyCallable_Check(args[1])) {
+    if (args[0] == Py_None) {
+        drop_epoch_view(self);
+        CM_XSETREF(self->on_epoch, NULL);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t off = PyLong_AsSsize_t(args[1]);
+    if (off == -1 && PyErr_Occurred()) return NULL;
+    if (!PyCallable_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError, "callback must be callable");
         return NULL;
     }
-    CM_XSETREF(self->on_epoch, addr ? Py_NewRef(args[1]) : NULL);
-    self->epoch_ptr = (const uint64_t *)(uintptr_t)addr;
-    self->epoch_seen = addr ? __atomic_load_n(self->epoch_ptr, __ATOMIC_ACQUIRE) : 0;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (off < 0 || off % 8 || off + 8 > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "epoch offset outside the mapping or unaligned");
+        return NULL;
+    }
+    drop_epoch_view(self);
+    self->epoch_view = view;
+    self->has_epoch_view = 1;
+    CM_XSETREF(self->on_epoch, Py_NewRef(args[2]));
+    self->epoch_ptr = (const uint64_t *)((const char *)view.buf + off);
+    self->epoch_seen = __atomic_load_n(self->epoch_ptr, __ATOMIC_ACQUIRE);
     Py_RETURN_NONE;
 }
 
@@ -742,7 +770,7 @@ static PyMethodDef Appender_methods[] = {
      "set_handle(index, ref)"},
     {"set_route", (PyCFunction)Appender_set_route, METH_O, "set_route(indexes)"},
     {"set_epoch_watch", (PyCFunction)(void (*)(void))Appender_set_epoch_watch, METH_FASTCALL,
-     "set_epoch_watch(address, callback)"},
+     "set_epoch_watch(mapping, offset, callback)"},
     {NULL, NULL, 0, NULL},
 };
 

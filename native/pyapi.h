@@ -85,4 +85,31 @@ static inline PyObject *cm_type_error(PyObject *exc, const char *fmt, PyObject *
     return NULL;
 }
 
+
+/* cm_core_api(path): the core's function table (api.c), looked up in the cffi module
+ * that is already loaded from `path` (cometmp._cffi.__file__): dlopen(RTLD_NOLOAD)
+ * returns that very copy, never a second one, and no address crosses Python as an
+ * int (ARCHITECTURE.md §11). NULL with an exception set when it is not loaded or its
+ * table is of another version. */
+#include <dlfcn.h>
+struct cm_api;
+static inline const struct cm_api *cm_core_api(PyObject *path, int version) {
+    PyObject *b = PyUnicode_EncodeFSDefault(path);
+    if (!b) return NULL;
+    void *h = dlopen(PyBytes_AsString(b), RTLD_NOW | RTLD_NOLOAD);
+    Py_DECREF(b);
+    if (!h) {
+        PyErr_Format(PyExc_ImportError, "cometmp: the core %R is not loaded", path);
+        return NULL;
+    }
+    void *(*table)(void) = (void *(*)(void))dlsym(h, "cm_api_table");
+    const int *t = table ? (const int *)table() : NULL;  /* version is the first field */
+    dlclose(h);   /* the module keeps it loaded */
+    if (!t || *t != version) {
+        PyErr_SetString(PyExc_ImportError, "cometmp: core API table missing or of another version");
+        return NULL;
+    }
+    return (const struct cm_api *)t;
+}
+
 #endif /* CM_PYAPI_H */

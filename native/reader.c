@@ -601,14 +601,14 @@ static PyType_Spec Batch_spec = {
     .slots = Batch_slots,
 };
 
-/* configure(api_addr, StreamMessage, MessageID, decompress) */
+/* configure(core_path, StreamMessage, MessageID, decompress) */
 static PyObject *configure(PyObject *m, PyObject *args) {
-    unsigned long long addr;
-    PyObject *sm, *mid, *dec;
-    if (!PyArg_ParseTuple(args, "KOOO", &addr, &sm, &mid, &dec)) return NULL;
-    const cm_api *t = (const cm_api *)(uintptr_t)addr;
-    if (!t || t->version != CM_API_VERSION || !t->record_at || !t->walk_next) {
-        PyErr_SetString(PyExc_RuntimeError, "cometmp: core API table version mismatch");
+    PyObject *core, *sm, *mid, *dec;
+    if (!PyArg_ParseTuple(args, "UOOO", &core, &sm, &mid, &dec)) return NULL;
+    const cm_api *t = (const cm_api *)cm_core_api(core, CM_API_VERSION);
+    if (!t) return NULL;
+    if (!t->record_at || !t->walk_next) {
+        PyErr_SetString(PyExc_ImportError, "cometmp: core API table lacks the walker");
         return NULL;
     }
     if (!PyType_Check(sm) || !PyType_IsSubtype((PyTypeObject *)sm, &PyTuple_Type)) {
@@ -625,7 +625,7 @@ static PyObject *configure(PyObject *m, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(api_addr, StreamMessage, MessageID, decompress): called once by cometmp.consumer"},
+     "configure(core_path, StreamMessage, MessageID, decompress): called once by cometmp.consumer"},
     {NULL, NULL, 0, NULL},
 };
 

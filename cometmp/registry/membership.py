@@ -290,11 +290,11 @@ class _RegistryRuntime:
         return ownership.Placement(snap.epoch, index, snap.process_count,
                                    lambda shards: snap.owned(index, shards))
 
-    def epoch_address(self, key: ownership.DirectoryKey) -> int:
+    def epoch_source(self, key: ownership.DirectoryKey) -> tuple[object, int] | None:
         m = _current()
         if m is None or m.dir_id != key:
-            return 0
-        return m.registry.epoch_address   # pinned: valid for the life of the process
+            return None
+        return m.registry.epoch_source
 
 
 ownership.install(_RegistryRuntime())

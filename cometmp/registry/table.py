@@ -258,9 +258,9 @@ class Registry:
         self._ptr = ffi.from_buffer(mm)
         self.created = created
         self.inode = inode
-        self.address = int(ffi.cast("uintptr_t", self._ptr))
-        #: address of the shared uint64 ownership epoch (for Appender.set_epoch_watch)
-        self.epoch_address = self.address + CM_REG_OFF_EPOCH
+        #: where the shared uint64 ownership epoch lives, for Appender.set_epoch_watch:
+        #: the mapping (an appender holds a buffer export of it) and the byte offset
+        self.epoch_source = (mm, CM_REG_OFF_EPOCH)
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
