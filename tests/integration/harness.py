@@ -68,12 +68,12 @@ class Server:
         raise AssertionError(f"server not ready in {timeout} s:\n{self.log()}")
 
     def workers(self) -> list[int]:
-        """Direct children of the master (the workers, plus mules for uWSGI)."""
-        try:
-            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-                return [int(p) for p in f.read().split()]
-        except OSError:
-            return []
+        """Live direct children of the master (the workers, plus mules for uWSGI).
+
+        From each process's own /proc/<pid>/stat (its parent and state), not from the
+        master's task/*/children list, which the kernel documents as unreliable while
+        children exit and fork: a read during a respawn can miss a live worker."""
+        return children_of(self.pid)
 
     def send(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -100,6 +100,22 @@ class Server:
         with open(self.log_path, "rb") as f:
             text = f.read().decode("utf-8", "replace")
         return text[-tail:] if tail else text
+
+
+def children_of(parent: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``parent``, in pid order."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                rest = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(rest) > 1 and int(rest[1]) == parent and rest[0] not in (b"Z", b"X"):
+            out.append(int(d))
+    return sorted(out)
 
 
 def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:

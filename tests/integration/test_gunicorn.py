@@ -15,6 +15,7 @@ import time
 
 import pytest
 from harness import (
+    children_of,
     GUNICORN,
     REPO,
     Load,
@@ -130,11 +131,7 @@ def test_a_stale_registry_from_a_killed_master_is_rebuilt(tmp_path):
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+    return children_of(pid)
 
 
 def test_usr2_second_master_shares_the_registry_and_takes_over(tmp_path):
