@@ -306,6 +306,9 @@ class Client:
         with self._lock:
             if self._pid == os.getpid():
                 return
+            # the parent's membership is not ours (uWSGI forks without Python's at-fork
+            # hooks): every Log routes as a single process until this process joins
+            ownership.changed()
             log.debug("cometmp: fork detected (pid %d -> %d); reopening writers", self._pid, os.getpid())
             old = self._writers
             self._writers = {}

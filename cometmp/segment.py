@@ -161,13 +161,6 @@ class Segment:
             else:
                 return
 
-    def resync(self, off: int, min_seq: int) -> int:
-        """cm_resync from ``off``: the offset of the next valid frame, or < 0."""
-        ptr = self.ptr
-        if ptr is None:
-            raise ClosedError(f"{self.path} is closed")
-        return lib.cm_resync(ptr, self.size, off, min_seq) if ptr != ffi.NULL else -1
-
     def _mapping(self) -> mmap.mmap:
         mm = self.mm
         if mm is None:

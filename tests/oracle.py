@@ -3,7 +3,7 @@
 
 The package reads records only through its one walker (native/walker.c); this is the
 second, independent implementation the tests check it against (tests/crash/
-test_walker_oracle.py), and what ``cometmp verify --oracle`` loads (cometmp/verify.py
+test_walker_oracle.py), and what ``cometmp verify --oracle`` loads (cometmp/tools/verify.py
 finds it next to the package in a source tree, or by ``$COMETMP_ORACLE``).
 
 ``walk_segment(buf, stop, published)`` yields every valid record and a ``Damage`` per
