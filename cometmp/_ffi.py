@@ -23,6 +23,7 @@ from .errors import (  # noqa: E402
     FormatError,
     ReadOnlyError,
     StorageError,
+    os_error,
 )
 
 ffi = _cffi.ffi
@@ -45,29 +46,37 @@ def last_error() -> str:
     return ffi.string(lib.cm_last_error()).decode("utf-8", "replace")
 
 
-def error_for(rc: int, message: str | None = None, err: int | None = None) -> Exception:
-    """The exception for core return code ``rc`` (with the thread's last error message)."""
+def error_for(rc: int, message: str | None = None, err: int | None = None,
+              path: str | None = None) -> Exception:
+    """The exception for core return code ``rc`` (with the thread's last error message).
+
+    ``path`` is the file or directory of the handle the call was made on (a stream
+    directory, the offsets file); it becomes ``filename`` of an OS-level error, whose
+    message (from cm_fail) names the exact file. OS errors go through the one mapping,
+    cometmp.errors.os_error (ENOSPC/EDQUOT -> DiskFull, EMFILE -> TooManyOpenFiles)."""
     if message is None:
         message = last_error()
     if err is None:
         err = lib.cm_last_errno()
     cls = _EXC.get(rc, CometError)
-    if cls in (StorageError, DiskFull):
-        exc = cls(err or 0, message)
-        exc.args = (err or 0, message)
-        return exc
+    if cls is StorageError:
+        return os_error(err or 0, path, message=message)
+    if cls is DiskFull:   # CM_E_NOSPACE: also a full fixed-size table (errno 0)
+        return DiskFull(message, err or 0, path)
     if cls is ValueError:
         return CometError(message)
     return cls(message)
 
 
-def raise_for(rc: int, message: str | None = None, err: int | None = None) -> NoReturn:
-    raise error_for(rc, message, err)
+def raise_for(rc: int, message: str | None = None, err: int | None = None,
+              path: str | None = None) -> NoReturn:
+    raise error_for(rc, message, err, path)
 
 
-def check(rc: int) -> int:
+def check(rc: int, path: str | None = None) -> int:
+    """``rc`` if it is not an error; else raise its exception (``path``: see error_for)."""
     if rc < 0:
-        raise_for(rc)
+        raise_for(rc, path=path)
     return rc
 
 

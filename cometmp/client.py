@@ -30,10 +30,12 @@ from .errors import (
     CometError,
     DataDirectoryNotFound,
     FormatError,
+    InvalidPath,
     ReadOnlyError,
     ShardCountMismatch,
     ShardNotOwned,
     StorageError,
+    os_errors,
 )
 from .shard import MessageID, Reader, StreamMessage, Writer
 
@@ -100,17 +102,54 @@ class MessageIDs(Sequence[MessageID]):
 def _write_json_atomic(path: str, doc: dict) -> None:
     """Crash-safe file protocol: temp -> fsync -> rename -> fsync directory (I7)."""
     tmp = f"{path}.{os.getpid()}{paths.TMP_SUFFIX}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    with os_errors(path, "write"):
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f, indent=1, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)   # a full disk leaves no temp file behind
+            except OSError:
+                pass
+            raise
+        dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def read_directory_marker(root: str) -> None:
+    """Check the directory marker ``root/cometmp.json`` (FORMAT.md §1.1): the one reader of
+    it. DataDirectoryNotFound when ``root`` is no directory or has no marker; FormatError
+    for a marker of another format or version (or not JSON); StorageError (errno, path)
+    when it cannot be read."""
+    marker = os.path.join(root, paths.DIR_MARKER)
+    with os_errors(marker, "read directory marker"):
+        if not os.path.isdir(root):
+            raise DataDirectoryNotFound(f"no cometmp data directory at {root} (no such directory)",
+                                        errno.ENOENT, root)
+        try:
+            with open(marker, "rb") as f:
+                raw = f.read(1 << 16)
+        except FileNotFoundError:
+            raise DataDirectoryNotFound(
+                f"{root} is not a cometmp data directory (no {paths.DIR_MARKER})",
+                errno.ENOENT, marker) from None
     try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise FormatError(f"{marker}: directory marker is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != DIR_FORMAT \
+            or doc.get("version") != FORMAT_VERSION:
+        got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else (doc, None)
+        raise FormatError(
+            f"{marker}: format {got[0]!r} version {got[1]!r}; "
+            f"this build reads {DIR_FORMAT!r} version {FORMAT_VERSION}")
 
 
 class Log:
@@ -211,7 +250,12 @@ class Client:
     """
 
     def __init__(self, path: str | os.PathLike, config: Config | None = None, readonly: bool = False):
-        self.path = os.path.abspath(os.fspath(path))
+        fspath = os.fspath(path)
+        if not fspath:   # os.path.abspath("") is the working directory: never meant
+            raise InvalidPath("Client path is empty; pass the data directory's path")
+        if "\x00" in (fspath if isinstance(fspath, str) else fspath.decode("latin-1")):
+            raise InvalidPath(f"Client path {fspath!r} contains a NUL byte")
+        self.path = os.path.abspath(os.fsdecode(fspath))
         self.config = (config.copy() if config is not None else Config()).validate()
         self.readonly = bool(readonly)
         self._lock = threading.RLock()
@@ -230,30 +274,22 @@ class Client:
     # ---- directory ----------------------------------------------------------------------
     def _open_dir(self) -> None:
         marker = os.path.join(self.path, paths.DIR_MARKER)
-        if self.readonly:
-            if not os.path.isdir(self.path):
-                raise DataDirectoryNotFound(f"no cometmp data directory at {self.path}")
-        elif os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise StorageError(errno.ENOTDIR, f"{self.path} exists and is not a directory")
-        else:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(self.path, paths.FAMILIES), mode=0o700, exist_ok=True)
-            if not os.path.exists(marker):
+        if not self.readonly:
+            if os.path.exists(self.path) and not os.path.isdir(self.path):
+                raise StorageError(f"{self.path} exists and is not a directory",
+                                   errno.ENOTDIR, self.path)
+            for d in (self.path, paths.streams_dir(self.path),
+                      os.path.join(self.path, paths.FAMILIES)):
+                with os_errors(d, "create directory"):
+                    os.makedirs(d, mode=0o700, exist_ok=True)
+            with os_errors(marker, "check directory marker"):
+                has_marker = os.path.lexists(marker)
+            if not has_marker:
                 _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION})
-            for p in paths.remove_dead_temp_files(self.path):  # I7
-                log.info("cometmp: removed leftover temporary file %s", p)
-        if os.path.exists(marker):
-            with open(marker) as f:
-                try:
-                    doc = json.load(f)
-                except ValueError:
-                    doc = {}
-            if doc.get("format") != DIR_FORMAT or doc.get("version") != FORMAT_VERSION:
-                raise FormatError(
-                    f"{marker}: format {doc.get('format')!r} version {doc.get('version')!r}; "
-                    f"this build reads {DIR_FORMAT!r} version {FORMAT_VERSION}"
-                )
+            with os_errors(self.path, "remove leftover temporary files in"):
+                for p in paths.remove_dead_temp_files(self.path):  # I7
+                    log.info("cometmp: removed leftover temporary file %s", p)
+        read_directory_marker(self.path)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -269,7 +305,8 @@ class Client:
         w = self._writers.get(stream)
         if w is None:
             self._check_writable()
-            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
+            with os_errors(paths.streams_dir(self.path), "create directory"):
+                os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
             w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
             self._writers[stream] = w
             if self.config.storage.durability == "interval":
@@ -283,21 +320,24 @@ class Client:
         with self._lock:
             self._check_writable()
             comp = self._compressor if self._compressor is not None else None
+            dirs = [paths.stream_dir(self.path, s) for s in streams]
             app = Appender(core_path(), list(streams), list(numbers), router,
                            comp, self.config.compression.min_bytes or (1 << 62),
-                           self._on_append_error)
+                           lambda rc, i, msg, err, n: self._on_append_error(
+                               rc, i, msg, err, n, dirs[i] if 0 <= i < len(dirs) else None))
             for i, s in enumerate(streams):
                 app.set_handle(i, self._writer(s).ref())
             self._appenders.append((app, list(streams)))
             return app
 
-    def _on_append_error(self, rc: int, index: int, message: str, err: int, written: int) -> bool:
+    def _on_append_error(self, rc: int, index: int, message: str, err: int, written: int,
+                         path: str | None = None) -> bool:
         if rc == lib.CM_E_FORKED:
             self._after_fork()
             return True
         if rc == lib.CM_E_CLOSED and self._closed:
             raise ClosedError(f"client for {self.path} is closed")
-        exc = error_for(rc, message, err)
+        exc = error_for(rc, message, err, path)
         exc.appended = written
         raise exc
 
@@ -356,16 +396,24 @@ class Client:
     def family_shards(self, prefix: str) -> int | None:
         """The persisted shard count of family ``prefix``, or None if it does not exist."""
         fpath = paths.family_file(self.path, prefix)
+        with os_errors(fpath, "read family file"):
+            try:
+                with open(fpath, "rb") as f:
+                    raw = f.read(1 << 16)
+            except FileNotFoundError:
+                return None
         try:
-            with open(fpath) as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            return None
+            doc = json.loads(raw)
         except ValueError as e:
             raise FormatError(f"{fpath}: not valid JSON: {e}") from None
-        if doc.get("format") != FAMILY_FORMAT or doc.get("version") != FORMAT_VERSION:
-            raise FormatError(f"{fpath}: format {doc.get('format')!r} version {doc.get('version')!r}")
-        return int(doc["shards"])
+        if not isinstance(doc, dict) or doc.get("format") != FAMILY_FORMAT \
+                or doc.get("version") != FORMAT_VERSION:
+            got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else (doc, None)
+            raise FormatError(f"{fpath}: format {got[0]!r} version {got[1]!r}")
+        shards = doc.get("shards")
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+            raise FormatError(f"{fpath}: shard count {shards!r} is not an int in 1..{MAX_SHARDS}")
+        return shards
 
     def append(self, stream: str, payloads) -> list[MessageID]:
         """Append to an explicit stream (Comet style), creating it if new.
@@ -401,10 +449,11 @@ class Client:
     def streams(self, pattern: str = "*") -> list[str]:
         """Sorted names of the streams in this directory matching an fnmatch pattern."""
         self._check_open()
-        try:
-            names = os.listdir(paths.streams_dir(self.path))
-        except FileNotFoundError:
-            return []
+        with os_errors(paths.streams_dir(self.path), "list streams in"):
+            try:
+                names = os.listdir(paths.streams_dir(self.path))
+            except FileNotFoundError:
+                return []
         return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
                       os.path.isdir(paths.stream_dir(self.path, n)))
 

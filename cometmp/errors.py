@@ -4,25 +4,46 @@
 
     CometError                                  base of everything below
      +-- BadStreamName        (also ValueError)  a stream or family name fails validation
+     +-- BadGroupName         (also ValueError)  a consumer group name fails validation
+     +-- ConfigError          (also ValueError)  a Config field or combination out of range
+     +-- InvalidPath          (also ValueError)  an empty data-directory path (or one with NUL)
      +-- ShardCountMismatch   (also ValueError)  a family reopened with another shard count
      +-- EntryTooLarge        (also ValueError)  payload above config.storage.max_entry_bytes
      +-- EntryNotFound        (also KeyError)    no such entry (never written, or retained away)
      +-- StreamNotFound       (also KeyError)    no such stream
-     +-- DataDirectoryNotFound (also FileNotFoundError) no data directory (read-only open)
      +-- CorruptRecord                           a record failed its checksum; names file + offset
      +-- FormatError                             bad magic / version / layout fingerprint
-     +-- DiskFull             (also OSError)     ENOSPC/EDQUOT while allocating; nothing was written
      +-- ReadOnlyError                           a write through Client(readonly=True)
      +-- ClosedError                             use of a closed Client
-     +-- StorageError         (also OSError)     any other OS-level failure, with errno and path
+     +-- StorageError                            an OS call failed: .errno .strerror .filename,
+     |    |                                      the OSError itself as __cause__ and .os_error
+     |    +-- DiskFull                           ENOSPC/EDQUOT anywhere; nothing partial written
+     |    +-- TooManyOpenFiles                   EMFILE/ENFILE; the message names the limit
+     |    +-- DataDirectoryNotFound              readonly open of a path that is no data directory
      +-- RegistryError                           the worker registry (shm) cannot be used
-     |    +-- UnsupportedFilesystem (also OSError) data directory on NFS/FUSE/network fs
-     +-- ShardNotOwned        (also PermissionError) strict_ownership: a foreign shard
-     +-- BadGroupName         (also ValueError)  a consumer group name fails validation
+     |    +-- UnsupportedFilesystem              data directory on NFS/FUSE/network fs
+     +-- ShardNotOwned                           strict_ownership: a foreign shard
      +-- EntriesDropped                          the hard retention cap deleted entries a
-                                                 group had not acked; names stream + range
+     |                                           group had not acked; names stream + range
      +-- StopProcessing                          raised by a Consumer.process() handler: stop,
                                                  leaving the current batch unacknowledged
+
+**No cometmp error is an OSError** (decision, issue 9 item 14). Servers treat an
+``OSError`` escaping the application as a broken client socket: gunicorn's sync worker
+logs "Socket error processing request" and closes the connection without a response, so
+a full disk became a dropped connection instead of a 500. A ``StorageError`` therefore
+derives from ``CometError`` only; it carries ``errno``, ``strerror`` and ``filename`` like
+an ``OSError`` does, and chains the original ``OSError`` (``__cause__``, also ``.os_error``).
+Code that used to catch these as ``OSError`` catches :data:`OS_ERRORS` instead::
+
+    try:
+        log.append(b"...")
+    except cometmp.errors.OS_ERRORS as e:      # (OSError, StorageError)
+        print(e.errno, e.filename)
+
+Every OS-level failure becomes an exception through one mapping: :func:`os_error` (Python
+calls, usually through the :func:`os_errors` context manager) and ``cometmp._ffi.error_for``
+(the C core's ``CM_E_IO``/``CM_E_NOSPACE``, whose errno ``cm_fail`` keeps), which calls it.
 
 Messages name the path (and offset) involved. Exceptions raised while appending a
 batch carry ``appended``: how many entries of the batch were written before it.
@@ -30,11 +51,18 @@ batch carry ``appended``: how many entries of the batch were written before it.
 
 from __future__ import annotations
 
+import contextlib
+import errno as _errno
+import os
+import resource
+from collections.abc import Iterator
+
 __all__ = [
     "BadGroupName",
     "BadStreamName",
     "ClosedError",
     "CometError",
+    "ConfigError",
     "CorruptRecord",
     "DataDirectoryNotFound",
     "DiskFull",
@@ -42,6 +70,8 @@ __all__ = [
     "EntryNotFound",
     "EntryTooLarge",
     "FormatError",
+    "InvalidPath",
+    "OS_ERRORS",
     "ReadOnlyError",
     "RegistryError",
     "ShardCountMismatch",
@@ -49,7 +79,10 @@ __all__ = [
     "StopProcessing",
     "StorageError",
     "StreamNotFound",
+    "TooManyOpenFiles",
     "UnsupportedFilesystem",
+    "os_error",
+    "os_errors",
 ]
 
 
@@ -99,10 +132,6 @@ class FormatError(CometError):
     """A file or shared mapping has an unknown magic, version or layout fingerprint."""
 
 
-class DiskFull(CometError, OSError):
-    """The filesystem is full; nothing partial was written. Appends resume once space returns."""
-
-
 class ReadOnlyError(CometError):
     """A write was attempted through a read-only client."""
 
@@ -111,20 +140,63 @@ class ClosedError(CometError):
     """The client (or log) was used after close()."""
 
 
-class StorageError(CometError, OSError):
-    """An operating-system call failed; errno and the path are in the message."""
+class StorageError(CometError):
+    """An operating-system call failed. ``errno``, ``strerror`` and ``filename`` as on an
+    OSError (``filename`` is the file or directory involved); the OSError is ``__cause__``
+    (when Python made the call) and ``os_error``. Not an OSError itself: see the module doc."""
+
+    def __init__(self, message: str, errno: int = 0, filename: str | None = None):
+        super().__init__(message)
+        self.errno = errno
+        self.strerror = os.strerror(errno) if errno else None
+        self.filename = filename
+
+    @property
+    def os_error(self) -> OSError:
+        """The failure as the builtin OSError (the chained one when there is one)."""
+        if isinstance(self.__cause__, OSError):
+            return self.__cause__
+        return OSError(self.errno, self.strerror or str(self), self.filename)
+
+
+class DiskFull(StorageError):
+    """ENOSPC/EDQUOT: the filesystem (or quota) is full; nothing partial was written.
+    Appends resume once space returns."""
+
+
+class TooManyOpenFiles(StorageError):
+    """EMFILE/ENFILE: the process (or system) file-descriptor limit is reached; the message
+    names the limit (RLIMIT_NOFILE, or fs.file-max)."""
+
+
+class DataDirectoryNotFound(StorageError):
+    """Client(path, readonly=True) on a path that is not an existing data directory (no
+    directory, or no ``cometmp.json`` marker in it)."""
+
+
+#: Catch these where ``except OSError`` caught cometmp's OS-level errors before.
+OS_ERRORS = (OSError, StorageError)
 
 
 class RegistryError(CometError):
     """The worker registry of a data directory cannot be created, attached or locked."""
 
 
-class UnsupportedFilesystem(RegistryError, OSError):
+class UnsupportedFilesystem(RegistryError):
     """The data directory is on a network or FUSE filesystem (NFS, SMB, FUSE, Ceph, ...)."""
 
 
-class ShardNotOwned(CometError, PermissionError):
+class ShardNotOwned(CometError):
     """config.concurrency.strict_ownership: an append to a shard another worker owns."""
+
+
+class ConfigError(CometError, ValueError):
+    """A Config field, or a combination of fields, is out of range; names the field(s)."""
+
+
+class InvalidPath(CometError, ValueError):
+    """The data-directory path given to Client is empty (which would mean the working
+    directory) or contains a NUL byte."""
 
 
 class BadGroupName(CometError, ValueError):
@@ -151,5 +223,55 @@ class StopProcessing(CometError):
     """Raised by a Consumer.process() handler: stop now, leaving the batch unacknowledged."""
 
 
-class DataDirectoryNotFound(CometError, FileNotFoundError):
-    """Client(path, readonly=True) on a path that is not an existing data directory."""
+def _nofile_limit(err: int) -> str:
+    if err == _errno.ENFILE:
+        try:
+            with open("/proc/sys/fs/file-max") as f:
+                return f"the system-wide limit fs.file-max ({f.read().strip()}) is reached"
+        except OSError:
+            return "the system-wide file limit is reached"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (f"the open-file limit RLIMIT_NOFILE is reached (soft {soft}, hard {hard}); "
+            "raise it (ulimit -n) or open fewer streams")
+
+
+def os_error(err: OSError | int, path: str | None = None, action: str = "",
+             message: str | None = None) -> StorageError:
+    """The one mapping from an OS failure to the tree: ENOSPC/EDQUOT -> DiskFull,
+    EMFILE/ENFILE -> TooManyOpenFiles (naming the limit), anything else -> StorageError;
+    each carrying errno and path. ``err`` is the OSError (or its errno, for the C core);
+    ``action`` is what was being done ("create", "read marker"); ``message`` replaces the
+    generated "<action> <path>: <strerror>" (the C core's own message). The caller raises
+    the result ``from`` the OSError."""
+    if isinstance(err, OSError):
+        code = err.errno or 0
+        if path is None:
+            path = err.filename
+    else:
+        code = err
+    if code in (_errno.ENOSPC, _errno.EDQUOT):
+        cls: type[StorageError] = DiskFull
+    elif code in (_errno.EMFILE, _errno.ENFILE):
+        cls = TooManyOpenFiles
+    else:
+        cls = StorageError
+    if message is None:
+        what = f"{action} {path}" if action else f"{path}"
+        message = f"{what}: {os.strerror(code) if code else err}"
+    if cls is TooManyOpenFiles:
+        message = f"{message}: {_nofile_limit(code)}"
+    return cls(message, code, os.fspath(path) if path is not None else None)
+
+
+@contextlib.contextmanager
+def os_errors(path: str | os.PathLike, action: str) -> Iterator[None]:
+    """Run a block of OS calls on ``path``; an OSError leaves it as :func:`os_error`'s
+    exception, chained to the OSError::
+
+        with os_errors(marker, "read directory marker"):
+            data = open(marker).read()
+    """
+    try:
+        yield
+    except OSError as e:
+        raise os_error(e, os.fspath(path), action) from e

@@ -37,7 +37,7 @@ from typing import Iterator
 
 from . import paths
 from ._ffi import check, ffi, lib
-from .errors import ClosedError
+from .errors import ClosedError, os_errors
 
 # Mirrors of native/format.h, offsets-file section (tests/unit/test_format_constants.py
 # compares every CM_OFS_* constant here with cm_format_constants()).
@@ -151,19 +151,21 @@ class OffsetStore:
         self._h = None
         self._buf = None
         if writable:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            with os_errors(os.path.dirname(self.path), "create directory"):
+                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         out = ffi.new("cm_offsets **")
         rc = lib.cm_offsets_open(self.path.encode(), 1 if writable else 0, out)
         if rc == lib.CM_E_NOTFOUND and not writable:
             return
-        check(rc)
+        check(rc, self.path)
         self._h = ffi.gc(out[0], lib.cm_offsets_unref)   # L3
-        fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-        try:
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self._buf = mmap.mmap(fd, CM_OFS_FILE_BYTES, mmap.MAP_SHARED, prot)
-        finally:
-            os.close(fd)
+        with os_errors(self.path, "map offsets file"):
+            fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+            try:
+                prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+                self._buf = mmap.mmap(fd, CM_OFS_FILE_BYTES, mmap.MAP_SHARED, prot)
+            finally:
+                os.close(fd)
 
     def _unpack(self, fmt: struct.Struct, off: int) -> tuple:
         try:
@@ -186,7 +188,7 @@ class OffsetStore:
                                   time.time_ns(), idx, gid)
         if rc == lib.CM_E_NOTFOUND:
             return None
-        check(rc)
+        check(rc, self.path)
         return GroupRef(int(idx[0]), int(gid[0]))
 
     def group_live(self, g: GroupRef) -> bool:
@@ -198,14 +200,14 @@ class OffsetStore:
 
     def add_pattern(self, g: GroupRef, pattern: str) -> None:
         raw = pattern.encode()
-        check(lib.cm_offsets_add_pattern(self._h, g.index, g.id, raw, len(raw)))
+        check(lib.cm_offsets_add_pattern(self._h, g.index, g.id, raw, len(raw)), self.path)
 
     def touch(self, g: GroupRef) -> None:
         if self.writable:
-            check(lib.cm_offsets_touch(self._h, g.index, g.id, time.time_ns()))
+            check(lib.cm_offsets_touch(self._h, g.index, g.id, time.time_ns()), self.path)
 
     def delete_group(self, g: GroupRef) -> None:
-        check(lib.cm_offsets_delete_group(self._h, g.index, g.id))
+        check(lib.cm_offsets_delete_group(self._h, g.index, g.id), self.path)
 
     # ---- slots --------------------------------------------------------------------------
     def slot(self, g: GroupRef, stream: str, create: bool) -> int | None:
@@ -217,7 +219,7 @@ class OffsetStore:
                                  1 if create and self.writable else 0, idx)
         if rc == lib.CM_E_NOTFOUND and not create:
             return None
-        check(rc)
+        check(rc, self.path)
         return int(idx[0])
 
     def next(self, slot: int) -> int | None:
@@ -229,11 +231,11 @@ class OffsetStore:
 
     def ack(self, g: GroupRef, slot: int, next_entry: int) -> bool:
         """Cumulative ack: every entry below ``next_entry`` is processed. Never moves back."""
-        return check(lib.cm_offsets_ack(self._h, slot, g.id, next_entry, time.time_ns())) == 1
+        return check(lib.cm_offsets_ack(self._h, slot, g.id, next_entry, time.time_ns()), self.path) == 1
 
     def set(self, g: GroupRef, slot: int, next_entry: int) -> None:
         """Move the offset anywhere (reset_offset); consumers elsewhere notice ``resets``."""
-        check(lib.cm_offsets_set(self._h, slot, g.id, next_entry, time.time_ns()))
+        check(lib.cm_offsets_set(self._h, slot, g.id, next_entry, time.time_ns()), self.path)
 
     def add_dropped(self, g: GroupRef, slot: int, n: int) -> None:
         lib.cm_offsets_add_dropped(self._h, slot, g.id, n)
@@ -242,7 +244,7 @@ class OffsetStore:
     def locked(self) -> Iterator[None]:
         """Hold the file's mutex: no group or slot is claimed, reset or deleted meanwhile
         (retention decides under it, I14). Acks still proceed; they only move forward."""
-        check(lib.cm_offsets_lock(self._h))
+        check(lib.cm_offsets_lock(self._h), self.path)
         try:
             yield
         finally:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from . import ownership, paths
 from ._ffi import check, lib
-from .errors import CometError
+from .errors import CometError, os_errors
 from .format import CM_CTR_RETENTION_BYTES, CM_CTR_RETENTION_SEGMENTS
 from .offsets import GroupInfo, GroupRef, OffsetStore
 from .segment import Segment
@@ -173,7 +173,7 @@ class _Stream:
 def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport) -> None:
     """R5. Caller holds the offsets file's lock."""
     w = st.writer
-    check(lib.cm_shard_set_first_entry(w.handle, seg.end))   # I15: before any unlink
+    check(lib.cm_shard_set_first_entry(w.handle, seg.end), st.dir)   # I15: before any unlink
     st.first_entry = max(st.first_entry, seg.end)
     _unlink_segment(st.dir, seg.base)
     lib.cm_shard_add_counter(w.handle, CM_CTR_RETENTION_SEGMENTS, 1)
@@ -189,16 +189,17 @@ def _unlink_segment(directory: str, base: int) -> None:
     segment names, so no process lists it again; mappings of it stay valid."""
     seg = os.path.join(directory, paths.segment_name(base))
     tmp = seg + paths.TMP_SUFFIX
-    try:
-        os.rename(seg, tmp)
-    except FileNotFoundError:
-        tmp = None
-    try:
-        os.unlink(os.path.join(directory, paths.index_name(base)))
-    except FileNotFoundError:
-        pass
-    if tmp is not None:
-        os.unlink(tmp)
+    with os_errors(seg, "delete segment"):
+        try:
+            os.rename(seg, tmp)
+        except FileNotFoundError:
+            tmp = None
+        try:
+            os.unlink(os.path.join(directory, paths.index_name(base)))
+        except FileNotFoundError:
+            pass
+        if tmp is not None:
+            os.unlink(tmp)
 
 
 def _owned_streams(client) -> list[str]:

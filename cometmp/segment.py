@@ -16,7 +16,7 @@ import os
 from typing import Iterator, NamedTuple
 
 from ._ffi import ffi, lib
-from .errors import ClosedError
+from .errors import ClosedError, os_error, os_errors
 from .format import CM_REC_HEADER_BYTES, CM_SEG_HEADER_BYTES
 
 log = logging.getLogger("cometmp")
@@ -97,10 +97,19 @@ class Segment:
 
     @classmethod
     def open(cls, path: str, base: int) -> "Segment":
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        """Map segment ``path``. FileNotFoundError stays itself (retention deleted the
+        segment after it was listed: callers treat it as that race); every other OS
+        failure is the cometmp error of errors.os_error."""
         try:
-            size = os.fstat(fd).st_size
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise os_error(e, path, "open segment") from e
+        try:
+            with os_errors(path, "map segment"):
+                size = os.fstat(fd).st_size
+                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
         finally:
             os.close(fd)
         return cls(path, base, mm, size)

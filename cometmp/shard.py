@@ -20,7 +20,7 @@ from typing import Iterator, NamedTuple
 from . import paths
 from ._ffi import check, ffi, lib, raise_for
 from .compression import decompress
-from .errors import ClosedError, CorruptRecord, EntryNotFound, StreamNotFound
+from .errors import ClosedError, CorruptRecord, EntryNotFound, StreamNotFound, os_errors
 from .format import (
     CM_REC_FLAG_ZSTD,
     CM_SEG_HEADER_BYTES,
@@ -74,7 +74,7 @@ class Writer:
         opts.prefault = 1 if config.storage.prefault else 0
         out = ffi.new("cm_shard **")
         report = ffi.new("cm_open_report *")
-        check(lib.cm_shard_open(directory.encode(), opts, out, report))
+        check(lib.cm_shard_open(directory.encode(), opts, out, report), directory)
         self.handle = ffi.gc(out[0], lib.cm_shard_unref)   # L3: our reference
         self.name = name
         self.directory = directory
@@ -102,15 +102,15 @@ class Writer:
         self._iov[0].flags = flags
         rc = lib.cm_append(self.handle, self._iov, 1, self._first, self._written)
         if rc < 0:
-            raise_for(rc)
+            raise_for(rc, path=self.directory)
         return int(self._first[0])
 
     def sync(self) -> None:
-        check(lib.cm_sync(self.handle))
+        check(lib.cm_sync(self.handle), self.directory)
 
     def snapshot(self) -> dict:
         snap = ffi.new("cm_snapshot *")
-        check(lib.cm_shard_snapshot(self.handle, snap))
+        check(lib.cm_shard_snapshot(self.handle, snap), self.directory)
         out = {
             "committed": snap.committed,
             "active_base": snap.active_base,
@@ -139,18 +139,20 @@ class StateView:
     def __init__(self, directory: str):
         self.path = os.path.join(directory, paths.STATE)
         self.mm: mmap.mmap | None = None
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
+        with os_errors(self.path, "open state page"):
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
         self.inode = -1
         self.checked = time.monotonic()
         try:
-            st = os.fstat(fd)
-            if st.st_size != CM_STATE_BYTES:
-                return
-            self.inode = st.st_ino
-            mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+            with os_errors(self.path, "map state page"):
+                st = os.fstat(fd)
+                if st.st_size != CM_STATE_BYTES:
+                    return
+                self.inode = st.st_ino
+                mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
         magic, version = struct.unpack_from("=IH", mm, 0)

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .. import paths
+from ..errors import DataDirectoryNotFound, FormatError
 from ..format import (
     CM_IDX_ENTRY_BYTES,
     CM_IDX_HEADER_BYTES,
@@ -84,7 +85,7 @@ WARNING = "warning"
 Progress = Callable[[int, int, str], None]
 
 
-class NotADataDirectory(Exception):
+class NotADataDirectory(DataDirectoryNotFound):
     """The path does not exist or is not a cometmp data directory (CLI exit code 3)."""
 
 
@@ -214,24 +215,18 @@ class RecoveryReport:
 
 
 def check_data_directory(root: str) -> None:
-    """Raise NotADataDirectory unless ``root`` holds a readable cometmp directory marker."""
-    from ..client import DIR_FORMAT, FORMAT_VERSION
+    """Raise NotADataDirectory unless ``root`` holds a cometmp directory marker.
 
-    if not os.path.isdir(root):
-        raise NotADataDirectory(f"{root}: no such directory")
-    marker = os.path.join(root, paths.DIR_MARKER)
+    An unreadable marker (EIO, EACCES) is a StorageError naming it, not this: the
+    directory may well be one (one reader of the marker: client.read_directory_marker)."""
+    from ..client import read_directory_marker
+
     try:
-        with open(marker) as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise NotADataDirectory(f"{root}: not a cometmp data directory (no {paths.DIR_MARKER})") from None
-    except (OSError, ValueError) as e:
-        raise NotADataDirectory(f"{marker}: unreadable directory marker: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != DIR_FORMAT:
-        raise NotADataDirectory(f"{marker}: not a cometmp directory marker")
-    if doc.get("version") != FORMAT_VERSION:
-        raise NotADataDirectory(
-            f"{marker}: directory format version {doc.get('version')!r}; this build reads {FORMAT_VERSION}")
+        read_directory_marker(root)
+    except DataDirectoryNotFound as e:
+        raise NotADataDirectory(str(e), e.errno, e.filename) from None
+    except FormatError as e:
+        raise NotADataDirectory(f"not a cometmp data directory: {e}") from None
 
 
 def stream_names(root: str) -> list[str]:

@@ -68,7 +68,7 @@ def test_disk_full_raises_writes_nothing_partial_and_appends_resume(small_fs, si
     with cometmp.Client(root, config=cfg) as c:
         lg = c.log("full", shards=1)
         e = fill_until_full(lg, acked, size, batch)
-        assert isinstance(e, OSError) and e.errno == errno.ENOSPC, e
+        assert isinstance(e, cometmp.DiskFull) and e.errno == errno.ENOSPC, e
         assert small_fs in str(e)                        # the message names the path
         assert c.length(STREAM) == len(acked)
         # still full: retrying fails the same way and still writes nothing

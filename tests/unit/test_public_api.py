@@ -34,7 +34,16 @@ def test_exception_tree_is_rooted_at_comet_error_with_natural_builtins():
     assert issubclass(cometmp.ShardCountMismatch, ValueError)
     assert issubclass(cometmp.EntryTooLarge, ValueError)
     assert issubclass(cometmp.EntryNotFound, KeyError)
-    assert issubclass(cometmp.DiskFull, OSError)
+    assert issubclass(cometmp.DiskFull, cometmp.StorageError)
+    assert issubclass(cometmp.ConfigError, ValueError)
+
+
+def test_no_cometmp_error_is_an_os_error_so_servers_report_it_as_an_application_error():
+    """gunicorn treats an OSError from the app as a socket error (dropped connection)."""
+    for name in cometmp.__all__:
+        obj = getattr(cometmp, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert not issubclass(obj, OSError), name
 
 
 def test_config_has_the_documented_fields_and_defaults():
