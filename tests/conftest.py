@@ -7,6 +7,7 @@ one walker against.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -195,3 +196,49 @@ def _damage_suites_walkers_agree(request):
                     buf = f.read()
                 if fmt.segment_header_ok(buf):
                     assert_walkers_agree(path, buf)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a real tmpfs; ``tmpfs(opts)`` returns its path. Unmounted afterwards."""
+    mounted = []
+
+    def mount(opts: str) -> str:
+        mnt = tmp_path / f"mnt{len(mounted)}"
+        mnt.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
+        mounted.append(str(mnt))
+        return str(mnt)
+
+    yield mount
+    for m in mounted:
+        subprocess.run(["umount", "-l", m], check=True)
+
+
+def use_up_inodes(directory: str) -> int:
+    """Create empty files until the filesystem has no inode left; returns how many."""
+    n = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(directory, f"inode{n}"), os.O_CREAT | os.O_WRONLY))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            return n
+        n += 1
+
+
+def use_up_blocks(directory: str) -> None:
+    """Write a filler file until the filesystem has no block left."""
+    with open(os.path.join(directory, "filler"), "wb", buffering=0) as f:
+        chunk = b"\xa5" * 65536
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                chunk = chunk[: len(chunk) // 2]
+                if not chunk:
+                    return

@@ -25,55 +25,9 @@ import cometmp
 from cometmp.errors import OS_ERRORS, os_error
 from cometmp.tools import verify
 
-from conftest import child_env, small_config
+from conftest import child_env, small_config, use_up_blocks, use_up_inodes
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a real tmpfs; ``tmpfs(opts)`` returns its path. Unmounted afterwards."""
-    mounted = []
-
-    def mount(opts: str) -> str:
-        mnt = tmp_path / f"mnt{len(mounted)}"
-        mnt.mkdir()
-        p = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)],
-                           capture_output=True, text=True)
-        if p.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {p.stderr.strip()}")
-        mounted.append(str(mnt))
-        return str(mnt)
-
-    yield mount
-    for m in mounted:
-        subprocess.run(["umount", "-l", m], check=True)
-
-
-def use_up_inodes(directory: str) -> int:
-    """Create empty files until the filesystem has no inode left; returns how many."""
-    n = 0
-    while True:
-        try:
-            os.close(os.open(os.path.join(directory, f"inode{n}"), os.O_CREAT | os.O_WRONLY))
-        except OSError as e:
-            assert e.errno == errno.ENOSPC, e
-            return n
-        n += 1
-
-
-def use_up_blocks(directory: str) -> None:
-    """Write a filler file until the filesystem has no block left."""
-    with open(os.path.join(directory, "filler"), "wb", buffering=0) as f:
-        chunk = b"\xa5" * 65536
-        while True:
-            try:
-                f.write(chunk)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-                chunk = chunk[: len(chunk) // 2]
-                if not chunk:
-                    return
 
 
 def assert_os_level(e: BaseException, cls: type, err: int, filename: str) -> None:
