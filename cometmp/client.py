@@ -28,6 +28,7 @@ from .errors import (
     BadStreamName,
     ClosedError,
     CometError,
+    ConfigError,
     DataDirectoryNotFound,
     FormatError,
     InvalidPath,
@@ -256,7 +257,9 @@ class Client:
         if "\x00" in (fspath if isinstance(fspath, str) else fspath.decode("latin-1")):
             raise InvalidPath(f"Client path {fspath!r} contains a NUL byte")
         self.path = os.path.abspath(os.fsdecode(fspath))
-        self.config = (config.copy() if config is not None else Config()).validate()
+        if config is not None and not isinstance(config, Config):
+            raise ConfigError(f"config must be a cometmp.Config, not {type(config).__name__}")
+        self.config = config.validate().copy() if config is not None else Config()
         self.readonly = bool(readonly)
         self._lock = threading.RLock()
         self._closed = False

@@ -2,7 +2,8 @@
 
 No argument is required: ``Config()`` is the documented default. Byte limits are ints
 where 0 means unlimited; durations are seconds (float) where 0 means unlimited.
-``Config.validate()`` raises ValueError naming the field; Client calls it.
+``Config.validate()`` raises ConfigError (a ValueError) naming the field, or both fields
+of an inconsistent combination; Client calls it.
 
 Readers never take geometry from here: segment size, index interval and a family's
 shard count are read from the files (docs/FORMAT.md).
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+
+from .errors import ConfigError
 
 __all__ = [
     "CompressionConfig",
@@ -97,21 +100,35 @@ class Config:
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
 
     def validate(self) -> "Config":
+        for name, cls in (("storage", StorageConfig), ("compression", CompressionConfig),
+                          ("indexing", IndexingConfig), ("retention", RetentionConfig),
+                          ("concurrency", ConcurrencyConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"Config.{name} must be a {cls.__name__}, not "
+                                  f"{type(getattr(self, name)).__name__}")
         s = self.storage
         _int_range("storage.segment_bytes", s.segment_bytes, MiB, 1 << 32)
         _int_range("storage.max_entry_bytes", s.max_entry_bytes, 1, 1 << 30)
-        _int_range("storage.preallocate_bytes", s.preallocate_bytes, 4096, 1 << 32)
-        if s.durability not in DURABILITY_MODES:
-            raise ValueError(
+        # the core takes it as a u32 (cm_options.alloc_chunk): never narrowed
+        _int_range("storage.preallocate_bytes", s.preallocate_bytes, 4096, (1 << 32) - 4096)
+        if s.preallocate_bytes > s.segment_bytes:
+            raise ConfigError(
+                f"storage.preallocate_bytes ({s.preallocate_bytes}) is larger than "
+                f"storage.segment_bytes ({s.segment_bytes}): blocks are reserved inside a segment")
+        if not isinstance(s.durability, str) or s.durability not in DURABILITY_MODES:
+            raise ConfigError(
                 f"storage.durability must be one of {DURABILITY_MODES}, not {s.durability!r}"
             )
         _int_range("storage.fsync_every_writes", s.fsync_every_writes, 1, 1 << 62)
-        if not isinstance(s.prefault, bool):
-            raise ValueError(f"storage.prefault must be a bool, not {type(s.prefault).__name__}")
+        _bool("storage.prefault", s.prefault)
         _num_range("storage.fsync_every_seconds", s.fsync_every_seconds, 0.001, 86400.0)
         _int_range("compression.min_bytes", self.compression.min_bytes, 0, 1 << 32)
         _int_range("compression.level", self.compression.level, -7, 22)
         _int_range("indexing.interval_bytes", self.indexing.interval_bytes, 64, 1 << 30)
+        if self.indexing.interval_bytes > s.segment_bytes:
+            raise ConfigError(
+                f"indexing.interval_bytes ({self.indexing.interval_bytes}) is larger than "
+                f"storage.segment_bytes ({s.segment_bytes}): the index would hold one entry")
         r = self.retention
         _num_range("retention.max_age", r.max_age, 0.0, float("inf"))
         for name in ("max_shard_bytes", "max_total_bytes", "hard_max_total_bytes"):
@@ -119,6 +136,12 @@ class Config:
         _num_range("retention.check_interval", r.check_interval, 0.01, 86400.0)
         _num_range("retention.hard_min_free_ratio", r.hard_min_free_ratio, 0.0, 0.5)
         _num_range("retention.group_idle_expiry", r.group_idle_expiry, 0.0, float("inf"))
+        if r.hard_max_total_bytes and r.max_total_bytes > r.hard_max_total_bytes:
+            raise ConfigError(
+                f"retention.max_total_bytes ({r.max_total_bytes}) is above "
+                f"retention.hard_max_total_bytes ({r.hard_max_total_bytes}): the hard cap "
+                "would always act first, so the soft limit could never apply")
+        _bool("concurrency.strict_ownership", self.concurrency.strict_ownership)
         return self
 
     def copy(self) -> "Config":
@@ -134,13 +157,18 @@ class Config:
 
 def _int_range(name: str, value: object, lo: int, hi: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, not {type(value).__name__}")
+        raise ConfigError(f"{name} must be an int, not {type(value).__name__}")
     if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")
+        raise ConfigError(f"{name} must be between {lo} and {hi}, not {value}")
 
 
 def _num_range(name: str, value: object, lo: float, hi: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, not {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")
+        raise ConfigError(f"{name} must be a number, not {type(value).__name__}")
+    if not lo <= value <= hi:   # also refuses NaN
+        raise ConfigError(f"{name} must be between {lo} and {hi}, not {value}")
+
+
+def _bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be a bool, not {type(value).__name__}")

@@ -406,10 +406,20 @@ class Consumer:
             except AttributeError:
                 raise TypeError(f"ack() takes MessageIDs, StreamMessages or Batches, not "
                                 f"{type(x).__name__}") from None
+            if not isinstance(entry, int) or isinstance(entry, bool) or entry < 0:
+                raise EntryNotFound(f"ack of entry {entry!r} of stream {stream!r}: entry "
+                                    "numbers are ints from 0; nothing was acknowledged")
             if entry + 1 > points.get(stream, -1):
                 points[stream] = entry + 1
         if not points:
             return
+        for stream, nxt in points.items():   # all or nothing: check every stream first
+            length = self._cursor(stream).committed()
+            if nxt > length:
+                raise EntryNotFound(
+                    f"ack of entry {nxt - 1} of stream {stream!r}, which has {length} entries "
+                    f"(0..{length - 1}): an ack beyond the end would skip entries not yet "
+                    "appended; nothing was acknowledged")
         g = self._ensure_group(None)
         for stream, nxt in points.items():
             c = self._cursor(stream)

@@ -30,8 +30,9 @@ BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 
 MAX_NAME_BYTES = 200
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]*$")
-_SHARD_RE = re.compile(r"^(?P<prefix>.+):shard:(?P<n>[0-9]{4,})$")
+# fullmatch, never match + "$": "$" also matches before a trailing newline
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*")
+_SHARD_RE = re.compile(r"(?P<prefix>.+):shard:(?P<n>[0-9]{4,})")
 
 
 def validate_stream_name(name: object, what: str = "stream name") -> str:
@@ -54,7 +55,7 @@ def validate_stream_name(name: object, what: str = "stream name") -> str:
         raise BadStreamName(f"{what} {name!r} contains '..'")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise BadStreamName(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise BadStreamName(
             f"{what} {name!r} may contain only letters, digits and _ . : - "
             "and must start with a letter, digit or _"
@@ -69,7 +70,7 @@ def shard_stream(prefix: str, shard: int) -> str:
 
 def split_shard_stream(name: str) -> tuple[str, int] | None:
     """``("events:v1", 3)`` for ``"events:v1:shard:0003"``; None for a stream outside a family."""
-    m = _SHARD_RE.match(name)
+    m = _SHARD_RE.fullmatch(name)
     if not m:
         return None
     return m.group("prefix"), int(m.group("n"))

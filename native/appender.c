@@ -523,15 +523,35 @@ static int call_core(Appender *self, uint32_t idx, cm_iov *iov, uint32_t n, uint
     return rc;
 }
 
-/* Fill one iov from a bytes-like object; *view is used for non-bytes. */
-static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view) {
+/* A record's length is a u32 (FORMAT.md §2.2): a longer payload is refused as
+ * EntryTooLarge (through on_error, the one error path), never narrowed to
+ * len % 2^32. Every place that stores a Python length into cm_iov.len checks
+ * it with fits_frame() first. Returns -1 with the exception set. */
+static inline int fits_frame(Py_ssize_t len) { return (uint64_t)len <= UINT32_MAX; }
+
+static int refuse_too_big(Appender *self, Py_ssize_t item, Py_ssize_t len) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "payload #%zd of the call is %zd bytes, more than the 4 GiB - 1 "
+             "a record can hold (and than max_entry_bytes, at most 1 GiB); nothing was written",
+             item, len);
+    PyObject *r = PyObject_CallFunction(self->on_error, "iIsiI", CM_E_TOOBIG, UINT32_MAX, msg,
+                                        0, 0u);
+    Py_XDECREF(r);
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, msg);
+    return -1;
+}
+
+/* Fill one iov from a bytes-like object; *view is used for non-bytes. `item` is
+ * its position in the call (for messages). */
+static int get_payload(Appender *self, Py_ssize_t item, PyObject *o, cm_iov *iov,
+                       Py_buffer *view, int *has_view) {
     *has_view = 0;
     if (PyBytes_CheckExact(o)) {
         char *s;
         Py_ssize_t n;
         CM_BYTES(o, &s, &n);
         iov->data = s;
-        if ((size_t)n > UINT32_MAX) goto toobig;
+        if (!fits_frame(n)) return refuse_too_big(self, item, n);
         iov->len = (uint32_t)n;
         iov->flags = 0;
         return 0;
@@ -546,14 +566,11 @@ static int get_payload(PyObject *o, cm_iov *iov, Py_buffer *view, int *has_view)
     }
     if (PyObject_GetBuffer(o, view, PyBUF_SIMPLE) != 0) return -1;
     *has_view = 1;
-    if ((size_t)view->len > UINT32_MAX) goto toobig;
+    if (!fits_frame(view->len)) return refuse_too_big(self, item, view->len);
     iov->data = view->buf;
     iov->len = (uint32_t)view->len;
     iov->flags = 0;
     return 0;
-toobig:
-    PyErr_SetString(PyExc_ValueError, "payload larger than 4 GiB");
-    return -1;
 }
 
 /* Compress when configured and worthwhile; *keep holds the compressed bytes. */
@@ -576,6 +593,10 @@ static int maybe_compress(Appender *self, PyObject *o, cm_iov *iov, PyObject **k
     char *s;
     Py_ssize_t len;
     CM_BYTES(c, &s, &len);
+    if (!fits_frame(len)) {   /* cannot happen for zstd output smaller than its input */
+        Py_DECREF(c);
+        return refuse_too_big(self, 0, len);
+    }
     iov->data = s;
     iov->len = (uint32_t)len;
     iov->flags = CM_REC_FLAG_ZSTD;
@@ -616,7 +637,10 @@ static PyObject *Appender_append(Appender *self, PyObject *const *args, Py_ssize
     cm_iov iov;
     Py_buffer view;
     int has_view;
-    if (get_payload(data, &iov, &view, &has_view) < 0) return NULL;
+    if (get_payload(self, 0, data, &iov, &view, &has_view) < 0) {
+        if (has_view) PyBuffer_Release(&view);
+        return NULL;
+    }
     PyObject *keep = NULL, *result = NULL;
     uint32_t idx;
     if (pick(self, key, &idx) < 0) goto done;
@@ -652,7 +676,7 @@ fill_verbatim(PyObject *seq, const int is_list, Py_ssize_t n, Py_ssize_t verbati
         char *s;
         Py_ssize_t len;
         CM_BYTES(o, &s, &len);
-        if (len >= verbatim_below) break;
+        if (len >= verbatim_below || !fits_frame(len)) break;   /* the general loop refuses it */
         iov[i].data = s;
         iov[i].len = (uint32_t)len;
         iov[i].flags = 0;
@@ -709,6 +733,7 @@ static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_
             char *s;
             Py_ssize_t len;
             CM_BYTES(o, &s, &len);
+            if (!fits_frame(len)) { refuse_too_big(self, i, len); goto done; }
             iov[i].data = s;
             iov[i].len = (uint32_t)len;
             iov[i].flags = 0;
@@ -718,8 +743,9 @@ static PyObject *Appender_append_many(Appender *self, PyObject *const *args, Py_
                 if (!views) { PyErr_NoMemory(); goto done; }
             }
             int hv;
-            if (get_payload(o, &iov[i], &views[nviews], &hv) < 0) goto done;
-            if (hv) nviews++;
+            int rc = get_payload(self, i, o, &iov[i], &views[nviews], &hv);
+            if (hv) nviews++;   /* released at done, also when it was refused */
+            if (rc < 0) goto done;
         }
         if (need_keeps && (Py_ssize_t)iov[i].len >= self->compress_min) {
             if (!keeps) {

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import mmap
 import os
 
 import pytest
 
 import cometmp
+from cometmp.logging import CometHandler
+from cometmp.tools import verify
 
 from conftest import small_config, tree_fingerprint
 
 BAD_NAMES = [
     "a/b", "/abs", "a\\b", "..", "a..b", "../escape", "x/../../y", "nul\x00byte", "\x00",
     "", "x" * 201, ".hidden", "-dash", "sp ace", "tab\t", "new\nline", "ünï", "*", "a?b",
+    "trailing\n", "ev:shard:0001\n", "\n", "x\r",
 ]
 NON_STR_NAMES = [None, 7, b"bytes", 1.5, ("a",)]
 
@@ -192,3 +197,161 @@ def test_unknown_stream_raises_stream_not_found(tmp_path):
             with pytest.raises(cometmp.StreamNotFound) as ei:
                 call()
             assert isinstance(ei.value, KeyError) and "nope" in str(ei.value)
+
+
+@pytest.mark.parametrize("group", ["g\n", "", "nul\x00", "x" * 1025])
+def test_bad_group_names_are_refused_naming_the_rule(tmp_path, group):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        with pytest.raises(cometmp.BadGroupName) as ei:
+            cometmp.Consumer(c, group=group)
+        assert "group name" in str(ei.value)
+
+
+def test_ack_beyond_the_stream_length_is_refused_and_skips_nothing(tmp_path):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        lg = c.log("ev", shards=1)
+        ids = lg.append_many([b"e%d" % i for i in range(5)])
+        con = cometmp.Consumer(c, group="g")
+        batch = con.read("ev:shard:*", max_messages=2, timeout=0)
+        con.ack(batch)
+        far = cometmp.MessageID(ids.stream, 0, 10**6)
+        for bad in (far, cometmp.MessageID(ids.stream, 0, 5)):
+            with pytest.raises(cometmp.EntryNotFound) as ei:
+                con.ack(bad)
+            assert ids.stream in str(ei.value) and "5 entries" in str(ei.value)
+        assert con.lag() == {ids.stream: 3}                 # nothing was acknowledged
+        lg.append_many([b"later%d" % i for i in range(3)])
+        got = [m.data for m in con.read("ev:shard:*", max_messages=100, timeout=0)]
+        assert got == [b"e2", b"e3", b"e4", b"later0", b"later1", b"later2"]
+        con.close()
+
+
+@pytest.mark.parametrize("path", ["", b""])
+def test_an_empty_client_path_is_refused_not_taken_as_the_working_directory(
+        tmp_path, monkeypatch, path):
+    monkeypatch.chdir(tmp_path)
+    for readonly in (False, True):
+        with pytest.raises(cometmp.InvalidPath) as ei:
+            cometmp.Client(path, readonly=readonly)
+        assert isinstance(ei.value, ValueError) and "empty" in str(ei.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_readonly_open_of_a_directory_without_marker_is_data_directory_not_found(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "streams").mkdir()
+    before = tree_fingerprint(str(tmp_path))
+    for open_it in (lambda: cometmp.Client(str(plain), readonly=True),
+                    lambda: verify.check_data_directory(str(plain))):
+        with pytest.raises(cometmp.DataDirectoryNotFound) as ei:
+            open_it()
+        assert "cometmp.json" in str(ei.value) and str(plain) in str(ei.value)
+    with pytest.raises(cometmp.DataDirectoryNotFound):
+        cometmp.Client(str(tmp_path / "missing"), readonly=True)
+    assert tree_fingerprint(str(tmp_path)) == before
+
+
+@pytest.mark.parametrize("changes, names", [
+    ({"storage.segment_bytes": 1 << 20, "storage.preallocate_bytes": 2 << 20},
+     ("storage.preallocate_bytes", "storage.segment_bytes")),
+    ({"storage.segment_bytes": 1 << 32, "storage.preallocate_bytes": 1 << 32},
+     ("storage.preallocate_bytes",)),
+    ({"storage.segment_bytes": 1 << 20, "indexing.interval_bytes": 2 << 20},
+     ("indexing.interval_bytes", "storage.segment_bytes")),
+    ({"retention.max_total_bytes": 10 << 20, "retention.hard_max_total_bytes": 5 << 20},
+     ("retention.max_total_bytes", "retention.hard_max_total_bytes")),
+    ({"concurrency.strict_ownership": "yes"}, ("concurrency.strict_ownership",)),
+    ({"storage.durability": ["none"]}, ("storage.durability",)),
+    ({"storage.fsync_every_seconds": float("nan")}, ("storage.fsync_every_seconds",)),
+    ({"retention.hard_min_free_ratio": 0.9}, ("retention.hard_min_free_ratio",)),
+    ({"compression.level": 99}, ("compression.level",)),
+    ({"storage": None}, ("Config.storage",)),
+])
+def test_out_of_range_config_combinations_are_refused_naming_the_fields(tmp_path, changes,
+                                                                         names):
+    cfg = cometmp.Config()
+    for dotted, value in changes.items():
+        if "." in dotted:
+            section, field = dotted.split(".")
+            setattr(getattr(cfg, section), field, value)
+        else:
+            setattr(cfg, dotted, value)
+    with pytest.raises(cometmp.ConfigError) as ei:
+        cometmp.Client(str(tmp_path / "d"), config=cfg)
+    assert isinstance(ei.value, ValueError)
+    for n in names:
+        assert n in str(ei.value), (n, str(ei.value))
+    assert not (tmp_path / "d").exists()
+
+
+def test_oversized_record_through_the_logging_handler_is_entry_too_large(tmp_path):
+    cfg = small_config(max_entry_bytes=1000)
+    seen = []
+
+    class Recording(CometHandler):
+        def handleError(self, record):   # noqa: N802 - logging's name
+            import sys
+            seen.append(sys.exc_info()[1])
+
+    h = Recording(str(tmp_path / "d"), stream="logs", config=cfg)
+    logger = logging.getLogger("cometmp-test-oversized")
+    logger.propagate = False
+    logger.addHandler(h)
+    try:
+        logger.error("%s", os.urandom(800).hex())        # 1600 bytes of text, incompressible
+        logger.error("small")
+    finally:
+        logger.removeHandler(h)
+        h.close()
+    assert len(seen) == 1 and isinstance(seen[0], cometmp.EntryTooLarge), seen
+    with cometmp.Client(str(tmp_path / "d"), readonly=True) as c:
+        assert [m.data for m in c.scan("logs")] == [b"small"]
+
+
+@pytest.fixture
+def view_over_4gib(tmp_path):
+    """A memoryview of 4 GiB + 5 bytes over a sparse file: no RAM, no disk blocks."""
+    p = tmp_path / "sparse"
+    with open(p, "wb") as f:
+        f.truncate((1 << 32) + 5)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    mv = memoryview(mm)
+    yield mv
+    mv.release()
+    mm.close()
+
+
+def assert_every_append_path_refuses(c, lg, big) -> None:
+    s = lg.streams[0]
+    before = (c.length(s), c.length("plain") if "plain" in c.streams() else 0)
+    for call in (lambda: lg.append(big), lambda: lg.append_many([b"ok", big]),
+                 lambda: c.append("plain", big), lambda: c.append("plain", [b"ok", big])):
+        with pytest.raises(cometmp.EntryTooLarge) as ei:
+            call()
+        assert str((1 << 32) + 5) in str(ei.value) or str(len(big)) in str(ei.value)
+        assert "nothing was written" in str(ei.value)
+    assert (c.length(s), c.length("plain") if "plain" in c.streams() else 0) == before
+
+
+def test_payload_over_4_gib_is_refused_not_narrowed_to_its_low_32_bits(tmp_path, view_over_4gib):
+    cfg = small_config(max_entry_bytes=1 << 30)
+    with cometmp.Client(str(tmp_path / "d"), config=cfg) as c:
+        lg = c.log("huge", shards=1)
+        c.append("plain", b"first")
+        assert_every_append_path_refuses(c, lg, view_over_4gib)
+
+
+def test_bytes_payload_over_4_gib_is_refused_not_narrowed(tmp_path):
+    """bytes(n) is calloc'ed: glibc maps zero pages lazily, so this costs no RAM."""
+    cfg = small_config(max_entry_bytes=1 << 30)
+    big = bytes((1 << 32) + 5)      # low 32 bits: 5 bytes, which the old code stored
+    with cometmp.Client(str(tmp_path / "d"), config=cfg) as c:
+        lg = c.log("huge", shards=1)
+        c.append("plain", b"first")
+        assert_every_append_path_refuses(c, lg, big)
+    del big
