@@ -36,6 +36,13 @@ class _Lib:
     CM_DAMAGE_RESYNC: int
     CM_DAMAGE_LIMIT: int
     CM_DAMAGE_TORN: int
+    CM_NAME_MAX_BYTES: int
+    CM_NAME_EMPTY: int
+    CM_NAME_TOO_LONG: int
+    CM_NAME_NUL: int
+    CM_NAME_SEPARATOR: int
+    CM_NAME_DOTDOT: int
+    CM_NAME_CHARS: int
     def __getattr__(self, name: str) -> Any: ...  # the cm_* functions of cometmp.h
 
 ffi: Any  # a cffi.FFI instance (cffi ships no type information)

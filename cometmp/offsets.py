@@ -83,13 +83,14 @@ def offsets_path(root: str) -> str:
 
 
 def validate_group_name(name: object) -> bytes:
-    """The UTF-8 bytes of a valid group name (1..1024 bytes, no NUL); else ValueError."""
+    """The UTF-8 bytes of a valid group name (1..1024 bytes, no NUL, no newline: FORMAT.md
+    §7, checked by cm_group_name_check); else BadGroupName."""
     from .errors import BadGroupName
 
     if not isinstance(name, str):
         raise BadGroupName(f"consumer group name must be str, not {type(name).__name__}")
-    raw = name.encode("utf-8")
-    if not raw or len(raw) > CM_OFS_NAME_MAX or b"\x00" in raw or b"\n" in raw:
+    raw = name.encode("utf-8", "surrogatepass")
+    if lib.cm_group_name_check(raw, len(raw)) != 0:   # the one rule: native/names.c
         raise BadGroupName(
             f"consumer group name {name[:40]!r} must be 1..{CM_OFS_NAME_MAX} UTF-8 bytes "
             "without NUL or newline")

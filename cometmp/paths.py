@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 
+from ._ffi import lib
+
 DIR_MARKER = "cometmp.json"
 FAMILIES = "families"
 STREAMS = "streams"
@@ -29,38 +31,37 @@ OFFSETS = "offsets"
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 
-MAX_NAME_BYTES = 200
-# fullmatch, never match + "$": "$" also matches before a trailing newline
-_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*")
-_SHARD_RE = re.compile(r"(?P<prefix>.+):shard:(?P<n>[0-9]{4,})")
+MAX_NAME_BYTES = lib.CM_NAME_MAX_BYTES   # native/names.c holds the rule
+_SHARD_RE = re.compile(r"(?P<prefix>.+):shard:(?P<n>[0-9]{4,})")   # fullmatch only
 
 
 def validate_stream_name(name: object, what: str = "stream name") -> str:
     """Return ``name`` if it is a valid stream (or family prefix) name, else raise BadStreamName.
 
-    Valid: 1..200 bytes of ASCII letters, digits, ``_ . : -``; starts with a letter, digit
-    or ``_``; no ``..``; no path separator; no NUL.
+    Valid (FORMAT.md §1): 1..200 bytes of ASCII letters, digits, ``_ . : -``; starts with
+    a letter, digit or ``_``; no ``..``. The rule is implemented once, in C
+    (``cm_stream_name_check``, native/names.c, which the offsets file also applies); this
+    only words its verdict.
     """
     from .errors import BadStreamName
 
     if not isinstance(name, str):
         raise BadStreamName(f"{what} must be str, not {type(name).__name__}")
-    if not name:
-        raise BadStreamName(f"{what} is empty")
-    if "\x00" in name:
-        raise BadStreamName(f"{what} {name!r} contains a NUL byte")
-    if "/" in name or "\\" in name:
-        raise BadStreamName(f"{what} {name!r} contains a path separator")
-    if ".." in name:
-        raise BadStreamName(f"{what} {name!r} contains '..'")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        raise BadStreamName(f"{what} {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
-    if not _NAME_RE.fullmatch(name):
-        raise BadStreamName(
-            f"{what} {name!r} may contain only letters, digits and _ . : - "
-            "and must start with a letter, digit or _"
-        )
-    return name
+    raw = name.encode("utf-8", "surrogatepass")
+    rule = lib.cm_stream_name_check(raw, len(raw))
+    if rule == 0:
+        return name
+    shown = f"{name[:40]!r}..." if len(name) > 40 else repr(name)
+    reason = {
+        lib.CM_NAME_EMPTY: "is empty",
+        lib.CM_NAME_NUL: "contains a NUL byte",
+        lib.CM_NAME_SEPARATOR: "contains a path separator",
+        lib.CM_NAME_DOTDOT: "contains '..'",
+        lib.CM_NAME_TOO_LONG: f"is longer than {MAX_NAME_BYTES} bytes",
+    }.get(rule, "may contain only letters, digits and _ . : - and must start with a "
+                "letter, digit or _")
+    raise BadStreamName(f"{what} {shown} {reason}" if rule != lib.CM_NAME_EMPTY
+                        else f"{what} is empty")
 
 
 def shard_stream(prefix: str, shard: int) -> str:

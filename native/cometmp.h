@@ -205,6 +205,17 @@ int  cm_wait_many(void *const *states, const uint32_t *seen, uint32_t n, int64_t
 /* wake every thread of this process sleeping on `state` (a closing consumer) */
 int  cm_wake(void *state);
 
+/* names.c: the one name rule (FORMAT.md §1, §7). CM_OK or the rule broken. */
+#define CM_NAME_MAX_BYTES   200
+#define CM_NAME_EMPTY       1   /* no bytes */
+#define CM_NAME_TOO_LONG    2   /* above CM_NAME_MAX_BYTES (groups: CM_OFS_NAME_MAX) */
+#define CM_NAME_NUL         3   /* a NUL byte */
+#define CM_NAME_SEPARATOR   4   /* '/' or '\\' */
+#define CM_NAME_DOTDOT      5   /* ".." */
+#define CM_NAME_CHARS       6   /* another byte (groups: a newline); or a bad first byte */
+int  cm_stream_name_check(const char *name, size_t len);
+int  cm_group_name_check(const char *name, size_t len);
+
 /* offsets.c: the consumer-offsets file (layout in native/format.h, cometmp/offsets.py) */
 typedef struct cm_offsets cm_offsets;
 /* lifetime as cm_shard: close waits for calls in flight, later calls return

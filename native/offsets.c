@@ -482,6 +482,8 @@ int cm_offsets_lock(cm_offsets *o) {
 int cm_offsets_group(cm_offsets *o, const char *name, uint32_t len, int create, int64_t now_ns,
                      uint32_t *index, uint64_t *id) {
     if (!o) return cm_closed_error("offsets file");
+    if (cm_group_name_check(name, len) != CM_OK)   /* names.c: the one rule */
+        return cm_fail(CM_E_ARG, 0, "%s: invalid consumer group name (FORMAT.md 7)", o->path);
     int rc = cm_enter(&o->life, "offsets file");
     if (rc < 0) return rc;
     rc = group_entered(o, name, len, create, now_ns, index, id);
@@ -519,6 +521,8 @@ int cm_offsets_delete_group(cm_offsets *o, uint32_t gi, uint64_t id) {
 int cm_offsets_slot(cm_offsets *o, uint32_t gi, uint64_t id, const char *stream, uint32_t len,
                     int create, uint32_t *index) {
     if (!o) return cm_closed_error("offsets file");
+    if (cm_stream_name_check(stream, len) != CM_OK)   /* names.c: the one rule */
+        return cm_fail(CM_E_ARG, 0, "%s: invalid stream name (FORMAT.md 1)", o->path);
     int rc = cm_enter(&o->life, "offsets file");
     if (rc < 0) return rc;
     rc = slot_entered(o, gi, id, stream, len, create, index);

@@ -355,3 +355,46 @@ def test_bytes_payload_over_4_gib_is_refused_not_narrowed(tmp_path):
         c.append("plain", b"first")
         assert_every_append_path_refuses(c, lg, big)
     del big
+
+
+def test_the_one_name_rule_matches_format_section_1_on_random_names():
+    """cm_stream_name_check (native/names.c) is the rule; FORMAT.md §1 is written here
+    independently as a regex and the two must agree on every name."""
+    import random
+    import re
+
+    from cometmp import paths
+
+    seed = random.randrange(1 << 32)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    alphabet = "aZ09_.:-/\\\x00\n\r\t ü*"
+    spec = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]*")
+    for _ in range(20000):
+        n = "".join(rng.choice(alphabet) for _ in range(rng.choice((0, 1, 2, 3, 8, 199, 200, 201))))
+        want = bool(spec.fullmatch(n)) and ".." not in n and len(n.encode()) <= 200
+        try:
+            paths.validate_stream_name(n)
+            got = True
+        except cometmp.BadStreamName:
+            got = False
+        assert got == want, (seed, n)
+
+
+def test_the_offsets_file_itself_refuses_names_python_refuses(tmp_path):
+    """The C side applies the same rule (CM_E_ARG), whoever calls it."""
+    from cometmp._ffi import ffi, lib
+    from cometmp.offsets import OffsetStore
+
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()):
+        pass
+    store = OffsetStore(str(tmp_path / "d"), writable=True)
+    idx, gid = ffi.new("uint32_t *"), ffi.new("uint64_t *")
+    assert lib.cm_offsets_group(store._h, b"g\n", 2, 1, 0, idx, gid) == lib.CM_E_ARG
+    assert lib.cm_offsets_group(store._h, b"", 0, 1, 0, idx, gid) == lib.CM_E_ARG
+    assert lib.cm_offsets_group(store._h, b"good", 4, 1, 0, idx, gid) == 0
+    slot = ffi.new("uint32_t *")
+    for bad in (b"s\n", b"../x", b"a/b", b""):
+        assert lib.cm_offsets_slot(store._h, idx[0], gid[0], bad, len(bad), 1, slot) == lib.CM_E_ARG
+    assert lib.cm_offsets_slot(store._h, idx[0], gid[0], b"ok", 2, 1, slot) == 0
+    store.close()
