@@ -49,6 +49,7 @@ from .errors import (
     ReadOnlyError,
     StopProcessing,
     StreamNotFound,
+    os_errors,
 )
 from .offsets import GroupRef, OffsetStore, validate_group_name
 from .shard import MessageID, StreamMessage
@@ -176,10 +177,11 @@ class Consumer:
         if hit is not None and now - self._match_checked < MATCH_RECHECK:
             return hit[1]
         self._match_checked = now
-        try:
-            mtime = os.stat(self._streams_dir).st_mtime_ns
-        except FileNotFoundError:
-            return []
+        with os_errors(self._streams_dir, "stat"):
+            try:
+                mtime = os.stat(self._streams_dir).st_mtime_ns
+            except FileNotFoundError:
+                return []
         if hit is not None and hit[0] == mtime:
             return hit[1]
         names = self.client.streams(pattern)

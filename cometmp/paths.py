@@ -107,10 +107,13 @@ def family_file(root: str, prefix: str) -> str:
 
 def list_segment_bases(directory: str) -> list[int]:
     """Sorted base entries of the segments in a stream directory."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
+    from .errors import os_errors
+
+    with os_errors(directory, "list segments in"):
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
     bases = [b for b in map(parse_segment_name, names) if b is not None]
     bases.sort()
     return bases

@@ -98,23 +98,25 @@ class _Seg:
 
 
 def _alloc(path: str) -> int:
-    try:
-        return os.stat(path).st_blocks * 512
-    except FileNotFoundError:
-        return 0
+    with os_errors(path, "stat"):
+        try:
+            return os.stat(path).st_blocks * 512
+        except FileNotFoundError:
+            return 0
 
 
 def _dir_alloc(directory: str) -> int:
     total = 0
-    try:
-        with os.scandir(directory) as it:
-            for e in it:
-                try:
-                    total += e.stat(follow_symlinks=False).st_blocks * 512
-                except FileNotFoundError:
-                    pass
-    except FileNotFoundError:
-        pass
+    with os_errors(directory, "measure"):
+        try:
+            with os.scandir(directory) as it:
+                for e in it:
+                    try:
+                        total += e.stat(follow_symlinks=False).st_blocks * 512
+                    except FileNotFoundError:
+                        pass
+        except FileNotFoundError:
+            pass
     return total
 
 

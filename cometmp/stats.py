@@ -9,16 +9,18 @@ import json
 import os
 
 from . import paths
+from .errors import os_errors
 from .shard import StateView
 
 
 def _dir_bytes(directory: str) -> tuple[int, int, int]:
     """(apparent bytes, allocated bytes, segment count) of a stream directory."""
     apparent = allocated = segments = 0
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return 0, 0, 0
+    with os_errors(directory, "list"):
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return 0, 0, 0
     for e in entries:
         try:
             st = e.stat(follow_symlinks=False)
@@ -55,10 +57,12 @@ def stream_stats(root: str, name: str) -> dict:
 
 def directory_stats(root: str) -> dict:
     streams_root = paths.streams_dir(root)
-    try:
-        names = sorted(n for n in os.listdir(streams_root) if os.path.isdir(os.path.join(streams_root, n)))
-    except FileNotFoundError:
-        names = []
+    with os_errors(streams_root, "list streams in"):
+        try:
+            names = sorted(n for n in os.listdir(streams_root)
+                           if os.path.isdir(os.path.join(streams_root, n)))
+        except FileNotFoundError:
+            names = []
     families = {}
     fam_dir = os.path.join(root, paths.FAMILIES)
     if os.path.isdir(fam_dir):

@@ -27,7 +27,7 @@ import time
 
 import posix_ipc
 
-from .errors import FormatError, RegistryError
+from .errors import FormatError, RegistryError, os_errors
 from .registry import (
     MAX_ENTRIES,
     RECLAIM_GRACE,
@@ -85,10 +85,11 @@ class Supervisor:
 
     def _ensure_directory(self) -> None:
         if not os.path.isdir(self.directory):
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            if self.uid is not None or self.gid is not None:  # workers drop to this user
-                os.chown(self.directory, -1 if self.uid is None else self.uid,
-                         -1 if self.gid is None else self.gid)
+            with os_errors(self.directory, "create data directory"):
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                if self.uid is not None or self.gid is not None:  # workers drop to this user
+                    os.chown(self.directory, -1 if self.uid is None else self.uid,
+                             -1 if self.gid is None else self.gid)
 
     def _create_or_attach(self) -> Registry:
         for _ in range(20):
