@@ -100,6 +100,7 @@ class Config:
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
 
     def validate(self) -> "Config":
+        """Raise ConfigError for a bad field or combination (E5); returns self."""
         for name, cls in (("storage", StorageConfig), ("compression", CompressionConfig),
                           ("indexing", IndexingConfig), ("retention", RetentionConfig),
                           ("concurrency", ConcurrencyConfig)):

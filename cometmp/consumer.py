@@ -415,7 +415,7 @@ class Consumer:
                 points[stream] = entry + 1
         if not points:
             return
-        for stream, nxt in points.items():   # all or nothing: check every stream first
+        for stream, nxt in points.items():   # E5: all or nothing, every stream checked first
             length = self._cursor(stream).committed()
             if nxt > length:
                 raise EntryNotFound(

@@ -28,7 +28,7 @@
      +-- StopProcessing                          raised by a Consumer.process() handler: stop,
                                                  leaving the current batch unacknowledged
 
-**No cometmp error is an OSError** (decision, issue 9 item 14). Servers treat an
+**No cometmp error is an OSError** (E2, docs/ARCHITECTURE.md §12; issue 9 item 14). Servers treat an
 ``OSError`` escaping the application as a broken client socket: gunicorn's sync worker
 logs "Socket error processing request" and closes the connection without a response, so
 a full disk became a dropped connection instead of a 500. A ``StorageError`` therefore
@@ -237,7 +237,7 @@ def _nofile_limit(err: int) -> str:
 
 def os_error(err: OSError | int, path: str | None = None, action: str = "",
              message: str | None = None) -> StorageError:
-    """The one mapping from an OS failure to the tree: ENOSPC/EDQUOT -> DiskFull,
+    """E1: the one mapping from an OS failure to the tree: ENOSPC/EDQUOT -> DiskFull,
     EMFILE/ENFILE -> TooManyOpenFiles (naming the limit), anything else -> StorageError;
     each carrying errno and path. ``err`` is the OSError (or its errno, for the C core);
     ``action`` is what was being done ("create", "read marker"); ``message`` replaces the

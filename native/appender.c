@@ -523,7 +523,7 @@ static int call_core(Appender *self, uint32_t idx, cm_iov *iov, uint32_t n, uint
     return rc;
 }
 
-/* A record's length is a u32 (FORMAT.md §2.2): a longer payload is refused as
+/* E4: a record's length is a u32 (FORMAT.md §2.2): a longer payload is refused as
  * EntryTooLarge (through on_error, the one error path), never narrowed to
  * len % 2^32. Every place that stores a Python length into cm_iov.len checks
  * it with fits_frame() first. Returns -1 with the exception set. */

@@ -18,7 +18,7 @@ static __thread char last_msg[512];
 static __thread int last_errno_v;
 static volatile uint64_t fork_gen = 1;
 
-/* The one OS-error rule of the core: ENOSPC/EDQUOT from any call (open, mkdir,
+/* E1: the one OS-error rule of the core: ENOSPC/EDQUOT from any call (open, mkdir,
  * rename, unlink, write, fsync, fallocate) is CM_E_NOSPACE, whatever the call site
  * passed; cometmp.errors.os_error is the same rule for Python's own calls. */
 int cm_fail(int code, int err, const char *fmt, ...) {

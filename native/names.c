@@ -1,4 +1,4 @@
-/* names.c - the one rule for stream, family-prefix and consumer-group names.
+/* names.c - the one rule for stream, family-prefix and consumer-group names (E3).
  *
  * FORMAT.md §1 (streams and prefixes) and §7 (groups). cometmp/paths.py and
  * cometmp/offsets.py validate through these functions and only turn the rule
