@@ -97,20 +97,10 @@ class MessageIDs(Sequence[MessageID]):
         return f"MessageIDs(stream={self.stream!r}, first={self.first}, count={self.count})"
 
 
-def _write_json_atomic(path: str, doc: dict) -> None:
-    """Crash-safe file protocol: temp -> fsync -> rename -> fsync directory (I7)."""
-    tmp = f"{path}.{os.getpid()}{paths.TMP_SUFFIX}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def _write_json_atomic(path: str, doc: dict, inside: int) -> None:
+    """Crash-safe file protocol (I7), never through a link (I26), mode 0600 (I27)."""
+    paths.write_file_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(),
+                            inside)
 
 
 class Log:
@@ -236,19 +226,25 @@ class Client:
         elif os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StorageError(errno.ENOTDIR, f"{self.path} exists and is not a directory")
         else:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
-            os.makedirs(os.path.join(self.path, paths.FAMILIES), mode=0o700, exist_ok=True)
-            if not os.path.exists(marker):
-                _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION})
+            if not os.path.isdir(self.path):
+                os.makedirs(self.path, mode=paths.DIR_MODE, exist_ok=True)
+                os.chmod(self.path, paths.DIR_MODE)     # I27: whatever the umask
+            paths.check_owner(self.path)                # I28
+            paths.mkdir_private(paths.streams_dir(self.path))
+            paths.mkdir_private(os.path.join(self.path, paths.FAMILIES))
+            if not os.path.lexists(marker):
+                _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION},
+                                   paths.IN_ROOT)
             for p in paths.remove_dead_temp_files(self.path):  # I7
                 log.info("cometmp: removed leftover temporary file %s", p)
-        if os.path.exists(marker):
-            with open(marker) as f:
-                try:
-                    doc = json.load(f)
-                except ValueError:
-                    doc = {}
+        if os.path.lexists(marker):
+            raw = paths.read_file(marker, paths.IN_ROOT)     # I26
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = {}
+            if not isinstance(doc, dict):
+                doc = {}
             if doc.get("format") != DIR_FORMAT or doc.get("version") != FORMAT_VERSION:
                 raise FormatError(
                     f"{marker}: format {doc.get('format')!r} version {doc.get('version')!r}; "
@@ -269,7 +265,7 @@ class Client:
         w = self._writers.get(stream)
         if w is None:
             self._check_writable()
-            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
+            paths.mkdir_private(paths.streams_dir(self.path))
             w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
             self._writers[stream] = w
             if self.config.storage.durability == "interval":
@@ -344,7 +340,7 @@ class Client:
                 _write_json_atomic(paths.family_file(self.path, prefix), {
                     "format": FAMILY_FORMAT, "version": FORMAT_VERSION,
                     "prefix": prefix, "shards": shards,
-                })
+                }, paths.IN_SUBDIR)
             elif stored != shards:
                 raise ShardCountMismatch(
                     f"family {prefix!r} in {self.path} was created with {stored} shards; "
@@ -357,8 +353,7 @@ class Client:
         """The persisted shard count of family ``prefix``, or None if it does not exist."""
         fpath = paths.family_file(self.path, prefix)
         try:
-            with open(fpath) as f:
-                doc = json.load(f)
+            doc = json.loads(paths.read_file(fpath, paths.IN_SUBDIR))   # I26
         except FileNotFoundError:
             return None
         except ValueError as e:
@@ -406,7 +401,7 @@ class Client:
         except FileNotFoundError:
             return []
         return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
-                      os.path.isdir(paths.stream_dir(self.path, n)))
+                      paths.is_real_dir(paths.stream_dir(self.path, n)))   # I26
 
     def _reader(self, stream: str) -> Reader:
         self._check_open()

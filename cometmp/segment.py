@@ -15,6 +15,7 @@ import mmap
 import os
 from typing import Iterator, NamedTuple
 
+from . import paths
 from ._ffi import ffi, lib
 from .errors import ClosedError
 from .format import CM_REC_HEADER_BYTES, CM_SEG_HEADER_BYTES
@@ -97,7 +98,8 @@ class Segment:
 
     @classmethod
     def open(cls, path: str, base: int) -> "Segment":
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        """Map ``DIR/streams/<stream>/<base>.seg`` read-only (never through a link, I26)."""
+        fd = paths.open_nofollow(path, os.O_RDONLY, paths.IN_STREAM)
         try:
             size = os.fstat(fd).st_size
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None

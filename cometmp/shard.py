@@ -140,7 +140,7 @@ class StateView:
         self.path = os.path.join(directory, paths.STATE)
         self.mm: mmap.mmap | None = None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I26
         except FileNotFoundError:
             return
         self.inode = -1

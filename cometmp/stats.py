@@ -56,7 +56,7 @@ def stream_stats(root: str, name: str) -> dict:
 def directory_stats(root: str) -> dict:
     streams_root = paths.streams_dir(root)
     try:
-        names = sorted(n for n in os.listdir(streams_root) if os.path.isdir(os.path.join(streams_root, n)))
+        names = sorted(n for n in os.listdir(streams_root) if paths.is_real_dir(os.path.join(streams_root, n)))
     except FileNotFoundError:
         names = []
     families = {}
@@ -65,8 +65,7 @@ def directory_stats(root: str) -> dict:
         for fn in sorted(os.listdir(fam_dir)):
             if fn.endswith(".json"):
                 try:
-                    with open(os.path.join(fam_dir, fn)) as f:
-                        doc = json.load(f)
+                    doc = json.loads(paths.read_file(os.path.join(fam_dir, fn), paths.IN_SUBDIR))
                     families[doc["prefix"]] = {"shards": doc["shards"]}
                 except (OSError, ValueError, KeyError):
                     families[fn[:-5]] = {"shards": None, "error": "unreadable family file"}

@@ -31,6 +31,7 @@ from .errors import FormatError, RegistryError
 from .registry import (
     MAX_ENTRIES,
     RECLAIM_GRACE,
+    ForeignRegistry,
     Registry,
     check_filesystem,
     in_use_or_young,
@@ -98,6 +99,8 @@ class Supervisor:
                 pass
             try:
                 reg = Registry.attach(self.directory)
+            except ForeignRegistry:
+                raise   # I29: never unlinked or waited out; its owner must remove it
             except FormatError as e:
                 if self._in_use_or_young():
                     raise
