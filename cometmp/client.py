@@ -98,7 +98,7 @@ class MessageIDs(Sequence[MessageID]):
 
 
 def _write_json_atomic(path: str, doc: dict, inside: int) -> None:
-    """Crash-safe file protocol (I7), never through a link (I26), mode 0600 (I27)."""
+    """Crash-safe file protocol (I7), never through a link (I30), mode 0600 (I31)."""
     paths.write_file_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(),
                             inside)
 
@@ -228,8 +228,8 @@ class Client:
         else:
             if not os.path.isdir(self.path):
                 os.makedirs(self.path, mode=paths.DIR_MODE, exist_ok=True)
-                os.chmod(self.path, paths.DIR_MODE)     # I27: whatever the umask
-            paths.check_owner(self.path)                # I28
+                os.chmod(self.path, paths.DIR_MODE)     # I31: whatever the umask
+            paths.check_owner(self.path)                # I32
             paths.mkdir_private(paths.streams_dir(self.path))
             paths.mkdir_private(os.path.join(self.path, paths.FAMILIES))
             if not os.path.lexists(marker):
@@ -238,7 +238,7 @@ class Client:
             for p in paths.remove_dead_temp_files(self.path):  # I7
                 log.info("cometmp: removed leftover temporary file %s", p)
         if os.path.lexists(marker):
-            raw = paths.read_file(marker, paths.IN_ROOT)     # I26
+            raw = paths.read_file(marker, paths.IN_ROOT)     # I30
             try:
                 doc = json.loads(raw)
             except ValueError:
@@ -353,7 +353,7 @@ class Client:
         """The persisted shard count of family ``prefix``, or None if it does not exist."""
         fpath = paths.family_file(self.path, prefix)
         try:
-            doc = json.loads(paths.read_file(fpath, paths.IN_SUBDIR))   # I26
+            doc = json.loads(paths.read_file(fpath, paths.IN_SUBDIR))   # I30
         except FileNotFoundError:
             return None
         except ValueError as e:
@@ -401,7 +401,7 @@ class Client:
         except FileNotFoundError:
             return []
         return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
-                      paths.is_real_dir(paths.stream_dir(self.path, n)))   # I26
+                      paths.is_real_dir(paths.stream_dir(self.path, n)))   # I30
 
     def _reader(self, stream: str) -> Reader:
         self._check_open()

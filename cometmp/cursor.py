@@ -62,7 +62,7 @@ class StatePage:
         self.close()
         try:
             fd = paths.open_nofollow(self.path, os.O_RDWR if self.rw else os.O_RDONLY,
-                                     paths.IN_STREAM)   # I26
+                                     paths.IN_STREAM)   # I30
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise

@@ -78,7 +78,7 @@ class SegmentIndex:
         """Map the index file if its header is valid for this segment (FORMAT.md §3.1)."""
         self._mapped_at = time.monotonic()
         try:
-            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I26
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise
@@ -144,7 +144,7 @@ class SegmentIndex:
         self.rebuilt = True
         if persist:
             try:
-                # I26, I27: temp 0600 renamed over the index, never through a link
+                # I30, I31: temp 0600 renamed over the index, never through a link
                 paths.write_file_atomic(self.path, bytes(table), paths.IN_STREAM)
                 log.info("cometmp: rebuilt index %s (%d entries)", self.path, count[0])
             except OSError as e:  # the in-memory index still serves; retry next open

@@ -151,7 +151,7 @@ class OffsetStore:
         self._h = None
         self._buf = None
         if writable:
-            paths.mkdir_private(os.path.dirname(self.path))   # I26, I27
+            paths.mkdir_private(os.path.dirname(self.path))   # I30, I31
         out = ffi.new("cm_offsets **")
         rc = lib.cm_offsets_open(self.path.encode(), 1 if writable else 0, out)
         if rc == lib.CM_E_NOTFOUND and not writable:
@@ -159,7 +159,7 @@ class OffsetStore:
         check(rc)
         self._h = ffi.gc(out[0], lib.cm_offsets_unref)   # L3
         fd = paths.open_nofollow(self.path, os.O_RDWR if writable else os.O_RDONLY,
-                                 paths.IN_SUBDIR)   # I26
+                                 paths.IN_SUBDIR)   # I30
         try:
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             self._buf = mmap.mmap(fd, CM_OFS_FILE_BYTES, mmap.MAP_SHARED, prot)

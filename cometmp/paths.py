@@ -11,7 +11,7 @@ Layout of a data directory (docs/FORMAT.md, "Directory layout")::
         <20-digit base entry>.idx          sparse index of that segment
       consumers/offsets                    consumer groups and their offsets (cometmp.offsets)
 
-Opening (docs/ARCHITECTURE.md I26, I27): nothing below a data directory is opened through a
+Opening (docs/ARCHITECTURE.md I30, I31): nothing below a data directory is opened through a
 symbolic link, and whatever the umask, files are created 0600 and directories 0700. In
 Python every such open goes through ``open_nofollow`` / ``open_dir_nofollow`` /
 ``mkdir_private`` here (native/fs.c holds the same rule for the C core). ``inside`` is how
@@ -39,8 +39,8 @@ OFFSETS = "offsets"
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 
-FILE_MODE = 0o600   # I27
-DIR_MODE = 0o700    # I27
+FILE_MODE = 0o600   # I31
+DIR_MODE = 0o700    # I31
 #: trailing components of a path that lie inside the data directory, per file kind
 IN_ROOT = 1         # cometmp.json, families/, streams/, consumers/
 IN_SUBDIR = 2       # families/<prefix>.json, consumers/offsets, streams/<stream>
@@ -147,6 +147,8 @@ def remove_dead_temp_files(root: str) -> list[str]:
     by the C core when a writer opens them."""
     removed = []
     for d in (root, os.path.join(root, FAMILIES), os.path.join(root, CONSUMERS)):
+        if d != root and not is_real_dir(d):
+            continue   # I30: never delete inside a planted link's target
         try:
             names = os.listdir(d)
         except (FileNotFoundError, NotADirectoryError):
@@ -166,7 +168,7 @@ def remove_dead_temp_files(root: str) -> list[str]:
     return removed
 
 
-# ---- opening without following links (I26) and with private modes (I27) ----------------
+# ---- opening without following links (I30) and with private modes (I31) ----------------
 
 def _refuse_link(e: OSError, dirfd: int, name: str, path: str) -> OSError:
     """The error to raise for a failed open of ``name`` below ``dirfd``: StorageError(ELOOP)
@@ -180,7 +182,7 @@ def _refuse_link(e: OSError, dirfd: int, name: str, path: str) -> OSError:
             from .errors import StorageError
 
             return StorageError(errno.ELOOP, f"{path} is a symbolic link; cometmp never follows "
-                                "a link inside a data directory (I26), so it was not opened")
+                                "a link inside a data directory (I30), so it was not opened")
     return e
 
 
@@ -213,7 +215,7 @@ def open_dir_nofollow(path: str, inside: int = IN_ROOT, create: bool = False) ->
             os.close(fd)
             fd = nfd
             if created:
-                os.fchmod(fd, DIR_MODE)   # I27: whatever the umask
+                os.fchmod(fd, DIR_MODE)   # I31: whatever the umask
     except BaseException:
         os.close(fd)
         raise
@@ -221,13 +223,13 @@ def open_dir_nofollow(path: str, inside: int = IN_ROOT, create: bool = False) ->
 
 
 def mkdir_private(path: str, inside: int = IN_ROOT) -> None:
-    """Create directory ``path`` (0700, I27) unless it exists; never through a link (I26)."""
+    """Create directory ``path`` (0700, I31) unless it exists; never through a link (I30)."""
     os.close(open_dir_nofollow(path, inside, create=True))
 
 
 def open_nofollow(path: str, flags: int, inside: int = IN_ROOT, mode: int = FILE_MODE) -> int:
     """``os.open(path, flags)`` without following a link in the last ``inside`` components
-    (I26); a file opened with O_CREAT is given ``mode`` whatever the umask (I27). Raises
+    (I30); a file opened with O_CREAT is given ``mode`` whatever the umask (I31). Raises
     StorageError(ELOOP) naming the path for a link, the OSError of the open otherwise."""
     parent, name = os.path.split(os.path.abspath(path))
     if inside > 1:
@@ -248,15 +250,15 @@ def open_nofollow(path: str, flags: int, inside: int = IN_ROOT, mode: int = FILE
 
 def read_file(path: str, inside: int = IN_ROOT, limit: int = -1) -> bytes:
     """A small file (marker, family file), or its first ``limit`` bytes, read without
-    following a link (I26)."""
+    following a link (I30)."""
     fd = open_nofollow(path, os.O_RDONLY, inside)
     with os.fdopen(fd, "rb") as f:
         return f.read(limit)
 
 
 def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
-    """Crash-safe file protocol (CONVENTIONS 8, I7): temp (0600, I27) -> fsync -> rename ->
-    fsync the directory; no step follows a link (I26; rename replaces a link, never its
+    """Crash-safe file protocol (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> rename ->
+    fsync the directory; no step follows a link (I30; rename replaces a link, never its
     target)."""
     parent, name = os.path.split(os.path.abspath(path))
     dfd = open_dir_nofollow(parent, inside - 1) if inside > 1 else \
@@ -286,7 +288,7 @@ def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
 
 
 def is_real_dir(path: str) -> bool:
-    """True if ``path`` is a directory and not a link to one (I26: links are not streams)."""
+    """True if ``path`` is a directory and not a link to one (I30: links are not streams)."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
@@ -295,7 +297,7 @@ def is_real_dir(path: str) -> bool:
 
 def check_owner(path: str) -> None:
     """Refuse a data directory this process's effective uid does not own (writer opens,
-    I28): another user's directory is theirs to change, and files we created there would
+    I32): another user's directory is theirs to change, and files we created there would
     be ours, not theirs. Raises StorageError(EPERM) naming the owner."""
     st = os.stat(path)
     me = os.geteuid()
@@ -304,7 +306,7 @@ def check_owner(path: str) -> None:
 
         raise StorageError(errno.EPERM, f"{path} is owned by {user_name(st.st_uid)}, not by "
                            f"{user_name(me)} (this process's effective user); cometmp writes "
-                           "only into a data directory its own user owns (I28). Open it "
+                           "only into a data directory its own user owns (I32). Open it "
                            "readonly=True, or as its owner")
 
 

@@ -98,7 +98,7 @@ class Segment:
 
     @classmethod
     def open(cls, path: str, base: int) -> "Segment":
-        """Map ``DIR/streams/<stream>/<base>.seg`` read-only (never through a link, I26)."""
+        """Map ``DIR/streams/<stream>/<base>.seg`` read-only (never through a link, I30)."""
         fd = paths.open_nofollow(path, os.O_RDONLY, paths.IN_STREAM)
         try:
             size = os.fstat(fd).st_size

@@ -140,7 +140,7 @@ class StateView:
         self.path = os.path.join(directory, paths.STATE)
         self.mm: mmap.mmap | None = None
         try:
-            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I26
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
         except FileNotFoundError:
             return
         self.inode = -1

@@ -87,6 +87,7 @@ class Supervisor:
     def _ensure_directory(self) -> None:
         if not os.path.isdir(self.directory):
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.chmod(self.directory, 0o700)   # I31: whatever the umask
             if self.uid is not None or self.gid is not None:  # workers drop to this user
                 os.chown(self.directory, -1 if self.uid is None else self.uid,
                          -1 if self.gid is None else self.gid)
@@ -100,7 +101,7 @@ class Supervisor:
             try:
                 reg = Registry.attach(self.directory)
             except ForeignRegistry:
-                raise   # I29: never unlinked or waited out; its owner must remove it
+                raise   # I33: never unlinked or waited out; its owner must remove it
             except FormatError as e:
                 if self._in_use_or_young():
                     raise

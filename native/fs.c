@@ -1,13 +1,13 @@
 /* fs.c - opening names inside a data directory: never through a symbolic link.
  *
- * I26: nothing below a data directory is opened, created or truncated through
+ * I30: nothing below a data directory is opened, created or truncated through
  * a symbolic link. Every file the core opens (segments, indexes, state pages,
  * the offsets file, their temp files) is opened relative to the fd of the
  * directory that holds it, with O_NOFOLLOW; stream directories and their
  * parent (`streams/`) are opened with O_DIRECTORY|O_NOFOLLOW. A planted link
  * fails the call with ELOOP and a message naming the path ("is a symbolic
  * link"); its target is never opened. rename/unlink never follow a link.
- * I27: whatever the umask, a file created here is mode 0600 and a directory
+ * I31: whatever the umask, a file created here is mode 0600 and a directory
  * 0700 (fchmod after creation). cometmp/paths.py holds the same two rules for
  * the Python side (open_nofollow, mkdir_private).
  */
@@ -25,10 +25,10 @@
 #include "internal.h"
 
 int cm_fs_openat(int dirfd, const char *name, int flags, mode_t mode) {
-    /* I26: the last component is never followed */
+    /* I30: the last component is never followed */
     int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode);
     if (fd >= 0 && (flags & O_CREAT) && fchmod(fd, mode) != 0) {
-        int e = errno;          /* I27: the umask does not widen or narrow it */
+        int e = errno;          /* I31: the umask does not widen or narrow it */
         close(fd);
         errno = e;
         return -1;
@@ -41,7 +41,7 @@ int cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char
     if ((err == ELOOP || err == ENOTDIR || err == EEXIST) && dirfd >= 0 && name &&
         fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(sb.st_mode))
         return cm_fail(CM_E_IO, ELOOP, "%s/%s is a symbolic link; cometmp never follows a "
-                       "link inside a data directory (I26), so it was not %s", dir, name,
+                       "link inside a data directory (I30), so it was not %s", dir, name,
                        strcmp(verb, "create") == 0 ? "created" : "opened");
     int code = err == ENOSPC || err == EDQUOT ? CM_E_NOSPACE
              : err == ENOENT ? CM_E_NOTFOUND : CM_E_IO;
@@ -49,7 +49,7 @@ int cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char
 }
 
 /* Open `name` below dirfd as a directory without following a link, creating it
- * (0700, I27) first when `create`. Returns the fd or a negative CM_E_*. */
+ * (0700, I31) first when `create`. Returns the fd or a negative CM_E_*. */
 static int open_subdir(int dirfd, const char *parent, const char *name, int create) {
     if (create && mkdirat(dirfd, name, 0700) == 0) {
         int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -67,7 +67,7 @@ static int open_subdir(int dirfd, const char *parent, const char *name, int crea
 
 int cm_fs_open_dir(const char *dir, int inside, int create) {
     /* The last `inside` components of dir are inside the data directory and
-       are never followed (I26); the path above them is the caller's own and
+       are never followed (I30); the path above them is the caller's own and
        may pass through links. */
     char buf[PATH_MAX];
     if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf || inside < 1 || inside > 8)

@@ -37,7 +37,7 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
     cm_segment_name(name, sizeof name, base, ".idx");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
     uint64_t cap = cm_index_capacity(seg_capacity, interval);
-    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I26, I27 */
+    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
     if (fd < 0)
         return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int e = posix_fallocate(fd, 0, (off_t)cap);

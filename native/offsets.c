@@ -105,7 +105,7 @@ static int init_file(int fd) {
 static int create_file(int dirfd, const char *dir, const char *name) {
     char tmp[300];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", name, (int)getpid());
-    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);   /* I26, I27 */
+    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);   /* I30, I31 */
     if (fd < 0) return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int e = init_file(fd);
     if (e == 0 && fdatasync(fd) != 0) e = -errno;
@@ -126,7 +126,7 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     *out = NULL;
     if (strlen(path) >= 4000) return cm_fail(CM_E_ARG, 0, "path too long: %s", path);
     int writable = create != 0;
-    /* I26: <root>/consumers/offsets; neither consumers/ nor the file is a link */
+    /* I30: <root>/consumers/offsets; neither consumers/ nor the file is a link */
     char dir[4000];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');

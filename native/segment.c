@@ -208,7 +208,7 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
     char name[64], tmp[80];
     cm_segment_name(name, sizeof name, base, ".seg");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
-    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I26, I27 */
+    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
     if (fd < 0)
         return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int rc;

@@ -179,7 +179,7 @@ def _open_for_join(directory: str, create_count: int | None) -> Registry:
         try:
             reg = Registry.attach(directory)
         except ForeignRegistry:
-            raise   # I29
+            raise   # I33
         except RegistryError as e:
             if create_count is None:
                 raise

@@ -39,7 +39,7 @@ I21 an entry is alive only if its pid exists and its /proc start time matches;
 I22 any change of the ownership function bumps epoch, after the slot stores;
 I23 at most one LIVE entry per (pid, start time), at most one holder per slot;
 I24 the registry's size is fixed: worker churn reuses entries, never adds;
-I29 an object is used only if its owner is this process's euid or the data directory's
+I33 an object is used only if its owner is this process's euid or the data directory's
 owner and it grants nothing to group or others (check_trusted).
 """
 
@@ -163,12 +163,12 @@ def shm_name(directory: str | os.PathLike) -> str:
 
 
 class ForeignRegistry(RegistryError):
-    """The registry's name is held by an object this server must not trust (I29): another
+    """The registry's name is held by an object this server must not trust (I33): another
     local user created it (pre-created the predictable name) or it is open to others."""
 
 
 def check_trusted(directory: str, name: str, st: os.stat_result) -> None:
-    """I29: use the shm object ``name`` (stat ``st``) only if its owner is this process's
+    """I33: use the shm object ``name`` (stat ``st``) only if its owner is this process's
     effective user or the data directory's owner (a root master creates it for workers
     that run as the directory's owner and fchowns it to them), and its mode grants
     nothing to group or others. Anyone else could have pre-created the name, which is
@@ -180,7 +180,7 @@ def check_trusted(directory: str, name: str, st: os.stat_result) -> None:
     raise ForeignRegistry(
         f"registry {name} of {directory} is owned by {user_name(st.st_uid)} with mode "
         f"{stat_mode(st)}; this process runs as {user_name(me)} and the directory belongs to "
-        f"{user_name(owner)}, so it was not used (I29: another local user may have "
+        f"{user_name(owner)}, so it was not used (I33: another local user may have "
         f"pre-created it). Remove /dev/shm/{name.lstrip('/')} as its owner or root")
 
 
@@ -320,7 +320,7 @@ class Registry:
                 pass
             raise RegistryError(f"registry {name} of {directory}: {e}") from None
         try:
-            check_trusted(directory, name, os.fstat(shm.fd))   # I29, before any byte is read
+            check_trusted(directory, name, os.fstat(shm.fd))   # I33, before any byte is read
         except BaseException:
             shm.close_fd()
             raise

@@ -221,7 +221,7 @@ def check_data_directory(root: str) -> None:
         raise NotADataDirectory(f"{root}: no such directory")
     marker = os.path.join(root, paths.DIR_MARKER)
     try:
-        doc = json.loads(paths.read_file(marker, paths.IN_ROOT))   # I26
+        doc = json.loads(paths.read_file(marker, paths.IN_ROOT))   # I30
     except FileNotFoundError:
         raise NotADataDirectory(f"{root}: not a cometmp data directory (no {paths.DIR_MARKER})") from None
     except (OSError, ValueError) as e:
@@ -238,7 +238,7 @@ def stream_names(root: str) -> list[str]:
         names = os.listdir(paths.streams_dir(root))
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if paths.is_real_dir(paths.stream_dir(root, n)))   # I26
+    return sorted(n for n in names if paths.is_real_dir(paths.stream_dir(root, n)))   # I30
 
 
 def _check_families(root: str, report: DirectoryReport) -> None:
@@ -258,7 +258,7 @@ def _check_families(root: str, report: DirectoryReport) -> None:
         if not fn.endswith(".json"):
             continue
         try:
-            doc = json.loads(paths.read_file(p, paths.IN_SUBDIR))   # I26
+            doc = json.loads(paths.read_file(p, paths.IN_SUBDIR))   # I30
             ok = (isinstance(doc, dict) and doc.get("format") == FAMILY_FORMAT
                   and doc.get("version") == FORMAT_VERSION and doc.get("prefix") == fn[:-5]
                   and isinstance(doc.get("shards"), int) and doc["shards"] >= 1)
@@ -281,7 +281,7 @@ class _State:
         self.valid = False
         self.committed = self.active_base = self.tail = self.first_entry = 0
         try:
-            page = paths.read_file(self.path, paths.IN_STREAM, CM_STATE_BYTES + 1)   # I26
+            page = paths.read_file(self.path, paths.IN_STREAM, CM_STATE_BYTES + 1)   # I30
         except FileNotFoundError:
             rep.add(WARNING, "state", self.path, None,
                     "state page missing (rebuilt from the segments at the next writer open)")
@@ -309,7 +309,7 @@ class _State:
         segment (I2: every entry below it is complete)."""
         q = struct.Struct("=Q")
         try:
-            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I26
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
         except OSError:
             fd = -1
         try:
@@ -524,7 +524,7 @@ def _check_index(directory: str, base: int, seg, stop: int | None, rep: StreamRe
 
     idx_path = os.path.join(directory, paths.index_name(base))
     try:
-        data = paths.read_file(idx_path, paths.IN_STREAM)   # I26
+        data = paths.read_file(idx_path, paths.IN_STREAM)   # I30
     except FileNotFoundError:
         rep.add(WARNING, "index", idx_path, None, "index missing (rebuilt from the segment, I8)")
         return
@@ -637,13 +637,13 @@ def _segment_geometry(directory: str) -> tuple[int | None, int | None]:
     cap = interval = None
     try:
         head = paths.read_file(os.path.join(directory, paths.segment_name(bases[-1])),
-                               paths.IN_STREAM, CM_SEG_HEADER_BYTES)   # I26
+                               paths.IN_STREAM, CM_SEG_HEADER_BYTES)   # I30
         cap = struct.unpack_from("<Q", head, CM_SEG_OFF_CAPACITY)[0]
     except (OSError, struct.error):
         pass
     try:
         parsed = parse_index(paths.read_file(os.path.join(directory, paths.index_name(bases[-1])),
-                                             paths.IN_STREAM, CM_IDX_HEADER_BYTES))   # I26
+                                             paths.IN_STREAM, CM_IDX_HEADER_BYTES))   # I30
         if parsed is not None:
             interval = parsed[1]
     except OSError:

@@ -1,4 +1,4 @@
-"""I27: whatever the umask, every file cometmp creates is 0600 and every directory 0700.
+"""I31: whatever the umask, every file cometmp creates is 0600 and every directory 0700.
 
 Each test runs the whole life of a data directory under one umask: the directory and its
 marker, a family file, streams crossing rotations (segments, indexes and state pages come
@@ -57,5 +57,5 @@ def test_every_file_is_0600_and_every_directory_0700_whatever_the_umask(tmp_path
     kinds = {os.path.basename(p).rsplit(".", 1)[-1] for p in found}
     assert {"seg", "idx", "json", "state", "offsets"} <= kinds
     wrong = {p: f"{m:04o}" for p, m in found.items()
-             if m != (paths.DIR_MODE if os.path.isdir(p) else paths.FILE_MODE)}
+             if m != (0o700 if os.path.isdir(p) else 0o600)}
     assert not wrong, f"umask {umask:03o}: {wrong}"

@@ -1,4 +1,4 @@
-"""I26: nothing inside a data directory is opened through a symbolic link.
+"""I30: nothing inside a data directory is opened through a symbolic link.
 
 Each test builds a real data directory, replaces one file or directory of it with a link
 to a decoy outside it, and runs the calls that open that file. The call raises
@@ -139,6 +139,8 @@ def test_a_planted_directory_link_is_refused_and_its_target_untouched(tmp_path, 
     link = where(root)
     decoy = str(tmp_path / "decoy-dir")
     shutil.copytree(link, decoy, symlinks=True)   # a copy: what a writer would change
+    with open(os.path.join(decoy, "x.99999999.tmp"), "wb") as f:   # a dead writer's temp
+        f.write(b"not ours to delete")
     before = fingerprint(decoy)
     plant(link, decoy)
     with pytest.raises(cometmp.StorageError, match="is a symbolic link") as ei:
