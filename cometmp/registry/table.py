@@ -180,8 +180,10 @@ def check_trusted(directory: str, name: str, st: os.stat_result) -> None:
     raise ForeignRegistry(
         f"registry {name} of {directory} is owned by {user_name(st.st_uid)} with mode "
         f"{stat_mode(st)}; this process runs as {user_name(me)} and the directory belongs to "
-        f"{user_name(owner)}, so it was not used (I33: another local user may have "
-        f"pre-created it). Remove /dev/shm/{name.lstrip('/')} as its owner or root")
+        f"{user_name(owner)}, so it was not used (I33: only an object of this user or of the "
+        f"directory's owner, mode 0600, is trusted; another local user may have pre-created "
+        f"the name). Remove /dev/shm/{name.lstrip('/')} as its owner or root; a master that "
+        f"drops its workers' privileges creates it for their user (Supervisor(uid=...))")
 
 
 def stat_mode(st: os.stat_result) -> str:
