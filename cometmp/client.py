@@ -100,28 +100,11 @@ class MessageIDs(Sequence[MessageID]):
         return f"MessageIDs(stream={self.stream!r}, first={self.first}, count={self.count})"
 
 
-def _write_json_atomic(path: str, doc: dict) -> None:
-    """Crash-safe file protocol: temp -> fsync -> rename -> fsync directory (I7)."""
-    tmp = f"{path}.{os.getpid()}{paths.TMP_SUFFIX}"
+def _write_json_atomic(path: str, doc: dict, inside: int) -> None:
+    """Crash-safe file protocol (I7), never through a link (I30), mode 0600 (I31)."""
     with os_errors(path, "write"):
-        try:
-            with open(tmp, "w") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)   # a full disk leaves no temp file behind
-            except OSError:
-                pass
-            raise
-        dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        paths.write_file_atomic(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode(),
+                                inside)
 
 
 def read_directory_marker(root: str) -> None:
@@ -135,8 +118,7 @@ def read_directory_marker(root: str) -> None:
             raise DataDirectoryNotFound(f"no cometmp data directory at {root} (no such directory)",
                                         errno.ENOENT, root)
         try:
-            with open(marker, "rb") as f:
-                raw = f.read(1 << 16)
+            raw = paths.read_file(marker, paths.IN_ROOT, 1 << 16)   # I30
         except FileNotFoundError:
             raise DataDirectoryNotFound(
                 f"{root} is not a cometmp data directory (no {paths.DIR_MARKER})",
@@ -281,14 +263,19 @@ class Client:
             if os.path.exists(self.path) and not os.path.isdir(self.path):
                 raise StorageError(f"{self.path} exists and is not a directory",
                                    errno.ENOTDIR, self.path)
-            for d in (self.path, paths.streams_dir(self.path),
-                      os.path.join(self.path, paths.FAMILIES)):
+            with os_errors(self.path, "create directory"):
+                if not os.path.isdir(self.path):
+                    os.makedirs(self.path, mode=paths.DIR_MODE, exist_ok=True)
+                    os.chmod(self.path, paths.DIR_MODE)     # I31: whatever the umask
+                paths.check_owner(self.path)                # I32
+            for d in (paths.streams_dir(self.path), os.path.join(self.path, paths.FAMILIES)):
                 with os_errors(d, "create directory"):
-                    os.makedirs(d, mode=0o700, exist_ok=True)
+                    paths.mkdir_private(d)                  # I30, I31
             with os_errors(marker, "check directory marker"):
                 has_marker = os.path.lexists(marker)
             if not has_marker:
-                _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION})
+                _write_json_atomic(marker, {"format": DIR_FORMAT, "version": FORMAT_VERSION},
+                                   paths.IN_ROOT)
             with os_errors(self.path, "remove leftover temporary files in"):
                 for p in paths.remove_dead_temp_files(self.path):  # I7
                     log.info("cometmp: removed leftover temporary file %s", p)
@@ -309,7 +296,7 @@ class Client:
         if w is None:
             self._check_writable()
             with os_errors(paths.streams_dir(self.path), "create directory"):
-                os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
+                paths.mkdir_private(paths.streams_dir(self.path))   # I30, I31
             w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
             self._writers[stream] = w
             if self.config.storage.durability == "interval":
@@ -387,7 +374,7 @@ class Client:
                 _write_json_atomic(paths.family_file(self.path, prefix), {
                     "format": FAMILY_FORMAT, "version": FORMAT_VERSION,
                     "prefix": prefix, "shards": shards,
-                })
+                }, paths.IN_SUBDIR)
             elif stored != shards:
                 raise ShardCountMismatch(
                     f"family {prefix!r} in {self.path} was created with {stored} shards; "
@@ -401,8 +388,7 @@ class Client:
         fpath = paths.family_file(self.path, prefix)
         with os_errors(fpath, "read family file"):
             try:
-                with open(fpath, "rb") as f:
-                    raw = f.read(1 << 16)
+                raw = paths.read_file(fpath, paths.IN_SUBDIR, 1 << 16)   # I30
             except FileNotFoundError:
                 return None
         try:
@@ -458,7 +444,7 @@ class Client:
             except FileNotFoundError:
                 return []
         return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) and
-                      os.path.isdir(paths.stream_dir(self.path, n)))
+                      paths.is_real_dir(paths.stream_dir(self.path, n)))   # I30
 
     def _reader(self, stream: str) -> Reader:
         self._check_open()

@@ -13,6 +13,7 @@ Handle lifetime: docs/ARCHITECTURE.md §11 (L4).
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import mmap
 import os
@@ -60,8 +61,11 @@ class StatePage:
     def remap(self) -> bool:
         self.close()
         try:
-            fd = os.open(self.path, (os.O_RDWR if self.rw else os.O_RDONLY) | os.O_CLOEXEC)
-        except OSError:
+            fd = paths.open_nofollow(self.path, os.O_RDWR if self.rw else os.O_RDONLY,
+                                     paths.IN_STREAM)   # I30
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise
             return False
         try:
             st = os.fstat(fd)

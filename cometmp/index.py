@@ -17,6 +17,7 @@ searches that copy the same way.
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -77,8 +78,10 @@ class SegmentIndex:
         """Map the index file if its header is valid for this segment (FORMAT.md §3.1)."""
         self._mapped_at = time.monotonic()
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise
             return
         try:
             size = os.fstat(fd).st_size
@@ -140,11 +143,9 @@ class SegmentIndex:
         self._use(table)
         self.rebuilt = True
         if persist:
-            tmp = self.path + paths.TMP_SUFFIX
             try:
-                with open(tmp, "wb") as f:
-                    f.write(table)
-                os.replace(tmp, self.path)
+                # I30, I31: temp 0600 renamed over the index, never through a link
+                paths.write_file_atomic(self.path, bytes(table), paths.IN_STREAM)
                 log.info("cometmp: rebuilt index %s (%d entries)", self.path, count[0])
             except OSError as e:  # the in-memory index still serves; retry next open
                 log.warning("cometmp: could not persist rebuilt index %s: %s", self.path, e)

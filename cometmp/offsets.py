@@ -153,7 +153,7 @@ class OffsetStore:
         self._buf = None
         if writable:
             with os_errors(os.path.dirname(self.path), "create directory"):
-                os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+                paths.mkdir_private(os.path.dirname(self.path))   # I30, I31
         out = ffi.new("cm_offsets **")
         rc = lib.cm_offsets_open(self.path.encode(), 1 if writable else 0, out)
         if rc == lib.CM_E_NOTFOUND and not writable:
@@ -161,7 +161,8 @@ class OffsetStore:
         check(rc, self.path)
         self._h = ffi.gc(out[0], lib.cm_offsets_unref)   # L3
         with os_errors(self.path, "map offsets file"):
-            fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+            fd = paths.open_nofollow(self.path, os.O_RDWR if writable else os.O_RDONLY,
+                                     paths.IN_SUBDIR)   # I30
             try:
                 prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
                 self._buf = mmap.mmap(fd, CM_OFS_FILE_BYTES, mmap.MAP_SHARED, prot)

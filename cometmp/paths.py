@@ -10,12 +10,22 @@ Layout of a data directory (docs/FORMAT.md, "Directory layout")::
         <20-digit base entry>.seg          segments, named by their first entry number
         <20-digit base entry>.idx          sparse index of that segment
       consumers/offsets                    consumer groups and their offsets (cometmp.offsets)
+
+Opening (docs/ARCHITECTURE.md I30, I31): nothing below a data directory is opened through a
+symbolic link, and whatever the umask, files are created 0600 and directories 0700. In
+Python every such open goes through ``open_nofollow`` / ``open_dir_nofollow`` /
+``mkdir_private`` here (native/fs.c holds the same rule for the C core). ``inside`` is how
+many trailing components of the path are inside the data directory (a segment
+``DIR/streams/<s>/<base>.seg``: 3); those are opened relative to their parent's fd with
+``O_NOFOLLOW``, the path above them is the caller's and may pass through links.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 
 from ._ffi import lib
 
@@ -30,6 +40,13 @@ CONSUMERS = "consumers"                  # DIR/consumers/offsets: consumer-group
 OFFSETS = "offsets"
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
+
+FILE_MODE = 0o600   # I31
+DIR_MODE = 0o700    # I31
+#: trailing components of a path that lie inside the data directory, per file kind
+IN_ROOT = 1         # cometmp.json, families/, streams/, consumers/
+IN_SUBDIR = 2       # families/<prefix>.json, consumers/offsets, streams/<stream>
+IN_STREAM = 3       # streams/<stream>/{state,<base>.seg,<base>.idx}
 
 MAX_NAME_BYTES = lib.CM_NAME_MAX_BYTES   # native/names.c holds the rule
 _SHARD_RE = re.compile(r"(?P<prefix>.+):shard:(?P<n>[0-9]{4,})")   # fullmatch only
@@ -135,6 +152,8 @@ def remove_dead_temp_files(root: str) -> list[str]:
     by the C core when a writer opens them."""
     removed = []
     for d in (root, os.path.join(root, FAMILIES), os.path.join(root, CONSUMERS)):
+        if d != root and not is_real_dir(d):
+            continue   # I30: never delete inside a planted link's target
         try:
             names = os.listdir(d)
         except (FileNotFoundError, NotADirectoryError):
@@ -152,3 +171,156 @@ def remove_dead_temp_files(root: str) -> list[str]:
                 continue
             removed.append(p)
     return removed
+
+
+# ---- opening without following links (I30) and with private modes (I31) ----------------
+
+def _refuse_link(e: OSError, dirfd: int, name: str, path: str) -> OSError:
+    """The error to raise for a failed open of ``name`` below ``dirfd``: StorageError(ELOOP)
+    naming the path if it is a symbolic link, else ``e`` itself."""
+    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+        try:
+            is_link = stat.S_ISLNK(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = False
+        if is_link:
+            from .errors import StorageError
+
+            return StorageError(f"{path} is a symbolic link; cometmp never follows "
+                                "a link inside a data directory (I30), so it was not opened",
+                                errno.ELOOP, path)
+    return e
+
+
+def open_dir_nofollow(path: str, inside: int = IN_ROOT, create: bool = False) -> int:
+    """An O_DIRECTORY fd of ``path``, whose last ``inside`` components are not followed
+    (and are created 0700 first when ``create``). Raises StorageError(ELOOP) for a link,
+    the OSError of the open otherwise. The caller closes the fd."""
+    parts = []
+    top = os.path.abspath(path)
+    for _ in range(inside):
+        top, leaf = os.path.split(top)
+        parts.append(leaf)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = top
+    try:
+        for leaf in reversed(parts):
+            here = os.path.join(here, leaf)
+            created = False
+            if create:
+                try:
+                    os.mkdir(leaf, DIR_MODE, dir_fd=fd)
+                    created = True
+                except FileExistsError:
+                    pass
+            try:
+                nfd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=fd)
+            except OSError as e:
+                raise _refuse_link(e, fd, leaf, here) from None
+            os.close(fd)
+            fd = nfd
+            if created:
+                os.fchmod(fd, DIR_MODE)   # I31: whatever the umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def mkdir_private(path: str, inside: int = IN_ROOT) -> None:
+    """Create directory ``path`` (0700, I31) unless it exists; never through a link (I30)."""
+    os.close(open_dir_nofollow(path, inside, create=True))
+
+
+def open_nofollow(path: str, flags: int, inside: int = IN_ROOT, mode: int = FILE_MODE) -> int:
+    """``os.open(path, flags)`` without following a link in the last ``inside`` components
+    (I30); a file opened with O_CREAT is given ``mode`` whatever the umask (I31). Raises
+    StorageError(ELOOP) naming the path for a link, the OSError of the open otherwise."""
+    parent, name = os.path.split(os.path.abspath(path))
+    if inside > 1:
+        dfd = open_dir_nofollow(parent, inside - 1)
+    else:
+        dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        except OSError as e:
+            raise _refuse_link(e, dfd, name, path) from None
+        if flags & os.O_CREAT:
+            os.fchmod(fd, mode)
+        return fd
+    finally:
+        os.close(dfd)
+
+
+def read_file(path: str, inside: int = IN_ROOT, limit: int = -1) -> bytes:
+    """A small file (marker, family file), or its first ``limit`` bytes, read without
+    following a link (I30)."""
+    fd = open_nofollow(path, os.O_RDONLY, inside)
+    with os.fdopen(fd, "rb") as f:
+        return f.read(limit)
+
+
+def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
+    """Crash-safe file protocol (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> rename ->
+    fsync the directory; no step follows a link (I30; rename replaces a link, never its
+    target)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    dfd = open_dir_nofollow(parent, inside - 1) if inside > 1 else \
+        os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp = f"{name}.{os.getpid()}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         FILE_MODE, dir_fd=dfd)
+        except OSError as e:
+            raise _refuse_link(e, dfd, tmp, os.path.join(parent, tmp)) from None
+        try:
+            os.fchmod(fd, FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def is_real_dir(path: str) -> bool:
+    """True if ``path`` is a directory and not a link to one (I30: links are not streams)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def check_owner(path: str) -> None:
+    """Refuse a data directory this process's effective uid does not own (writer opens,
+    I32): another user's directory is theirs to change, and files we created there would
+    be ours, not theirs. Raises StorageError(EPERM) naming the owner."""
+    st = os.stat(path)
+    me = os.geteuid()
+    if st.st_uid != me:
+        from .errors import StorageError
+
+        raise StorageError(f"{path} is owned by {user_name(st.st_uid)}, not by "
+                           f"{user_name(me)} (this process's effective user); cometmp writes "
+                           "only into a data directory its own user owns (I32). Open it "
+                           "readonly=True, or as its owner", errno.EPERM, path)
+
+
+def user_name(uid: int) -> str:
+    """``"uid 1001 (alice)"`` (the name when the user database has one)."""
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (KeyError, ImportError):
+        return f"uid {uid}"

@@ -188,20 +188,25 @@ def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport
 
 def _unlink_segment(directory: str, base: int) -> None:
     """Delete by rename then unlink (CONVENTIONS 8): the segment first leaves the set of
-    segment names, so no process lists it again; mappings of it stay valid."""
-    seg = os.path.join(directory, paths.segment_name(base))
+    segment names, so no process lists it again; mappings of it stay valid. Relative to
+    the stream directory's fd, which is not reached through a link (I30)."""
+    seg = paths.segment_name(base)
     tmp = seg + paths.TMP_SUFFIX
-    with os_errors(seg, "delete segment"):
+    with os_errors(os.path.join(directory, seg), "delete segment"):
+        dfd = paths.open_dir_nofollow(directory, paths.IN_SUBDIR)
         try:
-            os.rename(seg, tmp)
-        except FileNotFoundError:
-            tmp = None
-        try:
-            os.unlink(os.path.join(directory, paths.index_name(base)))
-        except FileNotFoundError:
-            pass
-        if tmp is not None:
-            os.unlink(tmp)
+            try:
+                os.rename(seg, tmp, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except FileNotFoundError:
+                tmp = None
+            try:
+                os.unlink(paths.index_name(base), dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            if tmp is not None:
+                os.unlink(tmp, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
 
 def _owned_streams(client) -> list[str]:

@@ -15,6 +15,7 @@ import mmap
 import os
 from typing import Iterator, NamedTuple
 
+from . import paths
 from ._ffi import ffi, lib
 from .errors import ClosedError, os_error, os_errors
 from .format import CM_REC_HEADER_BYTES, CM_SEG_HEADER_BYTES
@@ -97,11 +98,12 @@ class Segment:
 
     @classmethod
     def open(cls, path: str, base: int) -> "Segment":
-        """Map segment ``path``. FileNotFoundError stays itself (retention deleted the
-        segment after it was listed: callers treat it as that race); every other OS
-        failure is the cometmp error of errors.os_error."""
+        """Map ``DIR/streams/<stream>/<base>.seg`` read-only, never through a link (I30).
+        FileNotFoundError stays itself (retention deleted the segment after it was listed:
+        callers treat it as that race); every other OS failure is the cometmp error of
+        errors.os_error."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = paths.open_nofollow(path, os.O_RDONLY, paths.IN_STREAM)
         except FileNotFoundError:
             raise
         except OSError as e:

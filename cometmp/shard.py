@@ -141,7 +141,7 @@ class StateView:
         self.mm: mmap.mmap | None = None
         with os_errors(self.path, "open state page"):
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
             except FileNotFoundError:
                 return
         self.inode = -1

@@ -60,7 +60,7 @@ def directory_stats(root: str) -> dict:
     with os_errors(streams_root, "list streams in"):
         try:
             names = sorted(n for n in os.listdir(streams_root)
-                           if os.path.isdir(os.path.join(streams_root, n)))
+                           if paths.is_real_dir(os.path.join(streams_root, n)))   # I30
         except FileNotFoundError:
             names = []
     families = {}
@@ -69,8 +69,7 @@ def directory_stats(root: str) -> dict:
         for fn in sorted(os.listdir(fam_dir)):
             if fn.endswith(".json"):
                 try:
-                    with open(os.path.join(fam_dir, fn)) as f:
-                        doc = json.load(f)
+                    doc = json.loads(paths.read_file(os.path.join(fam_dir, fn), paths.IN_SUBDIR))
                     families[doc["prefix"]] = {"shards": doc["shards"]}
                 except (OSError, ValueError, KeyError):
                     families[fn[:-5]] = {"shards": None, "error": "unreadable family file"}

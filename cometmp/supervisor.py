@@ -31,6 +31,7 @@ from .errors import FormatError, RegistryError, os_errors
 from .registry import (
     MAX_ENTRIES,
     RECLAIM_GRACE,
+    ForeignRegistry,
     Registry,
     check_filesystem,
     in_use_or_young,
@@ -87,6 +88,7 @@ class Supervisor:
         if not os.path.isdir(self.directory):
             with os_errors(self.directory, "create data directory"):
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                os.chmod(self.directory, 0o700)   # I31: whatever the umask
                 if self.uid is not None or self.gid is not None:  # workers drop to this user
                     os.chown(self.directory, -1 if self.uid is None else self.uid,
                              -1 if self.gid is None else self.gid)
@@ -99,6 +101,8 @@ class Supervisor:
                 pass
             try:
                 reg = Registry.attach(self.directory)
+            except ForeignRegistry:
+                raise   # I33: never unlinked or waited out; its owner must remove it
             except FormatError as e:
                 if self._in_use_or_young():
                     raise

@@ -37,9 +37,9 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
     cm_segment_name(name, sizeof name, base, ".idx");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
     uint64_t cap = cm_index_capacity(seg_capacity, interval);
-    int fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
     if (fd < 0)
-        return cm_fail(CM_E_IO, errno, "create %s/%s", dir, tmp);
+        return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int e = posix_fallocate(fd, 0, (off_t)cap);
     if (e != 0) {
         close(fd);

@@ -66,6 +66,11 @@ int  cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t c
 void cm_segment_name(char *buf, size_t n, uint64_t base, const char *suffix);
 uint64_t cm_zero_range(uint8_t *map, uint64_t from, uint64_t to);
 
+/* fs.c: every open below a data directory (I30 no symbolic links, I31 modes) */
+int  cm_fs_openat(int dirfd, const char *name, int flags, mode_t mode);
+int  cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char *verb);
+int  cm_fs_open_dir(const char *dir, int inside, int create);
+
 /* index.c */
 void cm_index_header_init(uint8_t *h, uint64_t base, uint32_t interval);
 uint64_t cm_index_capacity(uint64_t seg_capacity, uint32_t interval);

@@ -102,22 +102,22 @@ static int init_file(int fd) {
 /* I7: build the file under a private temp name, then link it into place
  * without replacing: when two processes race, the first rename wins and the
  * loser opens the winner's file. */
-static int create_file(const char *path) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return cm_fail(CM_E_IO, errno, "create %s", tmp);
+static int create_file(int dirfd, const char *dir, const char *name) {
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.%d.tmp", name, (int)getpid());
+    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);   /* I30, I31 */
+    if (fd < 0) return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int e = init_file(fd);
     if (e == 0 && fdatasync(fd) != 0) e = -errno;
     close(fd);
     if (e != 0) {
-        unlink(tmp);
-        return cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "initialise %s", tmp);
+        unlinkat(dirfd, tmp, 0);
+        return cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "initialise %s/%s", dir, tmp);
     }
-    if (syscall(SYS_renameat2, AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) != 0) {
+    if (syscall(SYS_renameat2, dirfd, tmp, dirfd, name, RENAME_NOREPLACE) != 0) {
         e = errno;
-        unlink(tmp);
-        if (e != EEXIST) return cm_fail(CM_E_IO, e, "rename %s", tmp);
+        unlinkat(dirfd, tmp, 0);
+        if (e != EEXIST) return cm_fail(CM_E_IO, e, "rename %s/%s", dir, tmp);
     }
     return CM_OK;
 }
@@ -126,14 +126,27 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     *out = NULL;
     if (strlen(path) >= 4000) return cm_fail(CM_E_ARG, 0, "path too long: %s", path);
     int writable = create != 0;
-    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    /* I30: <root>/consumers/offsets; neither consumers/ nor the file is a link */
+    char dir[4000];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || !slash[1]) return cm_fail(CM_E_ARG, 0, "not a file path: %s", path);
+    *slash = 0;
+    const char *name = slash + 1;
+    int dirfd = cm_fs_open_dir(dir, 1, 0);
+    if (dirfd < 0) return dirfd;
+    int fd = cm_fs_openat(dirfd, name, writable ? O_RDWR : O_RDONLY, 0);
     if (fd < 0 && errno == ENOENT && create) {
-        int rc = create_file(path);
-        if (rc < 0) return rc;
-        fd = open(path, O_RDWR | O_CLOEXEC);
+        int rc = create_file(dirfd, dir, name);
+        if (rc < 0) { close(dirfd); return rc; }
+        fd = cm_fs_openat(dirfd, name, O_RDWR, 0);
     }
-    if (fd < 0)
-        return cm_fail(errno == ENOENT ? CM_E_NOTFOUND : CM_E_IO, errno, "open %s", path);
+    if (fd < 0) {
+        int rc = cm_fs_fail(errno, dirfd, dir, name, "open");
+        close(dirfd);
+        return rc;
+    }
+    close(dirfd);
     struct stat sb;
     cm_ofs_header probe;
     if (fstat(fd, &sb) != 0 || pread(fd, &probe, sizeof probe, 0) != (ssize_t)sizeof probe) {

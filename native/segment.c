@@ -208,10 +208,9 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
     char name[64], tmp[80];
     cm_segment_name(name, sizeof name, base, ".seg");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
-    int fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
     if (fd < 0)
-        return cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,
-                       "create %s/%s", dir, tmp);
+        return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int rc;
     if (ftruncate(fd, (off_t)capacity) != 0) {
         rc = cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,

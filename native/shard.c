@@ -102,7 +102,8 @@ static int map_index(cm_shard *s, uint64_t base, int *fresh) {
     char name[64];
     cm_segment_name(name, sizeof name, base, ".idx");
     *fresh = 0;
-    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    int fd = cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30 */
+    if (fd < 0 && errno != ENOENT) return cm_fs_fail(errno, s->dirfd, s->dir, name, "open");
     uint64_t need = cm_index_capacity(s->seg_cap, s->opt.index_interval);
     struct stat sb;
     int ok = fd >= 0 && fstat(fd, &sb) == 0 && (uint64_t)sb.st_size >= CM_IDX_HEADER_BYTES;
@@ -142,9 +143,9 @@ static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
     unmap_active(s);
     char name[64];
     cm_segment_name(name, sizeof name, base, ".seg");
-    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    int fd = cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30 */
     if (fd < 0)
-        return cm_fail(CM_E_IO, errno, "open %s/%s", s->dir, name);
+        return cm_fs_fail(errno, s->dirfd, s->dir, name, "open");
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno; close(fd);
@@ -304,7 +305,8 @@ static uint64_t zero_after(cm_shard *s, uint64_t from, uint64_t limit) {
 static int restore_segment_size(cm_shard *s, uint64_t base, uint64_t *repaired) {
     char name[64];
     cm_segment_name(name, sizeof name, base, ".seg");
-    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    int fd = cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30: never resize a link's target */
+    if (fd < 0 && errno == ELOOP) return cm_fs_fail(errno, s->dirfd, s->dir, name, "open");
     if (fd < 0) return CM_OK;   /* map_active() reports it */
     struct stat sb;
     uint8_t h[CM_SEG_HEADER_BYTES];
@@ -344,8 +346,8 @@ static int remove_new_segment(cm_shard *s, uint64_t base, int durable);
 static int segment_end(cm_shard *s, uint64_t base, uint64_t *end) {
     char name[64];
     cm_segment_name(name, sizeof name, base, ".seg");
-    int fd = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return cm_fail(CM_E_IO, errno, "open %s/%s", s->dir, name);
+    int fd = cm_fs_openat(s->dirfd, name, O_RDONLY, 0);   /* I30 */
+    if (fd < 0) return cm_fs_fail(errno, s->dirfd, s->dir, name, "open");
     struct stat sb;
     int rc = CM_E_CORRUPT;
     void *m = MAP_FAILED;
@@ -585,7 +587,8 @@ static void unlock_shard(cm_shard *s) { pthread_mutex_unlock(&s->st->lock.mutex)
 
 static int open_state(cm_shard *s, int *fresh) {
     *fresh = 0;
-    int fd = openat(s->dirfd, "state", O_RDWR | O_CLOEXEC);
+    int fd = cm_fs_openat(s->dirfd, "state", O_RDWR, 0);   /* I30 */
+    if (fd < 0 && errno != ENOENT) return cm_fs_fail(errno, s->dirfd, s->dir, "state", "open");
     struct stat sb;
     int valid = 0;
     cm_state probe;
@@ -609,8 +612,8 @@ static int open_state(cm_shard *s, int *fresh) {
     if (!valid) {
         if (fd >= 0) close(fd);
         /* build a fresh page in a temp file and rename it into place (I7) */
-        int tfd = openat(s->dirfd, "state.tmp", O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (tfd < 0) return cm_fail(CM_E_IO, errno, "create %s/state.tmp", s->dir);
+        int tfd = cm_fs_openat(s->dirfd, "state.tmp", O_RDWR | O_CREAT | O_TRUNC, 0600); /* I30, I31 */
+        if (tfd < 0) return cm_fs_fail(errno, s->dirfd, s->dir, "state.tmp", "create");
         cm_state *fresh_st = calloc(1, sizeof *fresh_st);
         int rc = fresh_st ? cm_state_init(fresh_st) : cm_fail(CM_E_IO, ENOMEM, "state");
         if (rc == CM_OK && pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st)
@@ -654,13 +657,11 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
     s->seg_base = UINT64_MAX;
     s->gen = cm_fork_generation();
     int rc;
-    if (opt->create && mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "create %s", dir);
-        goto fail;
-    }
-    s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    /* I30, I31: <root>/streams/<stream>; neither of the last two is a link */
+    s->dirfd = cm_fs_open_dir(dir, 2, opt->create);
     if (s->dirfd < 0) {
-        rc = cm_fail(errno == ENOENT ? CM_E_NOTFOUND : CM_E_IO, errno, "open %s", dir);
+        rc = s->dirfd;
+        s->dirfd = -1;
         goto fail;
     }
     if (flock(s->dirfd, LOCK_EX) != 0) {

@@ -38,6 +38,7 @@ from .table import (
     STATE_NAMES,
     VACANT,
     Entry,
+    ForeignRegistry,
     Registry,
     Snapshot,
     check_filesystem,
@@ -50,7 +51,7 @@ from .table import (
 __all__ = [
     "ENV_DIR", "ENV_FAILPOINTS", "FREE", "LIVE", "LOCK_TIMEOUT_MS", "MAX_ENTRIES",
     "MAX_PROCESS_COUNT", "MEMBER_PERIOD", "RECLAIM_GRACE", "SHM_PREFIX", "STATE_NAMES",
-    "VACANT", "ENTRY", "Entry", "Registry", "Snapshot", "check_filesystem", "configure",
+    "VACANT", "ENTRY", "Entry", "ForeignRegistry", "Registry", "Snapshot", "check_filesystem", "configure",
     "configured_directory", "in_use_or_young", "is_alive", "join", "leave", "shm_name",
     "start_ticks", "sweep", "worker_id",
 ]

@@ -29,6 +29,7 @@ from .table import (
     MEMBER_PERIOD,
     RECLAIM_GRACE,
     VACANT,
+    ForeignRegistry,
     Registry,
     Snapshot,
     check_filesystem,
@@ -177,6 +178,8 @@ def _open_for_join(directory: str, create_count: int | None) -> Registry:
     for _ in range(50):
         try:
             reg = Registry.attach(directory)
+        except ForeignRegistry:
+            raise   # I33
         except RegistryError as e:
             if create_count is None:
                 raise

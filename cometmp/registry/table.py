@@ -38,7 +38,9 @@ holder that died inside it is repaired by the next locker (_repair_locked);
 I21 an entry is alive only if its pid exists and its /proc start time matches;
 I22 any change of the ownership function bumps epoch, after the slot stores;
 I23 at most one LIVE entry per (pid, start time), at most one holder per slot;
-I24 the registry's size is fixed: worker churn reuses entries, never adds.
+I24 the registry's size is fixed: worker churn reuses entries, never adds;
+I33 an object is used only if its owner is this process's euid or the data directory's
+owner and it grants nothing to group or others (check_trusted).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import posix_ipc
 
 from .._ffi import ffi, lib
 from ..errors import FormatError, RegistryError, UnsupportedFilesystem
+from ..paths import user_name
 
 log = logging.getLogger("cometmp")
 
@@ -157,6 +160,34 @@ def shm_name(directory: str | os.PathLike) -> str:
     st = os.stat(directory)
     h = hashlib.blake2b(f"{st.st_dev}:{st.st_ino}".encode(), digest_size=8).hexdigest()
     return SHM_PREFIX + h
+
+
+class ForeignRegistry(RegistryError):
+    """The registry's name is held by an object this server must not trust (I33): another
+    local user created it (pre-created the predictable name) or it is open to others."""
+
+
+def check_trusted(directory: str, name: str, st: os.stat_result) -> None:
+    """I33: use the shm object ``name`` (stat ``st``) only if its owner is this process's
+    effective user or the data directory's owner (a root master creates it for workers
+    that run as the directory's owner and fchowns it to them), and its mode grants
+    nothing to group or others. Anyone else could have pre-created the name, which is
+    derived from the directory's (st_dev, st_ino), to read or steer the table."""
+    me = os.geteuid()
+    owner = os.stat(directory).st_uid
+    if st.st_uid in (me, owner) and not st.st_mode & 0o077:
+        return
+    raise ForeignRegistry(
+        f"registry {name} of {directory} is owned by {user_name(st.st_uid)} with mode "
+        f"{stat_mode(st)}; this process runs as {user_name(me)} and the directory belongs to "
+        f"{user_name(owner)}, so it was not used (I33: only an object of this user or of the "
+        f"directory's owner, mode 0600, is trusted; another local user may have pre-created "
+        f"the name). Remove /dev/shm/{name.lstrip('/')} as its owner or root; a master that "
+        f"drops its workers' privileges creates it for their user (Supervisor(uid=...))")
+
+
+def stat_mode(st: os.stat_result) -> str:
+    return f"{st.st_mode & 0o7777:04o}"
 
 
 def check_filesystem(directory: str | os.PathLike) -> None:
@@ -285,7 +316,16 @@ class Registry:
             raise RegistryError(f"no registry for {directory} ({name} in /dev/shm); "
                                 "start the server's supervisor first") from None
         except posix_ipc.PermissionsError as e:
+            try:
+                check_trusted(directory, name, os.stat("/dev/shm/" + name.lstrip("/")))
+            except FileNotFoundError:
+                pass
             raise RegistryError(f"registry {name} of {directory}: {e}") from None
+        try:
+            check_trusted(directory, name, os.fstat(shm.fd))   # I33, before any byte is read
+        except BaseException:
+            shm.close_fd()
+            raise
         if shm.size < 64:
             shm.close_fd()
             raise RegistryError(f"registry {name} of {directory} is being created")

@@ -35,8 +35,8 @@ def _families(directory: str) -> dict[str, int]:
         if not n.endswith(".json"):
             continue
         try:
-            with open(os.path.join(directory, paths.FAMILIES, n)) as f:
-                doc = json.load(f)
+            doc = json.loads(paths.read_file(os.path.join(directory, paths.FAMILIES, n),
+                                             paths.IN_SUBDIR))
             out[str(doc["prefix"])] = int(doc["shards"])
         except (OSError, ValueError, KeyError):
             continue

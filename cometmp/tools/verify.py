@@ -234,7 +234,7 @@ def stream_names(root: str) -> list[str]:
         names = os.listdir(paths.streams_dir(root))
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if os.path.isdir(paths.stream_dir(root, n)))
+    return sorted(n for n in names if paths.is_real_dir(paths.stream_dir(root, n)))   # I30
 
 
 def _check_families(root: str, report: DirectoryReport) -> None:
@@ -254,8 +254,7 @@ def _check_families(root: str, report: DirectoryReport) -> None:
         if not fn.endswith(".json"):
             continue
         try:
-            with open(p) as f:
-                doc = json.load(f)
+            doc = json.loads(paths.read_file(p, paths.IN_SUBDIR))   # I30
             ok = (isinstance(doc, dict) and doc.get("format") == FAMILY_FORMAT
                   and doc.get("version") == FORMAT_VERSION and doc.get("prefix") == fn[:-5]
                   and isinstance(doc.get("shards"), int) and doc["shards"] >= 1)
@@ -278,8 +277,7 @@ class _State:
         self.valid = False
         self.committed = self.active_base = self.tail = self.first_entry = 0
         try:
-            with open(self.path, "rb") as f:
-                page = f.read(CM_STATE_BYTES + 1)
+            page = paths.read_file(self.path, paths.IN_STREAM, CM_STATE_BYTES + 1)   # I30
         except FileNotFoundError:
             rep.add(WARNING, "state", self.path, None,
                     "state page missing (rebuilt from the segments at the next writer open)")
@@ -307,7 +305,7 @@ class _State:
         segment (I2: every entry below it is complete)."""
         q = struct.Struct("=Q")
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
         except OSError:
             fd = -1
         try:
@@ -522,8 +520,7 @@ def _check_index(directory: str, base: int, seg, stop: int | None, rep: StreamRe
 
     idx_path = os.path.join(directory, paths.index_name(base))
     try:
-        with open(idx_path, "rb") as f:
-            data = f.read()
+        data = paths.read_file(idx_path, paths.IN_STREAM)   # I30
     except FileNotFoundError:
         rep.add(WARNING, "index", idx_path, None, "index missing (rebuilt from the segment, I8)")
         return
@@ -635,13 +632,14 @@ def _segment_geometry(directory: str) -> tuple[int | None, int | None]:
         return None, None
     cap = interval = None
     try:
-        with open(os.path.join(directory, paths.segment_name(bases[-1])), "rb") as f:
-            cap = struct.unpack_from("<Q", f.read(CM_SEG_HEADER_BYTES), CM_SEG_OFF_CAPACITY)[0]
+        head = paths.read_file(os.path.join(directory, paths.segment_name(bases[-1])),
+                               paths.IN_STREAM, CM_SEG_HEADER_BYTES)   # I30
+        cap = struct.unpack_from("<Q", head, CM_SEG_OFF_CAPACITY)[0]
     except (OSError, struct.error):
         pass
     try:
-        with open(os.path.join(directory, paths.index_name(bases[-1])), "rb") as f:
-            parsed = parse_index(f.read(CM_IDX_HEADER_BYTES))
+        parsed = parse_index(paths.read_file(os.path.join(directory, paths.index_name(bases[-1])),
+                                             paths.IN_STREAM, CM_IDX_HEADER_BYTES))   # I30
         if parsed is not None:
             interval = parsed[1]
     except OSError:

@@ -1,0 +1,141 @@
+"""I32, I33: another local user gets nothing from a data directory or its registry.
+
+A real second user is made with useradd (a unique name per run, removed with userdel -r
+afterwards). Its processes are real forks that dropped to that uid: they own a data
+directory, or pre-create the registry's predictable /dev/shm name the way an attacker
+would. The server refuses each clearly (naming the owner), never waits it out, never
+unlinks it, and starts once the owner removed it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import pytest
+
+import cometmp
+from cometmp import registry
+from cometmp.supervisor import Supervisor
+
+from conftest import small_config, tree_fingerprint
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+                                reason="needs root and useradd to make another user")
+
+
+@pytest.fixture
+def other_user():
+    """(name, uid, gid) of a fresh local user, deleted afterwards."""
+    import pwd
+
+    name = "cmt" + uuid.uuid4().hex[:12]
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        yield name, pw.pw_uid, pw.pw_gid
+    finally:
+        r = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
+        assert r.returncode in (0, 12), r.stderr   # 12: no home directory to remove
+
+
+@pytest.fixture
+def top():
+    """A directory other users can traverse (pytest's tmp_path is root-only)."""
+    d = tempfile.mkdtemp(prefix="cometmp-users-")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def as_user(uid: int, gid: int, fn) -> None:
+    """Run ``fn()`` in a forked child that dropped to uid/gid; raise if it failed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def shm_path(directory: str) -> str:
+    return "/dev/shm/" + registry.shm_name(directory).lstrip("/")
+
+
+def squat(path: str, mode: int) -> None:
+    """What an attacker does: create the registry's name first (shm_open is an open of
+    /dev/shm/<name>), full size, so it looks like a registry."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    os.fchmod(fd, mode)
+    os.ftruncate(fd, registry.table.REG_BYTES)
+    os.close(fd)
+
+
+def test_a_data_directory_owned_by_another_user_is_refused_for_writing(top, other_user):
+    name, uid, gid = other_user
+    root = os.path.join(top, "log")
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", [b"a", b"b"])
+    for d, dirs, files in os.walk(root):
+        for n in [d] + [os.path.join(d, f) for f in files]:
+            os.chown(n, uid, gid)
+    before = tree_fingerprint(root)
+    with pytest.raises(cometmp.StorageError, match=f"owned by uid {uid} \\({name}\\)") as ei:
+        cometmp.Client(root, config=small_config())
+    assert ei.value.errno == errno.EPERM and root in str(ei.value)
+    with cometmp.Client(root, readonly=True) as c:   # readonly reads what it can read
+        assert [m.data for m in c.scan("s")] == [b"a", b"b"]
+    assert tree_fingerprint(root) == before
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o666], ids=["0600", "0666"])
+def test_a_registry_name_precreated_by_another_user_is_refused_naming_the_owner(top, other_user,
+                                                                               mode):
+    name, uid, gid = other_user
+    root = os.path.join(top, "log")
+    cometmp.Client(root).close()
+    path = shm_path(root)
+    as_user(uid, gid, lambda: squat(path, mode))
+    before = os.stat(path)
+    with pytest.raises(cometmp.RegistryError, match=f"owned by uid {uid} \\({name}\\)") as ei:
+        Supervisor(root, 2).start()
+    assert type(ei.value).__name__ == "ForeignRegistry" and path in str(ei.value)
+    with pytest.raises(cometmp.RegistryError, match=f"owned by uid {uid}"):
+        registry.join(root, create_count=2, start_thread=False)   # a worker-created registry
+    after = os.stat(path)
+    assert (after.st_ino, after.st_uid, after.st_mtime_ns) == \
+        (before.st_ino, before.st_uid, before.st_mtime_ns)     # not unlinked, not written
+    # once its owner removes it, the server starts
+    as_user(uid, gid, lambda: os.unlink(path))
+    sup = Supervisor(root, 2).start()
+    try:
+        assert os.stat(path).st_uid == 0
+    finally:
+        sup.close()
+    assert not os.path.exists(path)
+
+
+def test_a_registry_created_for_workers_that_dropped_privileges_is_trusted(top, other_user):
+    """The root master fchowns the object to the workers' user, who own the directory."""
+    name, uid, gid = other_user
+    root = os.path.join(top, "log")
+    sup = Supervisor(root, 2, uid=uid, gid=gid).start()
+    try:
+        assert os.stat(shm_path(root)).st_uid == uid == os.stat(root).st_uid
+        as_user(uid, gid, lambda: (registry.join(root, start_thread=False), registry.leave()))
+        second = Supervisor(root, 2, uid=uid, gid=gid).start()   # a second master attaches
+        second.close()
+    finally:
+        sup.close()
