@@ -163,6 +163,12 @@ static int owner_live(pthread_mutex_t *m, const cm_lock_site *site, uint32_t see
 /* the exclusive flock that serialises rebuilders, across processes and threads */
 static pthread_mutex_t rebuild_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* a child forked while another thread rebuilt must not inherit rebuild_mu held */
+static void rebuild_mu_reset(void) { pthread_mutex_init(&rebuild_mu, NULL); }
+
+__attribute__((constructor))
+static void lock_init_atfork(void) { pthread_atfork(NULL, NULL, rebuild_mu_reset); }
+
 static int guard_take(const cm_lock_site *site) {
     if (pthread_mutex_trylock(&rebuild_mu) != 0) return -1;
     if (site->guard_held || !site->guard) return -2;

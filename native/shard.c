@@ -565,7 +565,6 @@ static int take_lock(cm_shard *s, int nonblock, int at_open) {
     int rc = cm_lock_try(m, 0);
     if (rc != CM_E_BUSY) return rc;
     if (nonblock) return CM_E_BUSY;
-    s->st->counters[CM_CTR_CONTENDED]++;
     char path[PATH_MAX + 8];
     snprintf(path, sizeof path, "%s/state", s->dir);
     pthread_once(&boot_once, read_boot_id);
@@ -574,7 +573,9 @@ static int take_lock(cm_shard *s, int nonblock, int at_open) {
         /* I16/I25: no lock was taken in this boot before a writer open wrote boot_id */
         .foreign = at_open && memcmp(s->st->boot_id, boot_id, sizeof boot_id) != 0,
     };
-    return cm_lock_acquire(m, &site, cm_lock_timeout_ms());
+    rc = cm_lock_acquire(m, &site, cm_lock_timeout_ms());
+    if (rc >= 0) s->st->counters[CM_CTR_CONTENDED]++;   /* under the lock */
+    return rc;
 }
 
 static int lock_shard(cm_shard *s, int nonblock) {
