@@ -191,7 +191,7 @@ uint64_t cm_registry_bytes(void);
 uint64_t cm_registry_fingerprint(void);
 int  cm_registry_init(void *base, uint64_t size, uint32_t process_count);
 int  cm_registry_check(const void *base, uint64_t size);
-int  cm_registry_lock(void *base, int32_t timeout_ms);
+int  cm_registry_lock(void *base, const char *name, int32_t timeout_ms);
 void cm_registry_unlock(void *base);
 uint64_t cm_registry_bump_epoch(void *base);
 int64_t cm_fs_type(const char *path);

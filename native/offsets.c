@@ -30,6 +30,7 @@
 #include <sys/syscall.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "lock.h"
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -74,13 +75,7 @@ static int init_file(int fd) {
         return -errno;
     cm_ofs_header *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
-    pthread_mutexattr_t a;
-    int bad = pthread_mutexattr_init(&a) != 0 ||
-              pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) != 0 ||
-              pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) != 0 ||
-              pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE) != 0 ||
-              pthread_mutex_init(&h->lock.mutex, &a) != 0;
-    pthread_mutexattr_destroy(&a);
+    int bad = cm_lock_init(&h->lock.mutex, 1) != CM_OK;   /* I12, I25: recursive */
     if (bad) { free(h); return -EINVAL; }
     /* magic(4) version(2) header_bytes(2) fingerprint(8) file_bytes(8) caps(8) hwm(8) ... */
     h->magic = CM_OFS_MAGIC;
@@ -235,22 +230,29 @@ static void repair(cm_offsets *o) {
     h->lock_recoveries++;
 }
 
+/* Take the file's mutex through the one lock policy (I25, native/lock.c). */
 static int lock_entered(cm_offsets *o) {
     if (!o || !o->map) return cm_fail(CM_E_CLOSED, 0, "offsets file closed");
     if (!o->writable) return cm_fail(CM_E_READONLY, 0, "%s opened read-only", o->path);
-    int rc = pthread_mutex_lock(&o->h->lock.mutex);
-    if (rc == EOWNERDEAD) {
-        repair(o);   /* I12 */
-        pthread_mutex_consistent(&o->h->lock.mutex);
-        rc = 0;
+    pthread_mutex_t *m = &o->h->lock.mutex;
+    int rc = cm_lock_try(m, 1);
+    if (rc == CM_E_BUSY) {
+        /* the rebuild guard is an exclusive flock on the file itself: no
+           process keeps one on it, so only rebuilders contend for it */
+        cm_lock_site site = { .path = o->path, .guard = o->path, .recursive = 1 };
+        rc = cm_lock_acquire(m, &site, cm_lock_timeout_ms());
     }
-    if (rc != 0) return cm_fail(CM_E_IO, rc, "lock %s", o->path);
-    return CM_OK;
+    if (rc == CM_LOCK_REPAIR) {
+        repair(o);   /* I12 */
+        cm_lock_consistent(m);
+        rc = CM_OK;
+    }
+    return rc;
 }
 
 int cm_offsets_unlock(cm_offsets *o) {
     if (!o || !o->map) return cm_fail(CM_E_CLOSED, 0, "offsets file closed");
-    pthread_mutex_unlock(&o->h->lock.mutex);
+    cm_lock_release(&o->h->lock.mutex);
     return CM_OK;
 }
 

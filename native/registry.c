@@ -24,9 +24,11 @@
 #include <errno.h>
 #include <time.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <sys/vfs.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "lock.h"
 
 /* The layout (cm_registry, cm_reg_entry, cm_reg_master, CM_REG_*) is in
  * native/format.h with the other layouts. */
@@ -53,13 +55,8 @@ int cm_registry_init(void *base, uint64_t size, uint32_t process_count) {
     if (size < sizeof *r)
         return cm_fail(CM_E_ARG, 0, "registry mapping is %llu bytes, needs %zu",
                        (unsigned long long)size, sizeof *r);
-    pthread_mutexattr_t a;
-    if (pthread_mutexattr_init(&a) != 0 ||
-        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) != 0 ||
-        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) != 0 ||
-        pthread_mutex_init(&r->lock.mutex, &a) != 0)
-        return cm_fail(CM_E_IO, 0, "cannot initialise the registry's robust mutex");
-    pthread_mutexattr_destroy(&a);
+    int rc = cm_lock_init(&r->lock.mutex, 0);   /* I20, I25 */
+    if (rc < 0) return rc;
     r->version = CM_REG_VERSION;
     r->header_bytes = CM_REG_HEADER_BYTES;
     r->fingerprint = cm_registry_fingerprint();
@@ -90,30 +87,33 @@ int cm_registry_check(const void *base, uint64_t size) {
     return CM_OK;
 }
 
-/* Take the membership lock, waiting at most timeout_ms. Returns CM_OK, or 1
- * when the previous holder died inside the critical section (the lock is then
- * held and already marked consistent: the caller must repair the table, I20),
- * or CM_E_IO with ETIMEDOUT. */
-int cm_registry_lock(void *base, int32_t timeout_ms) {
+/* Take the membership lock of the object `name` (for messages and the rebuild
+ * guard), waiting at most timeout_ms, through the one lock policy (I25,
+ * native/lock.c). Returns CM_OK, or 1 when the previous holder died inside
+ * the critical section or the lock was rebuilt (the lock is then held and
+ * already marked consistent: the caller must repair the table, I20), or < 0:
+ * CM_E_IO with ETIMEDOUT naming the live holder, CM_E_CORRUPT for a damaged
+ * lock a live process still names. */
+int cm_registry_lock(void *base, const char *name, int32_t timeout_ms) {
     cm_registry *r = base;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
-    int rc = pthread_mutex_timedlock(&r->lock.mutex, &ts);
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(&r->lock.mutex);
+    pthread_mutex_t *m = &r->lock.mutex;
+    int rc = cm_lock_try(m, 0);
+    if (rc == CM_E_BUSY) {
+        char path[300];
+        snprintf(path, sizeof path, "/dev/shm%s", name && name[0] == '/' ? name : "/");
+        cm_lock_site site = { .path = path, .guard = name ? path : NULL };
+        rc = cm_lock_acquire(m, &site, timeout_ms);
+    }
+    if (rc == CM_LOCK_REPAIR) {
+        cm_lock_consistent(m);
         return 1;
     }
-    if (rc != 0)
-        return cm_fail(CM_E_IO, rc, "registry membership lock");
-    return CM_OK;
+    return rc;
 }
 
 void cm_registry_unlock(void *base) {
     cm_registry *r = base;
-    pthread_mutex_unlock(&r->lock.mutex);
+    cm_lock_release(&r->lock.mutex);
 }
 
 /* Bump the ownership epoch (caller holds the lock). Release order: slot

@@ -33,6 +33,7 @@
 #include "cometmp.h"
 #include "internal.h"
 #include "failpoint.h"
+#include "lock.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -555,33 +556,49 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
 
 /* ---------------------------------------------------------------- locking */
 
-static int lock_shard(cm_shard *s, int nonblock) {
-    int rc = pthread_mutex_trylock(&s->st->lock.mutex);
-    int contended = 0;
-    if (rc == EBUSY) {
-        if (nonblock) return CM_E_BUSY;
-        contended = 1;
-        rc = pthread_mutex_lock(&s->st->lock.mutex);
-    }
-    if (rc == EOWNERDEAD) {
-        /* I5: the previous holder died inside the critical section: repair
-           its torn tail before anyone appends, then mark the lock usable */
-        int r = recover_locked(s, 0, 0, NULL);
-        s->st->counters[CM_CTR_LOCK_RECOVERIES]++;
-        pthread_mutex_consistent(&s->st->lock.mutex);
-        if (r < 0) {
-            pthread_mutex_unlock(&s->st->lock.mutex);
-            return r;
-        }
-        rc = 0;
-    }
-    if (rc != 0)
-        return cm_fail(CM_E_IO, rc, "lock %s/state", s->dir);
-    if (contended) s->st->counters[CM_CTR_CONTENDED]++;
-    return CM_OK;
+/* Take the stream lock (I5) through the one lock policy (I25, native/lock.c).
+ * at_open: the caller holds the directory's exclusive flock, under which a
+ * lock word written in another boot (the page's boot_id, I16) is known stale.
+ * CM_OK, CM_LOCK_REPAIR (held; the previous holder died or the lock was
+ * rebuilt: the caller repairs, then cm_lock_consistent), CM_E_BUSY (nonblock)
+ * or < 0. */
+static int take_lock(cm_shard *s, int nonblock, int at_open) {
+    pthread_mutex_t *m = &s->st->lock.mutex;
+    int rc = cm_lock_try(m, 0);
+    if (rc != CM_E_BUSY) return rc;
+    if (nonblock) return CM_E_BUSY;
+    char path[PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s/state", s->dir);
+    pthread_once(&boot_once, read_boot_id);
+    cm_lock_site site = {
+        .path = path, .guard = s->dir, .guard_held = at_open, .recursive = 0,
+        /* I16/I25: no lock was taken in this boot before a writer open wrote boot_id */
+        .foreign = at_open && memcmp(s->st->boot_id, boot_id, sizeof boot_id) != 0,
+    };
+    rc = cm_lock_acquire(m, &site, cm_lock_timeout_ms());
+    if (rc >= 0) s->st->counters[CM_CTR_CONTENDED]++;   /* under the lock */
+    return rc;
 }
 
-static void unlock_shard(cm_shard *s) { pthread_mutex_unlock(&s->st->lock.mutex); }
+static int lock_shard(cm_shard *s, int nonblock) {
+    int rc = take_lock(s, nonblock, 0);
+    if (rc == CM_LOCK_REPAIR) {
+        /* I5: the previous holder died inside the critical section (or its lock
+           was rebuilt, I25): repair its torn tail before anyone appends, then
+           mark the lock usable */
+        int r = recover_locked(s, 0, 0, NULL);
+        s->st->counters[CM_CTR_LOCK_RECOVERIES]++;
+        cm_lock_consistent(&s->st->lock.mutex);
+        if (r < 0) {
+            cm_lock_release(&s->st->lock.mutex);
+            return r;
+        }
+        rc = CM_OK;
+    }
+    return rc;
+}
+
+static void unlock_shard(cm_shard *s) { cm_lock_release(&s->st->lock.mutex); }
 
 /* ------------------------------------------------------------------ open */
 
@@ -672,10 +689,16 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
     rc = open_state(s, &fresh);
     if (rc == CM_OK) {
         if (rep) rep->state_rebuilt = fresh;
-        rc = lock_shard(s, 0);
-        if (rc == CM_OK) {
-            rc = recover_locked(s, fresh, 1, rep);
+        rc = take_lock(s, 0, 1);
+        if (rc >= 0) {
+            /* the open's recovery is also the repair a lost holder needs (I5) */
+            int r = recover_locked(s, fresh, 1, rep);
+            if (rc == CM_LOCK_REPAIR) {
+                s->st->counters[CM_CTR_LOCK_RECOVERIES]++;
+                cm_lock_consistent(&s->st->lock.mutex);
+            }
             unlock_shard(s);
+            rc = r;
         }
     }
     flock(s->dirfd, LOCK_UN);

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "lock.h"
 
 uint64_t cm_state_fingerprint(void) {
     /* layout fingerprint: version, the offsets readers rely on, mutex ABI */
@@ -29,13 +30,8 @@ uint64_t cm_state_fingerprint(void) {
 
 int cm_state_init(cm_state *st) {
     memset(st, 0, sizeof *st);
-    pthread_mutexattr_t a;
-    if (pthread_mutexattr_init(&a) != 0 ||
-        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) != 0 ||
-        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST) != 0 ||
-        pthread_mutex_init(&st->lock.mutex, &a) != 0)
-        return cm_fail(CM_E_IO, 0, "cannot initialise a robust process-shared mutex");
-    pthread_mutexattr_destroy(&a);
+    int rc = cm_lock_init(&st->lock.mutex, 0);   /* I5, I25 */
+    if (rc < 0) return rc;
     st->magic = CM_STATE_MAGIC;
     st->version = CM_STATE_VERSION;
     st->fingerprint = cm_state_fingerprint();

@@ -57,7 +57,7 @@ from typing import Iterator
 
 import posix_ipc
 
-from .._ffi import ffi, lib
+from .._ffi import ffi, last_error, lib
 from ..errors import FormatError, RegistryError, UnsupportedFilesystem
 from ..paths import user_name
 
@@ -466,10 +466,10 @@ class Registry:
     # -- the membership lock (I20) ---------------------------------------------------
     @contextlib.contextmanager
     def locked(self, timeout_ms: int = LOCK_TIMEOUT_MS) -> Iterator["Registry"]:
-        rc = lib.cm_registry_lock(self._ptr, timeout_ms)
-        if rc < 0:
+        rc = lib.cm_registry_lock(self._ptr, self.name.encode(), timeout_ms)
+        if rc < 0:  # I25: a live holder past the bound, or a damaged lock it still names
             raise RegistryError(f"registry {self.name} of {self.directory}: membership lock not "
-                                f"acquired in {timeout_ms} ms")
+                                f"acquired in {timeout_ms} ms: {last_error()}")
         try:
             _failpoint("registry.after_lock")
             if rc == 1:

@@ -365,7 +365,7 @@ def test_the_membership_lock_never_admits_two_processes_even_across_kills(sup):
     def hammer() -> None:
         mm = Registry.attach(sup.directory)
         for _ in range(400):
-            rc = lib.cm_registry_lock(mm._ptr, 5000)
+            rc = lib.cm_registry_lock(mm._ptr, mm.name.encode(), 5000)
             assert rc >= 0
             occupant = struct.unpack_from("=i", mm._mm, scratch)[0]
             if rc == 0 and occupant != 0:
