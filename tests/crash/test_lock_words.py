@@ -375,6 +375,7 @@ def damage_trials(dirs, kind: str, trials: int) -> None:
     for t in range(trials):
         if kind == "registry":
             shutil.copyfile("/dev/shm" + shm_name(src), "/dev/shm" + shm_name(dst))
+            os.chmod("/dev/shm" + shm_name(dst), 0o600)   # as its owner made it (I33)
         else:
             shutil.rmtree(dst, ignore_errors=True)
             subprocess.run(["cp", "-a", src, dst], check=True)   # keeps the files sparse
