@@ -316,6 +316,13 @@ static int add_pattern_entered(cm_offsets *o, uint32_t gi, uint64_t id, const ch
     }
     cm_ofs_group *g = group_at(o, gi);
     uint32_t have = g->patterns_len;
+    if (have > CM_OFS_PATTERNS_MAX) {   /* I25: a count read from the file */
+        cm_offsets_unlock(o);
+        return cm_fail(CM_E_CORRUPT, 0, "%s: group record %u at offset %llu: patterns_len %u "
+                       "exceeds %d", o->path, gi,
+                       (unsigned long long)(CM_OFS_GROUPS_OFF + (uint64_t)gi * CM_OFS_GROUP_BYTES +
+                                            CM_OFS_G_PATTERNS_LEN), have, CM_OFS_PATTERNS_MAX);
+    }
     int found = 0;
     for (uint32_t i = 0; i < have && !found;) {
         uint32_t j = i;

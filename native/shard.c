@@ -460,11 +460,14 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint32_t want = (uint32_t)(st->committed - B);
         uint64_t start = CM_SEG_HEADER_BYTES;
         uint32_t sseq = 0, keep = 0;   /* index entries to keep: those up to `start` */
-        for (uint32_t i = st->idx_count; i-- > 0;) {
+        /* I25: idx_count comes from the state page; entries past the mapped
+           table do not exist (a damaged count is ignored: the walk re-notes) */
+        uint64_t idx_slots = (s->idx_cap - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES;
+        uint32_t idx_n = st->idx_count <= idx_slots ? st->idx_count : 0;
+        for (uint32_t i = idx_n; i-- > 0;) {
             const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES + (uint64_t)i * CM_IDX_ENTRY_BYTES;
             uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
             uint32_t q = get32(e + CM_IDXE_OFF_REL);
-            if (CM_IDX_HEADER_BYTES + (uint64_t)(i + 1) * CM_IDX_ENTRY_BYTES > s->idx_cap) continue;
             if (o < st->tail && q < want &&
                 cm_record_at(s->seg_map, st->tail, o, q, NULL) == CM_REC_VALID) {
                 start = o; sseq = q; keep = i + 1; break;
@@ -536,7 +539,11 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     memcpy(st->boot_id, boot_id, sizeof boot_id);
     __atomic_store_n(&st->committed, B + nseq, __ATOMIC_RELEASE);
     if (st->first_entry > B) st->first_entry = B;
-    if (st->alloc_end < tail) st->alloc_end = round_up(tail, 4096);
+    /* I25, I9: alloc_end claims blocks are reserved; a damaged value would skip the
+       fallocate and a store into a hole would be SIGBUS on a full disk. Recovery
+       never trusts it: the next append re-reserves from the tail (cheap where the
+       blocks already exist). */
+    st->alloc_end = round_up(tail, 4096);
     if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
     if (dropped || corrupt || !trusted) st->counters[CM_CTR_RECOVERIES]++;
     st->counters[CM_CTR_BYTES_DROPPED] += dropped;
