@@ -6,6 +6,7 @@ exactly one error path (CONVENTIONS 7).
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import NoReturn
 
@@ -63,6 +64,17 @@ def error_for(rc: int, message: str | None = None, err: int | None = None) -> Ex
 
 def raise_for(rc: int, message: str | None = None, err: int | None = None) -> NoReturn:
     raise error_for(rc, message, err)
+
+
+def error_for_os(e: OSError, what: str) -> Exception:
+    """The cometmp exception for an OSError of a Python-side file step (DiskFull for
+    ENOSPC/EDQUOT, else StorageError), keeping errno and naming the path."""
+    cls = DiskFull if e.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+    msg = f"{what} {e.filename or ''}: {e.strerror or e}"
+    exc = cls(e.errno or 0, msg)
+    exc.args = (e.errno or 0, msg)
+    exc.filename = e.filename
+    return exc
 
 
 def check(rc: int) -> int:

@@ -41,8 +41,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from . import ownership, paths
-from ._ffi import check, lib
+from . import failpoint, ownership, paths
+from ._ffi import check, error_for_os, lib
 from .errors import CometError
 from .format import CM_CTR_RETENTION_BYTES, CM_CTR_RETENTION_SEGMENTS
 from .offsets import GroupInfo, GroupRef, OffsetStore
@@ -186,19 +186,29 @@ def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport
 
 def _unlink_segment(directory: str, base: int) -> None:
     """Delete by rename then unlink (CONVENTIONS 8): the segment first leaves the set of
-    segment names, so no process lists it again; mappings of it stay valid."""
+    segment names, so no process lists it again; mappings of it stay valid. An OS error
+    is a cometmp one (DiskFull / StorageError naming the path); a step that failed is
+    finished by the next run (a ``.seg.tmp`` is removed at writer open, I7; an index
+    left without its segment is inert)."""
     seg = os.path.join(directory, paths.segment_name(base))
     tmp = seg + paths.TMP_SUFFIX
+    idx = os.path.join(directory, paths.index_name(base))
     try:
-        os.rename(seg, tmp)
-    except FileNotFoundError:
-        tmp = None
-    try:
-        os.unlink(os.path.join(directory, paths.index_name(base)))
-    except FileNotFoundError:
-        pass
-    if tmp is not None:
-        os.unlink(tmp)
+        try:
+            failpoint.fail("retention.rename", seg)
+            os.rename(seg, tmp)
+        except FileNotFoundError:
+            tmp = None
+        try:
+            failpoint.fail("retention.unlink_index", idx)
+            os.unlink(idx)
+        except FileNotFoundError:
+            pass
+        if tmp is not None:
+            failpoint.fail("retention.unlink_segment", tmp)
+            os.unlink(tmp)
+    except OSError as e:
+        raise error_for_os(e, "retention: delete") from e
 
 
 def _owned_streams(client) -> list[str]:

@@ -19,6 +19,8 @@ static __thread int last_errno_v;
 static volatile uint64_t fork_gen = 1;
 
 int cm_fail(int code, int err, const char *fmt, ...) {
+    if (code == CM_E_IO && (err == ENOSPC || err == EDQUOT))
+        code = CM_E_NOSPACE;   /* issue 9 item 6: a full disk is DiskFull wherever it is met */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(last_msg, sizeof last_msg, fmt, ap);

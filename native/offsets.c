@@ -30,6 +30,7 @@
 #include <sys/syscall.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "failpoint.h"
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -70,7 +71,7 @@ uint64_t cm_offsets_fingerprint(void) {
 /* ------------------------------------------------------------ creation */
 
 static int init_file(int fd) {
-    if (ftruncate(fd, (off_t)CM_OFS_FILE_BYTES) != 0)
+    if (CM_FAILPOINT_ERRNO("offsets.truncate") || ftruncate(fd, (off_t)CM_OFS_FILE_BYTES) != 0)
         return -errno;
     cm_ofs_header *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
@@ -92,7 +93,7 @@ static int init_file(int fd) {
     h->slot_cap = CM_OFS_SLOT_CAP;
     h->next_group_id = 1;
     h->created_ns = cm_now_ns();
-    ssize_t w = pwrite(fd, h, sizeof *h, 0);
+    ssize_t w = CM_FAILPOINT_ERRNO("offsets.write") ? -1 : pwrite(fd, h, sizeof *h, 0);
     int e = errno;
     free(h);
     if (w != (ssize_t)sizeof *h) return -(w < 0 ? e : EIO);
@@ -105,16 +106,18 @@ static int init_file(int fd) {
 static int create_file(const char *path) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = CM_FAILPOINT_ERRNO("offsets.create") ? -1 :
+             open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) return cm_fail(CM_E_IO, errno, "create %s", tmp);
     int e = init_file(fd);
-    if (e == 0 && fdatasync(fd) != 0) e = -errno;
+    if (e == 0 && (CM_FAILPOINT_ERRNO("offsets.fsync") || fdatasync(fd) != 0)) e = -errno;
     close(fd);
     if (e != 0) {
         unlink(tmp);
         return cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "initialise %s", tmp);
     }
-    if (syscall(SYS_renameat2, AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) != 0) {
+    if (CM_FAILPOINT_ERRNO("offsets.rename") ||
+        syscall(SYS_renameat2, AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) != 0) {
         e = errno;
         unlink(tmp);
         if (e != EEXIST) return cm_fail(CM_E_IO, e, "rename %s", tmp);
@@ -126,7 +129,7 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     *out = NULL;
     if (strlen(path) >= 4000) return cm_fail(CM_E_ARG, 0, "path too long: %s", path);
     int writable = create != 0;
-    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    int fd = CM_FAILPOINT_ERRNO("offsets.open") ? -1 : open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT && create) {
         int rc = create_file(path);
         if (rc < 0) return rc;
@@ -154,7 +157,8 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
                        (unsigned long long)cm_offsets_fingerprint(),
                        (unsigned long long)CM_OFS_FILE_BYTES);
     }
-    void *m = mmap(NULL, CM_OFS_FILE_BYTES, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+    void *m = CM_FAILPOINT_ERRNO("offsets.map") ? MAP_FAILED :
+              mmap(NULL, CM_OFS_FILE_BYTES, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                    MAP_SHARED, fd, 0);
     int e = errno;
     close(fd);   /* the mapping keeps the file; no fd survives into forks */
