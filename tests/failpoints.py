@@ -11,7 +11,10 @@ go through the failpoint copy too. Nothing in the installed package changes.
 
 In that child ``COMETMP_FAILPOINT="rotate.map:3:ENOSPC"`` (comma-separated, an optional
 fourth field = how many consecutive evaluations fail) makes the 3rd evaluation of the point
-fail with that errno; counters restart whenever the variable changes.
+fail with that errno; counters restart whenever the variable changes. The Python-only
+steps (retention's deletions) have points too (cometmp/failpoint.py), live only when this
+core is the one loaded. The points: docs/ARCHITECTURE.md §4.1 (rotation, tested by
+crash/test_rotation_faults.py) and §4.2 (every other path, crash/test_injected_faults.py).
 """
 
 from __future__ import annotations
