@@ -6,6 +6,7 @@ exactly one error path (CONVENTIONS 7).
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import NoReturn
 

@@ -33,11 +33,11 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 from . import paths
 from ._ffi import check, ffi, lib
-from .errors import ClosedError, os_errors
+from .errors import ClosedError, CorruptRecord, os_errors
 
 # Mirrors of native/format.h, offsets-file section (tests/unit/test_format_constants.py
 # compares every CM_OFS_* constant here with cm_format_constants()).
@@ -272,21 +272,38 @@ class OffsetStore:
         for i in range(ghwm):
             off = CM_OFS_GROUPS_OFF + i * CM_OFS_GROUP_BYTES
             state, nlen, gid, created, active, plen = _GROUP_HEAD.unpack_from(buf, off)
-            if state != CM_OFS_LIVE or not 0 < nlen <= CM_OFS_NAME_MAX:
+            if state != CM_OFS_LIVE:
                 continue
+            # I26: counts read from the file are checked before use. A live group that
+            # cannot be read is an error, never skipped: retention would then not see
+            # what the group protects.
+            if not 0 < nlen <= CM_OFS_NAME_MAX:
+                self._corrupt(off + CM_OFS_G_NAME_LEN, f"group record {i}: name_len {nlen} "
+                              f"outside 1..{CM_OFS_NAME_MAX}")
+            if plen > CM_OFS_PATTERNS_MAX:
+                self._corrupt(off + CM_OFS_G_PATTERNS_LEN, f"group record {i}: patterns_len "
+                              f"{plen} exceeds {CM_OFS_PATTERNS_MAX}")
             name = bytes(buf[off + CM_OFS_G_NAME: off + CM_OFS_G_NAME + nlen]).decode("utf-8", "replace")
-            plen = min(plen, CM_OFS_PATTERNS_MAX)
             pats = bytes(buf[off + CM_OFS_G_PATTERNS: off + CM_OFS_G_PATTERNS + plen]).decode("utf-8", "replace")
             groups[gid] = GroupInfo(name, gid, created, active, [p for p in pats.split("\n") if p], index=i)
         for i in range(shwm):
             off = CM_OFS_SLOTS_OFF + i * CM_OFS_SLOT_BYTES
             state, _g, gid, nxt, resets, acked, dropped, slen = _SLOT_HEAD.unpack_from(buf, off)
-            if state != CM_OFS_LIVE or gid not in groups or not 0 < slen <= CM_OFS_STREAM_MAX:
+            if state != CM_OFS_LIVE or gid not in groups:
                 continue
-            stream = bytes(buf[off + CM_OFS_S_STREAM: off + CM_OFS_S_STREAM + slen]).decode()
+            if not 0 < slen <= CM_OFS_STREAM_MAX:
+                self._corrupt(off + CM_OFS_S_STREAM_LEN, f"offset slot {i}: stream_len {slen} "
+                              f"outside 1..{CM_OFS_STREAM_MAX}")
+            try:
+                stream = bytes(buf[off + CM_OFS_S_STREAM: off + CM_OFS_S_STREAM + slen]).decode()
+            except UnicodeDecodeError:
+                self._corrupt(off + CM_OFS_S_STREAM, f"offset slot {i}: stream name is not UTF-8")
             groups[gid].slots[stream] = SlotInfo(stream, None if nxt == CM_OFS_UNSET else nxt,
                                                  resets, acked, dropped, index=i)
         return list(groups.values())
+
+    def _corrupt(self, off: int, what: str) -> NoReturn:
+        raise CorruptRecord(f"{self.path}: {what} (offset {off})")
 
     def close(self) -> None:
         """Idempotent, any thread. The C handle stays referenced (``_h``) so a

@@ -41,7 +41,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-from . import ownership, paths
+from . import failpoint, ownership, paths
 from ._ffi import check, lib
 from .errors import CometError, os_errors
 from .format import CM_CTR_RETENTION_BYTES, CM_CTR_RETENTION_SEGMENTS
@@ -189,21 +189,28 @@ def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport
 def _unlink_segment(directory: str, base: int) -> None:
     """Delete by rename then unlink (CONVENTIONS 8): the segment first leaves the set of
     segment names, so no process lists it again; mappings of it stay valid. Relative to
-    the stream directory's fd, which is not reached through a link (I30)."""
+    the stream directory's fd, which is not reached through a link (I30). An OS error is
+    a cometmp one (DiskFull / StorageError naming the path, E1); a step that failed is
+    finished by the next run (a ``.seg.tmp`` is removed at writer open, I7; an index left
+    without its segment is inert)."""
     seg = paths.segment_name(base)
     tmp = seg + paths.TMP_SUFFIX
-    with os_errors(os.path.join(directory, seg), "delete segment"):
+    idx = paths.index_name(base)
+    with os_errors(os.path.join(directory, seg), "retention: delete segment"):
         dfd = paths.open_dir_nofollow(directory, paths.IN_SUBDIR)
         try:
             try:
+                failpoint.fail("retention.rename", os.path.join(directory, seg))
                 os.rename(seg, tmp, src_dir_fd=dfd, dst_dir_fd=dfd)
             except FileNotFoundError:
                 tmp = None
             try:
-                os.unlink(paths.index_name(base), dir_fd=dfd)
+                failpoint.fail("retention.unlink_index", os.path.join(directory, idx))
+                os.unlink(idx, dir_fd=dfd)
             except FileNotFoundError:
                 pass
             if tmp is not None:
+                failpoint.fail("retention.unlink_segment", os.path.join(directory, tmp))
                 os.unlink(tmp, dir_fd=dfd)
         finally:
             os.close(dfd)

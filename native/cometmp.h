@@ -237,3 +237,9 @@ int  cm_offsets_slot(cm_offsets *o, uint32_t group, uint64_t id, const char *str
 int  cm_offsets_ack(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t next, int64_t now_ns);
 int  cm_offsets_set(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t next, int64_t now_ns);
 int  cm_offsets_add_dropped(cm_offsets *o, uint32_t slot, uint64_t id, uint64_t n);
+
+/* failpoint.c: the test build's failpoints (failpoint.h), for cometmp/failpoint.py.
+ * cm_failpoints_compiled: 1 in the failpoint build, else 0; cm_failpoint_eval: 0,
+ * or the errno the named point fails with now (always 0 in the default build). */
+int  cm_failpoints_compiled(void);
+int  cm_failpoint_eval(const char *name);

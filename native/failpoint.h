@@ -10,11 +10,18 @@
  * by commas) makes the n-th..(k+n-1)-th evaluation of `name` (counted from
  * the first evaluation after the variable last changed; n defaults to 1)
  * return that errno (ENOSPC, EIO, EDQUOT), and the call site fails as if the
- * step it guards had failed with it. Points: see docs/ARCHITECTURE.md §4.1.
+ * step it guards had failed with it. Points: docs/ARCHITECTURE.md §4.2.
+ *
+ * CM_FAILPOINT_ERRNO(name) is the same and also sets errno, for a guard put in
+ * front of a syscall that reports through errno:
+ *     int fd = CM_FAILPOINT_ERRNO("open.segment") ? -1 : openat(...);
  */
 #ifdef CM_FAILPOINTS
 int cm_failpoint(const char *name);     /* 0, or the errno to fail with */
+int cm_failpoint_errno(const char *name);
 #define CM_FAILPOINT(name) cm_failpoint(name)
+#define CM_FAILPOINT_ERRNO(name) cm_failpoint_errno(name)
 #else
 #define CM_FAILPOINT(name) 0
+#define CM_FAILPOINT_ERRNO(name) 0
 #endif

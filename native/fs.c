@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "failpoint.h"
 
 int cm_fs_openat(int dirfd, const char *name, int flags, mode_t mode) {
     /* I30: the last component is never followed */
@@ -51,7 +52,7 @@ int cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char
 /* Open `name` below dirfd as a directory without following a link, creating it
  * (0700, I31) first when `create`. Returns the fd or a negative CM_E_*. */
 static int open_subdir(int dirfd, const char *parent, const char *name, int create) {
-    if (create && mkdirat(dirfd, name, 0700) == 0) {
+    if (create && (CM_FAILPOINT_ERRNO("open.mkdir") ? -1 : mkdirat(dirfd, name, 0700)) == 0) {
         int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd >= 0 && fchmod(fd, 0700) == 0) return fd;
         int e = errno;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "failpoint.h"
 
 void cm_index_header_init(uint8_t *h, uint64_t base, uint32_t interval) {
     /* magic(4) version(2) header_bytes(2) base(8) interval(4) reserved(8) crc(4) */
@@ -37,10 +38,12 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
     cm_segment_name(name, sizeof name, base, ".idx");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
     uint64_t cap = cm_index_capacity(seg_capacity, interval);
-    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
+    int fd = CM_FAILPOINT_ERRNO("index.create") ? -1 :
+             cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
     if (fd < 0)
         return cm_fs_fail(errno, dirfd, dir, tmp, "create");
-    int e = posix_fallocate(fd, 0, (off_t)cap);
+    int e = CM_FAILPOINT("index.fallocate");
+    if (!e) e = posix_fallocate(fd, 0, (off_t)cap);
     if (e != 0) {
         close(fd);
         unlinkat(dirfd, tmp, 0);
@@ -49,9 +52,9 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
     }
     uint8_t h[CM_IDX_HEADER_BYTES];
     cm_index_header_init(h, base, interval);
-    if (pwrite(fd, h, sizeof h, 0) != (ssize_t)sizeof h ||
-        (durable && fdatasync(fd) != 0) ||
-        renameat(dirfd, tmp, dirfd, name) != 0) {
+    if (CM_FAILPOINT_ERRNO("index.write") || pwrite(fd, h, sizeof h, 0) != (ssize_t)sizeof h ||
+        (durable && (CM_FAILPOINT_ERRNO("index.fsync") || fdatasync(fd) != 0)) ||
+        CM_FAILPOINT_ERRNO("index.rename") || renameat(dirfd, tmp, dirfd, name) != 0) {
         int err = errno;
         close(fd);
         unlinkat(dirfd, tmp, 0);

@@ -30,6 +30,7 @@
 #include <sys/syscall.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "failpoint.h"
 #include "lock.h"
 
 #ifndef RENAME_NOREPLACE
@@ -71,7 +72,7 @@ uint64_t cm_offsets_fingerprint(void) {
 /* ------------------------------------------------------------ creation */
 
 static int init_file(int fd) {
-    if (ftruncate(fd, (off_t)CM_OFS_FILE_BYTES) != 0)
+    if (CM_FAILPOINT_ERRNO("offsets.truncate") || ftruncate(fd, (off_t)CM_OFS_FILE_BYTES) != 0)
         return -errno;
     cm_ofs_header *h = calloc(1, sizeof *h);
     if (!h) return -ENOMEM;
@@ -87,7 +88,7 @@ static int init_file(int fd) {
     h->slot_cap = CM_OFS_SLOT_CAP;
     h->next_group_id = 1;
     h->created_ns = cm_now_ns();
-    ssize_t w = pwrite(fd, h, sizeof *h, 0);
+    ssize_t w = CM_FAILPOINT_ERRNO("offsets.write") ? -1 : pwrite(fd, h, sizeof *h, 0);
     int e = errno;
     free(h);
     if (w != (ssize_t)sizeof *h) return -(w < 0 ? e : EIO);
@@ -100,16 +101,18 @@ static int init_file(int fd) {
 static int create_file(int dirfd, const char *dir, const char *name) {
     char tmp[300];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", name, (int)getpid());
-    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);   /* I30, I31 */
+    int fd = CM_FAILPOINT_ERRNO("offsets.create") ? -1 :
+             cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);   /* I30, I31 */
     if (fd < 0) return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int e = init_file(fd);
-    if (e == 0 && fdatasync(fd) != 0) e = -errno;
+    if (e == 0 && (CM_FAILPOINT_ERRNO("offsets.fsync") || fdatasync(fd) != 0)) e = -errno;
     close(fd);
     if (e != 0) {
         unlinkat(dirfd, tmp, 0);
         return cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "initialise %s/%s", dir, tmp);
     }
-    if (syscall(SYS_renameat2, dirfd, tmp, dirfd, name, RENAME_NOREPLACE) != 0) {
+    if (CM_FAILPOINT_ERRNO("offsets.rename") ||
+        syscall(SYS_renameat2, dirfd, tmp, dirfd, name, RENAME_NOREPLACE) != 0) {
         e = errno;
         unlinkat(dirfd, tmp, 0);
         if (e != EEXIST) return cm_fail(CM_E_IO, e, "rename %s/%s", dir, tmp);
@@ -130,7 +133,8 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     const char *name = slash + 1;
     int dirfd = cm_fs_open_dir(dir, 1, 0);
     if (dirfd < 0) return dirfd;
-    int fd = cm_fs_openat(dirfd, name, writable ? O_RDWR : O_RDONLY, 0);
+    int fd = CM_FAILPOINT_ERRNO("offsets.open") ? -1 :
+             cm_fs_openat(dirfd, name, writable ? O_RDWR : O_RDONLY, 0);
     if (fd < 0 && errno == ENOENT && create) {
         int rc = create_file(dirfd, dir, name);
         if (rc < 0) { close(dirfd); return rc; }
@@ -162,7 +166,8 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
                        (unsigned long long)cm_offsets_fingerprint(),
                        (unsigned long long)CM_OFS_FILE_BYTES);
     }
-    void *m = mmap(NULL, CM_OFS_FILE_BYTES, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+    void *m = CM_FAILPOINT_ERRNO("offsets.map") ? MAP_FAILED :
+              mmap(NULL, CM_OFS_FILE_BYTES, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                    MAP_SHARED, fd, 0);
     int e = errno;
     close(fd);   /* the mapping keeps the file; no fd survives into forks */
@@ -331,6 +336,13 @@ static int add_pattern_entered(cm_offsets *o, uint32_t gi, uint64_t id, const ch
     }
     cm_ofs_group *g = group_at(o, gi);
     uint32_t have = g->patterns_len;
+    if (have > CM_OFS_PATTERNS_MAX) {   /* I26: a count read from the file */
+        cm_offsets_unlock(o);
+        return cm_fail(CM_E_CORRUPT, 0, "%s: group record %u at offset %llu: patterns_len %u "
+                       "exceeds %d", o->path, gi,
+                       (unsigned long long)(CM_OFS_GROUPS_OFF + (uint64_t)gi * CM_OFS_GROUP_BYTES +
+                                            CM_OFS_G_PATTERNS_LEN), have, CM_OFS_PATTERNS_MAX);
+    }
     int found = 0;
     for (uint32_t i = 0; i < have && !found;) {
         uint32_t j = i;

@@ -84,6 +84,17 @@ int cm_registry_check(const void *base, uint64_t size) {
                        "registry has version %u fingerprint %llx; this build uses version %u "
                        "fingerprint %llx", r->version, (unsigned long long)r->fingerprint,
                        CM_REG_VERSION, (unsigned long long)cm_registry_fingerprint());
+    /* I26: the counts Python and C index the table with */
+    if (r->size != sizeof(cm_registry) || r->max_entries != CM_REG_MAX_ENTRIES ||
+        r->header_bytes != CM_REG_HEADER_BYTES)
+        return cm_fail(CM_E_FORMAT, 0, "registry header says size %u max_entries %u header_bytes "
+                       "%u (offsets %d, %d, %d); this build uses %zu, %d, %d", r->size,
+                       r->max_entries, r->header_bytes, CM_REG_OFF_SIZE, CM_REG_OFF_MAX_ENTRIES,
+                       CM_REG_OFF_HEADER_BYTES, sizeof(cm_registry), CM_REG_MAX_ENTRIES,
+                       CM_REG_HEADER_BYTES);
+    if (r->process_count < 1 || r->process_count > CM_REG_MAX_ENTRIES)
+        return cm_fail(CM_E_FORMAT, 0, "registry process_count %u at offset %d is outside 1..%d",
+                       r->process_count, CM_REG_OFF_PROCESS_COUNT, CM_REG_MAX_ENTRIES);
     return CM_OK;
 }
 

@@ -16,6 +16,7 @@
 #include <time.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "failpoint.h"
 
 int64_t cm_now_ns(void) {
     struct timespec ts;
@@ -208,17 +209,19 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
     char name[64], tmp[80];
     cm_segment_name(name, sizeof name, base, ".seg");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
-    int fd = cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
+    int fd = CM_FAILPOINT_ERRNO("segment.create") ? -1 :
+             cm_fs_openat(dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC, 0600);  /* I30, I31 */
     if (fd < 0)
         return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int rc;
-    if (ftruncate(fd, (off_t)capacity) != 0) {
+    if (CM_FAILPOINT_ERRNO("segment.truncate") || ftruncate(fd, (off_t)capacity) != 0) {
         rc = cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,
                      "size %s/%s to %llu bytes", dir, tmp, (unsigned long long)capacity);
         goto fail;
     }
     if (prealloc > capacity) prealloc = capacity;
-    int e = posix_fallocate(fd, 0, (off_t)prealloc);
+    int e = CM_FAILPOINT("segment.fallocate");
+    if (!e) e = posix_fallocate(fd, 0, (off_t)prealloc);
     if (e != 0) {
         rc = cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
                      "preallocate %llu bytes for %s/%s", (unsigned long long)prealloc, dir, tmp);
@@ -226,11 +229,11 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
     }
     uint8_t h[CM_SEG_HEADER_BYTES];
     cm_segment_header_init(h, base, capacity, stream_crc);
-    if ((e = write_full(fd, h, sizeof h, 0)) != 0) {
+    if ((e = -CM_FAILPOINT("segment.write")) != 0 || (e = write_full(fd, h, sizeof h, 0)) != 0) {
         rc = cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "write header of %s/%s", dir, tmp);
         goto fail;
     }
-    if (durable && fdatasync(fd) != 0) {
+    if (durable && (CM_FAILPOINT_ERRNO("segment.fsync") || fdatasync(fd) != 0)) {
         rc = cm_fail(CM_E_IO, errno, "fsync %s/%s", dir, tmp);
         goto fail;
     }
@@ -252,13 +255,18 @@ int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capaci
     int fd;
     int rc = cm_segment_create_tmp(dirfd, dir, base, capacity, prealloc, stream_crc, durable, &fd);
     if (rc < 0) return rc;
-    if (renameat(dirfd, tmp, dirfd, name) != 0) {
+    if (CM_FAILPOINT_ERRNO("segment.rename") || renameat(dirfd, tmp, dirfd, name) != 0) {
         rc = cm_fail(CM_E_IO, errno, "rename %s/%s", dir, tmp);
         close(fd);
         unlinkat(dirfd, tmp, 0);
         return rc;
     }
-    if (durable) fsync(dirfd);
+    if (durable && (CM_FAILPOINT_ERRNO("segment.dir_fsync") || fsync(dirfd) != 0)) {
+        /* visible but maybe not durable: report it; the next open adopts the file */
+        rc = cm_fail(CM_E_IO, errno, "fsync %s after creating %s", dir, name);
+        close(fd);
+        return rc;
+    }
     *fd_out = fd;
     return CM_OK;
 }

@@ -103,7 +103,8 @@ static int map_index(cm_shard *s, uint64_t base, int *fresh) {
     char name[64];
     cm_segment_name(name, sizeof name, base, ".idx");
     *fresh = 0;
-    int fd = cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30 */
+    int fd = CM_FAILPOINT_ERRNO("open.index") ? -1 :
+             cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30 */
     if (fd < 0 && errno != ENOENT) return cm_fs_fail(errno, s->dirfd, s->dir, name, "open");
     uint64_t need = cm_index_capacity(s->seg_cap, s->opt.index_interval);
     struct stat sb;
@@ -130,7 +131,8 @@ static int map_index(cm_shard *s, uint64_t base, int *fresh) {
         need = cm_index_capacity(s->seg_cap, s->idx_interval);
         *fresh = 1;
     }
-    void *m = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *m = CM_FAILPOINT_ERRNO("open.index_map") ? MAP_FAILED :
+              mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
         int e = errno;
         close(fd);
@@ -144,7 +146,8 @@ static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
     unmap_active(s);
     char name[64];
     cm_segment_name(name, sizeof name, base, ".seg");
-    int fd = cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30 */
+    int fd = CM_FAILPOINT_ERRNO("open.segment") ? -1 :
+             cm_fs_openat(s->dirfd, name, O_RDWR, 0);   /* I30 */
     if (fd < 0)
         return cm_fs_fail(errno, s->dirfd, s->dir, name, "open");
     struct stat sb;
@@ -158,7 +161,8 @@ static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
         return cm_fail(CM_E_CORRUPT, 0, "%s/%s: %llu bytes, shorter than a segment header",
                        s->dir, name, (unsigned long long)size);
     }
-    void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *m = CM_FAILPOINT_ERRNO("open.segment_map") ? MAP_FAILED :
+              mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
         int e = errno; close(fd);
         return cm_fail(CM_E_IO, e, "map %s/%s", s->dir, name);
@@ -318,7 +322,8 @@ static int restore_segment_size(cm_shard *s, uint64_t base, uint64_t *repaired) 
     int ok = size >= CM_SEG_HEADER_BYTES && pread(fd, h, sizeof h, 0) == (ssize_t)sizeof h &&
              cm_segment_header_check(h, sizeof h, &hbase, &hcap) == CM_OK &&
              hbase == base && hcap >= size && hcap <= CM_SEG_MAX_BYTES;
-    if (ok && hcap > size && ftruncate(fd, (off_t)hcap) != 0)
+    if (ok && hcap > size && (CM_FAILPOINT_ERRNO("recover.restore_size") ||
+                              ftruncate(fd, (off_t)hcap) != 0))
         rc = cm_fail(CM_E_IO, errno, "restore %s/%s to %llu bytes", s->dir, name,
                      (unsigned long long)hcap);
     if (!ok) {
@@ -329,7 +334,8 @@ static int restore_segment_size(cm_shard *s, uint64_t base, uint64_t *repaired) 
                                    : (size + 4095) / 4096 * 4096;
         if (cap > CM_SEG_MAX_BYTES) cap = CM_SEG_MAX_BYTES;
         cm_segment_header_init(h, base, cap, s->opt.stream_crc);
-        if ((cap != size && ftruncate(fd, (off_t)cap) != 0) ||
+        if (CM_FAILPOINT_ERRNO("recover.header_repair") ||
+            (cap != size && ftruncate(fd, (off_t)cap) != 0) ||
             pwrite(fd, h, sizeof h, 0) != (ssize_t)sizeof h)
             rc = cm_fail(CM_E_IO, errno, "repair header of %s/%s", s->dir, name);
         else
@@ -463,11 +469,14 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint32_t want = (uint32_t)(st->committed - B);
         uint64_t start = CM_SEG_HEADER_BYTES;
         uint32_t sseq = 0, keep = 0;   /* index entries to keep: those up to `start` */
-        for (uint32_t i = st->idx_count; i-- > 0;) {
+        /* I26: idx_count comes from the state page; entries past the mapped
+           table do not exist (a damaged count is ignored: the walk re-notes) */
+        uint64_t idx_slots = (s->idx_cap - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES;
+        uint32_t idx_n = st->idx_count <= idx_slots ? st->idx_count : 0;
+        for (uint32_t i = idx_n; i-- > 0;) {
             const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES + (uint64_t)i * CM_IDX_ENTRY_BYTES;
             uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
             uint32_t q = get32(e + CM_IDXE_OFF_REL);
-            if (CM_IDX_HEADER_BYTES + (uint64_t)(i + 1) * CM_IDX_ENTRY_BYTES > s->idx_cap) continue;
             if (o < st->tail && q < want &&
                 cm_record_at(s->seg_map, st->tail, o, q, NULL) == CM_REC_VALID) {
                 start = o; sseq = q; keep = i + 1; break;
@@ -539,7 +548,11 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     memcpy(st->boot_id, boot_id, sizeof boot_id);
     __atomic_store_n(&st->committed, B + nseq, __ATOMIC_RELEASE);
     if (st->first_entry > B) st->first_entry = B;
-    if (st->alloc_end < tail) st->alloc_end = round_up(tail, 4096);
+    /* I26, I9: alloc_end claims blocks are reserved; a damaged value would skip the
+       fallocate and a store into a hole would be SIGBUS on a full disk. Recovery
+       never trusts it: the next append re-reserves from the tail (cheap where the
+       blocks already exist). */
+    st->alloc_end = round_up(tail, 4096);
     if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
     if (dropped || corrupt || !trusted) st->counters[CM_CTR_RECOVERIES]++;
     st->counters[CM_CTR_BYTES_DROPPED] += dropped;
@@ -549,8 +562,10 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         rep->bytes_dropped += dropped;
         rep->corrupt_records += corrupt;
     }
-    if (dropped && s->opt.durability != CM_DURABILITY_NONE)
-        fdatasync(s->seg_fd);
+    if (dropped && s->opt.durability != CM_DURABILITY_NONE &&
+        (CM_FAILPOINT_ERRNO("recover.fsync") || fdatasync(s->seg_fd) != 0))
+        return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg after zeroing its torn tail",
+                       s->dir, (unsigned long long)B);
     return CM_OK;
 }
 
@@ -604,13 +619,25 @@ static void unlock_shard(cm_shard *s) { cm_lock_release(&s->st->lock.mutex); }
 
 static int open_state(cm_shard *s, int *fresh) {
     *fresh = 0;
-    int fd = cm_fs_openat(s->dirfd, "state", O_RDWR, 0);   /* I30 */
+    int fd = CM_FAILPOINT_ERRNO("open.state") ? -1 :
+             cm_fs_openat(s->dirfd, "state", O_RDWR, 0);   /* I30 */
+    /* Only a missing or unusable page is rebuilt. One that cannot be opened or
+       read (EIO, EMFILE, ...) may be live in another process: a fresh page
+       renamed over it would give this process a second writer lock (I5). */
     if (fd < 0 && errno != ENOENT) return cm_fs_fail(errno, s->dirfd, s->dir, "state", "open");
     struct stat sb;
     int valid = 0;
     cm_state probe;
-    if (fd >= 0 && fstat(fd, &sb) == 0 && sb.st_size == CM_STATE_BYTES &&
-        pread(fd, &probe, sizeof probe, 0) == (ssize_t)sizeof probe && probe.magic == CM_STATE_MAGIC) {
+    ssize_t got = 0;
+    if (fd >= 0 && (fstat(fd, &sb) != 0 || (sb.st_size == CM_STATE_BYTES &&
+                    (got = CM_FAILPOINT_ERRNO("open.state_read") ? -1 :
+                           pread(fd, &probe, sizeof probe, 0)) < 0))) {
+        int e = errno;
+        close(fd);
+        return cm_fail(CM_E_IO, e, "read %s/state", s->dir);
+    }
+    if (fd >= 0 && sb.st_size == CM_STATE_BYTES && got == (ssize_t)sizeof probe &&
+        probe.magic == CM_STATE_MAGIC) {
         if (probe.version != CM_STATE_VERSION || probe.fingerprint != cm_state_fingerprint()) {
             /* another build's layout: rebuild only if no process holds it */
             if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -629,20 +656,24 @@ static int open_state(cm_shard *s, int *fresh) {
     if (!valid) {
         if (fd >= 0) close(fd);
         /* build a fresh page in a temp file and rename it into place (I7) */
-        int tfd = cm_fs_openat(s->dirfd, "state.tmp", O_RDWR | O_CREAT | O_TRUNC, 0600); /* I30, I31 */
+        int tfd = CM_FAILPOINT_ERRNO("open.state_create") ? -1 :
+                  cm_fs_openat(s->dirfd, "state.tmp", O_RDWR | O_CREAT | O_TRUNC, 0600); /* I30, I31 */
         if (tfd < 0) return cm_fs_fail(errno, s->dirfd, s->dir, "state.tmp", "create");
         cm_state *fresh_st = calloc(1, sizeof *fresh_st);
         int rc = fresh_st ? cm_state_init(fresh_st) : cm_fail(CM_E_IO, ENOMEM, "state");
-        if (rc == CM_OK && pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st)
+        if (rc == CM_OK && (CM_FAILPOINT_ERRNO("open.state_write") ||
+                            pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st))
             rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "write %s/state.tmp", s->dir);
         free(fresh_st);
-        if (rc == CM_OK && renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0)
+        if (rc == CM_OK && (CM_FAILPOINT_ERRNO("open.state_rename") ||
+                            renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0))
             rc = cm_fail(CM_E_IO, errno, "rename %s/state.tmp", s->dir);
         if (rc < 0) { close(tfd); unlinkat(s->dirfd, "state.tmp", 0); return rc; }
         fd = tfd;
         *fresh = 1;
     }
-    void *m = mmap(NULL, CM_STATE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *m = CM_FAILPOINT_ERRNO("open.state_map") ? MAP_FAILED :
+              mmap(NULL, CM_STATE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
         int e = errno; close(fd);
         return cm_fail(CM_E_IO, e, "map %s/state", s->dir);
@@ -675,7 +706,8 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
     s->gen = cm_fork_generation();
     int rc;
     /* I30, I31: <root>/streams/<stream>; neither of the last two is a link */
-    s->dirfd = cm_fs_open_dir(dir, 2, opt->create);
+    s->dirfd = CM_FAILPOINT_ERRNO("open.dir") ? cm_fail(CM_E_IO, errno, "open %s", dir)
+                                              : cm_fs_open_dir(dir, 2, opt->create);
     if (s->dirfd < 0) {
         rc = s->dirfd;
         s->dirfd = -1;
@@ -758,7 +790,8 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     uint64_t from = st->alloc_end & ~4095ull;
     uint64_t to = round_up(end, 4096) + 4 * chunk;
     if (to > s->seg_cap) to = s->seg_cap;
-    int e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    int e = CM_FAILPOINT("append.alloc");
+    if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
     if (e != 0) {
         if (end <= st->alloc_end) return CM_OK; /* headroom only: retry at the next append */
         st->counters[CM_CTR_DISK_FULL]++;
@@ -938,12 +971,12 @@ static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
 }
 
 static int sync_locked(cm_shard *s) {
-    if (s->seg_fd >= 0 && fdatasync(s->seg_fd) != 0)
+    if (s->seg_fd >= 0 && (CM_FAILPOINT_ERRNO("append.fsync") || fdatasync(s->seg_fd) != 0))
         return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg", s->dir, (unsigned long long)s->seg_base);
     /* the state page is not synced: after a crash of the machine recovery
        ignores it and rescans the segment (I16) */
     if (s->sealed_unsynced) {
-        if (syncfs(s->dirfd) != 0)
+        if (CM_FAILPOINT_ERRNO("append.syncfs") || syncfs(s->dirfd) != 0)
             return cm_fail(CM_E_IO, errno, "syncfs %s", s->dir);
         s->sealed_unsynced = 0;
     }

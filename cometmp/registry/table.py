@@ -410,7 +410,11 @@ class Registry:
 
     @property
     def process_count(self) -> int:
-        return self._u32(CM_REG_OFF_PROCESS_COUNT)
+        n = self._u32(CM_REG_OFF_PROCESS_COUNT)
+        if not 1 <= n <= MAX_PROCESS_COUNT:   # I26: a count read from shared memory
+            raise FormatError(f"registry {self.name}: process_count {n} at offset "
+                              f"{CM_REG_OFF_PROCESS_COUNT} outside 1..{MAX_PROCESS_COUNT}")
+        return n
 
     @property
     def unlinked(self) -> bool:

@@ -1,0 +1,290 @@
+"""The worker of the injected-fault tier (test_injected_faults.py), on the failpoint core.
+
+    python injected_fault_worker.py SO BASE SCENARIO CASES OUT
+
+Loads the failpoint core SO as cometmp._cffi (tests/failpoints.py). CASES is JSON, a list
+of [spec, errno name, durability]; case i runs in BASE/i: it prepares the scenario's files without
+faults, sets COMETMP_FAILPOINT=spec around the scenario's steps, and checks in process
+that every error is the cometmp one for the injected errno (DiskFull for ENOSPC/EDQUOT,
+StorageError otherwise) and that no entry number is handed out twice. Then it clears the
+failpoint and finishes the steps (all must succeed). OUT gets, per case: the entries
+acknowledged {entry: [size, sha256]}, the lowest entry retention may have removed below
+(``first``), the group's committed position (``acked``), how many times the point fired
+(``fired``) and a failure text (``bad``, empty when the case passed).
+
+Scenarios (the path each point is on; docs/ARCHITECTURE.md §4.2):
+  write          appends of 18-90 KiB across rotations, a sync every fifth step
+  open           reopen of a closed stream (files intact)
+  open-rebuild   reopen after its state page and index were removed (both rebuilt)
+  create         a new stream of a new family (directory, state page, first segment)
+  recovery       reopen after a torn tail: junk after the tail, the file cut short
+  recovery-header  reopen after a torn tail and a damaged segment header
+  group          a consumer group created where no offsets file exists yet
+  ack            a second consumer of an existing group (offsets file opened, mapped)
+  retention      max_shard_bytes retention over five sealed segments
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import struct
+import sys
+import traceback
+
+tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, tests)
+import failpoints  # noqa: E402
+
+so, base_dir, scenario, cases_json, out = sys.argv[1:6]
+failpoints.bootstrap(so)
+
+import cometmp  # noqa: E402
+from cometmp import format as fmt, paths  # noqa: E402
+
+STREAM = "rot:shard:0000"
+ERRNO = {"ENOSPC": errno.ENOSPC, "EDQUOT": errno.EDQUOT, "EIO": errno.EIO}
+MiB = 1024 * 1024
+
+
+class Bad(Exception):
+    pass
+
+
+def digest(b: bytes) -> list:
+    return [len(b), hashlib.sha256(b).hexdigest()]
+
+
+def config(durability: str = "none", **retention) -> cometmp.Config:
+    cfg = cometmp.Config()
+    cfg.storage.segment_bytes = MiB
+    cfg.storage.preallocate_bytes = 64 * 1024
+    cfg.storage.durability = durability
+    for k, v in retention.items():
+        setattr(cfg.retention, k, v)
+    return cfg
+
+
+class Case:
+    def __init__(self, root: str, spec: str, err: str, durability: str):
+        self.root, self.spec, self.err, self.durability = root, spec, ERRNO[err], durability
+        self.acked: dict[int, list] = {}
+        self.first = 0
+        self.group_acked = None
+        self.fired = 0
+        self.rng = random.Random(hash(spec) & 0xFFFF)
+
+    def injected(self, e: Exception, step: str) -> None:
+        """An error while the failpoint is set: must be the cometmp one for the errno."""
+        want = cometmp.DiskFull if self.err in (errno.ENOSPC, errno.EDQUOT) else cometmp.StorageError
+        if type(e) is not want or getattr(e, "errno", None) != self.err:
+            raise Bad(f"{step}: {type(e).__name__} errno {getattr(e, 'errno', None)} for "
+                      f"injected {errno.errorcode[self.err]}: {e}") from e
+        if not str(e).strip() or "/" not in str(e):
+            raise Bad(f"{step}: the message names no path: {e!r}")
+        self.fired += 1
+
+    def faults(self, on: bool) -> None:
+        if on:
+            os.environ["COMETMP_FAILPOINT"] = self.spec
+        else:
+            os.environ.pop("COMETMP_FAILPOINT", None)
+
+    def append(self, lg, c, data_list: list[bytes], step: str, faulty: bool) -> None:
+        before = c.length(STREAM) if os.path.isdir(paths.stream_dir(self.root, STREAM)) else 0
+        try:
+            if len(data_list) == 1:
+                entries = [lg.append(data_list[0]).entry]
+            else:
+                entries = [m.entry for m in lg.append_many(data_list)]
+        except cometmp.CometError as e:
+            if not faulty:
+                raise Bad(f"{step}: failed with the failpoint cleared: {e!r}") from e
+            self.injected(e, step)
+            entries = list(range(before, before + e.appended))
+            if c.length(STREAM) != before + e.appended:
+                raise Bad(f"{step}: length {c.length(STREAM)} after a failure that wrote "
+                          f"{e.appended} at {before}") from e
+        for entry, data in zip(entries, data_list):
+            if entry in self.acked:
+                raise Bad(f"{step}: entry {entry} handed out twice")
+            self.acked[entry] = digest(data)
+            if c.read(STREAM, entry).data != data:
+                raise Bad(f"{step}: entry {entry} reads back other bytes")
+
+    def fill(self, n: int, size: int = 2000, cfg: cometmp.Config | None = None) -> None:
+        with cometmp.Client(self.root, config=cfg or config()) as c:
+            lg = c.log("rot", shards=1)
+            for i in range(n):
+                self.append(lg, c, [self.rng.randbytes(size)], f"fill {i}", False)
+
+    def attempt(self, step: str, fn) -> bool:
+        """Run fn with the failpoint set; True when it completed, False when it raised
+        the injected error (checked)."""
+        self.faults(True)
+        try:
+            fn()
+            return True
+        except cometmp.CometError as e:
+            self.injected(e, step)
+            return False
+        finally:
+            self.faults(False)
+
+    def reopen_appends(self, cfg: cometmp.Config | None = None) -> None:
+        with cometmp.Client(self.root, config=cfg or config()) as c:
+            self.append(c.log("rot", shards=1), c, [b"after the fault"], "after", False)
+
+
+# ------------------------------------------------------------------ scenarios
+
+def s_write(case: Case) -> None:
+    with cometmp.Client(case.root, config=config(case.durability)) as c:
+        lg = c.log("rot", shards=1)
+        case.faults(True)
+        for i in range(70):
+            hi = 90_000 if i % 4 else 500
+            batch = [case.rng.randbytes(case.rng.randint(hi // 5, hi))
+                     for _ in range(case.rng.randint(2, 4) if i % 7 == 3 else 1)]
+            case.append(lg, c, batch, f"append {i}", True)
+            if i % 5 == 4:
+                try:
+                    c.sync()
+                except cometmp.CometError as e:
+                    case.injected(e, f"sync {i}")
+        case.faults(False)
+        for i in range(5):
+            case.append(lg, c, [case.rng.randbytes(50_000)], f"after {i}", False)
+        c.sync()
+
+
+def _open_and_append(case: Case, cfg: cometmp.Config, family: str = "rot") -> None:
+    with cometmp.Client(case.root, config=cfg) as c:
+        lg = c.log(family, shards=1)
+        if family == "rot":
+            case.append(lg, c, [b"during"], "append under the failpoint", True)
+        else:
+            lg.append(b"new family")
+
+
+def s_open(case: Case, rebuild: bool = False) -> None:
+    case.fill(30)
+    if rebuild:
+        d = paths.stream_dir(case.root, STREAM)
+        os.unlink(os.path.join(d, "state"))
+        for f in os.listdir(d):
+            if f.endswith(".idx"):
+                os.unlink(os.path.join(d, f))
+    case.attempt("reopen", lambda: _open_and_append(case, config()))
+    case.reopen_appends()
+
+
+def s_create(case: Case) -> None:
+    case.fill(10)
+    case.attempt("create a stream", lambda: _open_and_append(case, config("interval"), "new"))
+    with cometmp.Client(case.root, config=config()) as c:
+        c.log("new", shards=1).append(b"new family")
+        if c.length("new:shard:0000") < 1:
+            raise Bad("the new stream holds nothing after a successful append")
+    case.reopen_appends()
+
+
+def s_recovery(case: Case, header: bool = False) -> None:
+    case.fill(40, 3000)
+    d = paths.stream_dir(case.root, STREAM)
+    with open(os.path.join(d, "state"), "rb") as f:
+        page = f.read()
+    tail = struct.unpack_from("<Q", page, fmt.CM_STATE_OFF_TAIL)[0]
+    seg = os.path.join(d, paths.segment_name(0))
+    with open(seg, "r+b") as f:
+        f.seek(tail)
+        f.write(os.urandom(700))              # a torn write past the published tail
+        if header:
+            f.seek(fmt.CM_SEG_OFF_CREATED)
+            f.write(b"\xa5" * 4)               # the header checksum no longer matches
+        else:
+            f.truncate((tail + 700 + 4095) // 4096 * 4096 + 4096)   # the file cut short
+    case.attempt("reopen after a torn tail",
+                 lambda: _open_and_append(case, config("interval")))
+    case.reopen_appends(config("interval"))
+
+
+def _consume(case: Case, c, expect_from: int) -> int:
+    con = cometmp.Consumer(c, group="g")
+    got = []
+    while True:
+        b = con.read("rot:shard:*", timeout=0)
+        if not len(b):
+            break
+        got += [m.id.entry for m in b]
+        con.ack(*[m.id for m in b])
+    con.close()
+    return got[0] if got else expect_from
+
+
+def s_group(case: Case, second: bool = False) -> None:
+    case.fill(20)
+    with cometmp.Client(case.root, config=config()) as c:
+        if second:
+            con = cometmp.Consumer(c, group="g")
+            b = con.read("rot:shard:*", max_messages=10, timeout=0)
+            con.ack(*[m.id for m in b])
+            con.close()
+        case.attempt("consumer group", lambda: _consume(case, c, 0))
+        start = _consume(case, c, 10 if second else 0)
+        if second and start not in (10, 20):
+            raise Bad(f"the group re-read from {start} after acking 10")
+        con = cometmp.Consumer(c, group="g")
+        if len(con.read("rot:shard:*", timeout=0)):
+            raise Bad("the group's acks were lost")
+        con.close()
+    case.group_acked = 20
+    case.reopen_appends()
+
+
+def s_retention(case: Case) -> None:
+    cfg = config(max_shard_bytes=int(1.5 * MiB))
+    case.fill(60, 90_000, cfg=config())
+    with cometmp.Client(case.root, config=cfg) as c:
+        case.attempt("retention", c.run_retention)
+        rep = c.run_retention()
+        case.first = c.first_entry(STREAM)
+        if case.first == 0 and not rep.deleted:
+            raise Bad("retention deleted nothing")
+    case.acked = {e: d for e, d in case.acked.items() if e >= case.first}
+    case.reopen_appends(cfg)
+
+
+SCENARIOS = {
+    "write": s_write, "open": s_open, "open-rebuild": lambda c: s_open(c, True),
+    "create": s_create, "recovery": s_recovery,
+    "recovery-header": lambda c: s_recovery(c, True),
+    "group": s_group, "ack": lambda c: s_group(c, True), "retention": s_retention,
+}
+
+
+def main() -> int:
+    results = []
+    for i, (spec, err, durability) in enumerate(json.loads(cases_json)):
+        case = Case(os.path.join(base_dir, str(i)), spec, err, durability)
+        bad = ""
+        try:
+            SCENARIOS[scenario](case)
+        except Bad as e:
+            bad = str(e)
+        except Exception:
+            bad = "unexpected: " + traceback.format_exc()
+        finally:
+            case.faults(False)
+        results.append({"spec": spec, "root": case.root, "acked": case.acked, "first": case.first,
+                        "group_acked": case.group_acked, "fired": case.fired, "bad": bad})
+    with open(out, "w") as f:
+        json.dump(results, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
