@@ -352,7 +352,7 @@ static void run_registry(const uint8_t *p, size_t n) {
     memcpy(m, p, n);
     if (n >= CM_REG_OFF_LOCK + sizeof(pthread_mutex_t)) fresh_lock(m + CM_REG_OFF_LOCK, 0);
     if (cm_registry_check(m, n) == CM_OK) {
-        if (cm_registry_lock(m, 10) >= 0) {
+        if (cm_registry_lock(m, "fuzz registry", 10) >= 0) {
             cm_registry_bump_epoch(m);
             cm_registry_unlock(m);
         }
