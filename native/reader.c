@@ -218,7 +218,7 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
     cm_walk w;
     cm_record r;
     cm_damage d = {0};
-    api->walk_init(&w, map, size, off, (uint32_t)seq, (uint32_t)stop, (uint32_t)stop);
+    api->walk_init(&w, map, size, base, off, (uint32_t)seq, (uint32_t)stop, (uint32_t)stop);
     Py_ssize_t n = b->n;
     for (;;) {
         if (added >= max_n) break;
