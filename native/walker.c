@@ -29,10 +29,11 @@
  * a payload (a log of logs) or copied from elsewhere never passes and the
  * search starts at the next byte. A v1 frame is bound to nothing: a valid frame
  * embedded in a damaged record's payload would pass, so when the damaged frame
- * is still parseable - its length fits, its flags are known, and either its
- * sequence is the expected one or the frame right after its extent is the
- * expected next record - the search starts after that extent: no candidate
- * lying inside a frame that still encloses it is taken (FORMAT.md §2.4).
+ * is still parseable - its length fits, and either its sequence is the
+ * expected one or right after its extent lies the expected next record or the
+ * end of data - the search starts after that extent: no candidate lying
+ * inside a frame that still encloses it is taken (FORMAT.md §2.4). (A flipped
+ * length bit can still misplace the extent in v1; v2 needs no extent.)
  *
  *   found, seq' < stop   CM_DAMAGE_RESYNC: corruption; entries [seq, seq') lost,
  *                        the walk continues at the found frame
@@ -79,14 +80,13 @@ static uint64_t resync_from(const cm_walk *w, int rc) {
     const uint8_t *p = w->map + off;
     uint32_t len = get32(p + CM_REC_OFF_LEN);
     uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
-    if ((uint64_t)len > w->size - off - CM_REC_HEADER_BYTES ||
-        ((sf & CM_REC_FLAGS_MASK) & ~CM_REC_FLAG_ZSTD))
+    if ((uint64_t)len > w->size - off - CM_REC_HEADER_BYTES)
         return off + 1;                          /* not parseable: no extent to trust */
     uint64_t end = off + CM_REC_HEADER_BYTES + len;
-    if ((sf & CM_REC_SEQ_MASK) == w->seq ||
-        cm_frame_check_key(w->map, w->size, &w->key, end, w->seq + 1, NULL) == CM_REC_VALID)
+    if ((sf & CM_REC_SEQ_MASK) == w->seq)
         return end;                              /* its extent encloses any candidate before end */
-    return off + 1;
+    int next = cm_frame_check_key(w->map, w->size, &w->key, end, w->seq + 1, NULL);
+    return next == CM_REC_VALID || next == CM_REC_END ? end : off + 1;
 }
 
 void cm_walk_init(cm_walk *w, const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,

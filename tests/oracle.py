@@ -25,9 +25,9 @@ per invalid stretch:
   published entries up to min(stop, published) are lost (end "limit") or, with nothing
   published lost, it is a torn tail (end "torn");
 * where that search starts: the next byte, except in a version-1 segment when the invalid
-  frame still parses (its length fits, its flags are known, and its sequence is the
-  expected one or the frame right after it is the expected next record): then after the
-  invalid frame's extent, so no frame inside its payload is taken (FORMAT.md §2.4).
+  frame still parses (its length fits, and its sequence is the expected one or right after
+  it lies the expected next record or the end of data): then after the invalid frame's
+  extent, so no frame inside its payload is taken (FORMAT.md §2.4).
 """
 
 from __future__ import annotations
@@ -140,12 +140,13 @@ def _search_start(buf, off: int, seq: int, binding: Binding) -> int:
     if binding.version != 1 or off + CM_REC_HEADER_BYTES > len(buf):
         return off + 1
     length, _crc, _ts, seqflags = _REC_HDR.unpack(bytes(buf[off : off + CM_REC_HEADER_BYTES]))
-    if length > len(buf) - off - CM_REC_HEADER_BYTES or seqflags & CM_REC_FLAGS_MASK & ~CM_REC_FLAG_ZSTD & 0xFFFFFFFF:
+    if length > len(buf) - off - CM_REC_HEADER_BYTES:
         return off + 1
     after = off + CM_REC_HEADER_BYTES + length
-    if seqflags & CM_REC_SEQ_MASK == seq or isinstance(record_at(buf, after, seq + 1, binding), Record):
+    if seqflags & CM_REC_SEQ_MASK == seq:
         return after  # the invalid frame still encloses everything before `after`
-    return off + 1
+    nxt = record_at(buf, after, seq + 1, binding)
+    return after if nxt is None or isinstance(nxt, Record) else off + 1
 
 
 def _resync(buf, start: int, min_seq: int, binding: Binding) -> Record | None:
