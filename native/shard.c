@@ -300,8 +300,11 @@ static uint64_t zero_after(cm_shard *s, uint64_t from, uint64_t limit) {
 /* The stream id of a stream's segments (FORMAT.md §2.1), read from the newest
  * segment other than `skip` whose header is valid and version 2; 0 when none. */
 static uint64_t stream_id_of_others(cm_shard *s, uint64_t skip) {
-    DIR *d = fdopendir(dup(s->dirfd));
-    if (!d) return 0;
+    int fd = dup(s->dirfd);
+    if (fd < 0) return 0;
+    DIR *d = fdopendir(fd);
+    if (!d) { close(fd); return 0; }
+    rewinddir(d);        /* the dup shares the directory offset list_segments() left */
     struct dirent *de;
     uint64_t best_base = 0, id = 0;
     while ((de = readdir(d)) != NULL) {

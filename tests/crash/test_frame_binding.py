@@ -250,3 +250,46 @@ def test_a_whole_segment_copied_from_another_stream_is_not_read_as_this_one(tmp_
     rep = verify_directory(here, oracle=True)
     bad = [p for p in rep.all_problems() if p.kind == "segment-header"]
     assert bad and bad[0].path == here0 and "stream id" in bad[0].message, rep.all_problems()
+
+
+@pytest.mark.parametrize("damage", ["created-ns-bit", "stream-id-bit", "zeroed-header"])
+def test_a_damaged_active_header_is_rewritten_with_the_id_its_records_are_bound_to(tmp_path, damage):
+    """A writer open rewrites a damaged active-segment header (ARCHITECTURE.md §5). The
+    frames behind it are bound to the stream id, so the new header must carry the same
+    id: the header's own field, that field with the flipped bit undone, or (header zeroed)
+    the id of the stream's other segments (FORMAT.md §2.1). Nothing is lost."""
+    root = str(tmp_path / "log")
+    big = random.Random(SEED).randbytes(1024 * 1024 - 64)
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", [b"old-0", big, b"new-0", b"new-1"])      # segments 0, 1 and 2
+    (_, active) = segment_files(root, "s")[-1]
+    with open(active, "rb") as f:
+        sid = fmt.parse_segment_header(f.read(64)).stream_id
+    if damage == "zeroed-header":
+        with open(active, "r+b") as f:
+            f.write(bytes(fmt.CM_SEG_HEADER_BYTES))
+    else:
+        flip(active, fmt.CM_SEG_OFF_CREATED + 2 if damage == "created-ns-bit" else fmt.CM_SEG_OFF_STREAM_ID + 5, 3)
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", [b"new-2"])
+        assert [m.data for m in c.scan("s")] == [b"old-0", big, b"new-0", b"new-1", b"new-2"]
+    with open(active, "rb") as f:
+        h = fmt.parse_segment_header(f.read(64))
+    assert fmt.segment_header_ok(h and open(active, "rb").read(64)) and (h.version, h.stream_id) == (2, sid)
+
+
+def test_an_active_header_whose_stream_id_cannot_be_recovered_is_refused(tmp_path):
+    """The only segment's header zeroed: no id its records validate under can be found, so
+    the writer open fails with CorruptRecord naming the file, rather than rebinding the
+    records to a new id (which would make every acknowledged entry unreadable)."""
+    root = str(tmp_path / "log")
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", [b"e0", b"e1"])
+    (_, active), = segment_files(root, "s")
+    with open(active, "r+b") as f:
+        f.write(bytes(fmt.CM_SEG_HEADER_BYTES))
+    with cometmp.Client(root, config=small_config()) as c:
+        with pytest.raises(cometmp.CorruptRecord, match="stream id"):
+            c.append("s", [b"e2"])
+    with open(active, "rb") as f:
+        assert f.read(fmt.CM_SEG_HEADER_BYTES) == bytes(fmt.CM_SEG_HEADER_BYTES)   # untouched
