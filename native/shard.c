@@ -1071,7 +1071,7 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
         uint8_t *dst = s->seg_map + off;
         uint64_t chunk_payload = 0, chunk_compressed = 0;
         uint8_t *group[3];
-        uint32_t glen[3], gseed[3];
+        uint32_t glen[3], ghead[3];
         int ng = 0;
         for (uint32_t j = done; j < k; j++) {
             uint32_t seq = (uint32_t)(entry - s->seg_base);
@@ -1079,10 +1079,10 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
             /* len(4) crc(4) ts_ns(8) seqflags(4) payload; crcs sealed three at a time */
             cm_record_fill(dst, iov[j].data, iov[j].len, ts, seq | (iov[j].flags & CM_REC_FLAGS_MASK));
             group[ng] = dst;
-            gseed[ng] = cm_frame_seed(&s->seg_key, seq);   /* I17: bound to entry `entry` */
+            ghead[ng] = cm_frame_head_crc(&s->seg_key, seq, dst);   /* I17: bound to entry `entry` */
             glen[ng++] = iov[j].len;
             if (ng == 3 || j + 1 == k) {
-                cm_record_seal(group, glen, gseed, ng);
+                cm_record_seal(group, glen, ghead, ng);
                 ng = 0;
             }
             dst += CM_REC_HEADER_BYTES + iov[j].len;
