@@ -9,9 +9,12 @@ tests' oracle, is tests/oracle.py.
 Segment (little-endian)::
 
     header  magic(4) version(2) header_bytes(2) base(8) capacity(8) created_ns(8)
-            stream_crc(4) reserved(24) header_crc(4)                          = 64 bytes
+            stream_crc(4) stream_id(8) reserved(16) header_crc(4)             = 64 bytes
+            (version 1: stream_id is reserved zeros)
     record  len(4) crc(4) ts_ns(8) seqflags(4) payload(len)                    = 20 + len
-            crc = crc32c(bytes[0:4] + bytes[8:20+len]); seqflags = (flags << 28) | seq
+            v1 crc = crc32c(bytes[0:4] + bytes[8:20+len])
+            v2 crc = crc32c(stream_id(8) + entry(8) + bytes[0:4] + bytes[8:20+len]),
+                     entry = base + seq (I17); seqflags = (flags << 28) | seq
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 
 # ---- segment ---------------------------------------------------------------------------
 CM_SEG_MAGIC = 0x47534D43  # b"CMSG"
-CM_SEG_VERSION = 1
+CM_SEG_VERSION = 2  # written by this build
+CM_SEG_VERSION_V1 = 1  # oldest version still read
 CM_SEG_OFF_MAGIC = 0
 CM_SEG_OFF_VERSION = 4
 CM_SEG_OFF_HEADER_BYTES = 6
@@ -29,7 +33,8 @@ CM_SEG_OFF_BASE = 8
 CM_SEG_OFF_CAPACITY = 16
 CM_SEG_OFF_CREATED = 24
 CM_SEG_OFF_STREAM_CRC = 32
-CM_SEG_OFF_RESERVED = 36
+CM_SEG_OFF_STREAM_ID = 36
+CM_SEG_OFF_RESERVED = 44
 CM_SEG_OFF_HEADER_CRC = 60
 CM_SEG_HEADER_BYTES = 64
 CM_SEG_MAX_BYTES = 1 << 32
@@ -41,6 +46,7 @@ CM_REC_OFF_CRC = 4
 CM_REC_OFF_TS = 8
 CM_REC_OFF_SEQFLAGS = 16
 CM_REC_HEADER_BYTES = 20
+CM_REC_KEY_BYTES = 16  # v2 crc prefix: stream_id(8) entry(8)
 CM_REC_SEQ_MASK = 0x0FFFFFFF
 CM_REC_FLAGS_MASK = 0xF0000000
 CM_REC_FLAG_ZSTD = 0x10000000
@@ -123,7 +129,7 @@ CM_CTR_CONTENDED = 11
 CM_CTR_CLOCK_CLAMPS = 12
 CM_CTR_DISK_FULL = 13
 
-_SEG_HDR = struct.Struct("<IHHQQqI24xI")
+_SEG_HDR = struct.Struct("<IHHQQqIQ16xI")
 _REC_HDR = struct.Struct("<IIqI")
 _IDX_HDR = struct.Struct("<IHHQI8xI")
 _IDX_ENT = struct.Struct("<IIq")
@@ -180,11 +186,14 @@ class SegmentHeader:
     capacity: int
     created_ns: int
     stream_crc: int
+    stream_id: int  # 0 in version 1
     header_crc: int
 
     @property
     def valid(self) -> bool:
-        return self.magic == CM_SEG_MAGIC and self.version == CM_SEG_VERSION
+        if self.magic != CM_SEG_MAGIC:
+            return False
+        return self.version == CM_SEG_VERSION_V1 or (self.version == CM_SEG_VERSION and self.stream_id != 0)
 
 
 def parse_segment_header(buf: bytes | memoryview) -> SegmentHeader:
@@ -199,11 +208,32 @@ def segment_header_ok(buf: bytes | memoryview) -> bool:
     return h.valid and h.header_crc == crc32c(bytes(buf[:CM_SEG_OFF_HEADER_CRC]))
 
 
-def encode_record(payload: bytes, ts_ns: int, seq: int, flags: int = 0) -> bytes:
-    """The frame the writer produces for ``payload`` (used to build golden files)."""
+def encode_segment_header(base: int, capacity: int, created_ns: int, stream_crc: int,
+                          stream_id: int | None = None) -> bytes:
+    """A segment header as the writer produces it: version 1 without ``stream_id``, else
+    version 2 naming that stream (used to build golden files and test images)."""
+    # magic(4) version(2) header_bytes(2) base(8) capacity(8) created_ns(8)
+    # stream_crc(4) stream_id(8) reserved(16) header_crc(4)
+    version = CM_SEG_VERSION_V1 if stream_id is None else CM_SEG_VERSION
+    head = struct.pack("<IHHQQqIQ16x", CM_SEG_MAGIC, version, CM_SEG_HEADER_BYTES, base,
+                       capacity, created_ns, stream_crc, stream_id or 0)
+    return head + struct.pack("<I", crc32c(head))
+
+
+def frame_key(stream_id: int, entry: int) -> bytes:
+    """The 16 bytes a version-2 frame's crc starts with (FORMAT.md §2.2, I17)."""
+    return struct.pack("<QQ", stream_id, entry)
+
+
+def encode_record(payload: bytes, ts_ns: int, seq: int, flags: int = 0, *,
+                  stream_id: int | None = None, base: int = 0) -> bytes:
+    """The frame the writer produces for ``payload`` (used to build golden files): a
+    version-1 frame without ``stream_id``, else the version-2 frame of entry
+    ``base + seq`` of that stream."""
     body = struct.pack("<qI", ts_ns, seq | flags) + payload
     length = struct.pack("<I", len(payload))
-    return length + struct.pack("<I", crc32c(body, crc32c(length))) + body
+    seed = 0 if stream_id is None else crc32c(frame_key(stream_id, base + seq))
+    return length + struct.pack("<I", crc32c(body, crc32c(length, seed))) + body
 
 
 def parse_index(buf: bytes | memoryview) -> tuple[int, int, list[tuple[int, int, int]]] | None:

@@ -137,7 +137,7 @@ class SegmentIndex:
         if ptr is not None and mm is not None:
             buf = ffi.from_buffer(table)
             try:
-                lib.cm_index_build(ptr, seg.size, self.interval, buf, len(table), count)
+                lib.cm_index_build(ptr, seg.size, seg.base, self.interval, buf, len(table), count)
             finally:
                 ffi.release(buf)
         self._use(table)

@@ -81,7 +81,7 @@ class Segment:
     access raises ClosedError.
     """
 
-    __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "_rec")
+    __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "key", "foreign", "_rec")
 
     def __init__(self, path: str, base: int, mm: mmap.mmap | None, size: int):
         self.path = path
@@ -90,6 +90,11 @@ class Segment:
         self.mm = mm
         self.ptr = ffi.from_buffer(mm) if mm is not None else ffi.NULL
         self._rec = ffi.new("cm_record *")
+        # the frames' binding (I17): v2 frames validate only as entry base + seq of the
+        # stream named in the header; base is the file name's, never the header's
+        self.key = ffi.new("cm_seg_key *")
+        lib.cm_segment_key(self.ptr, size if mm is not None else 0, base, self.key)
+        self.foreign: str | None = None   # why bind() found the file not to be the stream's
         self.header_ok = mm is not None and lib.cm_segment_header_check(self.ptr, size, ffi.NULL, ffi.NULL) == 0
         if mm is not None and not self.header_ok:
             from ._ffi import last_error
@@ -129,7 +134,7 @@ class Segment:
         r, self._rec = self._rec, None
         if r is None:
             r = ffi.new("cm_record *")
-        rc = lib.cm_frame_check(ptr, self.size, off, seq & 0xFFFFFFFF, r)
+        rc = lib.cm_frame_check_key(ptr, self.size, self.key, off, seq & 0xFFFFFFFF, r)
         if rc == 1:
             ref = RecordRef(off, r.seq, r.flags, r.ts_ns, r.len)
             self._rec = r      # handed back only after its fields are read
@@ -161,7 +166,8 @@ class Segment:
             stop, published = SEQ_ANY, 0
         else:
             stop = published = max(0, min(stop_seq, SEQ_ANY))
-        lib.cm_walk_init(w, ptr, self.size, off, seq, stop, published)
+        lib.cm_walk_init(w, ptr, self.size, self.base, off, seq, stop, published)
+        w.key = self.key[0]            # the binding this segment is read with (bind())
         step, seek = lib.cm_walk_next, lib.cm_walk_seek
         while True:
             rc = seek(w, skip_to, rec, dmg) if skip_to else step(w, rec, dmg)
@@ -191,6 +197,27 @@ class Segment:
             return memoryview(self._mapping())[start : start + rec.length]
         except ValueError:
             raise ClosedError(f"{self.path} is closed") from None
+
+    def bind(self, stream_id: int, why: str) -> None:
+        """Check frames against the stream's identity, not the one this file's header names
+        (FORMAT.md §2.1, I17): called by a reader that found the header to disagree with
+        the stream (a segment file copied in from another stream). Every frame of such a
+        file then fails V4, so readers report its entries as damaged and never serve them."""
+        self.foreign = why
+        self.key.version = 2
+        self.key.stream_id = stream_id
+        self.key.id_crc = lib.cm_crc32c(0, stream_id.to_bytes(8, "little"), 8)
+        log.warning("cometmp: %s: %s; its records are not read as this stream's entries", self.path, why)
+
+    @property
+    def version(self) -> int:
+        """The header's format version (1 or 2; what the frames' crcs are checked by)."""
+        return int(self.key.version)
+
+    @property
+    def stream_id(self) -> int:
+        """The stream id of a version-2 segment (FORMAT.md §2.1); 0 in version 1."""
+        return int(self.key.stream_id)
 
     def first_ts(self) -> int | None:
         r = self.record_at(CM_SEG_HEADER_BYTES, 0)

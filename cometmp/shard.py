@@ -24,12 +24,15 @@ from .errors import ClosedError, CorruptRecord, EntryNotFound, StreamNotFound, o
 from .format import (
     CM_REC_FLAG_ZSTD,
     CM_SEG_HEADER_BYTES,
+    CM_SEG_VERSION,
     CM_STATE_BYTES,
     CM_STATE_MAGIC,
     CM_STATE_OFF_COMMITTED,
     CM_STATE_OFF_FIRST_ENTRY,
     CM_STATE_VERSION,
     COUNTERS,
+    parse_segment_header,
+    segment_header_ok,
 )
 from .index import SegmentIndex
 from .segment import Damage, Segment
@@ -274,8 +277,46 @@ class Reader:
             if len(self._segments) >= self.MAX_MAPPED:
                 self._drop(next(iter(self._segments)))
             seg = Segment.open(os.path.join(self.directory, paths.segment_name(base)), base)
+            self._bind(seg)
             self._segments[base] = seg
         return seg
+
+    def _identity(self) -> tuple[int, int] | None:
+        """(stream id, base of the oldest v2 segment) of this stream (FORMAT.md §2.1): the
+        id in the header of its newest valid version-2 segment; None while it has none."""
+        ident, first_v2 = None, None
+        for base in reversed(self._bases):
+            try:
+                with open(os.path.join(self.directory, paths.segment_name(base)), "rb") as f:
+                    buf = f.read(CM_SEG_HEADER_BYTES)
+            except OSError:
+                continue
+            if not segment_header_ok(buf):
+                continue
+            h = parse_segment_header(buf)
+            if h.version != CM_SEG_VERSION:
+                break               # v1 segments only precede v2 ones
+            if ident is None:
+                ident = h.stream_id
+            first_v2 = base
+        return None if ident is None else (ident, first_v2)
+
+    def _bind(self, seg: Segment) -> None:
+        """A segment is read as this stream's only if its header says so: the stream's
+        name checksum, the stream's id (v2), and no v1 segment after a v2 one (I17). One
+        copied in from another stream has its frames checked against this stream's id,
+        so they all fail and its entries read as damaged (Segment.bind)."""
+        if seg.mm is None or not seg.header_ok:
+            return
+        h = parse_segment_header(seg.mm[:CM_SEG_HEADER_BYTES])
+        ident = self._identity()
+        sid, first_v2 = ident if ident is not None else (0, None)
+        if h.stream_crc != stream_crc(self.name):
+            seg.bind(sid, f"its header names another stream (stream_crc 0x{h.stream_crc:08x})")
+        elif h.version == CM_SEG_VERSION and h.stream_id != sid:
+            seg.bind(sid, f"stream id 0x{h.stream_id:016x}, the stream's is 0x{sid:016x}")
+        elif h.version != CM_SEG_VERSION and first_v2 is not None and seg.base > first_v2:
+            seg.bind(sid, "a version-1 segment after the stream's first version-2 segment")
 
     def _drop(self, base: int) -> None:
         seg = self._segments.pop(base, None)

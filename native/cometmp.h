@@ -89,12 +89,27 @@ int  cm_shard_snapshot(cm_shard *s, cm_snapshot *out);
 int  cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry);
 int  cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta);
 
-/* segment.c: stateless record parsing over a mapped segment.
- * cm_frame_check: CM_REC_VALID, CM_REC_END, or -CM_DAMAGE_* (no message);
+/* segment.c: stateless record parsing over a mapped segment (map starts at the
+ * segment header, offset 0).
+ * The binding of a segment's frames (FORMAT.md §2.2, I17): a v2 frame's crc is
+ * seeded with stream_id(8) entry(8), entry = base + its sequence, where
+ * stream_id comes from the segment's header and base from the file name (the
+ * caller's `base`); a v1 frame is bound to nothing. cm_segment_key() reads it
+ * once per segment. */
+typedef struct cm_seg_key {
+    uint64_t base;              /* entry number of sequence 0: the file name's base */
+    uint64_t stream_id;         /* the header's stream_id (0 in v1) */
+    uint32_t version;           /* the header's version: 1 = unbound, otherwise v2 rule */
+    uint32_t id_crc;            /* cm_crc32c(0, stream_id as 8 LE bytes) */
+} cm_seg_key;
+void cm_segment_key(const uint8_t *map, uint64_t size, uint64_t base, cm_seg_key *key);
+/* cm_frame_check: CM_REC_VALID, CM_REC_END, or -CM_DAMAGE_* (no message);
  * cm_record_at: the same with CM_E_CORRUPT and a message for cm_last_error(). */
-int  cm_frame_check(const uint8_t *map, uint64_t size, uint64_t off,
+int  cm_frame_check(const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
                     uint32_t expect_seq, cm_record *out);
-int  cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
+int  cm_frame_check_key(const uint8_t *map, uint64_t size, const cm_seg_key *key, uint64_t off,
+                        uint32_t expect_seq, cm_record *out);
+int  cm_record_at(const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
                   uint32_t expect_seq, cm_record *out);
 int  cm_segment_header_check(const uint8_t *map, uint64_t size,
                              uint64_t *base, uint64_t *capacity);
@@ -120,6 +135,7 @@ int  cm_segment_header_check(const uint8_t *map, uint64_t size,
 
 typedef struct cm_walk {
     const uint8_t *map;
+    cm_seg_key key;       /* the frames' binding (cm_segment_key) */
     uint64_t size;        /* bytes of map the walk may look at */
     uint64_t off;         /* offset of the next frame */
     uint32_t seq;         /* sequence expected there */
@@ -139,15 +155,14 @@ typedef struct cm_damage {
     uint32_t frame_seqflags;
 } cm_damage;
 
-void cm_walk_init(cm_walk *w, const uint8_t *map, uint64_t size, uint64_t off, uint32_t seq,
-                  uint32_t stop, uint32_t published);
+void cm_walk_init(cm_walk *w, const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
+                  uint32_t seq, uint32_t stop, uint32_t published);
 int  cm_walk_next(cm_walk *w, cm_record *rec, cm_damage *dmg);
 /* cm_walk_next until a record with seq >= target, damage, or the end */
 int  cm_walk_seek(cm_walk *w, uint32_t target, cm_record *rec, cm_damage *dmg);
 /* walk to the end: count records and lost entries; *last = the last record */
 int  cm_walk_count(cm_walk *w, cm_record *last, uint64_t *records, uint64_t *lost);
-int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from,
-                  uint32_t min_seq);
+int64_t cm_resync(const cm_walk *w, uint64_t from, uint32_t min_seq);
 /* text of a damage cause for messages (never parsed back) */
 const char *cm_damage_reason(int32_t cause, uint32_t len, uint32_t seqflags, uint32_t expect_seq);
 
@@ -160,7 +175,7 @@ int  cm_index_floor_time(const uint8_t *idx, uint64_t idx_bytes, int64_t ts_ns,
                          uint32_t *entry_rel, uint64_t *entry_off, int64_t *entry_ts);
 /* the entries of a segment's index, built by walking it (I8): writes up to
  * `cap` entries at idx + 32 (the caller provides the header), *count = entries */
-int  cm_index_build(const uint8_t *seg, uint64_t seg_size, uint32_t interval,
+int  cm_index_build(const uint8_t *seg, uint64_t seg_size, uint64_t base, uint32_t interval,
                     uint8_t *idx, uint64_t idx_bytes, uint32_t *count);
 
 /* crc32c.c */

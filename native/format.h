@@ -13,7 +13,7 @@
  * native/format.c exports every constant below in one table,
  * cm_format_constants(), and tests/unit/test_format_constants.py compares
  * each Python constant with it. Golden files of every file kind are under
- * tests/data/format_v1/.
+ * tests/data/format_vN/.
  *
  * Durable files (segments, indexes) are little-endian. The state page, the
  * offsets file and the registry are native-endian shared mappings (they hold
@@ -32,9 +32,14 @@
 
 /* ---- segment file: <20-digit base entry>.seg -------------------------- */
 /* header: magic(4) version(2) header_bytes(2) base(8) capacity(8)
- *         created_ns(8) stream_crc(4) reserved(24) header_crc(4) = 64 */
+ *         created_ns(8) stream_crc(4) stream_id(8) reserved(16) header_crc(4) = 64
+ * Version 2 (this build writes it) names the stream by a random 64-bit
+ * stream_id that every frame's crc is bound to (FORMAT.md §2.2); in version 1
+ * those 8 bytes are reserved zeros and frames are bound to nothing. Both are
+ * read (FORMAT.md §5).                                                    */
 #define CM_SEG_MAGIC            0x47534D43u /* "CMSG" as LE bytes */
-#define CM_SEG_VERSION          1
+#define CM_SEG_VERSION          2           /* written by this build */
+#define CM_SEG_VERSION_V1       1           /* oldest version still read */
 #define CM_SEG_OFF_MAGIC        0
 #define CM_SEG_OFF_VERSION      (CM_SEG_OFF_MAGIC + 4)
 #define CM_SEG_OFF_HEADER_BYTES (CM_SEG_OFF_VERSION + 2)
@@ -42,15 +47,20 @@
 #define CM_SEG_OFF_CAPACITY     (CM_SEG_OFF_BASE + 8)
 #define CM_SEG_OFF_CREATED      (CM_SEG_OFF_CAPACITY + 8)
 #define CM_SEG_OFF_STREAM_CRC   (CM_SEG_OFF_CREATED + 8)
-#define CM_SEG_OFF_RESERVED     (CM_SEG_OFF_STREAM_CRC + 4)
-#define CM_SEG_OFF_HEADER_CRC   (CM_SEG_OFF_RESERVED + 24)
+#define CM_SEG_OFF_STREAM_ID    (CM_SEG_OFF_STREAM_CRC + 4)  /* v2; reserved zero in v1 */
+#define CM_SEG_OFF_RESERVED     (CM_SEG_OFF_STREAM_ID + 8)
+#define CM_SEG_OFF_HEADER_CRC   (CM_SEG_OFF_RESERVED + 16)
 #define CM_SEG_HEADER_BYTES     (CM_SEG_OFF_HEADER_CRC + 4)
 _Static_assert(CM_SEG_OFF_BASE == 8, "segment base at 8");
+_Static_assert(CM_SEG_OFF_STREAM_ID == 36, "stream_id in v1's reserved bytes");
+_Static_assert(CM_SEG_OFF_HEADER_CRC == 60, "header crc where v1 has it");
 _Static_assert(CM_SEG_HEADER_BYTES == 64, "segment header is one cache line");
 
 /* ---- record frame, inside a segment ----------------------------------- */
 /* len(4) crc(4) ts_ns(8) seqflags(4) payload(len); no padding.
- * crc = crc32c over bytes [0,4) then [8, 20+len): everything but itself.
+ * v1 crc = crc32c over bytes [0,4) then [8, 20+len): everything but itself.
+ * v2 crc = crc32c over the binding key stream_id(8) entry(8), then the same
+ *          bytes (I17): a frame validates only as entry `entry` of its stream.
  * seqflags: low 28 bits = entry - segment base; high 4 bits = flags.     */
 #define CM_REC_OFF_LEN          0
 #define CM_REC_OFF_CRC          (CM_REC_OFF_LEN + 4)
@@ -58,6 +68,7 @@ _Static_assert(CM_SEG_HEADER_BYTES == 64, "segment header is one cache line");
 #define CM_REC_OFF_SEQFLAGS     (CM_REC_OFF_TS + 8)
 #define CM_REC_HEADER_BYTES     (CM_REC_OFF_SEQFLAGS + 4)
 _Static_assert(CM_REC_HEADER_BYTES == 20, "record overhead is 20 bytes");
+#define CM_REC_KEY_BYTES        16          /* v2 crc prefix: stream_id(8) entry(8), LE */
 #define CM_REC_SEQ_MASK         0x0FFFFFFFu
 #define CM_REC_FLAGS_MASK       0xF0000000u
 #define CM_REC_FLAG_ZSTD        0x10000000u /* payload is one zstd frame */

@@ -130,7 +130,7 @@ int cm_index_floor_time(const uint8_t *idx, uint64_t idx_bytes, int64_t ts_ns,
 
 /* Rebuild (I8): an entry for the first record and then for the first record at
  * least `interval` bytes after the previous entry's, as index_note() in shard.c. */
-int cm_index_build(const uint8_t *seg, uint64_t seg_size, uint32_t interval,
+int cm_index_build(const uint8_t *seg, uint64_t seg_size, uint64_t base, uint32_t interval,
                    uint8_t *idx, uint64_t idx_bytes, uint32_t *count) {
     *count = 0;
     if (idx_bytes < CM_IDX_HEADER_BYTES || interval < 64)
@@ -141,7 +141,7 @@ int cm_index_build(const uint8_t *seg, uint64_t seg_size, uint32_t interval,
     cm_walk w;
     cm_record r;
     cm_damage d;
-    cm_walk_init(&w, seg, seg_size, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
+    cm_walk_init(&w, seg, seg_size, base, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
     uint64_t last = 0, n = 0;
     int rc;
     while ((rc = cm_walk_next(&w, &r, &d)) != CM_WALK_DONE) {

@@ -55,14 +55,17 @@ void cm_crc32c_x3(const uint8_t *p[3], const size_t n[3], uint32_t out[3]);
 
 /* segment.c */
 void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
-                            uint32_t stream_crc);
+                            uint32_t stream_crc, uint64_t stream_id);
+uint32_t cm_frame_head_crc(const cm_seg_key *key, uint32_t seq, const uint8_t *frame);
+uint64_t cm_new_stream_id(void);
 void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint32_t seqflags);
-void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k);
+void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], const uint32_t heads[], int k);
 int  cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
-                       uint64_t prealloc, uint32_t stream_crc, int durable,
+                       uint64_t prealloc, uint32_t stream_crc, uint64_t stream_id, int durable,
                        int *fd_out);
 int  cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
-                           uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out);
+                           uint64_t prealloc, uint32_t stream_crc, uint64_t stream_id,
+                           int durable, int *fd_out);
 void cm_segment_name(char *buf, size_t n, uint64_t base, const char *suffix);
 uint64_t cm_zero_range(uint8_t *map, uint64_t from, uint64_t to);
 
@@ -86,7 +89,7 @@ void cm_prealloc_wait(uint64_t ticket);
 int  cm_state_init(cm_state *st);
 
 /* the function table handed to the CPython fast path (api.c, appender.c) */
-#define CM_API_VERSION 2
+#define CM_API_VERSION 3   /* 3: record_at and walk_init take the segment base (I17) */
 typedef struct cm_api {
     int version;
     int (*append)(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
@@ -94,15 +97,15 @@ typedef struct cm_api {
     const char *(*last_error)(void);
     int (*last_errno)(void);
     /* appended for cometmp._reader (native/reader.c); keep new fields last */
-    int (*record_at)(const uint8_t *map, uint64_t size, uint64_t off,
+    int (*record_at)(const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
                      uint32_t expect_seq, struct cm_record *out);
     /* version 2: owned shard references for the Appender (L3); shard_ref
        returns NULL unless p is the head of a live cm_shard */
     struct cm_shard *(*shard_ref)(void *p);
     void (*shard_unref)(struct cm_shard *s);
     /* appended for the one walker (native/walker.c) */
-    void (*walk_init)(struct cm_walk *w, const uint8_t *map, uint64_t size, uint64_t off,
-                      uint32_t seq, uint32_t stop, uint32_t published);
+    void (*walk_init)(struct cm_walk *w, const uint8_t *map, uint64_t size, uint64_t base,
+                      uint64_t off, uint32_t seq, uint32_t stop, uint32_t published);
     int (*walk_next)(struct cm_walk *w, struct cm_record *rec, struct cm_damage *dmg);
 } cm_api;
 

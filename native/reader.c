@@ -171,8 +171,10 @@ static PyObject *Batch_add_stream(Batch *b, PyObject *const *args, Py_ssize_t na
 
 enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
 
-/* fill(stream_index, mapping, base, off, seq, stop_seq, max_n)
+/* fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key])
  *   -> (off, seq, added, status, lost, resume, end)
+ * key: the bytes of the cm_seg_key the segment is read with (Segment.key: the
+ * stream's identity, I17); without it, the one the segment's header names.
  * Appends the valid records of one segment from (off, seq) while seq <
  * stop_seq (I2: never past the published count, which is also the count below
  * which an end of data is damage) and added < max_n, walking with the core's
@@ -184,9 +186,22 @@ enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
  * CM_DAMAGE_LIMIT nothing valid follows below stop_seq. The caller decides
  * (a stale mapping of a replaced segment looks like damage, consumer.py). */
 static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "fill(stream_index, mapping, base, off, seq, stop_seq, max_n)");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key])");
         return NULL;
+    }
+    cm_seg_key key;
+    int have_key = 0;
+    if (nargs == 8) {
+        Py_buffer kb;
+        if (PyObject_GetBuffer(args[7], &kb, PyBUF_SIMPLE) < 0) return NULL;
+        have_key = kb.len == (Py_ssize_t)sizeof key;
+        if (have_key) memcpy(&key, kb.buf, sizeof key);
+        PyBuffer_Release(&kb);
+        if (!have_key) {
+            PyErr_SetString(PyExc_ValueError, "key must be the bytes of a cm_seg_key");
+            return NULL;
+        }
     }
     Py_ssize_t si = PyLong_AsSsize_t(args[0]);
     unsigned long long base = PyLong_AsUnsignedLongLong(args[2]);
@@ -218,7 +233,11 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
     cm_walk w;
     cm_record r;
     cm_damage d = {0};
-    api->walk_init(&w, map, size, off, (uint32_t)seq, (uint32_t)stop, (uint32_t)stop);
+    api->walk_init(&w, map, size, base, off, (uint32_t)seq, (uint32_t)stop, (uint32_t)stop);
+    if (have_key) {
+        key.base = base;             /* always the caller's (the file name's) */
+        w.key = key;
+    }
     Py_ssize_t n = b->n;
     for (;;) {
         if (added >= max_n) break;
@@ -525,7 +544,7 @@ static PyMethodDef Batch_methods[] = {
     {"add_stream", (PyCFunction)(void (*)(void))Batch_add_stream, METH_FASTCALL,
      "add_stream(name, shard) -> stream index"},
     {"fill", (PyCFunction)(void (*)(void))Batch_fill, METH_FASTCALL,
-     "fill(stream_index, mapping, base, off, seq, stop_seq, max_n) -> (off, seq, added, status, lost, resume, end)"},
+     "fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key]) -> (off, seq, added, status, lost, resume, end)"},
     {"payloads", (PyCFunction)Batch_payloads, METH_NOARGS,
      "payloads() -> list of the entries' data (bytes, or memoryviews with zero_copy)"},
     {"ack_points", (PyCFunction)Batch_ack_points, METH_NOARGS,

@@ -3,6 +3,9 @@
  * A segment is <20-digit base entry>.seg: a 64-byte header then records
  * framed len(4) crc(4) ts_ns(8) seqflags(4) payload, back to back, then
  * zeros up to the file's fixed size (docs/FORMAT.md, "Segment file").
+ * Version 2 binds every frame to its position (I17): the crc is seeded with
+ * the header's stream_id and the entry number, so a frame is valid only as
+ * the entry it was written as, in the stream it was written to.
  * The functions here are stateless; shard.c owns the writer protocol.
  */
 #define _GNU_SOURCE
@@ -14,6 +17,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <time.h>
+#include <sys/random.h>
 #include "cometmp.h"
 #include "internal.h"
 #include "failpoint.h"
@@ -29,9 +33,9 @@ void cm_segment_name(char *buf, size_t n, uint64_t base, const char *suffix) {
 }
 
 void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
-                            uint32_t stream_crc) {
+                            uint32_t stream_crc, uint64_t stream_id) {
     /* magic(4) version(2) header_bytes(2) base(8) capacity(8) created(8)
-       stream_crc(4) reserved(24) header_crc(4) */
+       stream_crc(4) stream_id(8) reserved(16) header_crc(4) */
     memset(h, 0, CM_SEG_HEADER_BYTES);
     put32(h + CM_SEG_OFF_MAGIC, CM_SEG_MAGIC);
     put16(h + CM_SEG_OFF_VERSION, CM_SEG_VERSION);
@@ -40,6 +44,7 @@ void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
     put64(h + CM_SEG_OFF_CAPACITY, capacity);
     put64(h + CM_SEG_OFF_CREATED, (uint64_t)cm_now_ns());
     put32(h + CM_SEG_OFF_STREAM_CRC, stream_crc);
+    put64(h + CM_SEG_OFF_STREAM_ID, stream_id);
     put32(h + CM_SEG_OFF_HEADER_CRC, cm_crc32c(0, h, CM_SEG_OFF_HEADER_CRC));
 }
 
@@ -51,18 +56,57 @@ int cm_segment_header_check(const uint8_t *map, uint64_t size, uint64_t *base,
     if (get32(map + CM_SEG_OFF_MAGIC) != CM_SEG_MAGIC)
         return cm_fail(CM_E_FORMAT, 0, "segment magic 0x%08x, expected 0x%08x",
                        get32(map), CM_SEG_MAGIC);
-    if (get16(map + CM_SEG_OFF_VERSION) != CM_SEG_VERSION)
-        return cm_fail(CM_E_FORMAT, 0, "segment version %u, this build reads %u",
-                       get16(map + CM_SEG_OFF_VERSION), CM_SEG_VERSION);
+    uint16_t v = get16(map + CM_SEG_OFF_VERSION);
+    if (v != CM_SEG_VERSION && v != CM_SEG_VERSION_V1)
+        return cm_fail(CM_E_FORMAT, 0, "segment version %u, this build reads %u and %u",
+                       v, CM_SEG_VERSION_V1, CM_SEG_VERSION);
     if (get32(map + CM_SEG_OFF_HEADER_CRC) != cm_crc32c(0, map, CM_SEG_OFF_HEADER_CRC))
         return cm_fail(CM_E_CORRUPT, 0, "segment header checksum mismatch");
+    if (v == CM_SEG_VERSION && get64(map + CM_SEG_OFF_STREAM_ID) == 0)
+        return cm_fail(CM_E_CORRUPT, 0, "version 2 segment header without a stream id");
     if (base) *base = get64(map + CM_SEG_OFF_BASE);
     if (capacity) *capacity = get64(map + CM_SEG_OFF_CAPACITY);
     return CM_OK;
 }
 
+/* The binding of the frames of a segment mapped at `map` whose file name says
+ * `base` (I17). The version and stream_id are read from the header as they
+ * are: a damaged header makes its frames fail V4 (entries reported lost),
+ * never validate as other entries. A version-1 header (or a map too short to
+ * hold one) leaves the frames unbound. */
+void cm_segment_key(const uint8_t *map, uint64_t size, uint64_t base, cm_seg_key *key) {
+    key->base = base;
+    key->version = CM_SEG_VERSION_V1;
+    key->stream_id = 0;
+    key->id_crc = 0;
+    if (map == NULL || size < CM_SEG_HEADER_BYTES)
+        return;
+    uint16_t v = get16(map + CM_SEG_OFF_VERSION);
+    if (v == CM_SEG_VERSION_V1)
+        return;
+    key->version = v;   /* 2, or an unknown version: checked by the v2 rule, so its
+                           frames never pass as unbound v1 frames */
+    key->stream_id = get64(map + CM_SEG_OFF_STREAM_ID);
+    key->id_crc = cm_crc32c(0, map + CM_SEG_OFF_STREAM_ID, 8);
+}
+
+/* The crc of what precedes a frame's bytes [8, 20+len) in its checksum, the
+ * one place the binding is computed (I17), for writing and for checking:
+ * v1: crc32c(len(4)); v2: crc32c(stream_id(8) entry(8) len(4)), extended from
+ * the per-segment crc32c(stream_id), so a v2 record costs one crc call over 12
+ * bytes where v1 costs one over 4. `frame` is the frame; seq its sequence. */
+uint32_t cm_frame_head_crc(const cm_seg_key *key, uint32_t seq, const uint8_t *frame) {
+    if (key->version == CM_SEG_VERSION_V1)
+        return cm_crc32c(0, frame + CM_REC_OFF_LEN, 4);
+    uint8_t b[12];                       /* entry(8) len(4) */
+    put64(b, key->base + seq);
+    memcpy(b + 8, frame + CM_REC_OFF_LEN, 4);
+    return cm_crc32c(key->id_crc, b, sizeof b);
+}
+
 /* Writing a frame: fill it without the crc, then seal up to three frames at
- * once (crc chains interleaved, see cm_crc32c_x3). */
+ * once (crc chains interleaved, see cm_crc32c_x3), each extending its head crc
+ * (cm_frame_head_crc). */
 void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint32_t seqflags) {
     put32(p + CM_REC_OFF_LEN, len);
     put64(p + CM_REC_OFF_TS, (uint64_t)ts);
@@ -70,10 +114,11 @@ void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint
     if (len) memcpy(p + CM_REC_HEADER_BYTES, data, len);
 }
 
-void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k) {
+void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], const uint32_t heads[], int k) {
+    /* v1: crc(len ‖ ts ‖ seqflags ‖ payload); v2: crc(key ‖ len ‖ ts ‖ seqflags ‖ payload) */
     if (k == 1) {
         uint8_t *f = frames[0];
-        uint32_t c = cm_crc32c(0, f, 4);
+        uint32_t c = heads[0];
         put32(f + CM_REC_OFF_CRC,
               cm_crc32c(c, f + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + lens[0]));
         return;
@@ -83,7 +128,7 @@ void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], int k) {
     uint32_t c[3];
     for (int i = 0; i < 3; i++) {
         int j = i < k ? i : 0;   /* pad a group of two with a repeat of the first */
-        c[i] = i < k ? cm_crc32c(0, frames[j], 4) : c[0];
+        c[i] = i < k ? heads[j] : c[0];
         p[i] = frames[j] + CM_REC_OFF_TS;
         n[i] = CM_REC_HEADER_BYTES - CM_REC_OFF_TS + lens[j];
     }
@@ -101,12 +146,13 @@ static int all_zero(const uint8_t *p, size_t n) {
  *  V1 the 20 header bytes lie inside the file;  all-zero header = end of data
  *  V2 the payload lies inside the file
  *  V3 only known flag bits are set
- *  V4 the crc matches
+ *  V4 the crc matches; in v2 the crc is seeded with the segment's key and the
+ *     entry base + seq of the frame's own sequence (I17)
  *  V5 the relative sequence equals the expected one (when given)
  * Returns CM_REC_VALID, CM_REC_END, or -CM_DAMAGE_* naming the rule that failed;
  * it formats no message (the walker calls it for every frame and candidate). */
-int cm_frame_check(const uint8_t *map, uint64_t size, uint64_t off,
-                   uint32_t expect_seq, cm_record *out) {
+int cm_frame_check_key(const uint8_t *map, uint64_t size, const cm_seg_key *key, uint64_t off,
+                       uint32_t expect_seq, cm_record *out) {
     if (off + CM_REC_HEADER_BYTES > size)
         return CM_REC_END;
     const uint8_t *p = map + off;
@@ -118,7 +164,8 @@ int cm_frame_check(const uint8_t *map, uint64_t size, uint64_t off,
         return -CM_DAMAGE_LENGTH;
     if ((sf & CM_REC_FLAGS_MASK) & ~CM_REC_FLAG_ZSTD)
         return -CM_DAMAGE_FLAGS;
-    uint32_t c = cm_crc32c(0, p, 4);
+    /* I17: the crc is checked against the entry the frame claims to be */
+    uint32_t c = cm_frame_head_crc(key, sf & CM_REC_SEQ_MASK, p);
     c = cm_crc32c(c, p + CM_REC_OFF_TS, CM_REC_HEADER_BYTES - CM_REC_OFF_TS + len);
     if (c != get32(p + CM_REC_OFF_CRC))
         return -CM_DAMAGE_CRC;
@@ -136,10 +183,17 @@ int cm_frame_check(const uint8_t *map, uint64_t size, uint64_t off,
     return CM_REC_VALID;
 }
 
+int cm_frame_check(const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
+                   uint32_t expect_seq, cm_record *out) {
+    cm_seg_key key;
+    cm_segment_key(map, size, base, &key);
+    return cm_frame_check_key(map, size, &key, off, expect_seq, out);
+}
+
 /* cm_frame_check() with a message for cm_last_error() when the frame is invalid. */
-int cm_record_at(const uint8_t *map, uint64_t size, uint64_t off,
+int cm_record_at(const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
                  uint32_t expect_seq, cm_record *out) {
-    int rc = cm_frame_check(map, size, off, expect_seq, out);
+    int rc = cm_frame_check(map, size, base, off, expect_seq, out);
     if (rc >= 0)
         return rc;
     const uint8_t *p = map + off;
@@ -159,7 +213,7 @@ const char *cm_damage_reason(int32_t cause, uint32_t len, uint32_t seqflags, uin
         snprintf(buf, sizeof buf, "unknown flags 0x%08x", seqflags & CM_REC_FLAGS_MASK);
         return buf;
     case CM_DAMAGE_CRC:
-        return "crc mismatch";
+        return "crc mismatch (damaged, or not written as this entry of this stream)";
     case CM_DAMAGE_SEQ:
         snprintf(buf, sizeof buf, "sequence %u, expected %u", seqflags & CM_REC_SEQ_MASK, expect_seq);
         return buf;
@@ -205,7 +259,8 @@ static int write_full(int fd, const void *buf, size_t n, off_t off) {
  * or rotate() once everything else the segment needs exists) or unlinks it.
  * Returns the open fd of the temp file. */
 int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
-                          uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out) {
+                          uint64_t prealloc, uint32_t stream_crc, uint64_t stream_id,
+                          int durable, int *fd_out) {
     char name[64], tmp[80];
     cm_segment_name(name, sizeof name, base, ".seg");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
@@ -228,7 +283,7 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
         goto fail;
     }
     uint8_t h[CM_SEG_HEADER_BYTES];
-    cm_segment_header_init(h, base, capacity, stream_crc);
+    cm_segment_header_init(h, base, capacity, stream_crc, stream_id);
     if ((e = -CM_FAILPOINT("segment.write")) != 0 || (e = write_full(fd, h, sizeof h, 0)) != 0) {
         rc = cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "write header of %s/%s", dir, tmp);
         goto fail;
@@ -248,12 +303,14 @@ fail:
 /* Create <base>.seg crash-safely: temp file (cm_segment_create_tmp), rename
  * (I7), fsync of the directory if durable. Returns the open fd of the final file. */
 int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capacity,
-                      uint64_t prealloc, uint32_t stream_crc, int durable, int *fd_out) {
+                      uint64_t prealloc, uint32_t stream_crc, uint64_t stream_id,
+                      int durable, int *fd_out) {
     char name[64], tmp[80];
     cm_segment_name(name, sizeof name, base, ".seg");
     snprintf(tmp, sizeof tmp, "%s.tmp", name);
     int fd;
-    int rc = cm_segment_create_tmp(dirfd, dir, base, capacity, prealloc, stream_crc, durable, &fd);
+    int rc = cm_segment_create_tmp(dirfd, dir, base, capacity, prealloc, stream_crc, stream_id,
+                                   durable, &fd);
     if (rc < 0) return rc;
     if (CM_FAILPOINT_ERRNO("segment.rename") || renameat(dirfd, tmp, dirfd, name) != 0) {
         rc = cm_fail(CM_E_IO, errno, "rename %s/%s", dir, tmp);
@@ -269,4 +326,18 @@ int cm_segment_create(int dirfd, const char *dir, uint64_t base, uint64_t capaci
     }
     *fd_out = fd;
     return CM_OK;
+}
+
+/* A new stream identity (FORMAT.md §2.1): 64 random bits, never 0 (0 is v1's
+ * reserved value). A stream gets one when its first v2 segment is created;
+ * every later segment copies it from the active one (rotate_locked). */
+uint64_t cm_new_stream_id(void) {
+    uint64_t id = 0;
+    while (id == 0) {
+        if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id) {
+            /* no entropy source: the clock and pid still differ between streams */
+            id = (uint64_t)cm_now_ns() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+        }
+    }
+    return id;
 }

@@ -56,6 +56,7 @@ struct cm_shard {
     int seg_fd;
     uint8_t *seg_map;
     uint64_t seg_cap;
+    cm_seg_key seg_key;         /* the active segment's frame binding (I17) */
     int idx_fd;
     uint8_t *idx_map;
     uint64_t idx_cap;
@@ -179,6 +180,7 @@ static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
         return cm_fail(rc, 0, "%s/%s: %s", s->dir, name, msg);
     }
     s->seg_fd = fd; s->seg_map = m; s->seg_cap = size; s->seg_base = base;
+    cm_segment_key(m, size, base, &s->seg_key);
     s->seg_gen = s->st ? s->st->active_gen : 0;
     int fresh;
     rc = map_index(s, base, &fresh);
@@ -262,7 +264,7 @@ static void walk(cm_shard *s, uint64_t off, uint32_t seq, uint64_t limit, uint32
     cm_record r;
     cm_damage d;
     int rc;
-    cm_walk_init(&w, s->seg_map, limit, off, seq, stop, published);
+    cm_walk_init(&w, s->seg_map, limit, s->seg_base, off, seq, stop, published);
     uint64_t end = off;
     while ((rc = cm_walk_next(&w, &r, &d)) != CM_WALK_DONE) {
         if (rc == CM_WALK_RECORD) {
@@ -301,6 +303,69 @@ static uint64_t zero_after(cm_shard *s, uint64_t from, uint64_t limit) {
     return last - from;
 }
 
+/* The stream id of a stream's segments (FORMAT.md §2.1), read from the newest
+ * segment other than `skip` whose header is valid and version 2; 0 when none. */
+static uint64_t stream_id_of_others(cm_shard *s, uint64_t skip) {
+    int fd = dup(s->dirfd);
+    if (fd < 0) return 0;
+    DIR *d = fdopendir(fd);
+    if (!d) { close(fd); return 0; }
+    rewinddir(d);        /* the dup shares the directory offset list_segments() left */
+    struct dirent *de;
+    uint64_t best_base = 0, id = 0;
+    while ((de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        size_t l = strlen(n);
+        if (l != 24 || strcmp(n + 20, ".seg") != 0) continue;
+        uint64_t b = strtoull(n, NULL, 10);
+        if (b == skip || (id && b < best_base)) continue;
+        uint8_t h[CM_SEG_HEADER_BYTES];
+        int fd = openat(s->dirfd, n, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t got = pread(fd, h, sizeof h, 0);
+        close(fd);
+        if (got == (ssize_t)sizeof h && cm_segment_header_check(h, sizeof h, NULL, NULL) == CM_OK &&
+            get16(h + CM_SEG_OFF_VERSION) == CM_SEG_VERSION) {
+            id = get64(h + CM_SEG_OFF_STREAM_ID);
+            best_base = b;
+        }
+    }
+    closedir(d);
+    return id;
+}
+
+/* Which stream id the records behind a damaged header (`first`: the file's
+ * first `n` bytes) are bound to, so the rewritten header keeps them readable
+ * (I17). Candidates, each accepted only if the first record validates under
+ * it (`first` is a private mapping: the trials write only to it): unbound (a v1 segment: returns 1), the damaged header's own stream_id
+ * field (the damage was elsewhere), that field with one bit flipped (the
+ * damage was there), and the id of the stream's other segments. Returns 0
+ * when none fits and the segment has records; a new id when it has none. */
+static uint64_t recover_stream_id(cm_shard *s, uint64_t base, uint8_t *first, uint64_t n) {
+    if (n < CM_SEG_HEADER_BYTES) return cm_new_stream_id();
+    uint64_t own = get64(first + CM_SEG_OFF_STREAM_ID);
+    uint64_t cand[2 + 64 + 1];
+    int k = 0;
+    cand[k++] = 1;                                   /* v1: unbound */
+    cand[k++] = own;
+    for (int b = 0; b < 64; b++) cand[k++] = own ^ (1ull << b);
+    cand[k++] = stream_id_of_others(s, base);
+    int empty = cm_frame_check(first, n, base, CM_SEG_HEADER_BYTES, 0, NULL) == CM_REC_END;
+    uint64_t found = 0;
+    for (int i = 0; i < k && !found && !empty; i++) {
+        if (cand[i] == 0) continue;
+        put16(first + CM_SEG_OFF_VERSION, cand[i] == 1 ? CM_SEG_VERSION_V1 : CM_SEG_VERSION);
+        put64(first + CM_SEG_OFF_STREAM_ID, cand[i] == 1 ? 0 : cand[i]);
+        if (cm_frame_check(first, n, base, CM_SEG_HEADER_BYTES, 0, NULL) == CM_REC_VALID)
+            found = cand[i];
+    }
+    if (empty) {
+        uint64_t other = stream_id_of_others(s, base);
+        return other ? other : cm_new_stream_id();
+    }
+    return found;
+}
+
 /* A segment file shorter than the capacity its header declares lost its end
  * (a copy cut off, a filesystem that dropped the tail): the missing bytes are
  * a torn tail. Give the file back its fixed size (I9) so it can be mapped;
@@ -329,11 +394,25 @@ static int restore_segment_size(cm_shard *s, uint64_t base, uint64_t *repaired) 
     if (!ok) {
         /* The active segment's header is damaged. Everything in it is derivable
            (base from the file name, I1; capacity from the size; the stream's
-           crc), so rewrite it and keep the records behind it. */
+           crc; the stream id, see recover_stream_id), so rewrite it and keep
+           the records behind it. */
         uint64_t cap = size < 4096 ? (s->opt.segment_bytes > 4096 ? s->opt.segment_bytes : 4096)
                                    : (size + 4095) / 4096 * 4096;
         if (cap > CM_SEG_MAX_BYTES) cap = CM_SEG_MAX_BYTES;
-        cm_segment_header_init(h, base, cap, s->opt.stream_crc);
+        uint8_t *first = size >= CM_SEG_HEADER_BYTES
+            ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+        uint64_t id = first == MAP_FAILED ? cm_new_stream_id()
+                                          : recover_stream_id(s, base, first, size);
+        if (first != MAP_FAILED) munmap(first, size);
+        if (id == 0) {
+            rc = cm_fail(CM_E_CORRUPT, 0, "%s/%s: the segment header is damaged and the "
+                         "stream id its records are bound to cannot be recovered", s->dir, name);
+            close(fd);
+            return rc;
+        }
+        cm_segment_header_init(h, base, cap, s->opt.stream_crc, id == 1 ? 0 : id);
+        if (id == 1) put16(h + CM_SEG_OFF_VERSION, CM_SEG_VERSION_V1);   /* keep it v1 */
+        put32(h + CM_SEG_OFF_HEADER_CRC, cm_crc32c(0, h, CM_SEG_OFF_HEADER_CRC));
         if (CM_FAILPOINT_ERRNO("recover.header_repair") ||
             (cap != size && ftruncate(fd, (off_t)cap) != 0) ||
             pwrite(fd, h, sizeof h, 0) != (ssize_t)sizeof h)
@@ -367,7 +446,7 @@ static int segment_end(cm_shard *s, uint64_t base, uint64_t *end) {
         cm_walk w;
         cm_record last;
         uint64_t records = 0, lost = 0;
-        cm_walk_init(&w, m, size, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
+        cm_walk_init(&w, m, size, base, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
         cm_walk_count(&w, &last, &records, &lost);
         *end = records ? base + last.seq + 1 : base;
         rc = CM_OK;
@@ -426,8 +505,10 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint64_t base = state_fresh ? 0 : st->committed;
         uint64_t cap = s->opt.segment_bytes;
         int fd;
+        /* a stream with no segment left gets a new identity (FORMAT.md §2.1) */
         rc = cm_segment_create(s->dirfd, s->dir, base, cap, s->opt.alloc_chunk,
-                               s->opt.stream_crc, s->opt.durability != CM_DURABILITY_NONE, &fd);
+                               s->opt.stream_crc, cm_new_stream_id(),
+                               s->opt.durability != CM_DURABILITY_NONE, &fd);
         if (rc < 0) return rc;
         close(fd);
         st->active_gen++;
@@ -478,7 +559,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
             uint32_t q = get32(e + CM_IDXE_OFF_REL);
             if (o < st->tail && q < want &&
-                cm_record_at(s->seg_map, st->tail, o, q, NULL) == CM_REC_VALID) {
+                cm_record_at(s->seg_map, st->tail, B, o, q, NULL) == CM_REC_VALID) {
                 start = o; sseq = q; keep = i + 1; break;
             }
         }
@@ -833,6 +914,16 @@ static int remove_new_segment(cm_shard *s, uint64_t base, int durable) {
  * entry is ever appended to the older segment under a number the newer file
  * claims (I1). On failure nothing of the stream's state changed.
  * `frame` is the size of the record that did not fit. Caller holds the lock. */
+/* The stream id the next segment carries: the active segment's (every v2
+ * segment of a stream carries the same id, FORMAT.md §2.1); after an upgrade,
+ * when the active segment is v1, the newest v2 segment's, else a new one. */
+static uint64_t stream_id_for_next(cm_shard *s) {
+    if (s->seg_map && s->seg_key.version == CM_SEG_VERSION && s->seg_key.stream_id)
+        return s->seg_key.stream_id;
+    uint64_t id = stream_id_of_others(s, UINT64_MAX);
+    return id ? id : cm_new_stream_id();
+}
+
 static int rotate_locked(cm_shard *s, uint64_t frame) {
     cm_state *st = s->st;
     uint64_t base = st->committed;
@@ -863,7 +954,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
         rc = cm_fail(errno_code(e), e, "create %s/%s (failpoint)", s->dir, tmp);
     else
         rc = cm_segment_create_tmp(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc,
-                                   durable, &fd);
+                                   stream_id_for_next(s), durable, &fd);
     if (rc < 0) goto drop_index;
     /* 3. both mappings, still invisible */
     uint64_t icap = cm_index_capacity(cap, s->opt.index_interval);
@@ -901,6 +992,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
        whose base is exactly where the older one ends. */
     unmap_active(s);
     s->seg_fd = fd; s->seg_map = map; s->seg_cap = cap; s->seg_base = base;
+    cm_segment_key(map, cap, base, &s->seg_key);
     s->idx_fd = ifd; s->idx_map = imap; s->idx_cap = icap;
     s->idx_interval = s->opt.index_interval;
     if (!durable) s->sealed_unsynced = 1;
@@ -1036,7 +1128,7 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
         uint8_t *dst = s->seg_map + off;
         uint64_t chunk_payload = 0, chunk_compressed = 0;
         uint8_t *group[3];
-        uint32_t glen[3];
+        uint32_t glen[3], ghead[3];
         int ng = 0;
         for (uint32_t j = done; j < k; j++) {
             uint32_t seq = (uint32_t)(entry - s->seg_base);
@@ -1044,9 +1136,10 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
             /* len(4) crc(4) ts_ns(8) seqflags(4) payload; crcs sealed three at a time */
             cm_record_fill(dst, iov[j].data, iov[j].len, ts, seq | (iov[j].flags & CM_REC_FLAGS_MASK));
             group[ng] = dst;
+            ghead[ng] = cm_frame_head_crc(&s->seg_key, seq, dst);   /* I17: bound to entry `entry` */
             glen[ng++] = iov[j].len;
             if (ng == 3 || j + 1 == k) {
-                cm_record_seal(group, glen, ng);
+                cm_record_seal(group, glen, ghead, ng);
                 ng = 0;
             }
             dst += CM_REC_HEADER_BYTES + iov[j].len;

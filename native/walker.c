@@ -24,6 +24,17 @@
  * seq >= the expected one, only known flags, a length that fits, a non-zero
  * timestamp, valid under V1-V5 with its own sequence.
  *
+ * Where the search starts (resync_from). In a v2 segment a candidate is valid
+ * only if it was written as that entry of this stream (I17), so a frame inside
+ * a payload (a log of logs) or copied from elsewhere never passes and the
+ * search starts at the next byte. A v1 frame is bound to nothing: a valid frame
+ * embedded in a damaged record's payload would pass, so when the damaged frame
+ * is still parseable - its length fits, and either its sequence is the
+ * expected one or right after its extent lies the expected next record or the
+ * end of data - the search starts after that extent: no candidate lying
+ * inside a frame that still encloses it is taken (FORMAT.md §2.4). (A flipped
+ * length bit can still misplace the extent in v1; v2 needs no extent.)
+ *
  *   found, seq' < stop   CM_DAMAGE_RESYNC: corruption; entries [seq, seq') lost,
  *                        the walk continues at the found frame
  *   otherwise, seq < published
@@ -37,9 +48,11 @@
 #include "cometmp.h"
 #include "internal.h"
 
-/* After a frame that failed validation, find the next offset holding a valid
- * frame whose sequence is at least min_seq; -1 when none. */
-int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from, uint32_t min_seq) {
+/* After a frame that failed validation, find the next offset at or after
+ * `from` holding a valid frame whose sequence is at least min_seq; -1 when none. */
+int64_t cm_resync(const cm_walk *w, uint64_t from, uint32_t min_seq) {
+    const uint8_t *map = w->map;
+    uint64_t size = w->size;
     for (uint64_t off = from; off + CM_REC_HEADER_BYTES <= size; off++) {
         const uint8_t *p = map + off;
         uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
@@ -51,15 +64,35 @@ int64_t cm_resync(const uint8_t *map, uint64_t size, uint64_t from, uint32_t min
             continue;
         if (get64(p + CM_REC_OFF_TS) == 0)
             continue;
-        if (cm_frame_check(map, size, off, seq, NULL) == CM_REC_VALID)
+        if (cm_frame_check_key(map, size, &w->key, off, seq, NULL) == CM_REC_VALID)
             return (int64_t)off;
     }
     return -1;
 }
 
-void cm_walk_init(cm_walk *w, const uint8_t *map, uint64_t size, uint64_t off, uint32_t seq,
-                  uint32_t stop, uint32_t published) {
+/* Where resynchronisation after the invalid frame at w->off starts (the rule
+ * in the comment at the top). rc: what cm_frame_check said about that frame. */
+static uint64_t resync_from(const cm_walk *w, int rc) {
+    uint64_t off = w->off;
+    if (w->key.version != CM_SEG_VERSION_V1 || rc == CM_REC_END ||
+        off + CM_REC_HEADER_BYTES > w->size)
+        return off + 1;
+    const uint8_t *p = w->map + off;
+    uint32_t len = get32(p + CM_REC_OFF_LEN);
+    uint32_t sf = get32(p + CM_REC_OFF_SEQFLAGS);
+    if ((uint64_t)len > w->size - off - CM_REC_HEADER_BYTES)
+        return off + 1;                          /* not parseable: no extent to trust */
+    uint64_t end = off + CM_REC_HEADER_BYTES + len;
+    if ((sf & CM_REC_SEQ_MASK) == w->seq)
+        return end;                              /* its extent encloses any candidate before end */
+    int next = cm_frame_check_key(w->map, w->size, &w->key, end, w->seq + 1, NULL);
+    return next == CM_REC_VALID || next == CM_REC_END ? end : off + 1;
+}
+
+void cm_walk_init(cm_walk *w, const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
+                  uint32_t seq, uint32_t stop, uint32_t published) {
     w->map = map;
+    cm_segment_key(map, size, base, &w->key);   /* once per walk: the frames' binding (I17) */
     w->size = size;
     w->off = off;
     w->seq = seq;
@@ -73,7 +106,7 @@ int cm_walk_next(cm_walk *w, cm_record *rec, cm_damage *dmg) {
         w->done = 1;
         return CM_WALK_DONE;
     }
-    int rc = cm_frame_check(w->map, w->size, w->off, w->seq, rec);
+    int rc = cm_frame_check_key(w->map, w->size, &w->key, w->off, w->seq, rec);
     if (rc == CM_REC_VALID) {
         w->off += rec->frame_bytes;
         w->seq++;
@@ -92,7 +125,7 @@ int cm_walk_next(cm_walk *w, cm_record *rec, cm_damage *dmg) {
         dmg->frame_len = get32(w->map + w->off + CM_REC_OFF_LEN);
         dmg->frame_seqflags = get32(w->map + w->off + CM_REC_OFF_SEQFLAGS);
     }
-    int64_t nx = cm_resync(w->map, w->size, w->off + 1, w->seq);
+    int64_t nx = cm_resync(w, resync_from(w, rc), w->seq);
     uint32_t found = 0;
     if (nx >= 0)
         found = get32(w->map + nx + CM_REC_OFF_SEQFLAGS) & CM_REC_SEQ_MASK;

@@ -72,6 +72,17 @@ def segment_files(root: str, stream: str) -> list[tuple[int, str]]:
     return [(b, os.path.join(d, paths.segment_name(b))) for b in paths.list_segment_bases(d)]
 
 
+def frame_for(path: str, payload: bytes, ts_ns: int, seq: int, flags: int = 0) -> bytes:
+    """A frame that is valid as sequence ``seq`` of the segment file ``path``: bound to its
+    stream id and entry number in a version-2 segment (FORMAT.md §2.2), unbound in v1.
+    What the damage suites plant to play a well-formed stale or ghost record."""
+    with open(path, "rb") as f:
+        h = fmt.parse_segment_header(f.read(fmt.CM_SEG_HEADER_BYTES))
+    sid = h.stream_id if h.version == fmt.CM_SEG_VERSION else None
+    return fmt.encode_record(payload, ts_ns, seq, flags, stream_id=sid,
+                             base=int(os.path.basename(path)[:20]))
+
+
 def oracle_walk(path: str) -> tuple[list[oracle.Record], list[oracle.Damage]]:
     """All records and damage of a segment file, according to the pure-Python reader; on
     the way, assert that the package's one walker (native/walker.c) agrees with it."""
@@ -123,11 +134,11 @@ def c_walk_items(path: str, stop: int | None) -> list[tuple]:
         seg.close()
 
 
-def oracle_items(buf: bytes, stop: int | None) -> list[tuple]:
-    """The oracle's view of the same walk, as the same tuples."""
+def oracle_items(buf: bytes, stop: int | None, base: int | None = None) -> list[tuple]:
+    """The oracle's view of the same walk, as the same tuples (``base``: the file name's)."""
     return [("damage", i.offset, i.first_seq, i.lost, i.end, i.reason) if isinstance(i, oracle.Damage)
             else ("record", i.offset, i.seq, i.flags, i.ts_ns, len(i.payload))
-            for i in oracle.walk_segment(buf, stop=stop, published=stop or 0)]
+            for i in oracle.walk_segment(buf, stop=stop, published=stop or 0, base=base)]
 
 
 def assert_walkers_agree(path: str, buf: bytes | None = None) -> int:
@@ -138,7 +149,7 @@ def assert_walkers_agree(path: str, buf: bytes | None = None) -> int:
             buf = f.read()
     findings = 0
     for stop in published_limits(path):
-        c, o = c_walk_items(path, stop), oracle_items(buf, stop)
+        c, o = c_walk_items(path, stop), oracle_items(buf, stop, int(os.path.basename(path)[:20]))
         if c != o:
             diff = next((i for i, (a, b) in enumerate(zip(c, o)) if a != b), min(len(c), len(o)))
             raise AssertionError(f"{path} (limit {stop}): the C walker and the oracle disagree at item "

@@ -51,8 +51,10 @@ from ..format import (
     CM_SEG_OFF_CAPACITY,
     CM_SEG_OFF_MAGIC,
     CM_SEG_OFF_STREAM_CRC,
+    CM_SEG_OFF_STREAM_ID,
     CM_SEG_OFF_VERSION,
     CM_SEG_VERSION,
+    CM_SEG_VERSION_V1,
     CM_STATE_BYTES,
     CM_STATE_MAGIC,
     CM_STATE_OFF_ACTIVE_BASE,
@@ -63,6 +65,8 @@ from ..format import (
     CM_STATE_OFF_VERSION,
     CM_STATE_VERSION,
     parse_index,
+    parse_segment_header,
+    segment_header_ok,
 )
 
 __all__ = [
@@ -365,6 +369,39 @@ def _walk_c(seg, stop_seq: int | None) -> tuple[list, list, int, int]:
     return records, damages, off, seq
 
 
+def _check_stream_identity(directory: str, bases: list[int], rep: StreamReport) -> None:
+    """FORMAT.md §2.1: every version-2 segment of a stream carries the stream's id (that
+    of its newest version-2 segment), and no version-1 segment follows a version-2 one
+    (a stream is upgraded forwards only). A disagreeing segment is one copied in from
+    another stream: its frames are bound to that stream's id (I17)."""
+    headers = []
+    for base in bases:
+        path = os.path.join(directory, paths.segment_name(base))
+        try:
+            with open(path, "rb") as f:
+                buf = f.read(CM_SEG_HEADER_BYTES)
+        except OSError:
+            continue
+        if segment_header_ok(buf):
+            headers.append((base, path, parse_segment_header(buf)))
+    v2 = [(b, p, h) for b, p, h in headers if h.version == CM_SEG_VERSION]
+    if not v2:
+        return
+    sid = v2[-1][2].stream_id
+    for b, p, h in v2:
+        if h.stream_id != sid:
+            rep.add(ERROR, "segment-header", p, CM_SEG_OFF_STREAM_ID,
+                    f"stream id 0x{h.stream_id:016x} differs from the stream's 0x{sid:016x} (its "
+                    "newest version-2 segment): a segment of another stream; its records are not this "
+                    "stream's entries (I17)")
+    first_v2 = v2[0][0]
+    for b, p, h in headers:
+        if h.version == CM_SEG_VERSION_V1 and b > first_v2:
+            rep.add(ERROR, "segment-header", p, CM_SEG_OFF_VERSION,
+                    f"a version-1 segment after the version-2 segment {paths.segment_name(first_v2)} "
+                    "(streams are upgraded forwards only: a segment copied in?)")
+
+
 def _entries(first: int, count: int) -> str:
     return f"entry {first}" if count == 1 else f"entries {first}..{first + count - 1}"
 
@@ -391,8 +428,10 @@ def _check_segment(root: str, name: str, directory: str, base: int, next_base: i
         if not seg.header_ok:
             if magic != CM_SEG_MAGIC:
                 msg = f"bad magic 0x{magic:08x} (expected 0x{CM_SEG_MAGIC:08x})"
-            elif version != CM_SEG_VERSION:
-                msg = f"format version {version}, this build reads {CM_SEG_VERSION}"
+            elif version not in (CM_SEG_VERSION_V1, CM_SEG_VERSION):
+                msg = f"format version {version}, this build reads {CM_SEG_VERSION_V1} and {CM_SEG_VERSION}"
+            elif version == CM_SEG_VERSION and seg.stream_id == 0:
+                msg = "version 2 header without a stream id"
             else:
                 msg = "header checksum mismatch"
             rep.add(ERROR, "segment-header", seg_path, 0, msg)
@@ -485,7 +524,7 @@ def _check_oracle(seg, seg_path: str, stop: int | None, records: list, damages: 
     o_records: list[tuple[int, int, int]] = []
     o_damages: list[tuple[int, int, int, str]] = []
     try:
-        walk = oracle.walk_segment(buf, stop=stop, published=stop or 0)
+        walk = oracle.walk_segment(buf, stop=stop, published=stop or 0, base=seg.base)
         for item in walk:
             if isinstance(item, oracle.Damage):
                 if not item.torn_tail:
@@ -592,6 +631,7 @@ def verify_stream(root: str, name: str, oracle: bool = False,
     elif state.valid and state.committed:
         rep.add(WARNING, "stream", directory, None,
                 f"no segments, but {state.committed} entries were committed (all removed?)")
+    _check_stream_identity(directory, bases, rep)
     for i, base in enumerate(bases):
         nb = bases[i + 1] if i + 1 < len(bases) else None
         _check_segment(root, name, directory, base, nb, state, oracle, rep)

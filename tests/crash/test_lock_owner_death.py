@@ -12,7 +12,7 @@ import pytest
 import cometmp
 from cometmp import format as fmt
 
-from conftest import child_env, oracle_walk, segment_files, small_config
+from conftest import child_env, frame_for, oracle_walk, segment_files, small_config
 
 STREAM = "lock:shard:0000"
 
@@ -59,7 +59,7 @@ def test_writer_recovers_a_lock_whose_owner_was_killed(tmp_path, written, who):
     try:
         lg = c.log("lock", shards=1)
         lg.append_many([b"one", b"two", b"three"])
-        ghost = fmt.encode_record(b"ghost entry never published", 1, 3)
+        ghost = frame_for(segment_files(root, STREAM)[-1][1], b"ghost entry never published", 1, 3)
         nbytes = {"nothing": 0, "half-frame": len(ghost) // 2, "whole-frame": len(ghost)}[written]
         tail = die_holding_lock(root, ghost, nbytes)
         if who == "new-client":

@@ -17,7 +17,7 @@ import pytest
 import cometmp
 from cometmp import format as fmt
 
-from conftest import MiB, oracle_walk, segment_files, small_config
+from conftest import MiB, frame_for, oracle_walk, segment_files, small_config
 
 STREAM = "torn:shard:0000"
 # the last three records: an empty one, a short one, one that spans a 4 KiB block boundary
@@ -171,7 +171,7 @@ def test_garbage_after_the_tail_is_zeroed_before_appending(lab, gap):
             junk = os.urandom(300) + b"\x01"
         else:  # stale but well-formed frames of later sequence numbers: the worst case
             n = len(lab.payloads)
-            junk = b"".join(fmt.encode_record(b"ghost%d" % i, 1, n + i + (gap > 0)) for i in range(5))
+            junk = b"".join(frame_for(lab.seg, b"ghost%d" % i, 1, n + i + (gap > 0)) for i in range(5))
         damage_file(lab.seg, junk, lab.tail + gap)
         n = len(lab.payloads)
         with cometmp.Client(lab.root, config=lab.cfg) as c:

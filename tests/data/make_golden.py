@@ -8,7 +8,7 @@ built only from the Python mirrors of the layouts (cometmp/format.py, and the co
 cometmp/offsets.py and cometmp/registry/table.py), never with the C writer, so the C core
 is tested against an independent encoder (tests/unit/test_golden_files.py).
 
-``format_v1/records.json`` describes a data directory holding one stream, ``golden``,
+``format_vN/records.json`` describes a data directory holding one stream, ``golden``,
 in two segments of 4096 bytes (smaller than a writer would create: readers take geometry
 from the files). ``format_v1/layouts.json`` describes every other file kind of that
 directory: the two segments' indexes, the stream's state page, the consumer offsets file,
@@ -47,25 +47,22 @@ from cometmp import offsets as ofs  # noqa: E402  (layout constants only)
 from cometmp.registry import table as reg  # noqa: E402  (layout constants only)
 
 V1 = os.path.join(HERE, "format_v1")
+V2 = os.path.join(HERE, "format_v2")
 
 
-def segment_header(base: int, capacity: int, created_ns: int, stream_crc: int) -> bytes:
-    # magic(4) version(2) header_bytes(2) base(8) capacity(8) created_ns(8)
-    # stream_crc(4) reserved(24) header_crc(4)
-    head = struct.pack("<IHHQQqI24x", fmt.CM_SEG_MAGIC, fmt.CM_SEG_VERSION,
-                       fmt.CM_SEG_HEADER_BYTES, base, capacity, created_ns, stream_crc)
-    return head + struct.pack("<I", fmt.crc32c(head))
-
-
-def build_v1(desc: dict) -> dict[str, bytes]:
-    """{relative path: bytes} of the golden directory described by records.json."""
+def build_segments(desc: dict) -> dict[str, bytes]:
+    """{relative path: bytes} of the golden directory described by records.json: version-1
+    segments, or version-2 ones when the description names a ``stream_id`` (FORMAT.md §2)."""
     out: dict[str, bytes] = {}
     stream_crc = fmt.crc32c(desc["stream"].encode())
+    sid = int(desc["stream_id"], 16) if "stream_id" in desc else None
     for seg in desc["segments"]:
-        body = bytearray(segment_header(seg["base"], seg["capacity"], seg["created_ns"], stream_crc))
+        body = bytearray(fmt.encode_segment_header(seg["base"], seg["capacity"], seg["created_ns"],
+                                                   stream_crc, sid))
         for seq, rec in enumerate(seg["records"]):
             flags = fmt.CM_REC_FLAG_ZSTD if rec["compressed"] else 0
-            body += fmt.encode_record(bytes.fromhex(rec["stored_hex"]), rec["ts_ns"], seq, flags)
+            body += fmt.encode_record(bytes.fromhex(rec["stored_hex"]), rec["ts_ns"], seq, flags,
+                                      stream_id=sid, base=seg["base"])
         assert len(body) <= seg["capacity"]
         body += bytes(seg["capacity"] - len(body))
         name = f"streams/{desc['stream']}/{seg['base']:020d}.seg"
@@ -262,15 +259,29 @@ def build_all_v1() -> dict[str, bytes]:
         desc = json.load(f)
     with open(os.path.join(V1, "layouts.json")) as f:
         lay = json.load(f)
-    return {**build_v1(desc), **build_layouts_v1(desc, lay)}
+    return {**build_segments(desc), **build_layouts_v1(desc, lay)}
+
+
+def build_all_v2() -> dict[str, bytes]:
+    """Version 2 changed only the segment (FORMAT.md §5): ``format_v2`` holds a complete
+    stream directory - v2 segments, their indexes and the state page, built from
+    ``format_v2/records.json`` with the unchanged layouts of ``format_v1/layouts.json`` -
+    and the marker. The other file kinds are unchanged; their golden files are v1's."""
+    with open(os.path.join(V2, "records.json")) as f:
+        desc = json.load(f)
+    with open(os.path.join(V1, "layouts.json")) as f:
+        lay = json.load(f)
+    layouts = build_layouts_v1(desc, lay)
+    stream_dir = f"streams/{desc['stream']}/"
+    return {**build_segments(desc), **{k: v for k, v in layouts.items() if k.startswith(stream_dir)}}
 
 
 def main() -> int:
-    files = build_all_v1()
+    files = {os.path.join(V1, rel): data for rel, data in build_all_v1().items()}
+    files.update({os.path.join(V2, rel): data for rel, data in build_all_v2().items()})
     check = "--check" in sys.argv
     bad = 0
-    for rel, data in files.items():
-        path = os.path.join(V1, rel)
+    for path, data in files.items():
         if check:
             if not os.path.exists(path):
                 print(f"{path} is missing", file=sys.stderr)

@@ -108,17 +108,44 @@ def test_crc32c_is_castagnoli_in_python_and_c():
                                   len(data) - cut) == whole
 
 
+def _segment_image(frame: bytes, stream_id: int | None, base: int) -> bytes:
+    head = fmt.encode_segment_header(base, 4096, 1, fmt.crc32c(b"s"), stream_id)
+    return head + frame + bytes(4096 - len(head) - len(frame))
+
+
 def test_python_encoded_record_is_valid_for_the_c_validator():
-    frame = fmt.encode_record(b"payload", 1234, 5, fmt.CM_REC_FLAG_ZSTD)
-    buf = _ffi.ffi.new("uint8_t[]", frame + bytes(20))
+    for sid in (None, 0x0123456789ABCDEF):          # a v1 frame in a v1 segment, v2 in v2
+        frame = fmt.encode_record(b"payload", 1234, 5, fmt.CM_REC_FLAG_ZSTD, stream_id=sid, base=70)
+        img = _segment_image(frame, sid, 70)
+        buf = _ffi.ffi.new("uint8_t[]", img)
+        rec = _ffi.ffi.new("cm_record *")
+        at = fmt.CM_SEG_HEADER_BYTES
+        assert _ffi.lib.cm_record_at(buf, len(img), 70, at, 5, rec) == _ffi.lib.CM_REC_VALID
+        assert (rec.len, rec.seq, rec.ts_ns, rec.flags) == (7, 5, 1234, fmt.CM_REC_FLAG_ZSTD)
+        assert rec.frame_bytes == fmt.CM_REC_HEADER_BYTES + 7
+        # V5: a frame with another sequence number is rejected when one is expected
+        assert _ffi.lib.cm_record_at(buf, len(img), 70, at, 6, rec) == _ffi.lib.CM_E_CORRUPT
+        # all-zero header: end of data
+        assert _ffi.lib.cm_record_at(buf, len(img), 70, at + len(frame), 0, rec) == _ffi.lib.CM_REC_END
+
+
+def test_v2_frame_crc_binds_stream_id_and_entry_number():
+    """FORMAT.md §2.2 (I17): the v2 crc covers stream_id(8) entry(8) before the frame."""
+    sid = 0x0123456789ABCDEF
+    frame = fmt.encode_record(b"payload", 1234, 5, stream_id=sid, base=70)
+    body = frame[:4] + frame[8:]
+    assert int.from_bytes(frame[4:8], "little") == fmt.crc32c(fmt.frame_key(sid, 75) + body)
+    assert fmt.CM_REC_KEY_BYTES == len(fmt.frame_key(sid, 75)) == 16
     rec = _ffi.ffi.new("cm_record *")
-    assert _ffi.lib.cm_record_at(buf, len(frame) + 20, 0, 5, rec) == _ffi.lib.CM_REC_VALID
-    assert (rec.len, rec.seq, rec.ts_ns, rec.flags) == (7, 5, 1234, fmt.CM_REC_FLAG_ZSTD)
-    assert rec.frame_bytes == fmt.CM_REC_HEADER_BYTES + 7
-    # V5: a frame with another sequence number is rejected when one is expected
-    assert _ffi.lib.cm_record_at(buf, len(frame) + 20, 0, 6, rec) == _ffi.lib.CM_E_CORRUPT
-    # all-zero header: end of data
-    assert _ffi.lib.cm_record_at(buf, len(frame) + 20, len(frame), 0, rec) == _ffi.lib.CM_REC_END
+    at = fmt.CM_SEG_HEADER_BYTES
+    for other_sid, base in ((sid, 71), (sid ^ 1, 70), (None, 70)):   # other entry, stream, v1
+        img = _segment_image(frame, other_sid, base)
+        assert _ffi.lib.cm_record_at(_ffi.ffi.new("uint8_t[]", img), len(img), base, at, 5, rec) \
+            == _ffi.lib.CM_E_CORRUPT, (other_sid, base)
+    # the base is the caller's (the file name's), not the header's
+    img = _segment_image(frame, sid, 70)
+    assert _ffi.lib.cm_record_at(_ffi.ffi.new("uint8_t[]", img), len(img), 71, at, 5, rec) \
+        == _ffi.lib.CM_E_CORRUPT
 
 
 def test_record_overhead_is_twenty_bytes():

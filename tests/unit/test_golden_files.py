@@ -1,8 +1,11 @@
-"""Format version 1 golden files (built by the pure-Python encoder) are read by the C core.
+"""Golden files of every format version (built by the pure-Python encoder) are read by the C core.
 
-One golden file per file kind (tests/data/make_golden.py lists them): segments, indexes, the
-state page, the directory marker, a family file, the consumer offsets file (frozen as its
-non-zero byte runs, rebuilt sparse in tmp) and a registry shared-memory image.
+Version 1: one golden file per file kind (tests/data/make_golden.py lists them): segments,
+indexes, the state page, the directory marker, a family file, the consumer offsets file
+(frozen as its non-zero byte runs, rebuilt sparse in tmp) and a registry shared-memory image.
+Version 2 changed only the segment (frames bound to stream id and entry, FORMAT.md §2.2):
+``format_v2`` is a stream directory of v2 segments (two of its payloads hold valid frames),
+their indexes, the state page and the marker. The tests of segments run on both versions.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from conftest import small_config, tree_fingerprint
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 V1 = os.path.join(DATA, "format_v1")
+V2 = os.path.join(DATA, "format_v2")
+GOLDEN_DIRS = {"v1": V1, "v2": V2}
+both_versions = pytest.mark.parametrize("version", ["v1", "v2"])
 
 
 def load_make_golden():
@@ -42,8 +48,8 @@ def load_layouts() -> dict:
         return json.load(f)
 
 
-def load_desc() -> dict:
-    with open(os.path.join(V1, "records.json")) as f:
+def load_desc(version: str = "v1") -> dict:
+    with open(os.path.join(GOLDEN_DIRS[version], "records.json")) as f:
         return json.load(f)
 
 
@@ -63,6 +69,7 @@ GOLDEN_V1 = {
     "shm/registry",
 }
 STREAM_FILES = sorted(os.path.basename(p) for p in GOLDEN_V1 if p.startswith("streams/golden/"))
+GOLDEN_V2 = {p for p in GOLDEN_V1 if p.startswith("streams/golden/")} | {"cometmp.json"}
 
 
 def test_golden_files_are_what_the_python_encoder_produces():
@@ -71,6 +78,19 @@ def test_golden_files_are_what_the_python_encoder_produces():
     for rel, data in files.items():
         with open(os.path.join(V1, rel), "rb") as f:
             assert f.read() == data, f"{rel}: encoder output differs from the frozen v1 file"
+
+
+def test_v2_golden_files_are_what_the_python_encoder_produces():
+    files = load_make_golden().build_all_v2()
+    assert set(files) == GOLDEN_V2
+    for rel, data in files.items():
+        with open(os.path.join(V2, rel), "rb") as f:
+            assert f.read() == data, f"{rel}: encoder output differs from the frozen v2 file"
+    sid = int(load_desc("v2")["stream_id"], 16)
+    for rel in files:
+        if rel.endswith(".seg"):
+            h = fmt.parse_segment_header(files[rel])
+            assert (h.version, h.stream_id) == (2, sid) and fmt.segment_header_ok(files[rel])
 
 
 def test_make_golden_check_passes_on_the_committed_files():
@@ -93,10 +113,11 @@ def reference_abi(kind: str) -> None:
         pytest.skip(f"the golden {kind} image is of x86-64 glibc; this build's fingerprint differs")
 
 
-def test_c_record_parser_reads_every_golden_record():
-    desc = load_desc()
+@both_versions
+def test_c_record_parser_reads_every_golden_record(version):
+    desc = load_desc(version)
     for seg in desc["segments"]:
-        path = os.path.join(V1, "streams", desc["stream"], f"{seg['base']:020d}.seg")
+        path = os.path.join(GOLDEN_DIRS[version], "streams", desc["stream"], f"{seg['base']:020d}.seg")
         s = Segment.open(path, seg["base"])
         try:
             assert s.header_ok
@@ -108,10 +129,11 @@ def test_c_record_parser_reads_every_golden_record():
             (i, r["ts_ns"], r["compressed"], len(r["stored_hex"]) // 2) for i, r in enumerate(seg["records"])]
 
 
-def test_client_reads_golden_stream_readonly_without_modifying_it(tmp_path):
-    root = str(tmp_path / "v1")
-    shutil.copytree(V1, root)
-    desc = load_desc()
+@both_versions
+def test_client_reads_golden_stream_readonly_without_modifying_it(tmp_path, version):
+    root = str(tmp_path / version)
+    shutil.copytree(GOLDEN_DIRS[version], root)
+    desc = load_desc(version)
     exp = expected_entries(desc)
     before = tree_fingerprint(root)
     with cometmp.Client(root, readonly=True) as c:
@@ -128,10 +150,13 @@ def test_client_reads_golden_stream_readonly_without_modifying_it(tmp_path):
     assert tree_fingerprint(root) == before
 
 
-def test_c_writer_adopts_golden_stream_and_continues_its_numbering(tmp_path):
-    root = str(tmp_path / "v1")
-    shutil.copytree(V1, root)
-    desc = load_desc()
+@both_versions
+def test_c_writer_adopts_golden_stream_and_continues_its_numbering(tmp_path, version):
+    """The upgrade story (FORMAT.md §5): a v1 stream keeps its v1 segments, the segment a
+    rotation creates is v2 with a new stream id; a v2 stream's new segment keeps its id."""
+    root = str(tmp_path / version)
+    shutil.copytree(GOLDEN_DIRS[version], root)
+    desc = load_desc(version)
     exp = expected_entries(desc)
     stream = desc["stream"]
     noise = os.urandom(5000)  # incompressible, larger than the segment's free room
@@ -154,13 +179,31 @@ def test_c_writer_adopts_golden_stream_and_continues_its_numbering(tmp_path):
     with cometmp.Client(root, readonly=True) as c:
         assert [m.data.hex() for m in c.scan(stream)] == [r["data_hex"] for r in exp] + [
             b"new-1".hex(), noise.hex()]
+        new = [b"new-1", noise]
+        for i in range(len(exp) + 2):
+            want = bytes.fromhex(exp[i]["data_hex"]) if i < len(exp) else new[i - len(exp)]
+            assert c.read(stream, i).data == want
+    headers = []
+    for b in bases:
+        with open(os.path.join(root, "streams", stream, f"{b:020d}.seg"), "rb") as f:
+            headers.append(fmt.parse_segment_header(f.read(fmt.CM_SEG_HEADER_BYTES)))
+    if version == "v1":
+        assert [h.version for h in headers] == [1, 1, 2]
+        assert headers[2].stream_id != 0
+    else:
+        sid = int(desc["stream_id"], 16)
+        assert [(h.version, h.stream_id) for h in headers] == [(2, sid)] * 3
+    r = subprocess.run([sys.executable, "-m", "cometmp", "verify", root, "--oracle", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_golden_indexes_are_what_the_c_indexer_builds_and_serve_lookups():
+@both_versions
+def test_golden_indexes_are_what_the_c_indexer_builds_and_serve_lookups(version):
     from cometmp._ffi import ffi
 
-    desc = load_desc()
-    d = os.path.join(V1, "streams", desc["stream"])
+    desc = load_desc(version)
+    d = os.path.join(GOLDEN_DIRS[version], "streams", desc["stream"])
     for seg in desc["segments"]:
         with open(os.path.join(d, f"{seg['base']:020d}.seg"), "rb") as f:
             data = f.read()
@@ -170,7 +213,7 @@ def test_golden_indexes_are_what_the_c_indexer_builds_and_serve_lookups():
         assert (base, interval) == (seg["base"], load_layouts()["index"]["interval"])
         built = ffi.new("uint8_t[]", len(idx))
         count = ffi.new("uint32_t *")
-        assert lib.cm_index_build(data, len(data), interval, built, len(idx), count) == 0
+        assert lib.cm_index_build(data, len(data), seg["base"], interval, built, len(idx), count) == 0
         assert count[0] == len(entries) and bytes(ffi.buffer(built))[32:] == idx[32:]
         rel, off, ts = ffi.new("uint32_t *"), ffi.new("uint64_t *"), ffi.new("int64_t *")
         last = len(seg["records"]) - 1
@@ -180,20 +223,21 @@ def test_golden_indexes_are_what_the_c_indexer_builds_and_serve_lookups():
         assert (rel[0], off[0], ts[0]) == entries[-1]
 
 
-def test_golden_state_page_decodes_and_verify_accepts_the_whole_directory(tmp_path):
+@both_versions
+def test_golden_state_page_decodes_and_verify_accepts_the_whole_directory(tmp_path, version):
     reference_abi("state")
-    desc = load_desc()
-    with open(os.path.join(V1, "streams", desc["stream"], "state"), "rb") as f:
+    desc = load_desc(version)
+    with open(os.path.join(GOLDEN_DIRS[version], "streams", desc["stream"], "state"), "rb") as f:
         page = f.read()
     q = struct.Struct("=Q")
     assert struct.unpack_from("=I", page, fmt.CM_STATE_OFF_MAGIC)[0] == fmt.CM_STATE_MAGIC
     assert q.unpack_from(page, fmt.CM_STATE_OFF_FINGERPRINT)[0] == lib.cm_state_fingerprint()
     assert q.unpack_from(page, fmt.CM_STATE_OFF_COMMITTED)[0] == len(expected_entries(desc))
     assert q.unpack_from(page, fmt.CM_STATE_OFF_ACTIVE_BASE)[0] == desc["segments"][-1]["base"]
-    root = str(tmp_path / "v1")
-    shutil.copytree(V1, root)
+    root = str(tmp_path / version)
+    shutil.copytree(GOLDEN_DIRS[version], root)
     before = tree_fingerprint(root)
-    r = subprocess.run([sys.executable, "-m", "cometmp", "verify", root, "--json"],
+    r = subprocess.run([sys.executable, "-m", "cometmp", "verify", root, "--oracle", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
