@@ -162,11 +162,12 @@ static void mutate(buf *b, const buf *seeds, int nseeds, const size_t *fields, i
 
 static char workdir[3000];
 
-static void walk_all(const uint8_t *m, uint64_t size, uint32_t stop, uint32_t published) {
+static void walk_all(const uint8_t *m, uint64_t size, uint64_t base, uint32_t stop,
+                     uint32_t published) {
     cm_walk w;
     cm_record r;
     cm_damage d;
-    cm_walk_init(&w, m, size, CM_SEG_HEADER_BYTES, 0, stop, published);
+    cm_walk_init(&w, m, size, base, CM_SEG_HEADER_BYTES, 0, stop, published);
     int rc, steps = 0;
     while ((rc = cm_walk_next(&w, &r, &d)) != CM_WALK_DONE && steps++ < 100000) {
         if (rc == CM_WALK_RECORD) {
@@ -174,7 +175,7 @@ static void walk_all(const uint8_t *m, uint64_t size, uint32_t stop, uint32_t pu
             const uint8_t *pl = m + r.offset + CM_REC_HEADER_BYTES;
             if (r.len) sink ^= pl[0] ^ pl[r.len - 1];   /* the payload lies inside */
             (void)sink;
-            cm_record_at(m, size, r.offset, r.seq, NULL);
+            cm_record_at(m, size, base, r.offset, r.seq, NULL);
         }
     }
 }
@@ -182,23 +183,26 @@ static void walk_all(const uint8_t *m, uint64_t size, uint32_t stop, uint32_t pu
 static void run_segment(const uint8_t *p, size_t n) {
     uint8_t *m = malloc(n ? n : 1);
     memcpy(m, p, n);
-    uint64_t base, cap;
-    cm_segment_header_check(m, n, &base, &cap);
-    walk_all(m, n, CM_SEQ_ANY, 0);
-    walk_all(m, n, 7, 7);
-    walk_all(m, n, CM_SEQ_ANY, 3);
+    uint64_t base = 0, cap;
+    if (cm_segment_header_check(m, n, &base, &cap) != CM_OK) base = 0;
+    walk_all(m, n, base, CM_SEQ_ANY, 0);
+    walk_all(m, n, base, 7, 7);
+    walk_all(m, n, base, CM_SEQ_ANY, 3);
     cm_walk w;
     cm_record last;
     uint64_t records = 0, lost = 0;
-    cm_walk_init(&w, m, n, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
+    cm_walk_init(&w, m, n, base, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
     cm_walk_count(&w, &last, &records, &lost);
     for (uint64_t off = 0; off < n && off < 4096; off += 1 + off / 8)
-        cm_record_at(m, n, off, 0xFFFFFFFFu, NULL);
-    if (n >= CM_REC_HEADER_BYTES) cm_resync(m, n, CM_SEG_HEADER_BYTES, 0);
+        cm_record_at(m, n, base, off, 0xFFFFFFFFu, NULL);
+    if (n >= CM_REC_HEADER_BYTES) {
+        cm_walk_init(&w, m, n, base, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
+        cm_resync(&w, CM_SEG_HEADER_BYTES, 0);
+    }
     uint64_t icap = cm_index_capacity(n, 64);
     uint8_t *idx = calloc(1, icap);
     uint32_t count;
-    cm_index_build(m, n, 64, idx, icap, &count);
+    cm_index_build(m, n, base, 64, idx, icap, &count);
     free(idx);
     free(m);
 }
