@@ -10,7 +10,8 @@
  * by commas) makes the n-th..(k+n-1)-th evaluation of `name` (counted from
  * the first evaluation after the variable last changed; n defaults to 1)
  * return that errno (ENOSPC, EIO, EDQUOT), and the call site fails as if the
- * step it guards had failed with it. Points: see docs/ARCHITECTURE.md §4.1.
+ * step it guards had failed with it; ERRNO "KILL" instead sends the process
+ * SIGKILL at that point (a kill -9 at an exact step). Points: see docs/ARCHITECTURE.md §4.1.
  */
 #ifdef CM_FAILPOINTS
 int cm_failpoint(const char *name);     /* 0, or the errno to fail with */

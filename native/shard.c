@@ -220,7 +220,8 @@ static int list_segments(cm_shard *s, uint64_t *min_base, uint64_t *max_base,
     while ((de = readdir(d)) != NULL) {
         const char *n = de->d_name;
         size_t len = strlen(n);
-        if (remove_tmp && len > 4 && strcmp(n + len - 4, ".tmp") == 0) {
+        if (remove_tmp && len > 4 && strcmp(n + len - 4, ".tmp") == 0 &&
+            strcmp(n, "state.tmp") != 0) {   /* state.tmp: the page open_state() is building */
             unlinkat(s->dirfd, n, 0); /* I7: a temp file never became part of the log */
             continue;
         }
@@ -398,6 +399,10 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     cm_state *st = s->st;
     uint64_t min_base, max_base, prev_base;
     int count;
+    if (state_fresh) {
+        int e = CM_FAILPOINT("recover.fresh_state");   /* I26: the page is not visible yet */
+        if (e) return cm_fail(CM_E_IO, e, "recover %s (failpoint)", s->dir);
+    }
     int rc = list_segments(s, &min_base, &max_base, &prev_base, &count, at_open);
     if (rc < 0) return rc;
     pthread_once(&boot_once, read_boot_id);
@@ -460,7 +465,11 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint32_t want = (uint32_t)(st->committed - B);
         uint64_t start = CM_SEG_HEADER_BYTES;
         uint32_t sseq = 0, keep = 0;   /* index entries to keep: those up to `start` */
-        for (uint32_t i = st->idx_count; i-- > 0;) {
+        /* I25: idx_count is derived; never walk past the table the file can hold */
+        uint64_t slots = s->idx_cap > CM_IDX_HEADER_BYTES
+                             ? (s->idx_cap - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES : 0;
+        uint32_t from = st->idx_count < slots ? st->idx_count : (uint32_t)slots;
+        for (uint32_t i = from; i-- > 0;) {
             const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES + (uint64_t)i * CM_IDX_ENTRY_BYTES;
             uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
             uint32_t q = get32(e + CM_IDXE_OFF_REL);
@@ -519,6 +528,22 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
                         st->committed > B && st->committed - B < (1u << 28) &&
                         st->tail > CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap;
         if (pub_known) published = (uint32_t)(st->committed - B);
+        if (pub_known) {
+            /* I25: committed and tail are derived, published together; a damaged
+               copy of one of them must not outvote the segment. Walk the data alone
+               first: when it ends cleanly where one of the two says (the walk's end
+               offset is the published tail, or its count the published one), the
+               other field is the damaged one and the data wins. Only when both
+               disagree with the data (a zeroed or cut stretch below what was
+               published) are the published count and tail kept (I1). */
+            uint64_t t0, c0 = 0; uint32_t q0, d0 = 0; int64_t ts0;
+            walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, CM_SEQ_ANY, 0, 0, &t0, &q0, &ts0,
+                 &c0, &d0);
+            if (t0 == st->tail || q0 == published) {
+                pub_known = 0;
+                published = 0;
+            }
+        }
         uint32_t damaged = 0;
         walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, CM_SEQ_ANY, published, 1, &tail, &nseq,
              &last_ts, &corrupt, &damaged);
@@ -526,17 +551,19 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             tail = st->tail;   /* the walk ended in damage right below the published tail */
         dropped = zero_after(s, tail, s->seg_cap);
         if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
-        if (state_fresh) st->first_entry = min_base;
-        st->alloc_end = round_up(tail, 4096);
     }
+    /* I25/I9: what is reserved on disk is not taken from the page: reserve again
+       from the tail (posix_fallocate of allocated blocks is cheap) */
+    st->alloc_end = round_up(tail, 4096);
+    /* I25: the oldest retained entry is the oldest segment file, never the page's
+       copy: a damaged first_entry must not hide an entry a file still holds */
+    st->first_entry = min_base < B ? min_base : B;
     st->active_base = B;
     st->tail = tail;
     st->reserve_end = tail;
     st->last_ts = last_ts;
     memcpy(st->boot_id, boot_id, sizeof boot_id);
     __atomic_store_n(&st->committed, B + nseq, __ATOMIC_RELEASE);
-    if (st->first_entry > B) st->first_entry = B;
-    if (st->alloc_end < tail) st->alloc_end = round_up(tail, 4096);
     if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
     if (dropped || corrupt || !trusted) st->counters[CM_CTR_RECOVERIES]++;
     st->counters[CM_CTR_BYTES_DROPPED] += dropped;
@@ -616,11 +643,14 @@ static int open_state(cm_shard *s, int *fresh) {
         if (rc == CM_OK && pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st)
             rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "write %s/state.tmp", s->dir);
         free(fresh_st);
-        if (rc == CM_OK && renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0)
-            rc = cm_fail(CM_E_IO, errno, "rename %s/state.tmp", s->dir);
         if (rc < 0) { close(tfd); unlinkat(s->dirfd, "state.tmp", 0); return rc; }
+        /* I26: not renamed into place yet: cm_shard_open() publishes the page only
+           after recovery filled it in (publish_state), so no reader ever maps a
+           fresh page whose committed count is still 0 */
         fd = tfd;
         *fresh = 1;
+    } else {
+        unlinkat(s->dirfd, "state.tmp", 0);   /* I7: a page an interrupted open left */
     }
     void *m = mmap(NULL, CM_STATE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
@@ -631,6 +661,20 @@ static int open_state(cm_shard *s, int *fresh) {
     flock(fd, LOCK_SH);
     s->state_fd = fd;
     s->st = m;
+    return CM_OK;
+}
+
+/* I26: rename a fresh page, complete now that recovery filled it in, into place.
+ * Until here readers find the old (invalid) page or none and count the segments
+ * themselves. Caller holds the directory flock. */
+static int publish_state(cm_shard *s) {
+    int e = CM_FAILPOINT("open.publish_state");
+    if (e == 0 && renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0) e = errno;
+    if (e != 0) {
+        unlinkat(s->dirfd, "state.tmp", 0);
+        return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+                       "rename %s/state.tmp", s->dir);
+    }
     return CM_OK;
 }
 
@@ -676,6 +720,7 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
             rc = recover_locked(s, fresh, 1, rep);
             unlock_shard(s);
         }
+        if (rc == CM_OK && fresh) rc = publish_state(s);
     }
     flock(s->dirfd, LOCK_UN);
     if (rc < 0) goto fail;
