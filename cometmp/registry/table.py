@@ -44,6 +44,7 @@ I24 the registry's size is fixed: worker churn reuses entries, never adds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import mmap
@@ -56,7 +57,7 @@ from typing import Iterator
 import posix_ipc
 
 from .._ffi import ffi, lib
-from ..errors import FormatError, RegistryError, UnsupportedFilesystem
+from ..errors import DiskFull, FormatError, RegistryError, StorageError, UnsupportedFilesystem
 
 log = logging.getLogger("cometmp")
 
@@ -268,6 +269,17 @@ class Registry:
              created: bool) -> "Registry":
         try:
             st = os.fstat(shm.fd)
+            if created:
+                # I9: /dev/shm is a tmpfs; a store into an unreserved page of a full one
+                # is SIGBUS, so reserve the whole object before anything is written
+                try:
+                    os.posix_fallocate(shm.fd, 0, REG_BYTES)
+                except OSError as e:
+                    with contextlib.suppress(posix_ipc.ExistentialError):
+                        shm.unlink()             # nothing was published in it yet
+                    cls_ = DiskFull if e.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+                    raise cls_(e.errno, f"reserve {REG_BYTES} bytes of registry {name} in "
+                                        f"/dev/shm for {directory}: {e.strerror}") from None
             mm = mmap.mmap(shm.fd, REG_BYTES)
         finally:
             shm.close_fd()
