@@ -172,7 +172,8 @@ class _Stream:
 
 def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport) -> None:
     """R5. Caller holds the offsets file's lock."""
-    w = st.writer
+    with client._lock:
+        w = client._writer(st.name)    # st.writer may have been closed to bound fds since
     check(lib.cm_shard_set_first_entry(w.handle, seg.end))   # I15: the hint, before any unlink
     _unlink_segment(st.dir, seg.base)
     lib.cm_shard_add_counter(w.handle, CM_CTR_RETENTION_SEGMENTS, 1)
