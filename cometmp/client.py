@@ -205,14 +205,14 @@ def _epoch_callback(ref: "weakref.ref[Log]"):
     return on_epoch_change
 
 
-#: file descriptors one open writer holds (native/shard.c: directory, state page,
-#: active segment, its index)
-WRITER_FDS = 4
+#: file descriptors one open writer holds (native/shard.c: directory, state page with
+#: its shared flock, active segment; the index is mapped without keeping its fd)
+WRITER_FDS = 3
 
 
 def writer_budget() -> int:
     """How many stream writers a Client keeps open: half the descriptors RLIMIT_NOFILE
-    leaves after 64 for the application, at 4 per writer (at least 8)."""
+    leaves after 64 for the application, at WRITER_FDS per writer (at least 8)."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 1 << 30

@@ -134,7 +134,8 @@ static int map_index(cm_shard *s, uint64_t base, int *fresh) {
         close(fd);
         return cm_fail(CM_E_IO, e, "map %s/%s", s->dir, name);
     }
-    s->idx_fd = fd; s->idx_map = m; s->idx_cap = need;
+    close(fd);   /* the mapping keeps the file: an idle stream pins no index fd */
+    s->idx_fd = -1; s->idx_map = m; s->idx_cap = need;
     return CM_OK;
 }
 
@@ -889,7 +890,8 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
        whose base is exactly where the older one ends. */
     unmap_active(s);
     s->seg_fd = fd; s->seg_map = map; s->seg_cap = cap; s->seg_base = base;
-    s->idx_fd = ifd; s->idx_map = imap; s->idx_cap = icap;
+    close(ifd);  /* the mapping keeps the file (see map_index) */
+    s->idx_fd = -1; s->idx_map = imap; s->idx_cap = icap;
     s->idx_interval = s->opt.index_interval;
     if (!durable) s->sealed_unsynced = 1;
     st->active_gen++;
