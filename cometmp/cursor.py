@@ -146,7 +146,7 @@ class Cursor:
         ``[pos, result)`` was dropped, I15). The state page's ``first_entry`` is only a
         hint that decides whether to look: at or below ``pos`` nothing needs listing (a
         hint damaged low costs nothing: a read of a deleted segment relists, see
-        Consumer._fill); above it, the segment files decide (I25)."""
+        Consumer._fill); above it, the segment files decide (I27)."""
         hint = self.state.read(_U64, CM_STATE_OFF_FIRST_ENTRY) if self.state.mm is not None else 0
         if hint <= pos:
             return pos

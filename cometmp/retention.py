@@ -30,7 +30,7 @@ Rules (docs/ARCHITECTURE.md §9.4):
   which the next run judges again by these rules like any other, or a ``.tmp``
   (removed by the next writer open, I7). Entry numbers never change.
 * R6 Decisions read only the segment files and the offsets file, never the state page
-  (I25): a segment is sealed when a newer segment file exists (I1), the oldest retained
+  (I27): a segment is sealed when a newer segment file exists (I1), the oldest retained
   entry is the oldest file's base. Every segment retention removes is in the report.
 
 Sizes are allocated bytes (st_blocks), so sparse preallocation is counted as what it
@@ -140,7 +140,7 @@ class _Stream:
         self.dir = paths.stream_dir(client.path, name)
         with client._lock:
             self.writer = client._writer(name)
-        # R6/I25: the files decide, never the state page's first_entry or active_base:
+        # R6/I27: the files decide, never the state page's first_entry or active_base:
         # every segment with a newer one after it is sealed (I1), the newest is active
         bases = paths.list_segment_bases(self.dir)
         self.total = _dir_alloc(self.dir)

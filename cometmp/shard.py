@@ -256,7 +256,7 @@ class Reader:
     def first(self) -> int:
         """Oldest retained entry: the base of the oldest segment file. The state page's
         ``first_entry`` is never consulted: it is derived data, and a damaged copy must
-        not hide an entry the files still hold (I25)."""
+        not hide an entry the files still hold (I27)."""
         self._check()
         self._refresh_bases()
         return self._bases[0] if self._bases else self.committed()
@@ -362,7 +362,7 @@ class Reader:
                 base = self._base_for(entry)
                 seg = self._segment(base)
             except (EntryNotFound, FileNotFoundError):
-                # retention removed the segment since we listed: the files decide (I25)
+                # retention removed the segment since we listed: the files decide (I27)
                 first = self.first()
                 if first <= entry:
                     raise EntryNotFound(f"{self.name}: no segment holds entry {entry}") from None

@@ -40,7 +40,7 @@ def stream_stats(root: str, name: str) -> dict:
         "segments": segments,
         "file_bytes": apparent,
         "disk_bytes": allocated,
-        "first_entry": bases[0] if bases else 0,      # the files decide (I25)
+        "first_entry": bases[0] if bases else 0,      # the files decide (I27)
         "length": None,
         "state": "ok" if state.valid else "missing-or-invalid",
         "counters": {},

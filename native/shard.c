@@ -401,7 +401,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     uint64_t min_base, max_base, prev_base;
     int count;
     if (state_fresh) {
-        int e = CM_FAILPOINT("recover.fresh_state");   /* I26: the page is not visible yet */
+        int e = CM_FAILPOINT("recover.fresh_state");   /* I28: the page is not visible yet */
         if (e) return cm_fail(CM_E_IO, e, "recover %s (failpoint)", s->dir);
     }
     int rc = list_segments(s, &min_base, &max_base, &prev_base, &count, at_open);
@@ -466,7 +466,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint32_t want = (uint32_t)(st->committed - B);
         uint64_t start = CM_SEG_HEADER_BYTES;
         uint32_t sseq = 0, keep = 0;   /* index entries to keep: those up to `start` */
-        /* I25: idx_count is derived; never walk past the table the file can hold */
+        /* I27: idx_count is derived; never walk past the table the file can hold */
         uint64_t slots = s->idx_cap > CM_IDX_HEADER_BYTES
                              ? (s->idx_cap - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES : 0;
         uint32_t from = st->idx_count < slots ? st->idx_count : (uint32_t)slots;
@@ -530,7 +530,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
                         st->tail > CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap;
         if (pub_known) published = (uint32_t)(st->committed - B);
         if (pub_known) {
-            /* I25: committed and tail are derived, published together; a damaged
+            /* I27: committed and tail are derived, published together; a damaged
                copy of one of them must not outvote the segment. Walk the data alone
                first: when it ends cleanly where one of the two says (the walk's end
                offset is the published tail, or its count the published one), the
@@ -553,10 +553,10 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         dropped = zero_after(s, tail, s->seg_cap);
         if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
     }
-    /* I25/I9: what is reserved on disk is not taken from the page: reserve again
+    /* I27/I9: what is reserved on disk is not taken from the page: reserve again
        from the tail (posix_fallocate of allocated blocks is cheap) */
     st->alloc_end = round_up(tail, 4096);
-    /* I25: the oldest retained entry is the oldest segment file, never the page's
+    /* I27: the oldest retained entry is the oldest segment file, never the page's
        copy: a damaged first_entry must not hide an entry a file still holds */
     st->first_entry = min_base < B ? min_base : B;
     st->active_base = B;
@@ -645,7 +645,7 @@ static int open_state(cm_shard *s, int *fresh) {
             rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "write %s/state.tmp", s->dir);
         free(fresh_st);
         if (rc < 0) { close(tfd); unlinkat(s->dirfd, "state.tmp", 0); return rc; }
-        /* I26: not renamed into place yet: cm_shard_open() publishes the page only
+        /* I28: not renamed into place yet: cm_shard_open() publishes the page only
            after recovery filled it in (publish_state), so no reader ever maps a
            fresh page whose committed count is still 0 */
         fd = tfd;
@@ -665,7 +665,7 @@ static int open_state(cm_shard *s, int *fresh) {
     return CM_OK;
 }
 
-/* I26: rename a fresh page, complete now that recovery filled it in, into place.
+/* I28: rename a fresh page, complete now that recovery filled it in, into place.
  * Until here readers find the old (invalid) page or none and count the segments
  * themselves. Caller holds the directory flock. */
 static int publish_state(cm_shard *s) {

@@ -1,6 +1,6 @@
 """A damaged state-page field never hides an entry or lets retention delete data it
 would otherwise keep: the state page is derived data (FORMAT.md §4), what the segment
-files say wins (I25), and every deletion retention makes is in its report.
+files say wins (I27), and every deletion retention makes is in its report.
 
 Each trial copies one stream (five 1 MiB segments, a consumer group that acked into the
 third), flips one seeded random bit of one state-page field while no process has the

@@ -1,4 +1,4 @@
-"""A rebuilt state page becomes visible only once recovery filled it in (I26): a writer
+"""A rebuilt state page becomes visible only once recovery filled it in (I28): a writer
 open killed (kill -9) or failing while it recovers a stream whose state page was lost
 never shows readers ``committed = 0``; every acknowledged entry stays readable, and the
 next writer open completes the page.
