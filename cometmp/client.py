@@ -12,6 +12,7 @@ import fnmatch
 import json
 import logging
 import os
+import resource
 import threading
 import time
 import weakref
@@ -36,6 +37,7 @@ from .errors import (
     ShardCountMismatch,
     ShardNotOwned,
     StorageError,
+    TooManyOpenFiles,
     os_errors,
 )
 from .shard import MessageID, Reader, StreamMessage, Writer
@@ -226,6 +228,28 @@ def _epoch_callback(ref: "weakref.ref[Log]"):
     return on_epoch_change
 
 
+#: file descriptors one open writer holds (native/shard.c: directory, state page with
+#: its shared flock, active segment; the index is mapped without keeping its fd)
+WRITER_FDS = 3
+
+
+def writer_budget() -> int:
+    """How many stream writers a Client keeps open: half the descriptors RLIMIT_NOFILE
+    leaves after 64 for the application, at WRITER_FDS per writer (at least 8)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(8, (soft - 64) // (2 * WRITER_FDS))
+
+
+def _emfile(stream: str, e: StorageError) -> StorageError:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return TooManyOpenFiles(f"cannot open stream {stream!r}: this process has "
+                            f"RLIMIT_NOFILE = {soft} open files (hard limit {hard}) in use, "
+                            f"and closing idle writers did not free enough ({e})",
+                            errno.EMFILE, e.filename)
+
+
 class Client:
     """An embedded log in directory ``path``. Context manager; ``close()`` is idempotent.
 
@@ -246,10 +270,13 @@ class Client:
         self._lock = threading.RLock()
         self._closed = False
         self._pid = os.getpid()
-        self._writers: dict[str, Writer] = {}
+        self._writers: dict[str, Writer] = {}      # oldest opened first (the eviction order)
+        self._writer_budget = writer_budget()
         self._appenders: list[tuple[Appender, list[str]]] = []
+        self._slots: dict[str, list[tuple[Appender, int]]] = {}   # stream -> appender slots
         self._stream_appenders: dict[str, Appender] = {}
-        self._readers: dict[str, Reader] = {}
+        self._readers: dict[str, Reader] = {}      # bounded too, oldest first (_reader)
+        self._forgotten: "weakref.WeakSet[Reader]" = weakref.WeakSet()
         self._logs: dict[str, Log] = {}
         self._compressor = Compressor(self.config.compression.level) if self.config.compression.min_bytes else None
         self._syncer: threading.Thread | None = None
@@ -292,12 +319,34 @@ class Client:
 
     # ---- writers ------------------------------------------------------------------------
     def _writer(self, stream: str) -> Writer:
+        """The open writer of ``stream``, opened if needed. Caller holds ``_lock``.
+
+        File descriptors are bounded: at most ``_writer_budget`` writers stay open
+        (``writer_budget()``, from RLIMIT_NOFILE); opening one more closes the one
+        opened longest ago. Its mappings go with it; the appenders keep their slot and
+        the next append through it reopens it (``_reattach``), so idle streams pin no
+        descriptor. An EMFILE that closing writers cannot cure raises StorageError
+        naming the limit."""
         w = self._writers.get(stream)
         if w is None:
             self._check_writable()
             with os_errors(paths.streams_dir(self.path), "create directory"):
                 paths.mkdir_private(paths.streams_dir(self.path))   # I30, I31
-            w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+            self._evict_writers(len(self._writers) - self._writer_budget + 1)
+            try:
+                w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+            except StorageError as e:
+                if e.errno != errno.EMFILE:
+                    raise
+                if not self._writers:
+                    raise _emfile(stream, e) from None
+                self._evict_writers((len(self._writers) + 1) // 2)
+                try:
+                    w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+                except StorageError as e2:
+                    if e2.errno != errno.EMFILE:
+                        raise
+                    raise _emfile(stream, e2) from None
             self._writers[stream] = w
             if self.config.storage.durability == "interval":
                 self._start_syncer()
@@ -306,27 +355,56 @@ class Client:
             retention.start_background(self)  # issue 4: this process owns what it writes
         return w
 
+    def _evict_writers(self, n: int) -> None:
+        """Close the ``n`` writers opened longest ago (see ``_writer``). Caller holds
+        ``_lock``. In the durable modes each is synced first, as ``close()`` does."""
+        for name in list(self._writers)[:max(0, n)]:
+            w = self._writers.pop(name)
+            if self.config.storage.durability != "none":
+                try:
+                    w.sync()
+                except CometError as e:
+                    log.error("cometmp: fsync of %s before closing it failed: %s", w.directory, e)
+            w.close()
+
+    def _reattach(self, stream: str) -> None:
+        """Reopen ``stream``'s writer (closed by _evict_writers, or the parent's after a
+        fork) and hand it to every appender slot of that stream."""
+        with self._lock:
+            self._check_writable()
+            w = self._writer(stream)
+            for app, i in self._slots.get(stream, ()):
+                app.set_handle(i, w.ref())
+
     def _make_appender(self, streams: list[str], numbers: list[int], router) -> Appender:
         with self._lock:
             self._check_writable()
             comp = self._compressor if self._compressor is not None else None
-            dirs = [paths.stream_dir(self.path, s) for s in streams]
-            app = Appender(core_path(), list(streams), list(numbers), router,
+            names = list(streams)
+            dirs = [paths.stream_dir(self.path, s) for s in names]
+            app = Appender(core_path(), names, list(numbers), router,
                            comp, self.config.compression.min_bytes or (1 << 62),
                            lambda rc, i, msg, err, n: self._on_append_error(
-                               rc, i, msg, err, n, dirs[i] if 0 <= i < len(dirs) else None))
+                               rc, i, msg, err, n, names,
+                               dirs[i] if 0 <= i < len(dirs) else None))
             for i, s in enumerate(streams):
                 app.set_handle(i, self._writer(s).ref())
-            self._appenders.append((app, list(streams)))
+                self._slots.setdefault(s, []).append((app, i))
+            self._appenders.append((app, names))
             return app
 
     def _on_append_error(self, rc: int, index: int, message: str, err: int, written: int,
-                         path: str | None = None) -> bool:
+                         streams: list[str] | None = None, path: str | None = None) -> bool:
         if rc == lib.CM_E_FORKED:
             self._after_fork()
+            if streams is not None and written == 0:
+                self._reattach(streams[index])   # a writer closed before the fork
             return True
         if rc == lib.CM_E_CLOSED and self._closed:
             raise ClosedError(f"client for {self.path} is closed")
+        if rc == lib.CM_E_CLOSED and streams is not None and written == 0:
+            self._reattach(streams[index])       # closed to bound descriptors: reopen
+            return True
         exc = error_for(rc, message, err, path)
         exc.appended = written
         raise exc
@@ -452,6 +530,12 @@ class Client:
         if r is None:
             paths.validate_stream_name(stream)
             split = paths.split_shard_stream(stream)
+            # Readers are bounded like writers (_writer): Python's mmap holds a descriptor
+            # per mapping, so the one cached longest is forgotten, not closed: a scan still
+            # iterating holds it, and its mappings (and descriptors) go when it does.
+            # close() still closes it (L4).
+            for name in list(self._readers)[:max(0, len(self._readers) - self._writer_budget + 1)]:
+                self._forgotten.add(self._readers.pop(name))
             r = Reader(paths.stream_dir(self.path, stream), stream, split[1] if split else 0,
                        writable_index=not self.readonly)
             self._readers[stream] = r
@@ -589,7 +673,7 @@ class Client:
                     app.set_handle(i, None)
             for w in self._writers.values():
                 w.close()
-            for r in self._readers.values():
+            for r in list(self._readers.values()) + list(self._forgotten):
                 r.close()
             self._writers.clear()
             self._readers.clear()

@@ -226,7 +226,7 @@ class Consumer:
             c.pos = acked if acked is not None else c.oldest()
         elif acked is not None and acked > c.pos:
             c.pos, c.seg = acked, None
-        first = c.first_published()
+        first = c.retained_from(c.pos)
         if c.pos < first:
             self._dropped(c, g, c.pos, first)
 
@@ -345,7 +345,7 @@ class Consumer:
                 # the segment under pos was deleted: below the oldest retained entry now
                 c.seg = None
                 c.reader._refresh_bases()
-                first = max(c.oldest(), c.first_published())
+                first = c.oldest()
                 if c.pos < first:
                     self._dropped(c, g, c.pos, first)
         return batch
@@ -452,7 +452,7 @@ class Consumer:
                 acked = max(acked or 0, c.local_next)
             if acked is None:
                 acked = c.oldest()
-            out[name] = max(0, c.committed() - max(acked, c.first_published()))
+            out[name] = max(0, c.committed() - c.retained_from(acked))
         return out
 
     def position(self, stream: str) -> int | None:

@@ -145,16 +145,21 @@ class Cursor:
     def notify_seq(self) -> int:
         return self.state.read(_U32, CM_STATE_OFF_NOTIFY_SEQ) if self.state.mm is not None else 0
 
-    def first_published(self) -> int:
-        """first_entry from the state page: retention raises it before deleting (I15)."""
-        return self.state.read(_U64, CM_STATE_OFF_FIRST_ENTRY) if self.state.mm is not None else 0
+    def retained_from(self, pos: int) -> int:
+        """``pos``, or the oldest retained entry when retention deleted ``pos`` (then
+        ``[pos, result)`` was dropped, I15). The state page's ``first_entry`` is only a
+        hint that decides whether to look: at or below ``pos`` nothing needs listing (a
+        hint damaged low costs nothing: a read of a deleted segment relists, see
+        Consumer._fill); above it, the segment files decide (I27)."""
+        hint = self.state.read(_U64, CM_STATE_OFF_FIRST_ENTRY) if self.state.mm is not None else 0
+        if hint <= pos:
+            return pos
+        return max(pos, self.oldest())
 
     def oldest(self) -> int:
-        """Oldest retained entry (lists the directory; used when starting or resetting)."""
-        try:
-            return max(self.reader.first(), self.first_published())
-        except (OSError, CometError):
-            return self.first_published()
+        """Oldest retained entry: the oldest segment file's base (lists the directory;
+        used when starting, resetting or after a read found a segment gone)."""
+        return self.reader.first()
 
     # ---- locating and reading ------------------------------------------------------------
     def _at(self, base: int) -> None:

@@ -22,11 +22,16 @@ Rules (docs/ARCHITECTURE.md §9.4):
   a drop between joining and the first read is reported too.
 * R4 Idle groups (no read or ack for ``group_idle_expiry`` seconds) are deleted first.
 * R5 Deletion protocol: with the offsets file locked (no claim or reset can interleave,
-  I14), raise the stream's ``first_entry`` past the segment (cm_shard_set_first_entry,
-  I15), then rename ``<base>.seg`` to a temp name, unlink its index, unlink the temp
-  file. A reader that has the segment mapped keeps reading it (unlinking keeps mappings
-  valid); a crash between steps leaves a file below ``first_entry`` (removed by the next
-  run) or a ``.tmp`` (removed by the next writer open, I7). Entry numbers never change.
+  I14), raise the stream's ``first_entry`` hint past the segment
+  (cm_shard_set_first_entry, I15), then rename ``<base>.seg`` to a temp name (the
+  deletion's commit point: the segment leaves the set of names), unlink its index,
+  unlink the temp file. A reader that has the segment mapped keeps reading it
+  (unlinking keeps mappings valid); a crash between steps leaves either the segment,
+  which the next run judges again by these rules like any other, or a ``.tmp``
+  (removed by the next writer open, I7). Entry numbers never change.
+* R6 Decisions read only the segment files and the offsets file, never the state page
+  (I27): a segment is sealed when a newer segment file exists (I1), the oldest retained
+  entry is the oldest file's base. Every segment retention removes is in the report.
 
 Sizes are allocated bytes (st_blocks), so sparse preallocation is counted as what it
 costs on disk; each stream's state page and indexes are counted too.
@@ -59,7 +64,7 @@ class DeletedSegment:
     base: int
     end: int            # first entry of the next segment
     bytes: int
-    reason: str         # "max_age" | "max_shard_bytes" | "max_total_bytes" | "hard_cap" | "orphan"
+    reason: str         # "max_age" | "max_shard_bytes" | "max_total_bytes" | "hard_cap"
 
 
 @dataclass(frozen=True)
@@ -137,17 +142,12 @@ class _Stream:
         self.dir = paths.stream_dir(client.path, name)
         with client._lock:
             self.writer = client._writer(name)
-        snap = self.writer.snapshot()
-        self.first_entry = snap["first_entry"]
-        self.active_base = snap["active_base"]
+        # R6/I27: the files decide, never the state page's first_entry or active_base:
+        # every segment with a newer one after it is sealed (I1), the newest is active
         bases = paths.list_segment_bases(self.dir)
-        self.orphans = [b for b in bases if b < self.first_entry]
-        live = [b for b in bases if b >= self.first_entry]
         self.total = _dir_alloc(self.dir)
         self.sealed: list[_Seg] = []
-        for b, nb in zip(live, live[1:]):
-            if nb > self.active_base:
-                break
+        for b, nb in zip(bases, bases[1:]):
             size = _alloc(os.path.join(self.dir, paths.segment_name(b))) + \
                 _alloc(os.path.join(self.dir, paths.index_name(b)))
             self.sealed.append(_Seg(name, b, nb, size, None))
@@ -174,9 +174,9 @@ class _Stream:
 
 def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport) -> None:
     """R5. Caller holds the offsets file's lock."""
-    w = st.writer
-    check(lib.cm_shard_set_first_entry(w.handle, seg.end), st.dir)   # I15: before any unlink
-    st.first_entry = max(st.first_entry, seg.end)
+    with client._lock:
+        w = client._writer(st.name)    # st.writer may have been closed to bound fds since
+    check(lib.cm_shard_set_first_entry(w.handle, seg.end), st.dir)   # I15: the hint, before any unlink
     _unlink_segment(st.dir, seg.base)
     lib.cm_shard_add_counter(w.handle, CM_CTR_RETENTION_SEGMENTS, 1)
     lib.cm_shard_add_counter(w.handle, CM_CTR_RETENTION_BYTES, seg.bytes)
@@ -289,9 +289,6 @@ def _apply(client, cfg, store: OffsetStore, now_ns: int, report: RetentionReport
             streams.append(_Stream(client, name))
         except (CometError, OSError) as e:
             log.warning("cometmp: retention skipped %s: %s", name, e)
-    for st in streams:   # files left below first_entry by an interrupted run (R5)
-        for b in st.orphans:
-            _unlink_segment(st.dir, b)
     need = {st.name: st.protected_below(groups) for st in streams}
 
     def soft_ok(st: _Stream, seg: _Seg) -> bool:

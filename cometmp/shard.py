@@ -28,7 +28,6 @@ from .format import (
     CM_STATE_BYTES,
     CM_STATE_MAGIC,
     CM_STATE_OFF_COMMITTED,
-    CM_STATE_OFF_FIRST_ENTRY,
     CM_STATE_VERSION,
     COUNTERS,
     parse_segment_header,
@@ -190,9 +189,6 @@ class StateView:
     def committed(self) -> int:
         return self._unpack("=Q", CM_STATE_OFF_COMMITTED)[0]
 
-    def first_entry(self) -> int:
-        return self._unpack("=Q", CM_STATE_OFF_FIRST_ENTRY)[0]
-
     def counters(self) -> dict[str, int]:
         from .format import CM_STATE_OFF_COUNTERS
 
@@ -263,12 +259,12 @@ class Reader:
         return base + count
 
     def first(self) -> int:
+        """Oldest retained entry: the base of the oldest segment file. The state page's
+        ``first_entry`` is never consulted: it is derived data, and a damaged copy must
+        not hide an entry the files still hold (I27)."""
         self._check()
         self._refresh_bases()
-        first = self._bases[0] if self._bases else self.committed()
-        if self.state.valid:
-            first = max(first, self.state.first_entry())
-        return first
+        return self._bases[0] if self._bases else self.committed()
 
     def _segment(self, base: int) -> Segment:
         seg = self._segments.get(base)
@@ -354,7 +350,10 @@ class Reader:
         for attempt in (0, 1):
             if attempt:  # an empty active segment may have been replaced: remap once
                 self._drop(base)
-            seg = self._segment(base)
+            try:
+                seg = self._segment(base)
+            except FileNotFoundError:
+                raise EntryNotFound(f"{self.name}: entry {entry} was removed by retention") from None
             idx = self._index(base)
             off, seq = idx.floor(seg, target, self.writable_index and base != self._bases[-1])
             nb = self._next_base(base)
@@ -404,10 +403,14 @@ class Reader:
                 return
             try:
                 base = self._base_for(entry)
-            except EntryNotFound:
-                entry = self.first()
+                seg = self._segment(base)
+            except (EntryNotFound, FileNotFoundError):
+                # retention removed the segment since we listed: the files decide (I27)
+                first = self.first()
+                if first <= entry:
+                    raise EntryNotFound(f"{self.name}: no segment holds entry {entry}") from None
+                entry = first
                 continue
-            seg = self._segment(base)
             idx = self._index(base)
             off, seq = idx.floor(seg, entry - base, False)
             progressed = False

@@ -42,14 +42,13 @@ def stream_stats(root: str, name: str) -> dict:
         "segments": segments,
         "file_bytes": apparent,
         "disk_bytes": allocated,
-        "first_entry": bases[0] if bases else 0,
+        "first_entry": bases[0] if bases else 0,      # the files decide (I27)
         "length": None,
         "state": "ok" if state.valid else "missing-or-invalid",
         "counters": {},
     }
     if state.valid:
         out["length"] = state.committed()
-        out["first_entry"] = max(out["first_entry"], state.first_entry())
         out["counters"] = state.counters()
     state.close()
     return out

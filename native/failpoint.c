@@ -4,6 +4,8 @@
 #ifdef CM_FAILPOINTS
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,8 +62,11 @@ int cm_failpoint(const char *name) {
         unsigned long k = strtoul(f[1], NULL, 10);
         unsigned long n = nf > 3 ? strtoul(f[3], NULL, 10) : 1;
         if (hits >= k && hits < k + n) err = nf > 2 ? errno_named(f[2]) : EIO;
+        if (hits >= k && hits < k + n && nf > 2 && !strcmp(f[2], "KILL"))
+            err = -1;
     }
     pthread_mutex_unlock(&fp_lock);
+    if (err == -1) kill(getpid(), SIGKILL);   /* "name:k:KILL": a real kill -9 right here */
     return err;
 }
 int cm_failpoint_errno(const char *name) {

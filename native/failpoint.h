@@ -10,7 +10,8 @@
  * by commas) makes the n-th..(k+n-1)-th evaluation of `name` (counted from
  * the first evaluation after the variable last changed; n defaults to 1)
  * return that errno (ENOSPC, EIO, EDQUOT), and the call site fails as if the
- * step it guards had failed with it. Points: docs/ARCHITECTURE.md §4.2.
+ * step it guards had failed with it; ERRNO "KILL" instead sends the process
+ * SIGKILL at that point (a kill -9 at an exact step). Points: docs/ARCHITECTURE.md §4.2.
  *
  * CM_FAILPOINT_ERRNO(name) is the same and also sets errno, for a guard put in
  * front of a syscall that reports through errno:

@@ -42,6 +42,8 @@ struct cm_offsets {
     uint8_t *map;
     cm_ofs_header *h;
     int writable;
+    dev_t dev;                  /* the mapped file, to reopen it for reserve() */
+    ino_t ino;
     char path[4096];
 };
 
@@ -166,6 +168,7 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
                        (unsigned long long)cm_offsets_fingerprint(),
                        (unsigned long long)CM_OFS_FILE_BYTES);
     }
+    /* I9: the header page was written at creation; records are reserved at claim */
     void *m = CM_FAILPOINT_ERRNO("offsets.map") ? MAP_FAILED :
               mmap(NULL, CM_OFS_FILE_BYTES, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                    MAP_SHARED, fd, 0);
@@ -178,6 +181,8 @@ int cm_offsets_open(const char *path, int create, cm_offsets **out) {
     o->map = m;
     o->h = m;
     o->writable = writable;
+    o->dev = sb.st_dev;
+    o->ino = sb.st_ino;
     snprintf(o->path, sizeof o->path, "%s", path);
     *out = o;
     return CM_OK;
@@ -199,6 +204,30 @@ void cm_offsets_unref(cm_offsets *o) {
 }
 
 void *cm_offsets_base(cm_offsets *o) { return o ? o->map : NULL; }
+
+/* I9: the file is sparse, so a record's pages get their disk blocks only when
+ * first stored to, and a store into a hole on a full disk is SIGBUS. Reserve
+ * them (posix_fallocate) before a claim writes a record: a full disk is then
+ * DiskFull naming the file. The mapping keeps no fd (none survives into forks),
+ * so the file is reopened; claims are rare. Caller holds the offsets lock. */
+static int reserve(cm_offsets *o, uint64_t off, uint64_t len) {
+    uint64_t from = off & ~4095ull, to = (off + len + 4095) & ~4095ull;
+    int e = CM_FAILPOINT("offsets.reserve");
+    int fd = -1;
+    if (e == 0) {
+        fd = open(o->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);   /* I30; and the inode is checked */
+        struct stat sb;
+        if (fd < 0) e = errno;
+        else if (fstat(fd, &sb) != 0) e = errno;
+        else if (sb.st_dev != o->dev || sb.st_ino != o->ino) e = ESTALE;
+        else e = posix_fallocate(fd, (off_t)from, (off_t)(to - from));
+    }
+    if (fd >= 0) close(fd);
+    if (e == 0) return CM_OK;
+    return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+                   "reserve bytes %llu..%llu of %s", (unsigned long long)from,
+                   (unsigned long long)to, o->path);
+}
 
 /* ------------------------------------------------------------- locking */
 
@@ -308,6 +337,8 @@ static int group_entered(cm_offsets *o, const char *name, uint32_t len, int crea
                      o->path, CM_OFS_GROUP_CAP);
         goto out;
     }
+    rc = reserve(o, CM_OFS_GROUPS_OFF + (uint64_t)gi * CM_OFS_GROUP_BYTES, CM_OFS_GROUP_BYTES);
+    if (rc < 0) goto out;   /* I9: nothing stored, nothing claimed */
     cm_ofs_group *g = group_at(o, gi);
     /* state(4) name_len(4) id(8) created_ns(8) active_ns(8) patterns_len(4) ... name patterns */
     memset((uint8_t *)g + 4, 0, CM_OFS_GROUP_BYTES - 4);
@@ -429,6 +460,8 @@ static int slot_entered(cm_offsets *o, uint32_t gi, uint64_t id, const char *str
         rc = cm_fail(CM_E_NOSPACE, 0, "%s: all %d offset slots are in use", o->path, CM_OFS_SLOT_CAP);
         goto out;
     }
+    rc = reserve(o, CM_OFS_SLOTS_OFF + (uint64_t)si * CM_OFS_SLOT_BYTES, CM_OFS_SLOT_BYTES);
+    if (rc < 0) goto out;   /* I9: nothing stored, nothing claimed */
     cm_ofs_slot *s = slot_at(o, si);
     /* state(4) group(4) group_id(8) next(8) resets(8) acked_ns(8) dropped(8) stream_len(4) ... */
     memset((uint8_t *)s + 4, 0, CM_OFS_SLOT_BYTES - 4);

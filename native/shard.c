@@ -139,7 +139,8 @@ static int map_index(cm_shard *s, uint64_t base, int *fresh) {
         close(fd);
         return cm_fail(CM_E_IO, e, "map %s/%s", s->dir, name);
     }
-    s->idx_fd = fd; s->idx_map = m; s->idx_cap = need;
+    close(fd);   /* the mapping keeps the file: an idle stream pins no index fd */
+    s->idx_fd = -1; s->idx_map = m; s->idx_cap = need;
     return CM_OK;
 }
 
@@ -228,7 +229,8 @@ static int list_segments(cm_shard *s, uint64_t *min_base, uint64_t *max_base,
     while ((de = readdir(d)) != NULL) {
         const char *n = de->d_name;
         size_t len = strlen(n);
-        if (remove_tmp && len > 4 && strcmp(n + len - 4, ".tmp") == 0) {
+        if (remove_tmp && len > 4 && strcmp(n + len - 4, ".tmp") == 0 &&
+            strcmp(n, "state.tmp") != 0) {   /* state.tmp: the page open_state() is building */
             unlinkat(s->dirfd, n, 0); /* I7: a temp file never became part of the log */
             continue;
         }
@@ -486,6 +488,10 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
     cm_state *st = s->st;
     uint64_t min_base, max_base, prev_base;
     int count;
+    if (state_fresh) {
+        int e = CM_FAILPOINT("recover.fresh_state");   /* I28: the page is not visible yet */
+        if (e) return cm_fail(CM_E_IO, e, "recover %s (failpoint)", s->dir);
+    }
     int rc = list_segments(s, &min_base, &max_base, &prev_base, &count, at_open);
     if (rc < 0) return rc;
     pthread_once(&boot_once, read_boot_id);
@@ -550,11 +556,11 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint32_t want = (uint32_t)(st->committed - B);
         uint64_t start = CM_SEG_HEADER_BYTES;
         uint32_t sseq = 0, keep = 0;   /* index entries to keep: those up to `start` */
-        /* I26: idx_count comes from the state page; entries past the mapped
-           table do not exist (a damaged count is ignored: the walk re-notes) */
-        uint64_t idx_slots = (s->idx_cap - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES;
-        uint32_t idx_n = st->idx_count <= idx_slots ? st->idx_count : 0;
-        for (uint32_t i = idx_n; i-- > 0;) {
+        /* I26, I27: idx_count is derived; never walk past the table the file can hold */
+        uint64_t slots = s->idx_cap > CM_IDX_HEADER_BYTES
+                             ? (s->idx_cap - CM_IDX_HEADER_BYTES) / CM_IDX_ENTRY_BYTES : 0;
+        uint32_t from = st->idx_count < slots ? st->idx_count : (uint32_t)slots;
+        for (uint32_t i = from; i-- > 0;) {
             const uint8_t *e = s->idx_map + CM_IDX_HEADER_BYTES + (uint64_t)i * CM_IDX_ENTRY_BYTES;
             uint64_t o = get32(e + CM_IDXE_OFF_OFFSET);
             uint32_t q = get32(e + CM_IDXE_OFF_REL);
@@ -612,6 +618,22 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
                         st->committed > B && st->committed - B < (1u << 28) &&
                         st->tail > CM_SEG_HEADER_BYTES && st->tail <= s->seg_cap;
         if (pub_known) published = (uint32_t)(st->committed - B);
+        if (pub_known) {
+            /* I27: committed and tail are derived, published together; a damaged
+               copy of one of them must not outvote the segment. Walk the data alone
+               first: when it ends cleanly where one of the two says (the walk's end
+               offset is the published tail, or its count the published one), the
+               other field is the damaged one and the data wins. Only when both
+               disagree with the data (a zeroed or cut stretch below what was
+               published) are the published count and tail kept (I1). */
+            uint64_t t0, c0 = 0; uint32_t q0, d0 = 0; int64_t ts0;
+            walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, CM_SEQ_ANY, 0, 0, &t0, &q0, &ts0,
+                 &c0, &d0);
+            if (t0 == st->tail || q0 == published) {
+                pub_known = 0;
+                published = 0;
+            }
+        }
         uint32_t damaged = 0;
         walk(s, CM_SEG_HEADER_BYTES, 0, s->seg_cap, CM_SEQ_ANY, published, 1, &tail, &nseq,
              &last_ts, &corrupt, &damaged);
@@ -619,21 +641,19 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             tail = st->tail;   /* the walk ended in damage right below the published tail */
         dropped = zero_after(s, tail, s->seg_cap);
         if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
-        if (state_fresh) st->first_entry = min_base;
-        st->alloc_end = round_up(tail, 4096);
     }
+    /* I27/I9: what is reserved on disk is not taken from the page: reserve again
+       from the tail (posix_fallocate of allocated blocks is cheap) */
+    st->alloc_end = round_up(tail, 4096);
+    /* I27: the oldest retained entry is the oldest segment file, never the page's
+       copy: a damaged first_entry must not hide an entry a file still holds */
+    st->first_entry = min_base < B ? min_base : B;
     st->active_base = B;
     st->tail = tail;
     st->reserve_end = tail;
     st->last_ts = last_ts;
     memcpy(st->boot_id, boot_id, sizeof boot_id);
     __atomic_store_n(&st->committed, B + nseq, __ATOMIC_RELEASE);
-    if (st->first_entry > B) st->first_entry = B;
-    /* I26, I9: alloc_end claims blocks are reserved; a damaged value would skip the
-       fallocate and a store into a hole would be SIGBUS on a full disk. Recovery
-       never trusts it: the next append re-reserves from the tail (cheap where the
-       blocks already exist). */
-    st->alloc_end = round_up(tail, 4096);
     if (st->alloc_end > s->seg_cap) st->alloc_end = s->seg_cap;
     if (dropped || corrupt || !trusted) st->counters[CM_CTR_RECOVERIES]++;
     st->counters[CM_CTR_BYTES_DROPPED] += dropped;
@@ -746,12 +766,14 @@ static int open_state(cm_shard *s, int *fresh) {
                             pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st))
             rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "write %s/state.tmp", s->dir);
         free(fresh_st);
-        if (rc == CM_OK && (CM_FAILPOINT_ERRNO("open.state_rename") ||
-                            renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0))
-            rc = cm_fail(CM_E_IO, errno, "rename %s/state.tmp", s->dir);
         if (rc < 0) { close(tfd); unlinkat(s->dirfd, "state.tmp", 0); return rc; }
+        /* I28: not renamed into place yet: cm_shard_open() publishes the page only
+           after recovery filled it in (publish_state), so no reader ever maps a
+           fresh page whose committed count is still 0 */
         fd = tfd;
         *fresh = 1;
+    } else {
+        unlinkat(s->dirfd, "state.tmp", 0);   /* I7: a page an interrupted open left */
     }
     void *m = CM_FAILPOINT_ERRNO("open.state_map") ? MAP_FAILED :
               mmap(NULL, CM_STATE_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -763,6 +785,20 @@ static int open_state(cm_shard *s, int *fresh) {
     flock(fd, LOCK_SH);
     s->state_fd = fd;
     s->st = m;
+    return CM_OK;
+}
+
+/* I28: rename a fresh page, complete now that recovery filled it in, into place.
+ * Until here readers find the old (invalid) page or none and count the segments
+ * themselves. Caller holds the directory flock. */
+static int publish_state(cm_shard *s) {
+    int e = CM_FAILPOINT("open.state_rename");
+    if (e == 0 && renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0) e = errno;
+    if (e != 0) {
+        unlinkat(s->dirfd, "state.tmp", 0);
+        return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+                       "rename %s/state.tmp", s->dir);
+    }
     return CM_OK;
 }
 
@@ -813,6 +849,7 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
             unlock_shard(s);
             rc = r;
         }
+        if (rc == CM_OK && fresh) rc = publish_state(s);
     }
     flock(s->dirfd, LOCK_UN);
     if (rc < 0) goto fail;
@@ -993,7 +1030,8 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     unmap_active(s);
     s->seg_fd = fd; s->seg_map = map; s->seg_cap = cap; s->seg_base = base;
     cm_segment_key(map, cap, base, &s->seg_key);
-    s->idx_fd = ifd; s->idx_map = imap; s->idx_cap = icap;
+    close(ifd);  /* the mapping keeps the file (see map_index) */
+    s->idx_fd = -1; s->idx_map = imap; s->idx_cap = icap;
     s->idx_interval = s->opt.index_interval;
     if (!durable) s->sealed_unsynced = 1;
     st->active_gen++;

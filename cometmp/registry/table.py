@@ -46,6 +46,7 @@ owner and it grants nothing to group or others (check_trusted).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import mmap
@@ -58,7 +59,7 @@ from typing import Iterator
 import posix_ipc
 
 from .._ffi import ffi, last_error, lib
-from ..errors import FormatError, RegistryError, UnsupportedFilesystem
+from ..errors import FormatError, RegistryError, UnsupportedFilesystem, os_error
 from ..paths import user_name
 
 log = logging.getLogger("cometmp")
@@ -299,6 +300,16 @@ class Registry:
              created: bool) -> "Registry":
         try:
             st = os.fstat(shm.fd)
+            if created:
+                # I9: /dev/shm is a tmpfs; a store into an unreserved page of a full one
+                # is SIGBUS, so reserve the whole object before anything is written
+                try:
+                    os.posix_fallocate(shm.fd, 0, REG_BYTES)
+                except OSError as e:
+                    with contextlib.suppress(posix_ipc.ExistentialError):
+                        shm.unlink()             # nothing was published in it yet
+                    raise os_error(e, "/dev/shm" + name, f"reserve {REG_BYTES} bytes of "
+                                   f"the registry of {directory} in") from e   # E1
             mm = mmap.mmap(shm.fd, REG_BYTES)
         finally:
             shm.close_fd()

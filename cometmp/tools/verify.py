@@ -624,7 +624,7 @@ def verify_stream(root: str, name: str, oracle: bool = False,
         rep.committed = state.committed
         rep.first_entry = state.first_entry
     if bases:
-        rep.first_entry = max(bases[0], rep.first_entry or 0)
+        rep.first_entry = bases[0]      # the oldest file, whatever the state page says (I27)
         if state.valid and state.committed < bases[-1]:
             rep.add(ERROR, "state", state.path, CM_STATE_OFF_COMMITTED,
                     f"committed {state.committed} is below the newest segment's base {bases[-1]}")
