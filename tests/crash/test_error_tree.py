@@ -201,10 +201,17 @@ def test_permission_denied_is_a_storage_error_with_errno_and_path(other_user):
 
 
 LIMIT_CHILD = r"""
-import json, resource, sys
+import json, os, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
 import cometmp
 c = cometmp.Client(sys.argv[1])
+c.append("s", b"x")
+held = []   # the application holds every other descriptor: closing idle writers cannot help
+while True:
+    try:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
 out = {"cls": None}
 for i in range(300):
     try:
