@@ -20,7 +20,14 @@ from typing import Iterator, NamedTuple
 from . import paths
 from ._ffi import check, ffi, lib, raise_for
 from .compression import decompress
-from .errors import ClosedError, CorruptRecord, EntryNotFound, StreamNotFound, os_errors
+from .errors import (
+    ClosedError,
+    CorruptRecord,
+    EntryNotFound,
+    EntryTooLarge,
+    StreamNotFound,
+    os_errors,
+)
 from .format import (
     CM_REC_FLAG_ZSTD,
     CM_SEG_HEADER_BYTES,
@@ -98,6 +105,9 @@ class Writer:
 
     def append_raw(self, payload: bytes, flags: int = 0) -> int:
         """Append one already-encoded payload through cffi (slow path); returns its entry."""
+        if len(payload) > 0xFFFFFFFF:   # E4: never narrowed (cffi would raise OverflowError)
+            raise EntryTooLarge(f"payload of {len(payload)} bytes is more than a record can "
+                                f"hold; nothing was written to {self.directory}")
         buf = ffi.from_buffer(payload)
         self._iov[0].data = buf
         self._iov[0].len = len(payload)
