@@ -66,6 +66,38 @@ static int make(pthread_mutex_t *m, int recursive) {
 
 static void templ_init(void) { templ_ok = make(&templ[0], 0) == 0 && make(&templ[1], 1) == 0; }
 
+/* Recursive locks (the offsets file's): which ones this thread holds, so that
+ * a word naming our own tid that we do not hold (a copy made while this very
+ * thread held the original) is seen as stale instead of as a recursion. */
+#define HELD_MAX 8
+static __thread struct { pthread_mutex_t *m; uint32_t depth; } held[HELD_MAX];
+static __thread int nheld;        /* entries in use: the plain locks' release skips the table */
+static __thread int tid_cache;
+
+static int my_tid(void) {
+    if (!tid_cache) tid_cache = (int)syscall(SYS_gettid);
+    return tid_cache;
+}
+
+static int held_depth(pthread_mutex_t *m) {
+    for (int i = 0; i < HELD_MAX; i++)
+        if (held[i].m == m) return (int)held[i].depth;
+    return 0;
+}
+
+static int held_push(pthread_mutex_t *m) {
+    for (int i = 0; i < HELD_MAX; i++)
+        if (held[i].m == m) { held[i].depth++; return 0; }
+    for (int i = 0; i < HELD_MAX; i++)
+        if (!held[i].m) { held[i].m = m; held[i].depth = 1; nheld++; return 0; }
+    return -1;
+}
+
+static void held_pop(pthread_mutex_t *m) {
+    for (int i = 0; i < HELD_MAX; i++)
+        if (held[i].m == m && --held[i].depth == 0) { held[i].m = NULL; nheld--; }
+}
+
 int cm_lock_init(pthread_mutex_t *m, int recursive) {
     if (make(m, recursive) != 0)
         return cm_fail(CM_E_IO, 0, "cannot initialise a robust process-shared mutex");
@@ -152,8 +184,8 @@ static int tgid_of(int tid) {
 static int owner_live(pthread_mutex_t *m, const cm_lock_site *site, uint32_t seen) {
     int tid = (int)(seen & TID_MASK);
     if (tid == 0 || site->foreign) return 0;
-    if (tid == (int)syscall(SYS_gettid))
-        return site->recursive;   /* a plain lock is never taken twice by one thread */
+    if (tid == my_tid())   /* ours only if this thread really took it (a plain lock: never twice) */
+        return site->recursive && held_depth(m) > 0;
     dev_t dev;
     uint64_t ino;
     if (!scan_maps(0, m, &dev, &ino)) return 1;   /* cannot tell: assume it may */
@@ -163,8 +195,14 @@ static int owner_live(pthread_mutex_t *m, const cm_lock_site *site, uint32_t see
 /* the exclusive flock that serialises rebuilders, across processes and threads */
 static pthread_mutex_t rebuild_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* a child forked while another thread rebuilt must not inherit rebuild_mu held */
-static void rebuild_mu_reset(void) { pthread_mutex_init(&rebuild_mu, NULL); }
+/* a child forked while another thread rebuilt must not inherit rebuild_mu held,
+   nor the forking thread's tid and held locks */
+static void rebuild_mu_reset(void) {
+    pthread_mutex_init(&rebuild_mu, NULL);
+    tid_cache = 0;                    /* the forking thread has a new tid here */
+    memset(held, 0, sizeof held);     /* and holds none of its parent's locks */
+    nheld = 0;
+}
 
 __attribute__((constructor))
 static void lock_init_atfork(void) { pthread_atfork(NULL, NULL, rebuild_mu_reset); }
@@ -187,7 +225,7 @@ static void guard_drop(int fd) {
 /* Step 3. Caller holds the guard. 1 when rebuilt, 0 when the word moved. */
 static int rebuild(pthread_mutex_t *m, int recursive, uint32_t seen) {
     uint32_t *w = word(m);
-    uint32_t me = (uint32_t)syscall(SYS_gettid);
+    uint32_t me = (uint32_t)my_tid();
     if (!__atomic_compare_exchange_n(w, &seen, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         return 0;
     /* I25: the word names us now, so nobody acquires or rebuilds it meanwhile;
@@ -199,12 +237,29 @@ static int rebuild(pthread_mutex_t *m, int recursive, uint32_t seen) {
     return 1;
 }
 
+/* glibc's recursive trylock takes a word naming our own tid as a recursion:
+   allow that only when this thread holds the lock */
+static int false_recursion(pthread_mutex_t *m) {
+    uint32_t w = __atomic_load_n(word(m), __ATOMIC_RELAXED);
+    return (int)(w & TID_MASK) == my_tid() && held_depth(m) == 0;
+}
+
+static int took(pthread_mutex_t *m, int recursive, int rc) {
+    if (recursive && held_push(m) != 0) {
+        pthread_mutex_unlock(m);
+        return cm_fail(CM_E_IO, EDEADLK, "more than %d recursive locks held by one thread",
+                       HELD_MAX);
+    }
+    return rc;
+}
+
 int cm_lock_try(pthread_mutex_t *m, int recursive) {
     int kind;
     if (!shape_ok(m, recursive, &kind)) return CM_E_BUSY;   /* cm_lock_acquire decides */
+    if (recursive && false_recursion(m)) return CM_E_BUSY;
     int rc = pthread_mutex_trylock(m);
-    if (rc == 0) return CM_OK;
-    if (rc == EOWNERDEAD) return CM_LOCK_REPAIR;
+    if (rc == 0) return took(m, recursive, CM_OK);
+    if (rc == EOWNERDEAD) return took(m, recursive, CM_LOCK_REPAIR);
     return CM_E_BUSY;
 }
 
@@ -215,7 +270,7 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
         int kind;
         int shape = shape_ok(m, site->recursive, &kind);
         int rc = EBUSY;
-        if (shape) {
+        if (shape && !(site->recursive && false_recursion(m))) {
             rc = pthread_mutex_trylock(m);
             if (rc == EBUSY) {
                 int64_t left = deadline - mono_ms();
@@ -227,8 +282,8 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
                 if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
                 rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
             }
-            if (rc == 0) return rebuilt ? CM_LOCK_REPAIR : CM_OK;
-            if (rc == EOWNERDEAD) return CM_LOCK_REPAIR;
+            if (rc == 0) return took(m, site->recursive, rebuilt ? CM_LOCK_REPAIR : CM_OK);
+            if (rc == EOWNERDEAD) return took(m, site->recursive, CM_LOCK_REPAIR);
         }
         uint32_t seen = __atomic_load_n(word(m), __ATOMIC_ACQUIRE);
         int unusable = !shape || rc == ENOTRECOVERABLE;
@@ -270,7 +325,10 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
 
 void cm_lock_consistent(pthread_mutex_t *m) { pthread_mutex_consistent(m); }
 
-void cm_lock_release(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
+void cm_lock_release(pthread_mutex_t *m) {
+    if (nheld) held_pop(m);
+    pthread_mutex_unlock(m);
+}
 
 static int32_t timeout_ms = CM_LOCK_DEFAULT_MS;
 static pthread_once_t timeout_once = PTHREAD_ONCE_INIT;
