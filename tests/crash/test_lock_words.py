@@ -365,14 +365,30 @@ def test_a_live_holder_that_keeps_the_lock_too_long_gives_a_timeout_naming_it(di
     assert 1.0 < took < BOUND, took
 
 
+LOCK_REGISTRY_BRIEFLY = r"""
+import sys, cometmp
+from cometmp.registry.table import Registry
+try:
+    with Registry.attach(sys.argv[1]).locked(timeout_ms=1000):
+        pass
+except cometmp.CometError as e:
+    print("ERROR", type(e).__name__, e, flush=True)
+    sys.exit(3)
+"""
+
+
 def test_a_live_holder_of_the_registry_lock_is_named_in_the_timeout(dirs):
     src, _, names = dirs
     names.append(shm_name(src))
     Registry.create(src, 2).close()
     with holding(HOLD_REGISTRY, src) as pid:
-        p = use_registry(src)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            p, _ = run([sys.executable, "-c", LOCK_REGISTRY_BRIEFLY, src])
+        finally:
+            os.kill(pid, signal.SIGCONT)
     assert p.returncode == 3 and "RegistryError" in p.stdout, p.stdout + p.stderr
-    assert f"pid {pid}" in p.stdout, p.stdout
+    assert shm_name(src) in p.stdout and f"pid {pid}" in p.stdout, p.stdout
 
 
 # --- (c) random bytes in the mutex ------------------------------------------------------------
