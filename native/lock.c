@@ -21,9 +21,10 @@
  *      rebuilders: under it the word is re-read and the owner re-checked, then the
  *      word is taken by CAS from the stale value to our tid (so nobody acquires or
  *      rebuilds meanwhile), the other bytes are rewritten from a freshly
- *      initialised template and the word is released and waiters woken;
- *   4. the caller repairs as after EOWNERDEAD (CM_LOCK_REPAIR): the lost owner may
- *      have died (or been copied) inside its critical section.
+ *      initialised template and the word is released marked owner-died, waiters
+ *      woken;
+ *   4. so whoever takes it next gets EOWNERDEAD and repairs (CM_LOCK_REPAIR): the
+ *      lost owner may have died (or been copied) inside its critical section.
  *
  * Assumption (as I21's): every process sharing a data directory sees the others'
  * thread ids, i.e. they run in one pid namespace.
@@ -47,6 +48,7 @@
 #include "lock.h"
 
 #define TID_MASK 0x3fffffffu      /* FUTEX_TID_MASK: the owner's tid in the word */
+#define OWNER_DIED 0x40000000u    /* FUTEX_OWNER_DIED: the next locker gets EOWNERDEAD */
 
 /* the bytes pthread_mutex_init leaves, per kind (0 plain, 1 recursive) */
 static pthread_mutex_t templ[2];
@@ -229,10 +231,12 @@ static int rebuild(pthread_mutex_t *m, int recursive, uint32_t seen) {
     if (!__atomic_compare_exchange_n(w, &seen, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         return 0;
     /* I25: the word names us now, so nobody acquires or rebuilds it meanwhile;
-       rewrite every other byte as pthread_mutex_init would, then free the word */
+       rewrite every other byte as pthread_mutex_init would, then free the word
+       marked owner-died: whoever takes it next -- this thread or a waiter that
+       wins the race -- gets EOWNERDEAD and repairs what the lost holder left */
     memcpy((char *)m + sizeof *w, (const char *)&templ[recursive ? 1 : 0] + sizeof *w,
            sizeof *m - sizeof *w);
-    __atomic_store_n(w, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(w, OWNER_DIED, __ATOMIC_RELEASE);
     syscall(SYS_futex, w, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
     return 1;
 }
@@ -265,7 +269,6 @@ int cm_lock_try(pthread_mutex_t *m, int recursive) {
 
 int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeout_ms) {
     int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-    int rebuilt = 0;
     for (;;) {
         int kind;
         int shape = shape_ok(m, site->recursive, &kind);
@@ -282,7 +285,7 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
                 if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
                 rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
             }
-            if (rc == 0) return took(m, site->recursive, rebuilt ? CM_LOCK_REPAIR : CM_OK);
+            if (rc == 0) return took(m, site->recursive, CM_OK);
             if (rc == EOWNERDEAD) return took(m, site->recursive, CM_LOCK_REPAIR);
         }
         uint32_t seen = __atomic_load_n(word(m), __ATOMIC_ACQUIRE);
@@ -299,10 +302,7 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
                 if (now == seen && !owner_live(m, site, now))
                     done = rebuild(m, site->recursive, now);
                 guard_drop(g);
-                if (done) {
-                    rebuilt = 1;
-                    continue;
-                }
+                if (done) continue;   /* the next attempt gets EOWNERDEAD (or a waiter does) */
             }
         }
         if (mono_ms() >= deadline) {
