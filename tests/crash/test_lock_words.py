@@ -447,4 +447,4 @@ def test_random_bytes_in_the_mutex_never_abort_or_hang(dirs, kind):
 @pytest.mark.soak
 @pytest.mark.parametrize("kind", ["state", "offsets", "registry"])
 def test_random_bytes_in_the_mutex_never_abort_or_hang_soak(dirs, kind):
-    damage_trials(dirs, kind, 150)
+    damage_trials(dirs, kind, int(os.environ.get("COMETMP_SOAK_TRIALS", 150)))
