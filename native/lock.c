@@ -21,9 +21,10 @@
  *      rebuilders: under it the word is re-read and the owner re-checked, then the
  *      word is taken by CAS from the stale value to our tid (so nobody acquires or
  *      rebuilds meanwhile), the other bytes are rewritten from a freshly
- *      initialised template and the word is released and waiters woken;
- *   4. the caller repairs as after EOWNERDEAD (CM_LOCK_REPAIR): the lost owner may
- *      have died (or been copied) inside its critical section.
+ *      initialised template and the word is released marked owner-died, waiters
+ *      woken;
+ *   4. so whoever takes it next gets EOWNERDEAD and repairs (CM_LOCK_REPAIR): the
+ *      lost owner may have died (or been copied) inside its critical section.
  *
  * Assumption (as I21's): every process sharing a data directory sees the others'
  * thread ids, i.e. they run in one pid namespace.
@@ -47,6 +48,7 @@
 #include "lock.h"
 
 #define TID_MASK 0x3fffffffu      /* FUTEX_TID_MASK: the owner's tid in the word */
+#define OWNER_DIED 0x40000000u    /* FUTEX_OWNER_DIED: the next locker gets EOWNERDEAD */
 
 /* the bytes pthread_mutex_init leaves, per kind (0 plain, 1 recursive) */
 static pthread_mutex_t templ[2];
@@ -65,6 +67,38 @@ static int make(pthread_mutex_t *m, int recursive) {
 }
 
 static void templ_init(void) { templ_ok = make(&templ[0], 0) == 0 && make(&templ[1], 1) == 0; }
+
+/* Recursive locks (the offsets file's): which ones this thread holds, so that
+ * a word naming our own tid that we do not hold (a copy made while this very
+ * thread held the original) is seen as stale instead of as a recursion. */
+#define HELD_MAX 8
+static __thread struct { pthread_mutex_t *m; uint32_t depth; } held[HELD_MAX];
+static __thread int nheld;        /* entries in use: the plain locks' release skips the table */
+static __thread int tid_cache;
+
+static int my_tid(void) {
+    if (!tid_cache) tid_cache = (int)syscall(SYS_gettid);
+    return tid_cache;
+}
+
+static int held_depth(pthread_mutex_t *m) {
+    for (int i = 0; i < HELD_MAX; i++)
+        if (held[i].m == m) return (int)held[i].depth;
+    return 0;
+}
+
+static int held_push(pthread_mutex_t *m) {
+    for (int i = 0; i < HELD_MAX; i++)
+        if (held[i].m == m) { held[i].depth++; return 0; }
+    for (int i = 0; i < HELD_MAX; i++)
+        if (!held[i].m) { held[i].m = m; held[i].depth = 1; nheld++; return 0; }
+    return -1;
+}
+
+static void held_pop(pthread_mutex_t *m) {
+    for (int i = 0; i < HELD_MAX; i++)
+        if (held[i].m == m && --held[i].depth == 0) { held[i].m = NULL; nheld--; }
+}
 
 int cm_lock_init(pthread_mutex_t *m, int recursive) {
     if (make(m, recursive) != 0)
@@ -152,8 +186,8 @@ static int tgid_of(int tid) {
 static int owner_live(pthread_mutex_t *m, const cm_lock_site *site, uint32_t seen) {
     int tid = (int)(seen & TID_MASK);
     if (tid == 0 || site->foreign) return 0;
-    if (tid == (int)syscall(SYS_gettid))
-        return site->recursive;   /* a plain lock is never taken twice by one thread */
+    if (tid == my_tid())   /* ours only if this thread really took it (a plain lock: never twice) */
+        return site->recursive && held_depth(m) > 0;
     dev_t dev;
     uint64_t ino;
     if (!scan_maps(0, m, &dev, &ino)) return 1;   /* cannot tell: assume it may */
@@ -163,8 +197,14 @@ static int owner_live(pthread_mutex_t *m, const cm_lock_site *site, uint32_t see
 /* the exclusive flock that serialises rebuilders, across processes and threads */
 static pthread_mutex_t rebuild_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* a child forked while another thread rebuilt must not inherit rebuild_mu held */
-static void rebuild_mu_reset(void) { pthread_mutex_init(&rebuild_mu, NULL); }
+/* a child forked while another thread rebuilt must not inherit rebuild_mu held,
+   nor the forking thread's tid and held locks */
+static void rebuild_mu_reset(void) {
+    pthread_mutex_init(&rebuild_mu, NULL);
+    tid_cache = 0;                    /* the forking thread has a new tid here */
+    memset(held, 0, sizeof held);     /* and holds none of its parent's locks */
+    nheld = 0;
+}
 
 __attribute__((constructor))
 static void lock_init_atfork(void) { pthread_atfork(NULL, NULL, rebuild_mu_reset); }
@@ -187,35 +227,53 @@ static void guard_drop(int fd) {
 /* Step 3. Caller holds the guard. 1 when rebuilt, 0 when the word moved. */
 static int rebuild(pthread_mutex_t *m, int recursive, uint32_t seen) {
     uint32_t *w = word(m);
-    uint32_t me = (uint32_t)syscall(SYS_gettid);
+    uint32_t me = (uint32_t)my_tid();
     if (!__atomic_compare_exchange_n(w, &seen, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         return 0;
     /* I25: the word names us now, so nobody acquires or rebuilds it meanwhile;
-       rewrite every other byte as pthread_mutex_init would, then free the word */
+       rewrite every other byte as pthread_mutex_init would, then free the word
+       marked owner-died: whoever takes it next -- this thread or a waiter that
+       wins the race -- gets EOWNERDEAD and repairs what the lost holder left */
     memcpy((char *)m + sizeof *w, (const char *)&templ[recursive ? 1 : 0] + sizeof *w,
            sizeof *m - sizeof *w);
-    __atomic_store_n(w, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(w, OWNER_DIED, __ATOMIC_RELEASE);
     syscall(SYS_futex, w, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
     return 1;
+}
+
+/* glibc's recursive trylock takes a word naming our own tid as a recursion:
+   allow that only when this thread holds the lock */
+static int false_recursion(pthread_mutex_t *m) {
+    uint32_t w = __atomic_load_n(word(m), __ATOMIC_RELAXED);
+    return (int)(w & TID_MASK) == my_tid() && held_depth(m) == 0;
+}
+
+static int took(pthread_mutex_t *m, int recursive, int rc) {
+    if (recursive && held_push(m) != 0) {
+        pthread_mutex_unlock(m);
+        return cm_fail(CM_E_IO, EDEADLK, "more than %d recursive locks held by one thread",
+                       HELD_MAX);
+    }
+    return rc;
 }
 
 int cm_lock_try(pthread_mutex_t *m, int recursive) {
     int kind;
     if (!shape_ok(m, recursive, &kind)) return CM_E_BUSY;   /* cm_lock_acquire decides */
+    if (recursive && false_recursion(m)) return CM_E_BUSY;
     int rc = pthread_mutex_trylock(m);
-    if (rc == 0) return CM_OK;
-    if (rc == EOWNERDEAD) return CM_LOCK_REPAIR;
+    if (rc == 0) return took(m, recursive, CM_OK);
+    if (rc == EOWNERDEAD) return took(m, recursive, CM_LOCK_REPAIR);
     return CM_E_BUSY;
 }
 
 int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeout_ms) {
     int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-    int rebuilt = 0;
     for (;;) {
         int kind;
         int shape = shape_ok(m, site->recursive, &kind);
         int rc = EBUSY;
-        if (shape) {
+        if (shape && !(site->recursive && false_recursion(m))) {
             rc = pthread_mutex_trylock(m);
             if (rc == EBUSY) {
                 int64_t left = deadline - mono_ms();
@@ -227,8 +285,8 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
                 if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
                 rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
             }
-            if (rc == 0) return rebuilt ? CM_LOCK_REPAIR : CM_OK;
-            if (rc == EOWNERDEAD) return CM_LOCK_REPAIR;
+            if (rc == 0) return took(m, site->recursive, CM_OK);
+            if (rc == EOWNERDEAD) return took(m, site->recursive, CM_LOCK_REPAIR);
         }
         uint32_t seen = __atomic_load_n(word(m), __ATOMIC_ACQUIRE);
         int unusable = !shape || rc == ENOTRECOVERABLE;
@@ -244,10 +302,7 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
                 if (now == seen && !owner_live(m, site, now))
                     done = rebuild(m, site->recursive, now);
                 guard_drop(g);
-                if (done) {
-                    rebuilt = 1;
-                    continue;
-                }
+                if (done) continue;   /* the next attempt gets EOWNERDEAD (or a waiter does) */
             }
         }
         if (mono_ms() >= deadline) {
@@ -270,7 +325,10 @@ int cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeou
 
 void cm_lock_consistent(pthread_mutex_t *m) { pthread_mutex_consistent(m); }
 
-void cm_lock_release(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
+void cm_lock_release(pthread_mutex_t *m) {
+    if (nheld) held_pop(m);
+    pthread_mutex_unlock(m);
+}
 
 static int32_t timeout_ms = CM_LOCK_DEFAULT_MS;
 static pthread_once_t timeout_once = PTHREAD_ONCE_INIT;

@@ -48,6 +48,8 @@ int  cm_lock_try(pthread_mutex_t *m, int recursive);
 int  cm_lock_acquire(pthread_mutex_t *m, const cm_lock_site *site, int32_t timeout_ms);
 /* after CM_LOCK_REPAIR, once the caller's repair succeeded */
 void cm_lock_consistent(pthread_mutex_t *m);
+/* every lock taken above is released here (recursive ones are counted per thread:
+   a copied word naming this very thread is stale unless the thread holds the lock) */
 void cm_lock_release(pthread_mutex_t *m);
 /* CM_LOCK_DEFAULT_MS, or $COMETMP_LOCK_TIMEOUT_MS (read once) */
 int32_t cm_lock_timeout_ms(void);

@@ -317,6 +317,34 @@ def test_damaged_mutex_named_by_a_live_process_is_reported_naming_the_file(dirs)
     assert_directory_usable(src)
 
 
+SELF_NAMED = r"""
+import mmap, os, struct, sys, threading
+from cometmp.offsets import OffsetStore
+path = sys.argv[1]
+fd = os.open(path, os.O_RDWR)
+mm = mmap.mmap(fd, 4096)
+tid = threading.get_native_id()
+struct.pack_into("=i", mm, 64, tid)        # __lock: this very thread
+struct.pack_into("=i", mm, 64 + 8, tid)    # __owner
+store = OffsetStore(sys.argv[2], writable=True)
+store.group("made-after-the-copy", create=True)
+print(struct.unpack_from("=I", mm, 64)[0], struct.unpack_from("=Q", mm, 56)[0], flush=True)
+"""
+
+
+def test_offsets_word_naming_the_opening_thread_itself_is_stale_not_a_recursion(dirs):
+    # a copy made while this very thread held the original: glibc would take the word as
+    # a recursive lock this thread already holds, and its unlock would follow the copied
+    # robust-list pointers; the policy rebuilds it instead (the word is free afterwards
+    # and the rebuild is counted as a lock recovery)
+    src, _, _ = dirs
+    path, _ = lock_file(src, "offsets")
+    p, took = run([sys.executable, "-c", SELF_NAMED, path, src])
+    assert p.returncode == 0, p.stdout + p.stderr
+    word, recoveries = (int(x) for x in p.stdout.split())
+    assert (word, recoveries) == (0, 1), p.stdout
+
+
 # --- a live holder that keeps the lock too long --------------------------------------------
 
 @pytest.mark.parametrize("kind", ["state", "offsets"])
@@ -325,12 +353,28 @@ def test_a_live_holder_that_keeps_the_lock_too_long_gives_a_timeout_naming_it(di
     path, off = lock_file(src, kind)
     hold = HOLD_STATE if kind == "state" else HOLD_OFFSETS
     with holding(hold, *((path, str(off)) if kind == "state" else (src,))) as pid:
-        t0 = time.monotonic()
-        p = use_directory(src, COMETMP_LOCK_TIMEOUT_MS="1500")
-        took = time.monotonic() - t0
+        os.kill(pid, signal.SIGSTOP)   # stopped while holding it: alive, never releasing
+        try:
+            t0 = time.monotonic()
+            p = use_directory(src, COMETMP_LOCK_TIMEOUT_MS="1500")
+            took = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
     assert p.returncode == 3, p.stdout + p.stderr
     assert "StorageError" in p.stdout and path in p.stdout and f"pid {pid}" in p.stdout, p.stdout
     assert 1.0 < took < BOUND, took
+
+
+LOCK_REGISTRY_BRIEFLY = r"""
+import sys, cometmp
+from cometmp.registry.table import Registry
+try:
+    with Registry.attach(sys.argv[1]).locked(timeout_ms=1000):
+        pass
+except cometmp.CometError as e:
+    print("ERROR", type(e).__name__, e, flush=True)
+    sys.exit(3)
+"""
 
 
 def test_a_live_holder_of_the_registry_lock_is_named_in_the_timeout(dirs):
@@ -338,9 +382,13 @@ def test_a_live_holder_of_the_registry_lock_is_named_in_the_timeout(dirs):
     names.append(shm_name(src))
     Registry.create(src, 2).close()
     with holding(HOLD_REGISTRY, src) as pid:
-        p = use_registry(src)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            p, _ = run([sys.executable, "-c", LOCK_REGISTRY_BRIEFLY, src])
+        finally:
+            os.kill(pid, signal.SIGCONT)
     assert p.returncode == 3 and "RegistryError" in p.stdout, p.stdout + p.stderr
-    assert f"pid {pid}" in p.stdout, p.stdout
+    assert shm_name(src) in p.stdout and f"pid {pid}" in p.stdout, p.stdout
 
 
 # --- (c) random bytes in the mutex ------------------------------------------------------------
@@ -400,4 +448,4 @@ def test_random_bytes_in_the_mutex_never_abort_or_hang(dirs, kind):
 @pytest.mark.soak
 @pytest.mark.parametrize("kind", ["state", "offsets", "registry"])
 def test_random_bytes_in_the_mutex_never_abort_or_hang_soak(dirs, kind):
-    damage_trials(dirs, kind, 150)
+    damage_trials(dirs, kind, int(os.environ.get("COMETMP_SOAK_TRIALS", 150)))
