@@ -243,11 +243,10 @@ def writer_budget() -> int:
 
 
 def _emfile(stream: str, e: StorageError) -> StorageError:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return TooManyOpenFiles(f"cannot open stream {stream!r}: this process has "
-                            f"RLIMIT_NOFILE = {soft} open files (hard limit {hard}) in use, "
-                            f"and closing idle writers did not free enough ({e})",
-                            errno.EMFILE, e.filename)
+    """E1: EMFILE that closing idle writers did not cure; ``e`` (TooManyOpenFiles, from
+    errors.os_error) already names the RLIMIT_NOFILE values."""
+    return TooManyOpenFiles(f"cannot open stream {stream!r}, even after closing idle "
+                            f"writers: {e}", errno.EMFILE, e.filename)
 
 
 class Client:
