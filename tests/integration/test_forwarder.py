@@ -338,6 +338,20 @@ def test_broker_outage_pauses_forwarding_then_resumes_exactly_once(data_dir, tmp
     assert_exactly_once(data_dir, server.url)
 
 
+def _wait_handles_sigterm(proc: subprocess.Popen, bound: float = 60.0) -> None:
+    """Until ``proc`` catches SIGTERM (SigCgt in /proc/PID/status): the forwarder has
+    installed its handler, so a SIGTERM now is its orderly stop, not the default death."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"forwarder exited with {proc.returncode}"
+        with open(f"/proc/{proc.pid}/status") as f:
+            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"forwarder did not install its SIGTERM handler within {bound} s")
+
+
 def test_sigterm_while_the_broker_is_unreachable_exits_within_5s(data_dir, tmp_path, procs):
     _init_dir(data_dir)
     with cometmp.Client(data_dir) as c:
@@ -345,7 +359,8 @@ def test_sigterm_while_the_broker_is_unreachable_exits_within_5s(data_dir, tmp_p
     nobody = f"nats://127.0.0.1:{_free_port()}"  # nothing listens there
     fw = ForwarderProcess(data_dir, nobody, str(tmp_path / "forwarder.log")).start()
     procs.append(fw)
-    time.sleep(1.5)
+    _wait_handles_sigterm(fw.proc)   # a condition: its event loop runs (a cold import is slow)
+    time.sleep(1.0)                  # an observation window: it must not give up meanwhile
     assert fw.proc.poll() is None  # keeps trying to connect, does not give up
     rc, took, out = fw.sigterm()
     assert rc == 0 and took < 5.0, (rc, took)
