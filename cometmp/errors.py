@@ -24,6 +24,12 @@
      +-- StopProcessing                          raised by a Consumer.process() handler: stop,
                                                  leaving the current batch unacknowledged
 
+Warnings (``warnings.warn``, never raised by cometmp)::
+
+    CometWarning             (a UserWarning)     base of cometmp's warnings
+     +-- DeadLetterWarning                       Consumer.process() gave up on a batch and
+                                                 wrote it to the group's dead-letter stream
+
 Messages name the path (and offset) involved. Exceptions raised while appending a
 batch carry ``appended``: how many entries of the batch were written before it.
 """
@@ -35,8 +41,10 @@ __all__ = [
     "BadStreamName",
     "ClosedError",
     "CometError",
+    "CometWarning",
     "CorruptRecord",
     "DataDirectoryNotFound",
+    "DeadLetterWarning",
     "DiskFull",
     "EntriesDropped",
     "EntryNotFound",
@@ -153,3 +161,12 @@ class StopProcessing(CometError):
 
 class DataDirectoryNotFound(CometError, FileNotFoundError):
     """Client(path, readonly=True) on a path that is not an existing data directory."""
+
+
+class CometWarning(UserWarning):
+    """Base class of cometmp's warnings (shown by Python's default warning filters)."""
+
+
+class DeadLetterWarning(CometWarning):
+    """Consumer.process() gave up on a batch after its retries and wrote every entry of it
+    to the group's dead-letter stream (cometmp.deadletter) before acknowledging it."""
