@@ -269,15 +269,21 @@ class Client:
         w = self._writers.get(stream)
         if w is None:
             self._check_writable()
-            os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
-            w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+            w = self._open_writer(stream)
             self._writers[stream] = w
-            if self.config.storage.durability == "interval":
-                self._start_syncer()
-            from . import retention
-
-            retention.start_background(self)  # issue 4: this process owns what it writes
+            self._start_writer_threads()
         return w
+
+    def _open_writer(self, stream: str) -> Writer:
+        os.makedirs(paths.streams_dir(self.path), mode=0o700, exist_ok=True)
+        return Writer(paths.stream_dir(self.path, stream), stream, self.config)
+
+    def _start_writer_threads(self) -> None:
+        if self.config.storage.durability == "interval":
+            self._start_syncer()
+        from . import retention
+
+        retention.start_background(self)  # issue 4: this process owns what it writes
 
     def _make_appender(self, streams: list[str], numbers: list[int], router) -> Appender:
         with self._lock:
@@ -302,7 +308,14 @@ class Client:
         raise exc
 
     def _after_fork(self) -> None:
-        """Reopen every writer handle in this (child) process (I10)."""
+        """Reopen every writer handle in this (child) process (I10), all or nothing.
+
+        The new handles are opened first; only when every one of them opened do the
+        appenders switch to them and the inherited copies close. If one cannot be opened
+        (the child runs as another user: gunicorn ``--user``), nothing is switched: the
+        inherited handles stay as they are, answering CM_E_FORKED, so every append
+        retries this reopen and raises the same clear error (I10) - never a closed or
+        freed handle, a garbage error or a hang."""
         with self._lock:
             if self._pid == os.getpid():
                 return
@@ -310,16 +323,40 @@ class Client:
             # hooks): every Log routes as a single process until this process joins
             ownership.changed()
             log.debug("cometmp: fork detected (pid %d -> %d); reopening writers", self._pid, os.getpid())
-            old = self._writers
-            self._writers = {}
-            for w in old.values():
-                w.close()  # unmaps this process's copy; the parent's handle is untouched
+            streams = list(self._writers)
+            streams += [s for _app, names in self._appenders for s in names if s not in self._writers]
+            fresh: dict[str, Writer] = {}
+            try:
+                for stream in streams:
+                    fresh[stream] = self._open_writer(stream)
+            except BaseException as e:
+                for w in fresh.values():
+                    w.close()
+                raise self._reopen_error(stream, e) from e
+            old, self._writers = self._writers, fresh
             self._syncer = None
             self._syncer_stop = threading.Event()
             self._pid = os.getpid()
-            for app, streams in self._appenders:
-                for i, s in enumerate(streams):
-                    app.set_handle(i, self._writer(s).ref())
+            for app, names in self._appenders:
+                for i, stream in enumerate(names):
+                    app.set_handle(i, fresh[stream].ref())
+            for w in old.values():
+                w.close()  # unmaps this process's copy; the parent's handle is untouched
+            if fresh:
+                self._start_writer_threads()
+
+    def _reopen_error(self, stream: str, e: BaseException) -> BaseException:
+        """The error of a writer that cannot be reopened after fork: a cometmp error as it
+        is, anything else (PermissionError from a directory of another user) as a
+        StorageError naming the path, the process's user and the errno."""
+        if isinstance(e, CometError) or not isinstance(e, OSError):
+            return e
+        where = e.filename or paths.stream_dir(self.path, stream)
+        return StorageError(e.errno or 0, (
+            f"{where}: {e.strerror or e}: this Client was opened in pid {self._pid} before "
+            f"fork, and pid {os.getpid()} (uid {os.geteuid()}) cannot reopen its writer of "
+            f"stream {stream!r}; open the Client after fork, or let this user write "
+            f"{self.path}"))
 
     def log(self, prefix: str, shards: int = 16) -> Log:
         """The stream family ``prefix`` with ``shards`` shards, created if new.
