@@ -16,6 +16,7 @@ import time
 import pytest
 
 import cometmp
+from cometmp import registry
 from harness import (
     children_of,
     GUNICORN,
@@ -111,6 +112,38 @@ def test_a_killed_worker_shows_dead_at_once_and_its_slot_goes_to_the_replacement
         slot0 = next(s for s in doc["slots"] if s["process_id"] == 0)
         assert slot0["pid"] == next(s for s in before["slots"] if s["process_id"] == 0)["pid"]
         assert slot1["shards"] == victim["shards"]  # the others' ownership did not move
+    finally:
+        srv.stop()
+    assert not shm_exists(srv.data_dir)
+
+
+def test_a_registry_removed_from_dev_shm_while_serving_is_recreated_rejoined_and_unlinked_at_exit(
+        tmp_path):
+    """The workers recreate and rejoin it; the master re-attaches at its next hook (here
+    the child_exit of a killed worker), so a TTIN and the shutdown still act on it."""
+    srv = start_gunicorn(tmp_path, 2)
+    try:
+        assert get(srv.port, "/append?id=before")[0] == 200
+        wait_owned(srv.data_dir, srv, timeout=15)
+        shm = "/dev/shm/" + registry.shm_name(srv.data_dir).lstrip("/")
+        inode = os.stat(shm).st_ino
+        os.unlink(shm)
+        t0 = time.monotonic()
+        wait_owned(srv.data_dir, srv, timeout=15)
+        print(f"owned again {time.monotonic() - t0:.2f} s after the removal")
+        assert os.stat(shm).st_ino != inode
+        os.kill(srv.workers()[0], signal.SIGKILL)   # child_exit: the master re-attaches
+        srv.send(signal.SIGTTIN)
+        deadline = time.monotonic() + 20
+        while True:
+            doc = status(srv.data_dir)
+            if doc["process_count"] == 3 and any(m["alive"] for m in doc["masters"]) and \
+                    len([s for s in doc["slots"] if s["alive"]]) == 3:
+                break
+            assert time.monotonic() < deadline, (doc, srv.log())
+            time.sleep(0.1)
+        wait_owned(srv.data_dir, srv, timeout=15)
+        assert get(srv.port, "/append?id=after")[0] == 200
     finally:
         srv.stop()
     assert not shm_exists(srv.data_dir)

@@ -161,7 +161,7 @@ def _slot(data_dir: str, process_id: int) -> dict:
     return next(s for s in doc["slots"] if s["process_id"] == process_id)
 
 
-@pytest.mark.parametrize("variant", ["default", "lazy-apps"])
+@pytest.mark.parametrize("variant", [pytest.param("default", marks=pytest.mark.soak), "lazy-apps"])
 def test_a_registry_removed_from_dev_shm_while_serving_is_recreated_and_rejoined(
         tmp_path, variant):
     """Someone removes /dev/shm/cometmp-* under a running uWSGI (an admin, systemd-tmpfiles,
