@@ -34,6 +34,8 @@ __all__ = ["DEAD_LETTER_PREFIX", "DeadLetterWarning", "decode", "encode", "is_de
 DEAD_LETTER_PREFIX = "_dead-letter."
 ENVELOPE_FORMAT = "cometmp.dead_letter"
 ENVELOPE_VERSION = 1
+#: the error text kept in an envelope (an exception's message can be arbitrarily long)
+ERROR_MAX = 1000
 _UNSAFE = re.compile(r"[^A-Za-z0-9_:-]")
 
 
@@ -58,7 +60,7 @@ def encode(group: str, stream: str, entry: int, timestamp_ns: int, data, error: 
     head = json.dumps({
         "format": ENVELOPE_FORMAT, "version": ENVELOPE_VERSION, "group": group,
         "stream": stream, "entry": int(entry), "timestamp_ns": int(timestamp_ns),
-        "error": f"{type(error).__name__}: {error}", "attempts": int(attempts),
+        "error": f"{type(error).__name__}: {error}"[:ERROR_MAX], "attempts": int(attempts),
     }, sort_keys=True, ensure_ascii=True)
     return head.encode("ascii") + b"\n" + bytes(data)
 

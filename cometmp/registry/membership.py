@@ -261,8 +261,9 @@ def _unlink_if_last_locked(reg: Registry, me: int) -> None:
 
 
 def _member_loop(m: _Membership) -> None:
-    """Heartbeat, follow the epoch (re-route Logs) and sweep dead workers, every 200 ms.
-    Every worker runs it, so the duty survives any single process's kill -9."""
+    """Heartbeat, follow the epoch (re-route Logs), sweep dead workers and rejoin a
+    registry removed from /dev/shm (I24), every 200 ms. Every worker runs it, so the duty
+    survives any single process's kill -9."""
     while not m.stop.wait(MEMBER_PERIOD):
         if os.getpid() != m.pid or _member is not m:
             return
