@@ -329,11 +329,9 @@ class Client:
         w = self._writers.get(stream)
         if w is None:
             self._check_writable()
-            with os_errors(paths.streams_dir(self.path), "create directory"):
-                paths.mkdir_private(paths.streams_dir(self.path))   # I30, I31
             self._evict_writers(len(self._writers) - self._writer_budget + 1)
             try:
-                w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+                w = self._open_writer(stream)
             except StorageError as e:
                 if e.errno != errno.EMFILE:
                     raise
@@ -341,17 +339,13 @@ class Client:
                     raise _emfile(stream, e) from None
                 self._evict_writers((len(self._writers) + 1) // 2)
                 try:
-                    w = Writer(paths.stream_dir(self.path, stream), stream, self.config)
+                    w = self._open_writer(stream)
                 except StorageError as e2:
                     if e2.errno != errno.EMFILE:
                         raise
                     raise _emfile(stream, e2) from None
             self._writers[stream] = w
-            if self.config.storage.durability == "interval":
-                self._start_syncer()
-            from . import retention
-
-            retention.start_background(self)  # issue 4: this process owns what it writes
+            self._start_writer_threads()
         return w
 
     def _evict_writers(self, n: int) -> None:
@@ -374,6 +368,18 @@ class Client:
             w = self._writer(stream)
             for app, i in self._slots.get(stream, ()):
                 app.set_handle(i, w.ref())
+
+    def _open_writer(self, stream: str) -> Writer:
+        with os_errors(paths.streams_dir(self.path), "create directory"):
+            paths.mkdir_private(paths.streams_dir(self.path))   # I30, I31
+        return Writer(paths.stream_dir(self.path, stream), stream, self.config)
+
+    def _start_writer_threads(self) -> None:
+        if self.config.storage.durability == "interval":
+            self._start_syncer()
+        from . import retention
+
+        retention.start_background(self)  # issue 4: this process owns what it writes
 
     def _make_appender(self, streams: list[str], numbers: list[int], router) -> Appender:
         with self._lock:
@@ -409,7 +415,14 @@ class Client:
         raise exc
 
     def _after_fork(self) -> None:
-        """Reopen every writer handle in this (child) process (I10)."""
+        """Reopen every writer handle in this (child) process (I10), all or nothing.
+
+        The new handles are opened first; only when every one of them opened do the
+        appenders switch to them and the inherited copies close. If one cannot be opened
+        (the child runs as another user: gunicorn ``--user``), nothing is switched: the
+        inherited handles stay as they are, answering CM_E_FORKED, so every append
+        retries this reopen and raises the same clear error (I10) - never a closed or
+        freed handle, a garbage error or a hang."""
         with self._lock:
             if self._pid == os.getpid():
                 return
@@ -417,16 +430,46 @@ class Client:
             # hooks): every Log routes as a single process until this process joins
             ownership.changed()
             log.debug("cometmp: fork detected (pid %d -> %d); reopening writers", self._pid, os.getpid())
-            old = self._writers
-            self._writers = {}
-            for w in old.values():
-                w.close()  # unmaps this process's copy; the parent's handle is untouched
+            # the writers open now; one closed to bound descriptors (§11.1) is reopened by
+            # its next append (CM_E_CLOSED/CM_E_FORKED -> _reattach), as in the parent
+            streams = list(self._writers)
+            fresh: dict[str, Writer] = {}
+            try:
+                for stream in streams:
+                    fresh[stream] = self._open_writer(stream)
+            except BaseException as e:
+                for w in fresh.values():
+                    w.close()
+                raise self._reopen_error(stream, e) from e
+            old, self._writers = self._writers, fresh
             self._syncer = None
             self._syncer_stop = threading.Event()
             self._pid = os.getpid()
-            for app, streams in self._appenders:
-                for i, s in enumerate(streams):
-                    app.set_handle(i, self._writer(s).ref())
+            for app, names in self._appenders:
+                for i, stream in enumerate(names):
+                    if stream in fresh:
+                        app.set_handle(i, fresh[stream].ref())
+            for w in old.values():
+                w.close()  # unmaps this process's copy; the parent's handle is untouched
+            if fresh:
+                self._start_writer_threads()
+
+    def _reopen_error(self, stream: str, e: BaseException) -> BaseException:
+        """The error of a writer that cannot be reopened after fork: a permission failure
+        (the child runs as another user: gunicorn ``--user``) as a StorageError naming the
+        path, the process's user and the errno; any other cometmp error as it is."""
+        if isinstance(e, StorageError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            where, code, why = e.filename, e.errno, str(e)
+        elif isinstance(e, OSError):
+            where, code, why = e.filename, e.errno or 0, e.strerror or str(e)
+        else:
+            return e
+        where = where or paths.stream_dir(self.path, stream)
+        return StorageError(
+            f"{where}: {why}: this Client was opened in pid {self._pid} before fork, and "
+            f"pid {os.getpid()} (uid {os.geteuid()}) cannot reopen its writer of stream "
+            f"{stream!r}; open the Client after fork, or let this user write {self.path}",
+            code, where)
 
     def log(self, prefix: str, shards: int = 16) -> Log:
         """The stream family ``prefix`` with ``shards`` shards, created if new.

@@ -33,17 +33,19 @@ import logging
 import os
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from . import _reader, paths
+from . import _reader, deadletter, paths
 from ._ffi import check, core_path, ffi, lib
 from .compression import decompress
 from .cursor import Cursor
 from .errors import (
     ClosedError,
     CometError,
+    DeadLetterWarning,
     EntriesDropped,
     EntryNotFound,
     ReadOnlyError,
@@ -185,6 +187,9 @@ class Consumer:
         if hit is not None and hit[0] == mtime:
             return hit[1]
         names = self.client.streams(pattern)
+        if not pattern.startswith(deadletter.DEAD_LETTER_PREFIX):
+            # a group's dead letters are read only by a pattern that names them
+            names = [n for n in names if not deadletter.is_dead_letter(n)]
         self._match_cache[pattern] = (mtime, names)
         return names
 
@@ -496,16 +501,21 @@ class Consumer:
                 stop: threading.Event | None = None, backoff: float = 0.05,
                 max_backoff: float = 5.0) -> int:
         """Call ``handler(batch)`` for batches of up to ``batch_size`` entries until ``stop``
-        is set or the handler raises StopProcessing; returns the entries processed.
+        is set or the handler raises StopProcessing; returns the entries the handler
+        processed (a dead-lettered batch is not counted).
 
         A batch is acked after the handler returns. On an exception the handler is retried
         ``max_retries`` times with exponential backoff (``backoff`` doubling up to
-        ``max_backoff``; ``on_error(exc, batch, attempt)`` is called each time); a batch
-        that still fails goes to ``dead_letter(batch, exc)`` — by default it is logged at
-        ERROR with its id ranges — and is then acked so the group moves on.
-        StopProcessing stops without acking the current batch. ``on_batch(batch)`` runs
-        after each ack. Streams created while it runs are picked up within
-        ``poll_interval`` (or sooner when their writers publish).
+        ``max_backoff``; ``on_error(exc, batch, attempt)`` is called each time). A batch
+        that still fails goes to ``dead_letter(batch, exc)`` when given; by default every
+        entry of it is appended to the group's dead-letter stream
+        (``cometmp.deadletter.stream_for(group)``: original stream, entry id, timestamp
+        and error in a JSON envelope, then the original bytes) and a DeadLetterWarning
+        is issued. Only then is the batch acked so the group moves on; if the dead letter
+        cannot be written (a readonly client, a full disk) that error is raised and the
+        batch stays unacknowledged. StopProcessing stops without acking the current
+        batch. ``on_batch(batch)`` runs after each ack. Streams created while it runs
+        are picked up within ``poll_interval`` (or sooner when their writers publish).
         """
         done = 0
         wait = max(0.0, float(poll_interval))
@@ -514,6 +524,7 @@ class Consumer:
             if not len(batch):
                 continue
             attempt = 0
+            handled = True
             while True:
                 try:
                     handler(batch)
@@ -525,12 +536,11 @@ class Consumer:
                     if on_error is not None:
                         on_error(exc, batch, attempt)
                     if attempt > max_retries:
+                        handled = False
                         if dead_letter is not None:
                             dead_letter(batch, exc)
                         else:
-                            log.error("cometmp: consumer group %r gave up on a batch after %d "
-                                      "attempts (%s): %s", self.group, attempt,
-                                      _describe(batch), exc)
+                            self._dead_letter(batch, exc, attempt)
                         break
                     delay = min(max_backoff, backoff * (2 ** (attempt - 1)))
                     if stop is not None:
@@ -539,10 +549,31 @@ class Consumer:
                     else:
                         time.sleep(delay)
             self.ack(batch)
-            done += len(batch)
+            if handled:
+                done += len(batch)
             if on_batch is not None:
                 on_batch(batch)
         return done
+
+    def _dead_letter(self, batch: Batch, exc: BaseException, attempts: int) -> None:
+        """The default dead letter: append every entry of ``batch`` to the group's
+        dead-letter stream, then warn. Raises (nothing acked) if it cannot be written."""
+        target = deadletter.stream_for(self.group)
+        if self.client.readonly:
+            raise ReadOnlyError(
+                f"consumer group {self.group!r} gave up on a batch ({_describe(batch)}) after "
+                f"{attempts} attempts ({type(exc).__name__}: {exc}), and a readonly client "
+                f"cannot write it to the dead-letter stream {target!r}; the batch is not "
+                "acknowledged (pass dead_letter= to process() to handle it yourself)")
+        payloads = [deadletter.encode(self.group, m.id.stream, m.id.entry, m.timestamp_ns,
+                                      m.data, exc, attempts) for m in batch]
+        ids = self.client.append(target, payloads)
+        warnings.warn(DeadLetterWarning(
+            f"cometmp: consumer group {self.group!r} gave up on {len(batch)} entries "
+            f"({_describe(batch)}) after {attempts} attempts ({type(exc).__name__}: {exc}); "
+            f"they are in the dead-letter stream {target!r} as entries "
+            f"[{ids[0].entry}, {ids[-1].entry}] (read them with cometmp.deadletter.decode)"),
+            stacklevel=3)
 
     async def batches(self, pattern: str = "*", max_messages: int = 1000, *,
                       assignment: tuple[int, int] | None = None, zero_copy: bool | None = None,

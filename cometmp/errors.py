@@ -45,6 +45,12 @@ Every OS-level failure becomes an exception through one mapping: :func:`os_error
 calls, usually through the :func:`os_errors` context manager) and ``cometmp._ffi.error_for``
 (the C core's ``CM_E_IO``/``CM_E_NOSPACE``, whose errno ``cm_fail`` keeps), which calls it.
 
+Warnings (``warnings.warn``, never raised by cometmp)::
+
+    CometWarning             (a UserWarning)     base of cometmp's warnings
+     +-- DeadLetterWarning                       Consumer.process() gave up on a batch and
+                                                 wrote it to the group's dead-letter stream
+
 Messages name the path (and offset) involved. Exceptions raised while appending a
 batch carry ``appended``: how many entries of the batch were written before it.
 """
@@ -63,8 +69,10 @@ __all__ = [
     "ClosedError",
     "CometError",
     "ConfigError",
+    "CometWarning",
     "CorruptRecord",
     "DataDirectoryNotFound",
+    "DeadLetterWarning",
     "DiskFull",
     "EntriesDropped",
     "EntryNotFound",
@@ -275,3 +283,12 @@ def os_errors(path: str | os.PathLike, action: str) -> Iterator[None]:
         yield
     except OSError as e:
         raise os_error(e, os.fspath(path), action) from e
+
+
+class CometWarning(UserWarning):
+    """Base class of cometmp's warnings (shown by Python's default warning filters)."""
+
+
+class DeadLetterWarning(CometWarning):
+    """Consumer.process() gave up on a batch after its retries and wrote every entry of it
+    to the group's dead-letter stream (cometmp.deadletter) before acknowledging it."""

@@ -231,7 +231,8 @@ class Reader:
         self._bases: list[int] = []
         self._segments: dict[int, Segment] = {}
         self._indexes: dict[int, SegmentIndex] = {}
-        self._fallback_committed: tuple[int, int] | None = None
+        #: without a state page: (checked at, committed, (base, offset, seq, count) walked)
+        self._fallback_committed: tuple | None = None
         self.corrupt_skipped = 0
         self._closed = False
         self._refresh_bases()
@@ -247,25 +248,41 @@ class Reader:
     def committed(self) -> int:
         """Next entry number: every entry below it is complete and readable (I2)."""
         self._check()
-        if not self.state.valid or self.state.replaced():
+        if self.state.valid and not self.state.replaced():
+            return self.state.committed()
+        fallback = self._fallback_committed
+        if self.state.valid or fallback is None or \
+                time.monotonic() - fallback[0] >= StateView.RECHECK:
             self.state.close()
             self.state = StateView(self.directory)
-        if self.state.valid:
-            return self.state.committed()
-        return self._scan_committed()
+            if self.state.valid:
+                self._fallback_committed = None
+                return self.state.committed()
+            return self._scan_committed()
+        return fallback[1]
 
     def _scan_committed(self) -> int:
-        # no usable state page (read-only client on a damaged directory): count the
-        # valid records of the last segment
+        """No usable state page (a readonly client on a copied or damaged directory, so no
+        writer publishes): count the valid records of the last segment. The count and
+        where the walk ended are kept, so a later call walks only what was added, and
+        calls within StateView.RECHECK s reuse it: a read costs what it costs with a
+        state page, not a walk of the segment."""
+        now = time.monotonic()
         self._refresh_bases()
         if not self._bases:
+            self._fallback_committed = (now, 0, None)
             return 0
         base = self._bases[-1]
-        seg = self._segment(base)
-        count = 0
-        for rec in seg.walk():
+        prev = self._fallback_committed
+        if prev is not None and prev[2] is not None and prev[2][0] == base:
+            _b, off, seq, count = prev[2]
+        else:
+            off, seq, count = CM_SEG_HEADER_BYTES, 0, 0
+        for rec in self._segment(base).walk(off, seq):
             if not isinstance(rec, Damage):
                 count = rec.seq + 1
+                off, seq = rec.offset + rec.frame_bytes, rec.seq + 1
+        self._fallback_committed = (now, base + count, (base, off, seq, count))
         return base + count
 
     def first(self) -> int:

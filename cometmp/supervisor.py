@@ -64,8 +64,13 @@ class Supervisor:
         rebuild a stale one (left by a kill -9'ed master). Registers this master."""
         self._ensure_directory()
         check_filesystem(self.directory)
-        reg = self._create_or_attach()
-        self.registry = reg
+        self.registry = self._create_or_attach()
+        self._register()
+        return self
+
+    def _register(self) -> None:
+        """Take a master entry in ``self.registry`` and apply this master's count."""
+        reg = self.registry
         pid, ticks = os.getpid(), start_ticks(os.getpid())
         with reg.locked():
             free = None
@@ -82,7 +87,6 @@ class Supervisor:
                 reg.set_process_count_locked(self.process_count)
             reg.sweep_locked()
             reg.bump_epoch_locked()
-        return self
 
     def _ensure_directory(self) -> None:
         if not os.path.isdir(self.directory):
@@ -119,8 +123,7 @@ class Supervisor:
                 if reg.unlinked:
                     stale = False
                 else:
-                    stale = not any(pid and is_alive(pid, t) for _i, pid, t in reg.masters()) and \
-                        not reg.live_entries()
+                    stale = reg.abandoned()
                     if stale:
                         log.warning("cometmp: registry %s of %s was left by a dead master; "
                                     "rebuilding it", reg.name, self.directory)
@@ -144,9 +147,12 @@ class Supervisor:
     def close(self) -> None:
         """Deregister this master; the last master unlinks the registry (I24)."""
         self.stop_thread()
-        reg = self.registry
-        if reg is None or os.getpid() != self.pid:
+        if self.registry is None or os.getpid() != self.pid:
             return
+        try:
+            reg = self._reg()   # the object at the name now, if it was replaced
+        except RegistryError:
+            reg = self.registry
         self.registry = None
         try:
             pid, ticks = os.getpid(), start_ticks(os.getpid())
@@ -194,6 +200,13 @@ class Supervisor:
             raise RegistryError(f"supervisor of {self.directory} is not started")
         if os.getpid() != self.pid:
             raise RegistryError("a Supervisor belongs to the process that created it")
+        if self.registry.replaced():
+            # I24: removed from /dev/shm while the server runs: use (or create) the one
+            # there now, and register in it; the old mapping is left to the GC
+            log.warning("cometmp: the registry %s of %s was removed while the master used "
+                        "it; attaching to a new one", self.registry.name, self.directory)
+            self.registry = self._create_or_attach()
+            self._register()
         return self.registry
 
     # -- periodic sweep ---------------------------------------------------------------

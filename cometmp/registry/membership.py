@@ -66,8 +66,10 @@ def configured_directory() -> str | None:
 class _Membership:
     """This worker's registration. Records the pid that created it (CONVENTIONS 10)."""
 
-    def __init__(self, registry: Registry, pid: int, ticks: int, key: int | None, dir_id):
+    def __init__(self, registry: Registry, pid: int, ticks: int, key: int | None, dir_id,
+                 directory: str):
         self.registry = registry
+        self.directory = directory
         self.pid = pid
         self.ticks = ticks
         self.key = key
@@ -153,16 +155,8 @@ def join(directory: str | os.PathLike | None = None, key: int | None = None,
         if create_count is not None:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         check_filesystem(directory)
-        for _attempt in range(20):
-            reg = _open_for_join(directory, create_count)
-            with reg.locked():
-                if not reg.unlinked:  # checked under the same lock as the join itself
-                    reg.join_locked(pid, ticks, key)
-                    break
-            reg.close()
-        else:
-            raise RegistryError(f"could not join the registry of {directory}")
-        m = _Membership(reg, pid, ticks, key, _dir_id(directory))
+        reg = _join_registry(directory, create_count, pid, ticks, key)
+        m = _Membership(reg, pid, ticks, key, _dir_id(directory), directory)
         _member = m
         _pinned.append(reg)
         m.refresh()
@@ -172,6 +166,40 @@ def join(directory: str | os.PathLike | None = None, key: int | None = None,
                              daemon=True).start()
         log.debug("cometmp: pid %d joined %s as entry %s", pid, directory, m.index)
     return worker_id()
+
+
+def _join_registry(directory: str, create_count: int | None, pid: int, ticks: int,
+                   key: int | None) -> Registry:
+    """Open (or create) the registry of ``directory`` and take an entry in it."""
+    for _attempt in range(20):
+        reg = _open_for_join(directory, create_count)
+        with reg.locked():
+            if not reg.unlinked:  # checked under the same lock as the join itself
+                reg.join_locked(pid, ticks, key)
+                return reg
+        reg.close()
+    raise RegistryError(f"could not join the registry of {directory}")
+
+
+def _rejoin_if_replaced(m: _Membership) -> bool:
+    """I24: the object at the registry's name is no longer the one this member mapped
+    (removed from /dev/shm while the server runs): join the one there now, creating it
+    with the old processCount if there is none, and re-route every Log. Member thread."""
+    old = m.registry
+    if not old.replaced():
+        return False
+    with _lock:
+        if _member is not m or os.getpid() != m.pid:
+            return False
+        count = old.process_count
+        log.warning("cometmp: the registry %s of %s was removed while pid %d used it; "
+                    "rejoining a new one (processCount %d)", old.name, m.directory, m.pid, count)
+        reg = _join_registry(m.directory, count, m.pid, m.ticks, m.key)
+        _pinned.append(reg)   # the old mapping stays pinned too: epoch watches point into it
+        m.registry, m.snap, m.epoch = reg, None, -1
+        m.refresh()
+    ownership.changed()   # Logs re-arm their epoch watch on the new mapping
+    return True
 
 
 def _open_for_join(directory: str, create_count: int | None) -> Registry:
@@ -196,8 +224,15 @@ def _open_for_join(directory: str, create_count: int | None) -> Registry:
                 continue
         with reg.locked():
             if not reg.unlinked:
-                return reg
-        reg.close()  # the last member just removed it: open or create the new one
+                if create_count is None or not reg.abandoned():
+                    return reg
+                # I24: left by a server whose every process died (kill -9, a crash):
+                # nobody else will remove it, and its process count is not ours
+                log.warning("cometmp: registry %s of %s was left by dead processes "
+                            "(processCount %d); rebuilding it with processCount %d",
+                            reg.name, directory, reg.process_count, create_count)
+                reg.unlink_locked()
+        reg.close()  # removed (by the last member, or just now): open or create the new one
         time.sleep(0.001)
     raise RegistryError(f"could not attach to the registry of {directory}")
 
@@ -229,13 +264,15 @@ def _unlink_if_last_locked(reg: Registry, me: int) -> None:
 
 
 def _member_loop(m: _Membership) -> None:
-    """Heartbeat, follow the epoch (re-route Logs) and sweep dead workers, every 200 ms.
-    Every worker runs it, so the duty survives any single process's kill -9."""
-    reg = m.registry
+    """Heartbeat, follow the epoch (re-route Logs), sweep dead workers and rejoin a
+    registry removed from /dev/shm (I24), every 200 ms. Every worker runs it, so the duty
+    survives any single process's kill -9."""
     while not m.stop.wait(MEMBER_PERIOD):
         if os.getpid() != m.pid or _member is not m:
             return
         try:
+            _rejoin_if_replaced(m)
+            reg = m.registry
             if m.index is not None:
                 reg.heartbeat(m.index, m.pid)
             if _needs_sweep(reg):

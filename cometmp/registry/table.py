@@ -67,6 +67,8 @@ log = logging.getLogger("cometmp")
 ENV_DIR = "COMETMP_DIR"
 ENV_FAILPOINTS = "COMETMP_FAILPOINTS"
 SHM_PREFIX = "/cometmp-"
+#: where Linux (glibc shm_open) keeps POSIX shm objects: name "/x" is SHM_DIR + "/x"
+SHM_DIR = "/dev/shm"
 
 #: A slot whose worker is gone and not replaced within this many seconds is reclaimed.
 RECLAIM_GRACE = 1.0
@@ -400,6 +402,16 @@ class Registry:
         finally:
             shm.close_fd()
 
+    def replaced(self) -> bool:
+        """True if ``/dev/shm/<name>`` is no longer the object this process mapped: it was
+        removed (an admin, systemd-tmpfiles, a test's cleanup) or removed and created
+        again. One stat(2), compared with the inode fstat'ed at map time; called by the
+        member thread and the supervisor's hooks, never on the append path."""
+        try:
+            return os.stat(SHM_DIR + self.name).st_ino != self.inode
+        except FileNotFoundError:
+            return True
+
     def unlink_locked(self) -> None:
         """Mark unlinked and remove the name. Caller holds the lock."""
         self._put_u32(CM_REG_OFF_UNLINKED, 1)
@@ -625,6 +637,19 @@ class Registry:
     def live_entries(self) -> list[Entry]:
         return [e for e in (self.entry(i) for i in range(MAX_ENTRIES)) if e.alive()]
 
+    def abandoned(self, young: float = 2.0) -> bool:
+        """I24: every master and every member of this registry is dead (all kill -9ed, a
+        server that died uncleanly), so nobody will ever unlink it: the next start
+        rebuilds it, with its own process count. A registry nobody ever used counts only
+        once it is ``young`` seconds old: its creator is about to join it. Exact under
+        the lock; racy without."""
+        masters = [(pid, t) for _i, pid, t in self.masters() if pid]
+        if any(is_alive(pid, t) for pid, t in masters) or self.live_entries():
+            return False
+        used = masters or any(state != FREE for _p, state, *_r in self.raw_entries())
+        created = struct.unpack_from("=q", self._mm, CM_REG_OFF_CREATED)[0]
+        return bool(used) or time.time_ns() - created >= young * 1e9
+
 
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:
     """Whether a registry object we cannot use (another build's, or never initialised)
@@ -633,7 +658,7 @@ def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:
     readable without root, so run every process of a server as one user or as root)."""
     name = shm_name(directory).lstrip("/")
     try:
-        st = os.stat("/dev/shm/" + name)  # Linux keeps POSIX shm objects here
+        st = os.stat(f"{SHM_DIR}/{name}")
     except FileNotFoundError:
         return False
     if time.time() - st.st_mtime < young:

@@ -9,7 +9,9 @@ Document: ``directory``, ``registry`` (shm name or null), ``version``, ``process
 ``epoch``, ``families`` ({prefix: shard count}), ``slots`` (one item per slot
 0..process_count-1, then waiting workers: ``pid``, ``process_id`` (null when waiting),
 ``state``, ``alive``, ``heartbeat_age_s``, ``shards``), ``unowned_shards``, ``masters``
-(``master_pid``, ``alive``). Only ``slots`` items carry a ``pid`` key. ``shards`` are
+(``master_pid``, ``alive``), ``stale`` (true when every master and worker of the
+registry is dead: left over by a server that died uncleanly, rebuilt at the next start,
+I24). Only ``slots`` items carry a ``pid`` key. ``shards`` are
 shard numbers: a worker owns shard ``s`` of every family that has more than ``s`` shards
 (the ownership function does not depend on the family's size).
 """
@@ -49,7 +51,7 @@ def registry_status(directory: str | os.PathLike) -> dict:
     families = _families(directory)
     doc: dict = {"directory": directory, "registry": None, "version": None, "process_count": 0,
                  "epoch": None, "families": families, "slots": [], "unowned_shards": [],
-                 "masters": []}
+                 "masters": [], "stale": False}
     try:
         reg = Registry.attach(directory)
     except RegistryError:
@@ -86,6 +88,7 @@ def registry_status(directory: str | os.PathLike) -> dict:
             "unowned_shards": [s for s, o in enumerate(owners) if o < 0],
             "masters": [{"master_pid": pid, "alive": is_alive(pid, t)}
                         for _i, pid, t in reg.masters() if pid],
+            "stale": reg.abandoned(),
         })
         return doc
     finally:
@@ -107,4 +110,7 @@ def render_status(doc: dict) -> str:
         lines.append(f"  unowned shards (waiting for a replacement): {doc['unowned_shards']}")
     for m in doc["masters"]:
         lines.append(f"  master pid {m['master_pid']} {'alive' if m['alive'] else 'gone'}")
+    if doc.get("stale"):
+        lines.append("  STALE: every master and worker of this registry is dead (a server that "
+                     "died uncleanly); the next start rebuilds it")
     return "\n".join(lines) + "\n"

@@ -14,6 +14,9 @@ import signal
 import time
 
 import pytest
+
+import cometmp
+from cometmp import registry
 from harness import (
     children_of,
     GUNICORN,
@@ -109,6 +112,38 @@ def test_a_killed_worker_shows_dead_at_once_and_its_slot_goes_to_the_replacement
         slot0 = next(s for s in doc["slots"] if s["process_id"] == 0)
         assert slot0["pid"] == next(s for s in before["slots"] if s["process_id"] == 0)["pid"]
         assert slot1["shards"] == victim["shards"]  # the others' ownership did not move
+    finally:
+        srv.stop()
+    assert not shm_exists(srv.data_dir)
+
+
+def test_a_registry_removed_from_dev_shm_while_serving_is_recreated_rejoined_and_unlinked_at_exit(
+        tmp_path):
+    """The workers recreate and rejoin it; the master re-attaches at its next hook (here
+    the child_exit of a killed worker), so a TTIN and the shutdown still act on it."""
+    srv = start_gunicorn(tmp_path, 2)
+    try:
+        assert get(srv.port, "/append?id=before")[0] == 200
+        wait_owned(srv.data_dir, srv, timeout=15)
+        shm = "/dev/shm/" + registry.shm_name(srv.data_dir).lstrip("/")
+        inode = os.stat(shm).st_ino
+        os.unlink(shm)
+        t0 = time.monotonic()
+        wait_owned(srv.data_dir, srv, timeout=15)
+        print(f"owned again {time.monotonic() - t0:.2f} s after the removal")
+        assert os.stat(shm).st_ino != inode
+        os.kill(srv.workers()[0], signal.SIGKILL)   # child_exit: the master re-attaches
+        srv.send(signal.SIGTTIN)
+        deadline = time.monotonic() + 20
+        while True:
+            doc = status(srv.data_dir)
+            if doc["process_count"] == 3 and any(m["alive"] for m in doc["masters"]) and \
+                    len([s for s in doc["slots"] if s["alive"]]) == 3:
+                break
+            assert time.monotonic() < deadline, (doc, srv.log())
+            time.sleep(0.1)
+        wait_owned(srv.data_dir, srv, timeout=15)
+        assert get(srv.port, "/append?id=after")[0] == 200
     finally:
         srv.stop()
     assert not shm_exists(srv.data_dir)
@@ -224,3 +259,91 @@ def test_workers_that_drop_privileges_with_user_group_can_join(tmp_path):
         srv.stop()
         shutil.rmtree(top, ignore_errors=True)
     assert not os.path.exists(shm)  # the last master unlinked it, whatever its owner
+
+
+_PRELOAD_APP = '''
+import os
+import cometmp
+
+client = cometmp.Client(os.environ["COMETMP_DIR"])   # opened in the master: --preload
+log = client.log("requests", shards=4)
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/whoami":
+        status, body = "200 OK", str(os.getpid()).encode()
+    else:
+        try:
+            mid = log.append(b"x")
+            status, body = "200 OK", f"{mid.shard} {mid.entry}".encode()
+        except cometmp.CometError as e:   # an application error, reported as such
+            status, body = "500 Internal Server Error", f"{type(e).__name__}: {e}".encode()
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+@pytest.mark.parametrize("data_dir_owner", ["root", "nobody"])
+def test_a_client_opened_before_fork_reopens_in_a_worker_of_another_user_or_fails_clearly(
+        tmp_path, data_dir_owner):
+    """gunicorn --preload --user nobody: the Client is opened at import, in the root master.
+    A worker reopens every writer as nobody; where it cannot (the data directory is
+    root's, 0700) every append raises an error naming the path and the permission, at
+    once - never a garbage error or a hang (the old client closed before reopening)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    top = tempfile.mkdtemp(prefix="cometmp-gunicorn-preload-")
+    os.chmod(top, 0o755)
+    app_dir = os.path.join(top, "app")
+    os.mkdir(app_dir, 0o755)
+    with open(os.path.join(app_dir, "app.py"), "w") as f:
+        f.write(_PRELOAD_APP)
+    os.chmod(os.path.join(app_dir, "app.py"), 0o644)
+    data_dir = os.path.join(top, "data")
+    os.mkdir(data_dir, 0o700)
+    if data_dir_owner == "nobody":   # the directory and its streams are the workers' user's
+        os.chown(data_dir, nobody.pw_uid, nobody.pw_gid)
+        pid = os.fork()   # (this checkout may not be readable by nobody: no exec)
+        if pid == 0:
+            code = 1
+            try:
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                with cometmp.Client(data_dir) as c:
+                    c.log("requests", shards=4)
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+    port = free_port()
+    argv = [GUNICORN, "-w", "2", "-b", f"127.0.0.1:{port}", "--preload", "--timeout", "30",
+            "--user", "nobody", "--group", str(nobody.pw_gid), "app:app"]
+    srv = Server(argv, server_env(data_dir), app_dir, port, str(tmp_path / "gunicorn.log"))
+    try:
+        srv.wait_ready(workers=2)
+        answers = []
+        for _ in range(20):   # none may hang (10 s each) or drop the connection
+            try:
+                answers.append(get(port, "/append", timeout=10.0))
+            except OSError as e:
+                answers.append((None, repr(e).encode()))
+        if data_dir_owner == "nobody":
+            assert [s for s, _b in answers] == [200] * 20, (answers, srv.log())
+            with cometmp.Client(data_dir, readonly=True) as ro:
+                assert sum(ro.length(s) for s in ro.streams("requests:*")) == 20
+        else:
+            for s, body in answers:
+                assert s == 500, (s, body, srv.log(0))
+                text = body.decode()
+                assert text.startswith("StorageError") and data_dir in text and \
+                    "ermission denied" in text, text
+    finally:
+        srv.stop()
+        shutil.rmtree(top, ignore_errors=True)

@@ -159,3 +159,33 @@ def _slot(data_dir: str, process_id: int) -> dict:
 
     doc = registry_status(data_dir)
     return next(s for s in doc["slots"] if s["process_id"] == process_id)
+
+
+@pytest.mark.parametrize("variant", [pytest.param("default", marks=pytest.mark.soak), "lazy-apps"])
+def test_a_registry_removed_from_dev_shm_while_serving_is_recreated_and_rejoined(
+        tmp_path, variant):
+    """Someone removes /dev/shm/cometmp-* under a running uWSGI (an admin, systemd-tmpfiles,
+    a test's cleanup): the workers recreate it and take their slots again within about a
+    member period, so status shows a server and every shard owned (it used to show no
+    server, and replacements stayed slotless: 'every shard with 0 owners')."""
+    srv = start_uwsgi(tmp_path, *(["--lazy-apps"] if variant == "lazy-apps" else []),
+                      processes=3)
+    try:
+        assert get(srv.port, "/append?id=before")[0] == 200
+        wait_owned(srv.data_dir, srv, timeout=15)
+        shm = "/dev/shm/" + __import__("cometmp").registry.shm_name(srv.data_dir).lstrip("/")
+        inode = os.stat(shm).st_ino
+        os.unlink(shm)
+        t0 = time.monotonic()
+        doc = wait_owned(srv.data_dir, srv, timeout=15)
+        print(f"{variant}: owned again {time.monotonic() - t0:.2f} s after the removal")
+        assert os.stat(shm).st_ino != inode and doc["process_count"] == 3
+        # a worker started after the removal joins the new registry as well
+        victim = next(s for s in doc["slots"] if s["process_id"] == 1)
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_owned(srv.data_dir, srv, timeout=15)
+        assert get(srv.port, "/append?id=after")[0] == 200
+        wait_workers_ready(srv)
+    finally:
+        srv.stop()
+    assert not shm_exists(srv.data_dir)

@@ -456,6 +456,91 @@ def test_a_stale_registry_of_a_dead_master_is_rebuilt(tmp_path):
         s.close()
 
 
+def test_a_registry_whose_members_were_all_killed_is_shown_stale_and_rebuilt_with_the_new_count(
+        tmp_path):
+    """uWSGI without a master hook: 3 workers (create_count=3) all kill -9ed leave the
+    registry behind; `status` calls it stale, and a restart with 4 workers rebuilds it with
+    processCount 4 so the 4th worker gets a slot (it used to wait forever)."""
+    from cometmp.tools.status import registry_status, render_status
+
+    d = str(tmp_path / "log")
+    old = [Worker(d, create_count=3) for _ in range(3)]
+    assert not registry_status(d)["stale"]
+    for w in old:
+        w.kill()
+    doc = registry_status(d)
+    assert doc["registry"] is not None and doc["stale"] and "STALE" in render_status(doc)
+    new = [Worker(d, create_count=4) for _ in range(4)]
+    try:
+        assert sorted(w.worker_id for w in new) == [0, 1, 2, 3]
+        doc = registry_status(d)
+        assert doc["process_count"] == 4 and not doc["stale"]
+    finally:
+        for w in new:
+            w.stop()
+    assert not os.path.exists("/dev/shm/" + registry.shm_name(d).lstrip("/"))
+
+
+def _settled(directory: str, pids: set[int]) -> dict | None:
+    """The status document once every slot 0..n-1 is held by one of ``pids`` (else None)."""
+    from cometmp.tools.status import registry_status
+
+    doc = registry_status(directory)
+    held = {s["process_id"]: s["pid"] for s in doc["slots"]
+            if s["alive"] and s["process_id"] is not None}
+    if doc["registry"] and set(held.values()) == pids and len(held) == doc["process_count"]:
+        return doc
+    return None
+
+
+def _remove_and_wait_for_rejoin(directory: str, pids: set[int]) -> float:
+    shm = "/dev/shm/" + registry.shm_name(directory).lstrip("/")
+    inode = os.stat(shm).st_ino
+    os.unlink(shm)   # what an admin or systemd-tmpfiles does
+    t0 = time.monotonic()
+    while _settled(directory, pids) is None:
+        assert time.monotonic() - t0 < 15, "the members never rejoined a new registry"
+        time.sleep(0.01)
+    took = time.monotonic() - t0
+    assert os.stat(shm).st_ino != inode
+    print(f"rejoined {len(pids)} members in {took:.3f} s")
+    return took
+
+
+def test_a_registry_removed_while_members_run_is_recreated_and_rejoined(tmp_path):
+    """No master (uWSGI): the members notice within one member period that the name no
+    longer refers to their object, recreate it and take their slots again."""
+    d = str(tmp_path / "log")
+    ws = [Worker(d, create_count=3) for _ in range(3)]
+    try:
+        assert sorted(w.worker_id for w in ws) == [0, 1, 2]
+        took = _remove_and_wait_for_rejoin(d, {w.pid for w in ws})
+        assert took < 5   # ~0.2-0.4 s idle; the bound is for a loaded machine
+        # a replacement started after the removal lands in the new registry too
+        ws[0].kill()
+        ws[0] = Worker(d, create_count=3)
+        assert ws[0].worker_id is not None
+    finally:
+        for w in ws:
+            w.stop()
+    assert not os.path.exists("/dev/shm/" + registry.shm_name(d).lstrip("/"))
+
+
+def test_a_registry_removed_under_a_supervisor_is_recreated_and_the_master_reattaches(sup):
+    ws = [Worker(sup.directory) for _ in range(3)]
+    try:
+        _remove_and_wait_for_rejoin(sup.directory, {w.pid for w in ws})
+        sup.set_process_count(2)     # the master's next hook finds and uses the new object
+        doc = _settled(sup.directory, {w.pid for w in ws[:2]}) or \
+            _settled(sup.directory, {w.pid for w in ws})
+        assert sup.snapshot().process_count == 2 and doc is not None
+        assert any(m["alive"] for m in __import__("cometmp.tools.status", fromlist=["x"])
+                   .registry_status(sup.directory)["masters"])
+    finally:
+        for w in ws:
+            w.stop()
+
+
 def test_a_second_master_shares_the_registry_and_the_last_one_unlinks(sup):
     r, w = os.pipe()
     def second_master():  # a second master (gunicorn USR2) on the same directory

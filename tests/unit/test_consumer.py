@@ -275,6 +275,76 @@ def test_process_retries_then_dead_letters_and_acks(client):
     assert con.lag("*") == {"events:v1:shard:0000": 0}
 
 
+def test_a_batch_that_keeps_failing_goes_to_the_dead_letter_stream_with_a_warning(client):
+    log = client.log("events:v1", shards=1)
+    sent = [b"m%d" % i for i in range(6)] + [os.urandom(300)]
+    ids = [log.append(d) for d in sent]
+    con = cometmp.Consumer(client, group="billing")
+    stop = threading.Event()
+
+    def handler(batch):
+        raise RuntimeError("boom")
+
+    with pytest.warns(cometmp.DeadLetterWarning, match=r"billing.*_dead-letter\.billing"):
+        handled = con.process(handler, stream="*", batch_size=10, max_retries=1, backoff=0.001,
+                              on_batch=lambda b: stop.set(), stop=stop, poll_interval=0.01)
+    assert handled == 0                      # only what the handler handled
+    assert con.lag("*") == {"events:v1:shard:0000": 0}   # acked only after the dead letter
+    dead = cometmp.deadletter.stream_for("billing")
+    assert dead == "_dead-letter.billing" and client.length(dead) == len(sent)
+    for mid, data, m in zip(ids, sent, client.scan(dead)):
+        env, body = cometmp.deadletter.decode(m.data)
+        assert body == data
+        assert (env["group"], env["stream"], env["entry"]) == ("billing", mid.stream, mid.entry)
+        assert env["error"] == "RuntimeError: boom" and env["attempts"] == 2
+    # a "*" consumer does not read dead letters back; a pattern naming them does
+    assert cometmp.Consumer(client, group="other").read("*", 100, timeout=0).payloads() == sent
+    assert len(cometmp.Consumer(client, group="dl").read("_dead-letter.*", 100, timeout=0)) == 7
+
+
+def test_process_counts_only_batches_the_handler_handled(client):
+    fill(client, shards=1, n=4)
+    con = cometmp.Consumer(client, group="g")
+    seen = []
+    stop = threading.Event()
+
+    def handler(batch):
+        seen.append(len(batch))
+        if len(seen) == 1:
+            raise ValueError("first batch is bad")
+        stop.set()
+
+    client.log("events:v1", shards=1)
+    with pytest.warns(cometmp.DeadLetterWarning):
+        n = con.process(handler, stream="events:*", batch_size=2, max_retries=0, stop=stop,
+                        poll_interval=0.01)
+    assert n == 2 and seen == [2, 2]
+    assert client.length(cometmp.deadletter.stream_for("g")) == 2
+
+
+def test_dead_letter_names_are_valid_streams_for_any_group_name():
+    from cometmp import paths
+
+    for g in ["g", "a.b", "x" * 1024, "spaces and / slashes", "..", "ünï", "\t"]:
+        name = cometmp.deadletter.stream_for(g)
+        assert paths.validate_stream_name(name) == name and cometmp.deadletter.is_dead_letter(name)
+    assert cometmp.deadletter.stream_for("a b") != cometmp.deadletter.stream_for("a/b")
+
+
+def test_a_readonly_consumer_that_cannot_dead_letter_raises_and_does_not_ack(data_dir, cfg):
+    with cometmp.Client(data_dir, config=cfg) as w:
+        fill(w, shards=1, n=3)
+    with cometmp.Client(data_dir, readonly=True) as ro:
+        con = cometmp.Consumer(ro, group="g")
+
+        def handler(batch):
+            raise RuntimeError("boom")
+
+        with pytest.raises(cometmp.ReadOnlyError, match="dead-letter stream '_dead-letter.g'"):
+            con.process(handler, stream="*", batch_size=10, max_retries=0)
+        assert con.lag("*") == {"events:v1:shard:0000": 3}
+
+
 def test_process_stops_on_stop_processing_without_acking(client):
     fill(client, shards=1, n=5)
     con = cometmp.Consumer(client, group="g")

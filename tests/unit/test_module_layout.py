@@ -15,8 +15,8 @@ PKG = os.path.dirname(os.path.abspath(cometmp.__file__))
 ENGINE = {"cometmp._ffi", "cometmp.errors", "cometmp.config", "cometmp.paths",
           "cometmp.compression", "cometmp.format", "cometmp.segment", "cometmp.index",
           "cometmp.shard", "cometmp.client", "cometmp.offsets", "cometmp.consumer",
-          "cometmp.retention", "cometmp.ownership", "cometmp.stats", "cometmp.cursor",
-          "cometmp.failpoint"}
+          "cometmp.deadletter", "cometmp.retention", "cometmp.ownership", "cometmp.stats",
+          "cometmp.cursor", "cometmp.failpoint"}
 #: the prefork runtime and the tools, which the engine must not know
 RUNTIME_PREFIXES = ("cometmp.registry", "cometmp.supervisor", "cometmp.integrations")
 TOOL_PREFIXES = ("cometmp.tools", "cometmp.metrics", "cometmp.forwarder", "cometmp.logging")

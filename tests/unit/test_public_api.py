@@ -28,7 +28,9 @@ def test_contract_names_from_issue_2_are_exported():
 def test_exception_tree_is_rooted_at_comet_error_with_natural_builtins():
     for name in cometmp.__all__:
         obj = getattr(cometmp, name)
-        if isinstance(obj, type) and issubclass(obj, BaseException):
+        if isinstance(obj, type) and issubclass(obj, Warning):
+            assert issubclass(obj, cometmp.CometWarning), name
+        elif isinstance(obj, type) and issubclass(obj, BaseException):
             assert issubclass(obj, cometmp.CometError), name
     assert issubclass(cometmp.BadStreamName, ValueError)
     assert issubclass(cometmp.ShardCountMismatch, ValueError)
