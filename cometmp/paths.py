@@ -218,10 +218,11 @@ def open_dir_nofollow(path: str, inside: int = IN_ROOT, create: bool = False) ->
                               dir_fd=fd)
             except OSError as e:
                 raise _refuse_link(e, fd, leaf, here) from None
+            if created:
+                os.fchmod(nfd, DIR_MODE)   # I31: whatever the umask
+                adopt(fd, nfd)             # I32
             os.close(fd)
             fd = nfd
-            if created:
-                os.fchmod(fd, DIR_MODE)   # I31: whatever the umask
     except BaseException:
         os.close(fd)
         raise
@@ -248,7 +249,12 @@ def open_nofollow(path: str, flags: int, inside: int = IN_ROOT, mode: int = FILE
         except OSError as e:
             raise _refuse_link(e, dfd, name, path) from None
         if flags & os.O_CREAT:
-            os.fchmod(fd, mode)
+            try:
+                os.fchmod(fd, mode)   # I31
+                adopt(dfd, fd)        # I32
+            except BaseException:
+                os.close(fd)
+                raise
         return fd
     finally:
         os.close(dfd)
@@ -277,7 +283,8 @@ def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
         except OSError as e:
             raise _refuse_link(e, dfd, tmp, os.path.join(parent, tmp)) from None
         try:
-            os.fchmod(fd, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)   # I31
+            adopt(dfd, fd)             # I32
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -301,13 +308,25 @@ def is_real_dir(path: str) -> bool:
         return False
 
 
+def adopt(dirfd: int, fd: int) -> None:
+    """I32: what root creates inside another user's data directory is given to the owner
+    of the directory it is created in (``native/fs.c`` ``adopt`` is the same rule)."""
+    if os.geteuid() != 0:
+        return
+    ds = os.fstat(dirfd)
+    if ds.st_uid or ds.st_gid:
+        os.fchown(fd, ds.st_uid, ds.st_gid)
+
+
 def check_owner(path: str) -> None:
     """Refuse a data directory this process's effective uid does not own (writer opens,
     I32): another user's directory is theirs to change, and files we created there would
-    be ours, not theirs. Raises StorageError(EPERM) naming the owner."""
+    be ours, not theirs. Root may (a root master before its workers drop to the
+    directory's user): what it creates there is given to the directory's owner (adopt).
+    Raises StorageError(EPERM) naming the owner."""
     st = os.stat(path)
     me = os.geteuid()
-    if st.st_uid != me:
+    if st.st_uid != me and me != 0:
         from .errors import StorageError
 
         raise StorageError(f"{path} is owned by {user_name(st.st_uid)}, not by "

@@ -25,10 +25,21 @@
 #include "internal.h"
 #include "failpoint.h"
 
+/* I32: root writes into a data directory of another user (a root master before its
+ * workers drop to that user): what it creates is given to the owner of the directory
+ * it is created in, so the owner's processes can go on using it. 0 or -1 (errno). */
+static int adopt(int dirfd, int fd) {
+    struct stat ds;
+    if (geteuid() != 0) return 0;
+    if (fstat(dirfd, &ds) != 0) return -1;
+    if (ds.st_uid == 0 && ds.st_gid == 0) return 0;
+    return fchown(fd, ds.st_uid, ds.st_gid);
+}
+
 int cm_fs_openat(int dirfd, const char *name, int flags, mode_t mode) {
     /* I30: the last component is never followed */
     int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode);
-    if (fd >= 0 && (flags & O_CREAT) && fchmod(fd, mode) != 0) {
+    if (fd >= 0 && (flags & O_CREAT) && (fchmod(fd, mode) != 0 || adopt(dirfd, fd) != 0)) {
         int e = errno;          /* I31: the umask does not widen or narrow it */
         close(fd);
         errno = e;
@@ -54,7 +65,7 @@ int cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char
 static int open_subdir(int dirfd, const char *parent, const char *name, int create) {
     if (create && (CM_FAILPOINT_ERRNO("open.mkdir") ? -1 : mkdirat(dirfd, name, 0700)) == 0) {
         int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd >= 0 && fchmod(fd, 0700) == 0) return fd;
+        if (fd >= 0 && fchmod(fd, 0700) == 0 && adopt(dirfd, fd) == 0) return fd;   /* I31, I32 */
         int e = errno;
         if (fd >= 0) close(fd);
         return cm_fs_fail(e, dirfd, parent, name, "open");

@@ -64,6 +64,10 @@ def as_user(uid: int, gid: int, fn) -> None:
             os.setuid(uid)
             fn()
             code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()   # the child's failure, in the test's output
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -83,21 +87,66 @@ def squat(path: str, mode: int) -> None:
     os.close(fd)
 
 
+def _give_tree(root: str, uid: int, gid: int) -> None:
+    for d, _dirs, files in os.walk(root):
+        for n in [d] + [os.path.join(d, f) for f in files]:
+            os.chown(n, uid, gid)
+
+
 def test_a_data_directory_owned_by_another_user_is_refused_for_writing(top, other_user):
+    import pwd
+
     name, uid, gid = other_user
+    nobody = pwd.getpwnam("nobody")
     root = os.path.join(top, "log")
     with cometmp.Client(root, config=small_config()) as c:
         c.append("s", [b"a", b"b"])
-    for d, dirs, files in os.walk(root):
-        for n in [d] + [os.path.join(d, f) for f in files]:
-            os.chown(n, uid, gid)
+    _give_tree(root, uid, gid)
+    os.chmod(root, 0o755)   # nobody may look, not write
     before = tree_fingerprint(root)
-    with pytest.raises(cometmp.StorageError, match=f"owned by uid {uid} \\({name}\\)") as ei:
-        cometmp.Client(root, config=small_config())
-    assert ei.value.errno == errno.EPERM and root in str(ei.value)
+
+    def refused() -> None:
+        try:
+            cometmp.Client(root, config=small_config())
+        except cometmp.StorageError as e:
+            assert e.errno == errno.EPERM and f"owned by uid {uid} ({name})" in str(e), e
+            assert root in str(e), e
+        else:
+            raise AssertionError("a writer opened another user's data directory")
+
+    as_user(nobody.pw_uid, nobody.pw_gid, refused)
     with cometmp.Client(root, readonly=True) as c:   # readonly reads what it can read
         assert [m.data for m in c.scan("s")] == [b"a", b"b"]
     assert tree_fingerprint(root) == before
+
+
+def test_root_may_write_another_users_data_directory_and_gives_it_what_it_creates(
+        top, other_user):
+    """A root master (gunicorn --preload, before its workers drop to the directory's
+    user) opens the workers' directory: everything it creates there is the owner's."""
+    _name, uid, gid = other_user
+    root = os.path.join(top, "log")
+    os.mkdir(root, 0o700)
+    os.chown(root, uid, gid)   # the supervisor's kit does this for its workers' user
+    as_user(uid, gid, lambda: cometmp.Client(root, config=small_config()).close())
+    with cometmp.Client(root, config=small_config()) as c:   # root
+        c.log("fam", shards=2).append(b"from root")
+        c.append("s", [b"a"])
+    from cometmp.consumer import Consumer
+
+    with cometmp.Client(root, config=small_config()) as c, Consumer(c, group="g") as cons:
+        cons.read("s", 10)
+    not_theirs = [p for d, dirs, files in os.walk(root)
+                  for p in [os.path.join(d, n) for n in dirs + files]
+                  if os.lstat(p).st_uid != uid or os.lstat(p).st_gid != gid]
+    assert not not_theirs, not_theirs
+
+    def owner_appends() -> None:   # the owner's processes go on using all of it
+        with cometmp.Client(root, config=small_config()) as c:
+            c.append("s", [b"b"])
+            assert [m.data for m in c.scan("s")] == [b"a", b"b"]
+
+    as_user(uid, gid, owner_appends)
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o666], ids=["0600", "0666"])
