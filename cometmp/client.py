@@ -125,16 +125,22 @@ def read_directory_marker(root: str) -> None:
             raise DataDirectoryNotFound(
                 f"{root} is not a cometmp data directory (no {paths.DIR_MARKER})",
                 errno.ENOENT, marker) from None
+    _json_document(marker, raw, DIR_FORMAT, "directory marker")
+
+
+def _json_document(path: str, raw: bytes, form: str, what: str) -> dict:
+    """The JSON object of a marker or family file (FORMAT.md §1.1, §1.2), or FormatError
+    naming the file when it is not JSON or of another format or version."""
     try:
         doc = json.loads(raw)
     except ValueError as e:
-        raise FormatError(f"{marker}: directory marker is not valid JSON: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != DIR_FORMAT \
+        raise FormatError(f"{path}: {what} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != form \
             or doc.get("version") != FORMAT_VERSION:
         got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else (doc, None)
-        raise FormatError(
-            f"{marker}: format {got[0]!r} version {got[1]!r}; "
-            f"this build reads {DIR_FORMAT!r} version {FORMAT_VERSION}")
+        raise FormatError(f"{path}: format {got[0]!r} version {got[1]!r}; "
+                          f"this build reads {form!r} version {FORMAT_VERSION}")
+    return doc
 
 
 class Log:
@@ -511,14 +517,7 @@ class Client:
                 raw = paths.read_file(fpath, paths.IN_SUBDIR, 1 << 16)   # I30
             except FileNotFoundError:
                 return None
-        try:
-            doc = json.loads(raw)
-        except ValueError as e:
-            raise FormatError(f"{fpath}: not valid JSON: {e}") from None
-        if not isinstance(doc, dict) or doc.get("format") != FAMILY_FORMAT \
-                or doc.get("version") != FORMAT_VERSION:
-            got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else (doc, None)
-            raise FormatError(f"{fpath}: format {got[0]!r} version {got[1]!r}")
+        doc = _json_document(fpath, raw, FAMILY_FORMAT, "family file")
         shards = doc.get("shards")
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise FormatError(f"{fpath}: shard count {shards!r} is not an int in 1..{MAX_SHARDS}")
