@@ -370,11 +370,13 @@ class Forwarder:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if not task.done():
+            # stopped while connecting: a cancelled connect is given 1 s to unwind and is
+            # then left behind (nats-py catches CancelledError in places), so a stop never
+            # waits on the unreachable broker
             task.cancel()
-            try:
-                await task
-            except BaseException:
-                pass
+            await asyncio.wait({task}, timeout=1.0)
+            if task.done() and not task.cancelled():
+                task.exception()   # retrieved, so it is not logged as never retrieved
             return False
         task.result()
         self._nc = nc
