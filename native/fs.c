@@ -55,9 +55,8 @@ int cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char
         return cm_fail(CM_E_IO, ELOOP, "%s/%s is a symbolic link; cometmp never follows a "
                        "link inside a data directory (I30), so it was not %s", dir, name,
                        strcmp(verb, "create") == 0 ? "created" : "opened");
-    int code = err == ENOSPC || err == EDQUOT ? CM_E_NOSPACE
-             : err == ENOENT ? CM_E_NOTFOUND : CM_E_IO;
-    return cm_fail(code, err, "%s %s/%s", verb, dir, name);
+    /* E1: cm_fail makes ENOSPC/EDQUOT CM_E_NOSPACE */
+    return cm_fail(err == ENOENT ? CM_E_NOTFOUND : CM_E_IO, err, "%s %s/%s", verb, dir, name);
 }
 
 /* Open `name` below dirfd as a directory without following a link, creating it

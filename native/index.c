@@ -47,7 +47,7 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
     if (e != 0) {
         close(fd);
         unlinkat(dirfd, tmp, 0);
-        return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+        return cm_fail(CM_E_IO, e,
                        "preallocate %s/%s", dir, tmp);
     }
     uint8_t h[CM_IDX_HEADER_BYTES];
@@ -58,7 +58,7 @@ int cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_capa
         int err = errno;
         close(fd);
         unlinkat(dirfd, tmp, 0);
-        return cm_fail(err == ENOSPC ? CM_E_NOSPACE : CM_E_IO, err, "write %s/%s", dir, name);
+        return cm_fail(CM_E_IO, err, "write %s/%s", dir, name);
     }
     *fd_out = fd;
     return CM_OK;

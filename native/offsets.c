@@ -111,7 +111,7 @@ static int create_file(int dirfd, const char *dir, const char *name) {
     close(fd);
     if (e != 0) {
         unlinkat(dirfd, tmp, 0);
-        return cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "initialise %s/%s", dir, tmp);
+        return cm_fail(CM_E_IO, -e, "initialise %s/%s", dir, tmp);
     }
     if (CM_FAILPOINT_ERRNO("offsets.rename") ||
         syscall(SYS_renameat2, dirfd, tmp, dirfd, name, RENAME_NOREPLACE) != 0) {
@@ -224,7 +224,7 @@ static int reserve(cm_offsets *o, uint64_t off, uint64_t len) {
     }
     if (fd >= 0) close(fd);
     if (e == 0) return CM_OK;
-    return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+    return cm_fail(CM_E_IO, e,
                    "reserve bytes %llu..%llu of %s", (unsigned long long)from,
                    (unsigned long long)to, o->path);
 }

@@ -270,7 +270,7 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
         return cm_fs_fail(errno, dirfd, dir, tmp, "create");
     int rc;
     if (CM_FAILPOINT_ERRNO("segment.truncate") || ftruncate(fd, (off_t)capacity) != 0) {
-        rc = cm_fail(errno == ENOSPC || errno == EDQUOT ? CM_E_NOSPACE : CM_E_IO, errno,
+        rc = cm_fail(CM_E_IO, errno,
                      "size %s/%s to %llu bytes", dir, tmp, (unsigned long long)capacity);
         goto fail;
     }
@@ -278,14 +278,14 @@ int cm_segment_create_tmp(int dirfd, const char *dir, uint64_t base, uint64_t ca
     int e = CM_FAILPOINT("segment.fallocate");
     if (!e) e = posix_fallocate(fd, 0, (off_t)prealloc);
     if (e != 0) {
-        rc = cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+        rc = cm_fail(CM_E_IO, e,
                      "preallocate %llu bytes for %s/%s", (unsigned long long)prealloc, dir, tmp);
         goto fail;
     }
     uint8_t h[CM_SEG_HEADER_BYTES];
     cm_segment_header_init(h, base, capacity, stream_crc, stream_id);
     if ((e = -CM_FAILPOINT("segment.write")) != 0 || (e = write_full(fd, h, sizeof h, 0)) != 0) {
-        rc = cm_fail(-e == ENOSPC ? CM_E_NOSPACE : CM_E_IO, -e, "write header of %s/%s", dir, tmp);
+        rc = cm_fail(CM_E_IO, -e, "write header of %s/%s", dir, tmp);
         goto fail;
     }
     if (durable && (CM_FAILPOINT_ERRNO("segment.fsync") || fdatasync(fd) != 0)) {

@@ -764,7 +764,7 @@ static int open_state(cm_shard *s, int *fresh) {
         int rc = fresh_st ? cm_state_init(fresh_st) : cm_fail(CM_E_IO, ENOMEM, "state");
         if (rc == CM_OK && (CM_FAILPOINT_ERRNO("open.state_write") ||
                             pwrite(tfd, fresh_st, sizeof *fresh_st, 0) != (ssize_t)sizeof *fresh_st))
-            rc = cm_fail(errno == ENOSPC ? CM_E_NOSPACE : CM_E_IO, errno, "write %s/state.tmp", s->dir);
+            rc = cm_fail(CM_E_IO, errno, "write %s/state.tmp", s->dir);
         free(fresh_st);
         if (rc < 0) { close(tfd); unlinkat(s->dirfd, "state.tmp", 0); return rc; }
         /* I28: not renamed into place yet: cm_shard_open() publishes the page only
@@ -796,7 +796,7 @@ static int publish_state(cm_shard *s) {
     if (e == 0 && renameat(s->dirfd, "state.tmp", s->dirfd, "state") != 0) e = errno;
     if (e != 0) {
         unlinkat(s->dirfd, "state.tmp", 0);
-        return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+        return cm_fail(CM_E_IO, e,
                        "rename %s/state.tmp", s->dir);
     }
     return CM_OK;
@@ -913,7 +913,7 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     if (e != 0) {
         if (end <= st->alloc_end) return CM_OK; /* headroom only: retry at the next append */
         st->counters[CM_CTR_DISK_FULL]++;
-        return cm_fail(e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO, e,
+        return cm_fail(CM_E_IO, e,
                        "allocate %llu bytes in %s/%020llu.seg", (unsigned long long)(to - from),
                        s->dir, (unsigned long long)s->seg_base);
     }
@@ -926,7 +926,6 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     return CM_OK;
 }
 
-static int errno_code(int e) { return e == ENOSPC || e == EDQUOT ? CM_E_NOSPACE : CM_E_IO; }
 
 /* Remove what a failed rotation made visible at `base` (delete: unlink, then
  * fsync the directory when durable), so that no file claims entry numbers the
@@ -977,18 +976,18 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     int e, rc;
     if (durable && s->seg_fd >= 0) {
         if ((e = CM_FAILPOINT("rotate.seal_fsync")) == 0 && fdatasync(s->seg_fd) != 0) e = errno;
-        if (e) return cm_fail(errno_code(e), e, "fsync %s/%020llu.seg", s->dir,
+        if (e) return cm_fail(CM_E_IO, e, "fsync %s/%020llu.seg", s->dir,
                               (unsigned long long)s->seg_base);
     }
     /* 1. the index (renamed in; inert until its segment exists) */
     int fd = -1, ifd = -1;
     if ((e = CM_FAILPOINT("rotate.index_create")) != 0)
-        return cm_fail(errno_code(e), e, "create %s/%s (failpoint)", s->dir, idx);
+        return cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, idx);
     rc = cm_index_create(s->dirfd, s->dir, base, cap, s->opt.index_interval, durable, &ifd);
     if (rc < 0) return rc;
     /* 2. the segment as a temp file: size, first blocks, header, [fdatasync] (I7, I9) */
     if ((e = CM_FAILPOINT("rotate.segment_create")) != 0)
-        rc = cm_fail(errno_code(e), e, "create %s/%s (failpoint)", s->dir, tmp);
+        rc = cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, tmp);
     else
         rc = cm_segment_create_tmp(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc,
                                    stream_id_for_next(s), durable, &fd);
@@ -1003,25 +1002,25 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
         if (imap == MAP_FAILED) e = errno;
     }
     if (e) {
-        rc = cm_fail(errno_code(e), e, "map %s/%s", s->dir, tmp);
+        rc = cm_fail(CM_E_IO, e, "map %s/%s", s->dir, tmp);
         goto drop_tmp;
     }
     /* 4. visible: rename in, then [fsync the directory] */
     if ((e = CM_FAILPOINT("rotate.rename")) == 0 && renameat(s->dirfd, tmp, s->dirfd, seg) != 0)
         e = errno;
     if (e) {
-        rc = cm_fail(errno_code(e), e, "rename %s/%s", s->dir, tmp);
+        rc = cm_fail(CM_E_IO, e, "rename %s/%s", s->dir, tmp);
         goto drop_tmp;
     }
     if (durable) {
         if ((e = CM_FAILPOINT("rotate.fsync")) == 0 && fsync(s->dirfd) != 0) e = errno;
         if (e) {
-            rc = cm_fail(errno_code(e), e, "fsync %s after creating %s", s->dir, seg);
+            rc = cm_fail(CM_E_IO, e, "fsync %s after creating %s", s->dir, seg);
             goto drop_visible;
         }
     }
     if ((e = CM_FAILPOINT("rotate.after_segment_create")) != 0) {
-        rc = cm_fail(errno_code(e), e, "after creating %s/%s (failpoint)", s->dir, seg);
+        rc = cm_fail(CM_E_IO, e, "after creating %s/%s (failpoint)", s->dir, seg);
         goto drop_visible;
     }
     /* 5. commit: the handle and the state follow the files. A crash before this
