@@ -14,6 +14,7 @@ import random
 import stat
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -253,3 +254,19 @@ def use_up_blocks(directory: str) -> None:
                 chunk = chunk[: len(chunk) // 2]
                 if not chunk:
                     return
+
+
+@pytest.fixture
+def other_user():
+    """(name, uid, gid) of a fresh local user made with useradd, deleted afterwards."""
+    import pwd
+
+    name = "cmt" + uuid.uuid4().hex[:12]
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        pw = pwd.getpwnam(name)
+        yield name, pw.pw_uid, pw.pw_gid
+    finally:
+        r = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
+        assert r.returncode in (0, 12), r.stderr   # 12: no home directory to remove

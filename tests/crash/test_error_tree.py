@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 
 import pytest
 
@@ -129,17 +128,6 @@ def test_unreadable_directory_marker_is_a_storage_error_not_a_missing_directory(
         assert not isinstance(ei.value, cometmp.DataDirectoryNotFound)
 
 
-@pytest.fixture
-def other_user():
-    name = "cmerr" + uuid.uuid4().hex[:8]
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        subprocess.run(["userdel", name], check=True, capture_output=True)
-
-
 def run_as(user, fn) -> dict:
     """Run ``fn()`` in a forked child with ``user``'s uid/gid (no exec: this interpreter
     lives under /root, which the user cannot read); returns what it returned (a dict)."""
@@ -185,7 +173,7 @@ def test_permission_denied_is_a_storage_error_with_errno_and_path(other_user):
         os.chmod(readable, 0o755)
         os.chmod(os.path.join(readable, "cometmp.json"), 0o000)
         cfg = small_config()
-        got = run_as(other_user, lambda: {
+        got = run_as(pwd.getpwnam(other_user[0]), lambda: {
             "create": describe(lambda: cometmp.Client(root, config=cfg)),
             "marker": describe(lambda: cometmp.Client(readable, readonly=True)),
         })

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 
 import pytest
 
@@ -26,22 +25,6 @@ from conftest import small_config, tree_fingerprint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
                                 reason="needs root and useradd to make another user")
-
-
-@pytest.fixture
-def other_user():
-    """(name, uid, gid) of a fresh local user, deleted afterwards."""
-    import pwd
-
-    name = "cmt" + uuid.uuid4().hex[:12]
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
-    try:
-        pw = pwd.getpwnam(name)
-        yield name, pw.pw_uid, pw.pw_gid
-    finally:
-        r = subprocess.run(["userdel", "-r", name], capture_output=True, text=True)
-        assert r.returncode in (0, 12), r.stderr   # 12: no home directory to remove
 
 
 @pytest.fixture
