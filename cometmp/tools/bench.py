@@ -82,6 +82,7 @@ COMET_REFERENCE = {
     "multiproc_single_1proc_entries_per_s": 835e3,
     "multiproc_single_2proc_entries_per_s": 1.42e6,
     "source": "comet 4646cd5, go test -bench, median of 3 runs on this machine type",
+    "file": "shared/reference/comet-measured.md",
 }
 
 TARGETS = {
@@ -241,31 +242,24 @@ def _bench_cometmp_keyed(root: str, calls: int, warmup: int) -> dict:
     return out
 
 
-def _bench_cometmp_append_many(root: str, entries: int, warmup_batches: int) -> dict:
-    import cometmp
-
-    d = tempfile.mkdtemp(prefix="many-", dir=root)
-    p = _payload()
-    batch = [p] * BATCH
+def _batch_stats(fn: Callable, arg, entries: int, warmup_batches: int) -> dict:
+    """Call ``fn(arg)`` (one batch of ``BATCH`` entries) ``entries // BATCH`` times after
+    ``warmup_batches`` untimed calls, timing each call; entries/s and batch percentiles."""
     nb = max(1, entries // BATCH)
     pc = time.perf_counter_ns
     times = array("q", bytes(8 * nb))
-    with cometmp.Client(d, config=_config()) as client:
-        lg = client.log("bench:batch", shards=1)
-        am = lg.append_many
-        for _ in repeat(None, warmup_batches):
-            am(batch)
-        gc_was = gc.isenabled()
-        gc.disable()
-        try:
-            for i in range(nb):
-                t0 = pc()
-                am(batch)
-                times[i] = pc() - t0
-        finally:
-            if gc_was:
-                gc.enable()
-    shutil.rmtree(d, ignore_errors=True)
+    for _ in repeat(None, warmup_batches):
+        fn(arg)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(nb):
+            t0 = pc()
+            fn(arg)
+            times[i] = pc() - t0
+    finally:
+        if gc_was:
+            gc.enable()
     total = sum(times)
     st = sorted(times)
     return {
@@ -278,6 +272,17 @@ def _bench_cometmp_append_many(root: str, entries: int, warmup_batches: int) -> 
         "p99_batch_us": _pct(st, 99) / 1e3,
         "max_batch_us": st[-1] / 1e3,
     }
+
+
+def _bench_cometmp_append_many(root: str, entries: int, warmup_batches: int) -> dict:
+    import cometmp
+
+    d = tempfile.mkdtemp(prefix="many-", dir=root)
+    with cometmp.Client(d, config=_config()) as client:
+        lg = client.log("bench:batch", shards=1)
+        out = _batch_stats(lg.append_many, [_payload()] * BATCH, entries, warmup_batches)
+    shutil.rmtree(d, ignore_errors=True)
+    return out
 
 
 def _bench_reads(root: str, entries: int, calls: int) -> dict:
@@ -626,6 +631,16 @@ def _target(name: str, want: str, measured: float, ok: bool, unit: str) -> dict:
 
 
 def _run_single(args, root: str) -> dict:
+    from cometmp.tools import bench_peers  # Redis, LMDB (the bench extra): skipped if absent
+
+    timing = bench_peers.Timing(_payload(), BATCH, _per_call_stats, _batch_stats)
+    with bench_peers.Peers(root, timing) as peers:  # servers stopped by pid at the block's end
+        return _run_single_rounds(args, root, peers)
+
+
+def _run_single_rounds(args, root: str, peers) -> dict:
+    from cometmp.tools import bench_peers
+
     n = args.entries
     sampled = min(n, args.sampled)
     peer_calls = max(200, n // 50)
@@ -638,6 +653,8 @@ def _run_single(args, root: str) -> dict:
                                      ("append", "append_many", "keyed", "sqlite", "filehandler")}
     ratios: dict[str, list[float]] = {"vs_sqlite": [], "vs_filehandler": [],
                                       "batch_vs_single": []}
+    peer_rounds: list[dict] = []
+    peer_batch = max(BATCH, n // 10)
     durable: dict[str, list[dict]] = {"cometmp_always": [], "sqlite_full": []}
     for _ in range(args.rounds):
         a = _bench_cometmp_append(root, n, sampled, warm, timer_ns)
@@ -652,10 +669,14 @@ def _run_single(args, root: str) -> dict:
         ratios["vs_sqlite"].append(s["mean_ns"] / a["mean_ns"])
         ratios["vs_filehandler"].append(f["mean_ns"] / a["mean_ns"])
         ratios["batch_vs_single"].append(a["mean_ns"] / b["ns_per_entry"])
+        peer_rounds.append(peers.round(peer_calls, peer_sampled, peer_batch, 200, timer_ns))
+        for k, v in bench_peers.ratios(peer_rounds[-1], a, b).items():
+            ratios.setdefault(k, []).append(v)
         if args.durable:
             durable["cometmp_always"].append(_bench_cometmp_durable(root, durable_calls, timer_ns))
             durable["sqlite_full"].append(_bench_sqlite_full(root, durable_calls, timer_ns))
     results = {k: _merge_rounds(v) for k, v in rounds.items()}
+    results["peers"] = {k: _merge_rounds([r[k] for r in peer_rounds]) for k in peer_rounds[0]}
     results["read"] = _bench_reads(root, min(n, 200_000), 2000 if not args.quick else 200)
     res_ratios = {k: _median(v) for k, v in ratios.items()}
     res_ratios["vs_comet_append"] = COMET_REFERENCE["append_ns"] / results["append"]["mean_ns"]
@@ -679,7 +700,7 @@ def _run_single(args, root: str) -> dict:
     ]
     return {
         "settings": {"entries": n, "sampled_calls": sampled, "peer_calls": peer_calls,
-                     "prefault": PREFAULT,
+                     "prefault": PREFAULT, "peer_batch_entries": peer_batch,
                      "durable_calls": durable_calls if args.durable else 0,
                      "rounds": args.rounds, "payload_bytes": PAYLOAD_BYTES, "batch": BATCH,
                      "group": GROUP, "quick": args.quick},
@@ -688,6 +709,8 @@ def _run_single(args, root: str) -> dict:
         "results": results,
         "ratios": res_ratios,
         "targets": targets,
+        "peers": peers.describe(),
+        "peers_skipped": dict(peers.skipped),
     }
 
 
@@ -775,6 +798,9 @@ def _print_single(doc: dict) -> None:
     print(f"    append_many vs Comet (3.62 M/s, reference)  {q['vs_comet_append_many']:8.1f}x")
     if "durable_vs_sqlite_full" in q:
         print(f"    durable append vs SQLite FULL  {q['durable_vs_sqlite_full']:8.1f}x faster")
+    from cometmp.tools import bench_peers
+
+    bench_peers.print_table(doc, _fmt_ns)
 
 
 def _print_multiproc(doc: dict) -> None:
