@@ -29,6 +29,10 @@ What is measured (100-byte payloads, docs/PERFORMANCE.md explains every figure):
   must be within 2x (the index is searched in its memory map).
 * ``durable`` (unless ``--no-durable``): ``durability="always"`` single append (fsync per
   call) against SQLite ``synchronous=FULL`` autocommit.
+* peers (``bench_peers``, the ``bench`` extra; each skipped with a note when its package or
+  ``redis-server`` is missing): Redis Streams ``XADD`` one per call and 1,000 per pipeline,
+  each with and without AOF, and LMDB ``put`` one per transaction and 1,000 per transaction,
+  against ``append`` and ``append_many`` respectively; printed also as Markdown table rows.
 
 Ratios are "times faster than the peer" (peer mean / cometmp mean) computed per round and
 reported as the median over rounds: the machine drifts 10-20 % between runs, but both

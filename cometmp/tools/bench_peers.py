@@ -9,6 +9,8 @@ One function per peer, timed exactly like cometmp's side of the ratio: ``bench``
 own timing helpers in as a :class:`Timing` (so this module never imports it), and runs the
 peers in the same rounds as cometmp's workloads, with the same 100-byte payload:
 
+* ``redis_ping``            one ``PING`` per call on the same connection: the loopback TCP
+  round trip plus redis-py's own cost, the floor under every single-call Redis figure.
 * ``redis_xadd``            one ``XADD stream * d <payload>`` per call, a loopback TCP round
   trip each; timed like ``append`` (groups of 100 + every call sampled).
 * ``redis_xadd_pipelined``  1,000 ``XADD`` in one non-transactional pipeline per
@@ -43,7 +45,8 @@ from dataclasses import dataclass
 from itertools import count, repeat
 from typing import Callable
 
-__all__ = ["BATCHED", "INSTALL_HINT", "Peers", "SINGLE", "Timing", "print_table", "ratios"]
+__all__ = ["BATCHED", "FLOORS", "INSTALL_HINT", "Peers", "SINGLE", "Timing", "print_table",
+           "ratios"]
 
 INSTALL_HINT = ("pip install 'cometmp[bench]' (redis, lmdb); redis-server from the OS "
                 "(Debian: apt-get install redis-server)")
@@ -56,10 +59,13 @@ REDIS_CONFIGS = {
 
 #: peers timed per call, against cometmp's ``append`` (peer mean / cometmp mean)
 SINGLE = ("redis_xadd", "redis_xadd_aof", "lmdb_put")
+#: what bounds a peer rather than a peer, timed and compared like SINGLE; writes nothing
+FLOORS = ("redis_ping",)
 #: peers timed per batch of 1,000, against cometmp's ``append_many``
 BATCHED = ("redis_xadd_pipelined", "redis_xadd_pipelined_aof", "lmdb_put_batched")
 
 LABELS = {
+    "redis_ping": "Redis PING (the round trip under every XADD), appendonly no",
     "redis_xadd": "Redis XADD, 1 per round trip, appendonly no",
     "redis_xadd_aof": "Redis XADD, 1 per round trip, AOF everysec",
     "redis_xadd_pipelined": "Redis XADD x1000 pipelined, appendonly no",
@@ -113,11 +119,14 @@ class RedisServer:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
-                    if self.client.ping():
-                        self.version = self.client.info("server")["redis_version"]
+                    info = self.client.info("server") if self.client.ping() else {}
+                    # the answer must come from our child, not from whoever took the port
+                    if info.get("process_id") == self.pid:
+                        self.version = info["redis_version"]
                         self.config = {**self.client.config_get("appendonly"),
                                        **self.client.config_get("appendfsync")}
                         return
+                    break  # another server answers on this port: try another
                 except redis.ConnectionError:
                     time.sleep(0.01)
             last = _tail(log)
@@ -163,6 +172,14 @@ def redis_xadd(t: Timing, server: RedisServer, key: str, calls: int, sampled: in
     out["entries_written"] = server.client.xlen(key)
     server.client.delete(key)
     return out
+
+
+def redis_ping(t: Timing, server: RedisServer, calls: int, sampled: int, warmup: int,
+               timer_ns: float) -> dict:
+    ping = server.client.ping
+    for _ in repeat(None, warmup):
+        ping()
+    return t.per_call(lambda _, _ping=ping: _ping(), None, calls, sampled, timer_ns)
 
 
 def redis_xadd_pipelined(t: Timing, server: RedisServer, key: str, entries: int,
@@ -261,7 +278,7 @@ class Peers:
         except ImportError:
             for k in ("lmdb_put", "lmdb_put_batched"):
                 self.skipped[k] = f"the lmdb package is not installed: {INSTALL_HINT}"
-        redis_peers = [k for k in SINGLE + BATCHED if k.startswith("redis")]
+        redis_peers = [k for k in FLOORS + SINGLE + BATCHED if k.startswith("redis")]
         try:
             import redis  # noqa: F401
         except ImportError:
@@ -278,6 +295,7 @@ class Peers:
                 d = tempfile.mkdtemp(prefix=f"redis{suffix}-", dir=self.root)
                 self.servers[suffix] = RedisServer(binary, d, flags)
                 self.available += [f"redis_xadd{suffix}", f"redis_xadd_pipelined{suffix}"]
+            self.available.append("redis_ping")
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -310,6 +328,8 @@ class Peers:
         t = self.t
         wb = max(2, warmup // t.batch)
         out = {}
+        if "" in self.servers:
+            out["redis_ping"] = redis_ping(t, self.servers[""], calls, sampled, warmup, timer_ns)
         for suffix, s in self.servers.items():
             key = f"bench:round{self.rounds}"
             out[f"redis_xadd{suffix}"] = redis_xadd(t, s, key, calls, sampled, warmup, timer_ns)
@@ -326,7 +346,7 @@ def ratios(peers: dict, append: dict, append_many: dict) -> dict:
     timed per call, ``append_many`` rate / peer rate for the batched ones."""
     out = {}
     for k, v in peers.items():
-        if k in SINGLE:
+        if k in SINGLE or k in FLOORS:
             out[f"vs_{k}"] = v["mean_ns"] / append["mean_ns"]
         else:
             out[f"vs_{k}"] = append_many["entries_per_s"] / v["entries_per_s"]
@@ -353,11 +373,12 @@ def print_table(doc: dict, fmt_ns: Callable[[float], str]) -> None:
     row("cometmp `append_many` x1000", b["ns_per_entry"], "1")
     row("SQLite WAL NORMAL, 1 INSERT/txn", r["sqlite"]["mean_ns"], f"{q['vs_sqlite']:.1f}x faster")
     row("logging.FileHandler", r["filehandler"]["mean_ns"], f"{q['vs_filehandler']:.1f}x faster")
-    for k in SINGLE + BATCHED:
+    for k in FLOORS + SINGLE + BATCHED:
         if k in peers:
             x = peers[k]
-            ns = x["mean_ns"] if k in SINGLE else x["ns_per_entry"]
-            vs = "append" if k in SINGLE else "append_many"
+            one = k not in BATCHED
+            ns = x["mean_ns"] if one else x["ns_per_entry"]
+            vs = "append" if one else "append_many"
             row(LABELS[k], ns, f"{q['vs_' + k]:.1f}x faster (vs {vs})")
     print(f"  | Comet `Append`, reference: {ref['file']}, not measured in this run | "
           f"{fmt_ns(ref['append_ns'])} | {1e3 / ref['append_ns']:.3g} M | "
