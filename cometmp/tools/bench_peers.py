@@ -45,11 +45,11 @@ from dataclasses import dataclass
 from itertools import count, repeat
 from typing import Callable
 
-__all__ = ["BATCHED", "FLOORS", "INSTALL_HINT", "Peers", "SINGLE", "Timing", "print_table",
-           "ratios"]
+__all__ = ["BATCHED", "FLOORS", "INSTALL_HINT", "Peers", "SERVER_HINT", "SINGLE", "Timing",
+           "print_table", "ratios"]
 
-INSTALL_HINT = ("pip install 'cometmp[bench]' (redis, lmdb); redis-server from the OS "
-                "(Debian: apt-get install redis-server)")
+INSTALL_HINT = "pip install 'cometmp[bench]' (redis, hiredis, lmdb)"
+SERVER_HINT = "install redis-server from the OS (Debian: apt-get install redis-server)"
 
 #: redis-server flags per configuration (beside --port/--bind/--dir/--save ""); see above
 REDIS_CONFIGS = {
@@ -266,8 +266,8 @@ class Peers:
 
     def __enter__(self) -> "Peers":
         self._find()
-        for k, why in self.skipped.items():  # stderr: --json keeps stdout one document
-            print(f"cometmp bench: skipping {k}: {why}", file=sys.stderr)
+        for why, names in _by_reason(self.skipped).items():  # stderr: --json keeps stdout
+            print(f"cometmp bench: skipping {', '.join(names)}: {why}", file=sys.stderr)
         return self
 
     def _find(self) -> None:
@@ -288,7 +288,7 @@ class Peers:
         binary = shutil.which("redis-server")
         if binary is None:
             for k in redis_peers:
-                self.skipped[k] = f"redis-server is not on PATH: {INSTALL_HINT}"
+                self.skipped[k] = f"redis-server is not on PATH: {SERVER_HINT}"
             return
         try:
             for suffix, flags in REDIS_CONFIGS.items():
@@ -387,5 +387,12 @@ def print_table(doc: dict, fmt_ns: Callable[[float], str]) -> None:
           f"{fmt_ns(1e9 / ref['append_many_entries_per_s'])} | "
           f"{ref['append_many_entries_per_s'] / 1e6:.3g} M | "
           f"{q['vs_comet_append_many']:.1f}x faster (vs append_many) |")
-    for k, why in doc.get("peers_skipped", {}).items():
-        print(f"  (skipped {k}: {why})")
+    for why, names in _by_reason(doc.get("peers_skipped", {})).items():
+        print(f"  (skipped {', '.join(names)}: {why})")
+
+
+def _by_reason(skipped: dict) -> dict:
+    out: dict[str, list[str]] = {}
+    for k, why in skipped.items():
+        out.setdefault(why, []).append(k)
+    return out

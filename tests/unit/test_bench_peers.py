@@ -109,7 +109,8 @@ def test_missing_peer_packages_skip_their_rows_and_say_what_to_install(
     assert not [k for k in doc["ratios"] if k.removeprefix("vs_") in ALL_PEERS]
     for k in ALL_PEERS:
         assert "pip install 'cometmp[bench]'" in doc["peers_skipped"][k]
-        assert f"skipping {k}:" in err
+        assert k in err
+    assert "skipping" in err and "pip install 'cometmp[bench]'" in err
     # the text report still prints the table, without the missing rows
     assert bench.main(["--quick", "--entries", "1000", "--sampled", "1000", "--no-durable",
                        "--dir", str(tmp_path)]) == 0
@@ -129,7 +130,7 @@ def test_redis_server_missing_from_path_skips_only_the_redis_rows(capsys, tmp_pa
     rc, doc, err = _run(capsys, work)
     assert rc == 0
     assert set(doc["peers_skipped"]) == REDIS_PEERS
-    assert "redis-server is not on PATH" in err
+    assert "redis-server is not on PATH" in err and "apt-get install redis-server" in err
     assert set(doc["results"]["peers"]) == _expected_peers() - REDIS_PEERS
 
 
