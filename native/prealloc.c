@@ -59,6 +59,8 @@ static pthread_cond_t unmapped = PTHREAD_COND_INITIALIZER;
 static uint64_t thread_gen; /* fork generation whose thread runs; 0 = none */
 /* cm_prefault_stats(): this process's counts since its thread started (under mu) */
 static cm_prefault_stats_t stats;
+/* held by the thread while it has /proc/loadavg open, and across fork() */
+static pthread_mutex_t fd_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* 1 when a core is idle for the populate: the runnable tasks other than this
  * thread are fewer than the CPUs. /proc/loadavg field 4 is "running/total";
@@ -74,10 +76,11 @@ static int core_idle(void) {
     }
     if (cpus < 2) return 0;
     char buf[128];
+    pthread_mutex_lock(&fd_mu);    /* a fork never copies the descriptor (after_fork_*) */
     int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (fd >= 0) close(fd);
+    pthread_mutex_unlock(&fd_mu);
     if (n <= 0) return 1;
     buf[n] = 0;
     const char *p = buf;
@@ -155,8 +158,14 @@ static void after_fork_child(void) {
     memset(&stats, 0, sizeof stats);
 }
 
+static void before_fork(void) { pthread_mutex_lock(&fd_mu); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&fd_mu); }
+static void after_fork_child_fd(void) { pthread_mutex_unlock(&fd_mu); after_fork_child(); }
+
 __attribute__((constructor))
-static void prealloc_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+static void prealloc_init(void) {
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child_fd);
+}
 
 /* Caller holds mu. Starts this generation's thread; 0 if it cannot run. */
 static int ensure_thread(void) {
