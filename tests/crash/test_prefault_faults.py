@@ -96,7 +96,7 @@ def test_failing_prefault_loses_nothing_and_appends_continue(fp_core, spec):
 def test_kill9_in_the_prefault_thread_loses_no_acknowledged_entry(fp_core):
     seed = random.randrange(1 << 30)
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
-        acked, p = run_writer(fp_core, d, f"{failpoints.PREFAULT_POINTS[0]}:30:KILL", seed)
+        acked, p = run_writer(fp_core, d, f"{failpoints.PREFAULT_POINTS[0]}:10:KILL", seed)
         assert p.returncode == -9, p.stdout + p.stderr
         assert 0 < acked < 6000
         # the entry being appended at the kill may or may not have been published
