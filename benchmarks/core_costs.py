@@ -12,9 +12,12 @@ VM only ever add time. These are the building blocks ``cm_append_ex`` pays per r
   what a batch could do);
 * ``memcpy`` of 100 bytes into a hot buffer;
 * the first write to a fresh 4 KiB page (what every new page of log costs someone), and the
-  second write to it.
+  second write to it;
+* the same for the pages of a mapped 64 MiB file: fresh (fallocated, what a new segment
+  costs) and cached (written before and still in the page cache, what a recycled segment
+  file would cost), by demand faults and by ``MADV_POPULATE_WRITE`` (the prefault thread).
 
-    python benchmarks/core_costs.py [--runs 5] [--json]
+    python benchmarks/core_costs.py [--runs 5] [--json] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ SRC = r"""
 #include <time.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <x86intrin.h>
 static inline uint64_t now(void) {
     struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
@@ -60,7 +65,7 @@ static void crc3(const uint8_t *a, const uint8_t *b, const uint8_t *c, size_t n,
     }
     o[0] = ~(uint32_t)x; o[1] = ~(uint32_t)y; o[2] = ~(uint32_t)z;
 }
-int main(void) {
+int main(int argc, char **argv) {
     const long N = 10000000;
     volatile uint64_t sink = 0;
     uint64_t t0;
@@ -100,6 +105,32 @@ int main(void) {
     t0 = now(); for (size_t off = 0; off < len; off += 4096) big[off] = 2;
     printf("second_touch_anon_page %f\n", (now() - t0) / (double)(len / 4096));
     munmap(big, len);
+    /* pages of a mapped file (a segment): fresh (fallocated, never written: what a new
+       segment costs), and cached (written before, still in the page cache: what a
+       recycled segment file would cost); each by demand faults and by
+       MADV_POPULATE_WRITE in 256 KiB steps (the prefault thread's way) */
+    if (argc > 1) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/pages.dat", argv[1]);
+        for (int populate = 0; populate < 2; populate++) {
+            int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+            if (fd < 0 || posix_fallocate(fd, 0, (off_t)len) != 0) return 1;
+            for (int cached = 0; cached < 2; cached++) {
+                uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                t0 = now();
+                if (populate)
+                    for (size_t off = 0; off < len; off += 256u << 10)
+                        madvise(m + off, 256u << 10, 23 /* MADV_POPULATE_WRITE */);
+                else
+                    for (size_t off = 0; off < len; off += 4096) m[off] = 1;
+                printf("%s_%s_file_page %f\n", populate ? "populate" : "first_write",
+                       cached ? "cached" : "fresh", (now() - t0) / (double)(len / 4096));
+                munmap(m, len);    /* the pages stay in the page cache for round 2 */
+            }
+            close(fd);
+            unlink(path);
+        }
+    }
     return (int)(sink & 0);
 }
 """
@@ -115,6 +146,10 @@ LABELS = {
     "memcpy_100": "memcpy 100 B (hot cache)",
     "first_touch_anon_page": "first write to a fresh 4 KiB anonymous page",
     "second_touch_anon_page": "second write to the same page (already mapped)",
+    "first_write_fresh_file_page": "first write to a fresh page of a mapped file",
+    "first_write_cached_file_page": "first write to a cached page of a mapped file",
+    "populate_fresh_file_page": "MADV_POPULATE_WRITE per fresh file page (256 KiB)",
+    "populate_cached_file_page": "MADV_POPULATE_WRITE per cached file page (256 KiB)",
 }
 
 
@@ -122,6 +157,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dir", default=None,
+                    help="directory for the 64 MiB file of the file-page lines (default: the "
+                         "temp dir; use the log's filesystem)")
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="cometmp-core-costs-")
     try:
@@ -133,7 +171,7 @@ def main(argv=None) -> int:
         subprocess.run([cc, "-O2", "-std=gnu11", src, "-o", exe, "-lpthread"], check=True)
         runs: dict[str, list[float]] = {}
         for _ in range(args.runs):
-            out = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+            out = subprocess.run([exe, args.dir or tmp], check=True, capture_output=True, text=True).stdout
             for line in out.splitlines():
                 k, v = line.split()
                 runs.setdefault(k, []).append(float(v))

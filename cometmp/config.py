@@ -46,9 +46,10 @@ class StorageConfig:
     #: appends never fault on a hole and a full disk is seen before any byte is written.
     preallocate_bytes: int = 1 * MiB
     #: Prefault the preallocated pages from a background thread (one per process), so an
-    #: append rarely takes a page fault itself. Faster appends for one process; where every
-    #: core already runs a writing worker, False leaves that work to the appenders and gives
-    #: slightly more aggregate throughput (docs/PERFORMANCE.md).
+    #: append rarely takes a page fault itself. The thread works only while a core is idle
+    #: (fewer runnable tasks than CPUs); when every core is busy, as with one writing worker
+    #: per core, it leaves the pages to the appenders, so the default serves one process and
+    #: N busy ones alike (docs/PERFORMANCE.md, "Prefault policy"). False: never prefault.
     prefault: bool = True
 
 

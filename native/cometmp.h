@@ -38,7 +38,7 @@ typedef struct cm_options {
     int32_t  durability;        /* CM_DURABILITY_* */
     uint32_t stream_crc;        /* crc32c of the stream name, stamped in headers */
     int32_t  create;            /* create the stream if missing */
-    int32_t  prefault;          /* prefault ahead of the tail in a background thread */
+    int32_t  prefault;          /* prefault ahead of the tail in a background thread, while a core is idle */
 } cm_options;
 
 typedef struct cm_iov {
@@ -185,6 +185,19 @@ uint32_t cm_crc32c(uint32_t crc, const void *buf, size_t len);
 const char *cm_last_error(void);
 int  cm_last_errno(void);
 uint64_t cm_fork_generation(void);
+
+/* prealloc.c: what this process's prefault thread did (docs/PERFORMANCE.md,
+ * "Prefault policy"): requests served, bytes it populated, bytes it left to the
+ * appender because no core was idle, populates that failed, and the thread's
+ * CPU time (CLOCK_THREAD_CPUTIME_ID) */
+typedef struct cm_prefault_stats_t {
+    uint64_t requests;
+    uint64_t bytes_populated;
+    uint64_t bytes_skipped_busy;
+    uint64_t failures;
+    uint64_t thread_cpu_ns;
+} cm_prefault_stats_t;
+void cm_prefault_stats(cm_prefault_stats_t *out);
 
 /* api.c: function table handed to the CPython fast path (_appender) */
 void *cm_api_table(void);

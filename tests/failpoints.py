@@ -62,6 +62,10 @@ PATH_POINTS = {
     "retention": [("retention.rename", "none"), ("retention.unlink_index", "none"),
                   ("retention.unlink_segment", "none")],
 }
+#: the prefault thread's point (native/prealloc.c; crash/test_prefault_faults.py): a failure
+#: leaves the pages to the appender, never an error; "prefault.assume_idle" is not a failure
+#: but steers the thread's policy to take every request, so the point is reached under load
+PREFAULT_POINTS = ("prefault.populate",)
 #: points whose failure the engine absorbs without an error: a derived file is rebuilt
 ABSORBED = {"open.index"}
 #: consecutive failures a case needs before the API sees one: append.alloc reserves

@@ -67,6 +67,29 @@ def test_multiproc_scenario_reports_scaling_of_two_processes(capsys, tmp_path):
     assert doc["targets"][0]["result"] in ("PASS", "MISS")
 
 
+def test_multiproc_reports_what_each_entry_cost_the_appender_and_the_prefault_thread(
+        capsys, tmp_path):
+    # 30,000 entries of 120-byte frames touch ~900 fresh pages per process: every one was
+    # either prefaulted by the thread or left to the appender, which then took faults
+    rc, doc = _run(capsys, "--scenario", "multiproc", "--modes", "single", "--entries",
+                   "30000", "--rounds", "1", "--dir", str(tmp_path))
+    assert rc == 0 and set(doc["results"]) == {"single"}
+    for procs, r in doc["results"]["single"].items():
+        assert _positive(r["appender_cpu_ns_per_entry"])
+        assert r["process_cpu_ns_per_entry"] >= r["appender_cpu_ns_per_entry"] > 0
+        assert r["prefault_failures"] == 0
+        pages = r["prefault_pages_populated"] + r["prefault_pages_skipped_busy"]
+        assert pages >= int(procs) * 30000 * 120 // 4096 // 2, r
+        if r["prefault_pages_skipped_busy"] > r["prefault_pages_populated"]:
+            assert r["appender_minflt_per_1k_entries"] > 0
+
+
+def test_multiproc_modes_must_be_known(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--scenario", "multiproc", "--modes", "single,bogus"])
+    assert e.value.code == 2
+
+
 def test_check_flag_turns_a_missed_target_into_exit_status_1(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(bench.TARGETS, "append_mean_ns_max", 0.0)  # impossible to meet
     rc, doc = _run(capsys, "--entries", "1000", "--sampled", "1000", "--no-durable", "--check",
