@@ -80,6 +80,11 @@ def read_key(directory: str) -> bytes | None:
         fd = paths.open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK, paths.IN_ROOT)
     except FileNotFoundError:
         return None
+    except PermissionError as e:
+        raise os_error(e, path, message=(
+            f"read the registry key {path}: {e.strerror}; only the data directory's owner "
+            f"({_owner_name(directory)}) or root can read it, and so find the directory's "
+            f"registry: run this as that user")) from e
     except OSError as e:
         raise os_error(e, path, "read the registry key") from e
     try:
@@ -110,6 +115,13 @@ def load_key(directory: str, create: bool) -> bytes | None:
     if secret is None:   # removed between our link and our read: someone is cleaning up
         raise os_error(errno.ENOENT, path, "read the registry key just created")
     return secret
+
+
+def _owner_name(directory: str) -> str:
+    try:
+        return paths.user_name(os.stat(directory).st_uid)
+    except OSError:
+        return "unknown"
 
 
 def _check_trusted(directory: str, path: str, st: os.stat_result) -> None:

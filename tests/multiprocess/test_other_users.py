@@ -293,6 +293,7 @@ def test_a_registry_key_of_another_user_is_refused_and_they_cannot_read_ours(top
                 registry_status(root)
             except cometmp.StorageError as e:
                 assert e.errno == errno.EACCES and os.path.join(root, "registry.key") in str(e)
+                assert "run this as that user" in str(e) and "uid 0 (root)" in str(e), e
             else:
                 raise AssertionError("another user's status read the registry")
 

@@ -188,3 +188,27 @@ def test_a_damaged_registry_key_is_refused_naming_the_file_and_never_replaced(tm
     p = status(d)
     assert p.returncode == 1 and key_file(d) in p.stderr and words in p.stderr, p.stderr
     assert _identity(key_file(d)) == before        # not regenerated, not touched
+
+
+@pytest.mark.parametrize("full", ["blocks", "inodes"])
+def test_a_full_disk_when_the_key_is_first_made_is_diskfull_naming_it_and_leaves_nothing(
+        tmpfs, full):
+    from conftest import use_up_blocks, use_up_inodes
+
+    mnt = tmpfs("size=2m,nr_inodes=64")
+    d = data_directory(os.path.join(mnt, "log"))
+    filler = os.path.join(mnt, "filler")
+    os.mkdir(filler)
+    (use_up_blocks if full == "blocks" else use_up_inodes)(filler)
+    with pytest.raises(cometmp.DiskFull) as ei:
+        Supervisor(d, 2).start()
+    assert key_file(d) in str(ei.value), ei.value
+    assert not [n for n in os.listdir(d) if n.startswith("registry.key")]   # no temp left
+    import shutil
+
+    shutil.rmtree(filler)                # space returns: the start succeeds
+    sup = Supervisor(d, 2).start()
+    try:
+        assert os.path.exists(key_file(d)) and sup.registry.name == registry.shm_name(d)
+    finally:
+        sup.close()
