@@ -21,7 +21,9 @@ Lifecycle: created once, by the first process that creates a registry for the di
 it agree on the one that was linked first. It is never rewritten. A damaged key is refused,
 never regenerated: a server still running under the old name would be split in two
 registries (two processID spaces) by a process that silently made a new key. Its owner
-stops the server and removes the file; the next start makes a new one.
+stops the server and removes the file; the next start makes a new one. A key *removed*
+while a server runs is followed instead: ``Registry.replaced()`` watches its inode, the
+first member to notice makes a new one and every process moves to the new registry.
 """
 
 from __future__ import annotations

@@ -300,6 +300,8 @@ class Registry:
         self._ptr = ffi.from_buffer(mm)
         self.created = created
         self.inode = inode
+        #: the registry key's inode when this object was named (replaced() watches it)
+        self.key_inode = _key_inode(directory)
         #: where the shared uint64 ownership epoch lives, for Appender.set_epoch_watch:
         #: the mapping (an appender holds a buffer export of it) and the byte offset
         self.epoch_source = (mm, CM_REG_OFF_EPOCH)
@@ -413,12 +415,35 @@ class Registry:
     def replaced(self) -> bool:
         """True if ``/dev/shm/<name>`` is no longer the object this process mapped: it was
         removed (an admin, systemd-tmpfiles, a test's cleanup) or removed and created
-        again. One stat(2), compared with the inode fstat'ed at map time; called by the
-        member thread and the supervisor's hooks, never on the append path."""
+        again; or the registry key the name was derived from was removed or replaced
+        (I33a), so the name is no longer the directory's. Two stat(2)s, compared with the
+        inodes seen at map time; called by the member thread and the supervisor's hooks,
+        never on the append path."""
+        if _key_inode(self.directory) != self.key_inode:
+            return True
         try:
             return os.stat(SHM_DIR + self.name).st_ino != self.inode
         except FileNotFoundError:
             return True
+
+    def leave_replaced(self, pid: int, ticks: int) -> None:
+        """This process moves to the registry now at the directory's name (replaced()):
+        take its master and member entries out of this old one, and remove the old name if
+        nobody live is left in it, so an object nobody can name any more does not stay in
+        /dev/shm. Best effort: a lock that cannot be taken leaves it to its other users."""
+        if not self.same_object():
+            return      # the name is gone or is someone else's object now
+        with contextlib.suppress(RegistryError):
+            with self.locked(timeout_ms=200):
+                if self.unlinked:
+                    return
+                for i, mpid, mticks in self.masters():
+                    if mpid == pid and mticks == ticks:
+                        self._set_master(i, 0, 0)
+                self.leave_locked(pid, ticks)
+                if not any(mpid and is_alive(mpid, t) for _i, mpid, t in self.masters()) \
+                        and not self.live_entries():
+                    self.unlink_locked()
 
     def unlink_locked(self) -> None:
         """Mark unlinked and remove the name. Caller holds the lock."""
@@ -657,6 +682,14 @@ class Registry:
         used = masters or any(state != FREE for _p, state, *_r in self.raw_entries())
         created = struct.unpack_from("=q", self._mm, CM_REG_OFF_CREATED)[0]
         return bool(used) or time.time_ns() - created >= young * 1e9
+
+
+def _key_inode(directory: str) -> int:
+    """Inode of ``directory``'s registry key, 0 if it has none (replaced(), I33a)."""
+    try:
+        return os.stat(key_path(directory), follow_symlinks=False).st_ino
+    except OSError:
+        return 0
 
 
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:

@@ -212,3 +212,67 @@ def test_a_full_disk_when_the_key_is_first_made_is_diskfull_naming_it_and_leaves
         assert os.path.exists(key_file(d)) and sup.registry.name == registry.shm_name(d)
     finally:
         sup.close()
+
+
+def test_a_key_removed_while_a_server_runs_is_remade_and_every_process_moves_to_one_registry(
+        tmp_path):
+    """I33a with I24: the members notice within a member period (replaced() watches the
+    key too), one of them makes the new key, all join the registry under the new name, the
+    master follows at its next hook, and the old name, which nobody can compute any more,
+    is removed by the last process to leave it."""
+    import time
+
+    d = data_directory(str(tmp_path / "log"))
+    sup = Supervisor(d, 2).start()
+    old_name = sup.registry.name
+    stay_r, stay_w = os.pipe()
+    up_r, up_w = os.pipe()
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(60)
+                os.close(stay_w)
+                os.close(up_r)
+                registry.join(d)               # with the member thread
+                os.write(up_w, b"+")
+                os.read(stay_r, 1)
+                registry.leave()
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    os.close(stay_r)
+    os.close(up_w)
+    try:
+        assert os.read(up_r, 1) == b"+" and os.read(up_r, 1) == b"+"
+        os.unlink(key_file(d))
+        deadline = time.monotonic() + 30
+        while True:                           # poll for the condition, generously bounded
+            try:
+                reg = Registry.attach(d)
+                try:
+                    live = sorted(e.pid for e in reg.live_entries())
+                finally:
+                    reg.close()
+                if reg.name != old_name and live == sorted(pids):
+                    break
+            except cometmp.RegistryError:
+                pass                          # no key yet, or its registry being made
+            assert time.monotonic() < deadline, "the members did not move to the new registry"
+            time.sleep(0.02)
+        new_name = registry.shm_name(d)
+        assert os.path.exists("/dev/shm" + old_name)       # the master is still in it
+        sup.sweep()                                        # a master hook: it follows
+        assert sup.registry.name == new_name
+        assert not os.path.exists("/dev/shm" + old_name)   # nobody left in it: removed
+        assert sup.snapshot().owners(4).count(-1) == 0
+    finally:
+        os.close(stay_w)
+        for pid in pids:
+            _, st = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(st) == 0
+        sup.close()
+    assert not os.path.exists("/dev/shm" + registry.shm_name(d))
