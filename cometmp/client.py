@@ -128,18 +128,20 @@ def read_directory_marker(root: str) -> None:
     _json_document(marker, raw, DIR_FORMAT, "directory marker")
 
 
-def _json_document(path: str, raw: bytes, form: str, what: str) -> dict:
-    """The JSON object of a marker or family file (FORMAT.md §1.1, §1.2), or FormatError
-    naming the file when it is not JSON or of another format or version."""
+def _json_document(path: str, raw: bytes, form: str, what: str,
+                   version: int = FORMAT_VERSION) -> dict:
+    """The JSON object of a marker, family file or registry key file (FORMAT.md §1.1, §1.2,
+    §8.1), or FormatError naming the file when it is not JSON or of another format or
+    ``version``."""
     try:
         doc = json.loads(raw)
     except ValueError as e:
         raise FormatError(f"{path}: {what} is not valid JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != form \
-            or doc.get("version") != FORMAT_VERSION:
+            or doc.get("version") != version:
         got = (doc.get("format"), doc.get("version")) if isinstance(doc, dict) else (doc, None)
         raise FormatError(f"{path}: format {got[0]!r} version {got[1]!r}; "
-                          f"this build reads {form!r} version {FORMAT_VERSION}")
+                          f"this build reads {form!r} version {version}")
     return doc
 
 

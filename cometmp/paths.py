@@ -4,6 +4,7 @@ Layout of a data directory (docs/FORMAT.md, "Directory layout")::
 
     DIR/                                   mode 0700
       cometmp.json                         directory marker (format + version)
+      registry.key                         the secret the registry's shm name is derived from
       families/<prefix>.json               one per stream family: its shard count
       streams/<stream>/                    one per stream (a family's shard, or a plain stream)
         state                              shared state page (lock, tail, counters)
@@ -30,6 +31,7 @@ import stat
 from ._ffi import lib
 
 DIR_MARKER = "cometmp.json"
+REGISTRY_KEY = "registry.key"            # cometmp/registry/key.py, FORMAT.md §8.1
 FAMILIES = "families"
 STREAMS = "streams"
 STATE = "state"
@@ -44,7 +46,7 @@ SHARD_INFIX = ":shard:"
 FILE_MODE = 0o600   # I31
 DIR_MODE = 0o700    # I31
 #: trailing components of a path that lie inside the data directory, per file kind
-IN_ROOT = 1         # cometmp.json, families/, streams/, consumers/
+IN_ROOT = 1         # cometmp.json, registry.key, families/, streams/, consumers/
 IN_SUBDIR = 2       # families/<prefix>.json, consumers/offsets, streams/<stream>
 IN_STREAM = 3       # streams/<stream>/{state,<base>.seg,<base>.idx}
 
@@ -268,34 +270,72 @@ def read_file(path: str, inside: int = IN_ROOT, limit: int = -1) -> bytes:
         return f.read(limit)
 
 
+def _parent_fd(path: str, inside: int) -> tuple[int, str, str]:
+    """(fd of the parent directory, parent path, leaf name) of ``path``, the parent opened
+    without following its last ``inside - 1`` components (I30)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    dfd = open_dir_nofollow(parent, inside - 1) if inside > 1 else \
+        os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return dfd, parent, name
+
+
+def _write_temp(dfd: int, parent: str, name: str, data: bytes) -> str:
+    """Write ``data`` to the temp file ``<name>.<pid>.tmp`` below ``dfd`` (0600, I31; owned
+    as I32 says; never through a link, I30) and fsync it. Returns the temp file's name."""
+    tmp = f"{name}.{os.getpid()}{TMP_SUFFIX}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     FILE_MODE, dir_fd=dfd)
+    except OSError as e:
+        raise _refuse_link(e, dfd, tmp, os.path.join(parent, tmp)) from None
+    try:
+        os.fchmod(fd, FILE_MODE)   # I31
+        adopt(dfd, fd)             # I32
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp, dir_fd=dfd)
+        raise
+    os.close(fd)
+    return tmp
+
+
 def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
     """Crash-safe file protocol (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> rename ->
     fsync the directory; no step follows a link (I30; rename replaces a link, never its
     target)."""
-    parent, name = os.path.split(os.path.abspath(path))
-    dfd = open_dir_nofollow(parent, inside - 1) if inside > 1 else \
-        os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dfd, parent, name = _parent_fd(path, inside)
     try:
-        tmp = f"{name}.{os.getpid()}{TMP_SUFFIX}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         FILE_MODE, dir_fd=dfd)
-        except OSError as e:
-            raise _refuse_link(e, dfd, tmp, os.path.join(parent, tmp)) from None
-        try:
-            os.fchmod(fd, FILE_MODE)   # I31
-            adopt(dfd, fd)             # I32
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp, dir_fd=dfd)
-            raise
-        os.close(fd)
+        tmp = _write_temp(dfd, parent, name, data)
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def create_file_once(path: str, data: bytes, inside: int = IN_ROOT) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it.
+
+    Crash-safe and race-free (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> link(2) to
+    the name -> unlink the temp -> fsync the directory. ``link`` fails with EEXIST when the
+    name exists, so of several processes creating the file at once exactly one wins and
+    every other one reads the winner's complete file; nobody ever sees a partial one, and
+    an existing file (or a link planted at the name, I30) is never replaced."""
+    dfd, parent, name = _parent_fd(path, inside)
+    try:
+        tmp = _write_temp(dfd, parent, name, data)
+        try:
+            os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+            created = True
+        except FileExistsError:
+            created = False
+        finally:
+            os.unlink(tmp, dir_fd=dfd)
+        os.fsync(dfd)
+        return created
     finally:
         os.close(dfd)
 

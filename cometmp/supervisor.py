@@ -203,10 +203,13 @@ class Supervisor:
         if self.registry.replaced():
             # I24: removed from /dev/shm while the server runs: use (or create) the one
             # there now, and register in it; the old mapping is left to the GC
-            log.warning("cometmp: the registry %s of %s was removed while the master used "
-                        "it; attaching to a new one", self.registry.name, self.directory)
+            log.warning("cometmp: the registry %s of %s (or its key) was removed while the "
+                        "master used it; attaching to a new one", self.registry.name,
+                        self.directory)
+            old = self.registry
             self.registry = self._create_or_attach()
             self._register()
+            old.leave_replaced(os.getpid(), start_ticks(os.getpid()))   # I33a
         return self.registry
 
     # -- periodic sweep ---------------------------------------------------------------

@@ -5,6 +5,7 @@ process owns through cometmp.ownership, and this package answers (membership.py
 installs the Runtime). Modules:
 
 - ``table``       the shared-memory table of one data directory (native/registry.c)
+- ``key``         DIR/registry.key, the secret the table's shm name is keyed with (I33a)
 - ``membership``  this process's membership: join/leave/worker_id, the member thread
 
 The master side is cometmp.supervisor; ``cometmp status`` reads the table read-only.

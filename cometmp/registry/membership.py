@@ -192,9 +192,11 @@ def _rejoin_if_replaced(m: _Membership) -> bool:
         if _member is not m or os.getpid() != m.pid:
             return False
         count = old.process_count
-        log.warning("cometmp: the registry %s of %s was removed while pid %d used it; "
-                    "rejoining a new one (processCount %d)", old.name, m.directory, m.pid, count)
+        log.warning("cometmp: the registry %s of %s (or its key) was removed while pid %d "
+                    "used it; rejoining a new one (processCount %d)", old.name, m.directory,
+                    m.pid, count)
         reg = _join_registry(m.directory, count, m.pid, m.ticks, m.key)
+        old.leave_replaced(m.pid, m.ticks)   # I33a: an old name nobody can compute any more
         _pinned.append(reg)   # the old mapping stays pinned too: epoch watches point into it
         m.registry, m.snap, m.epoch = reg, None, -1
         m.refresh()

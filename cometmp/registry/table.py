@@ -7,9 +7,10 @@ lock in native/registry.c; this module reads and writes the 64-byte entries.
 
 Design (docs/ARCHITECTURE.md "Registry", "Slot states", "Shard ownership")
 --------------------------------------------------------------------------
-One registry per data directory, named ``/cometmp-<blake2b(st_dev:st_ino)>``
-so two directories never collide and one directory always finds the same
-object. The layout is in native/format.h, the membership lock in native/registry.c;
+One registry per data directory, named ``/cometmp-<blake2b(st_dev:st_ino, key=secret)>``
+(shm_name; the secret is DIR/registry.key, cometmp/registry/key.py) so two directories
+never collide, one directory always finds the same object, and no other user can
+compute the name to create it first (I33a). The layout is in native/format.h, the membership lock in native/registry.c;
 this module reads and writes the 64-byte entries.
 
 ``entries[0 .. processCount-1]`` are the *slots*: the entry at index ``p`` is
@@ -40,7 +41,8 @@ I22 any change of the ownership function bumps epoch, after the slot stores;
 I23 at most one LIVE entry per (pid, start time), at most one holder per slot;
 I24 the registry's size is fixed: worker churn reuses entries, never adds;
 I33 an object is used only if its owner is this process's euid or the data directory's
-owner and it grants nothing to group or others (check_trusted).
+owner and it grants nothing to group or others (check_trusted);
+I33a the name is keyed with a secret only the directory's owner can read (shm_name).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from typing import Iterator
 
 import posix_ipc
 
+from .key import ForeignRegistry, key_path, load_key, read_key, stat_mode
 from .._ffi import ffi, last_error, lib
 from ..errors import FormatError, RegistryError, UnsupportedFilesystem, os_error
 from ..paths import user_name
@@ -158,24 +161,33 @@ def is_alive(pid: int, ticks: int) -> bool:
 
 # ---- naming and filesystem checks ---------------------------------------------------
 
-def shm_name(directory: str | os.PathLike) -> str:
-    """The registry's POSIX shm name for ``directory``: a hash of its (st_dev, st_ino)."""
-    st = os.stat(directory)
-    h = hashlib.blake2b(f"{st.st_dev}:{st.st_ino}".encode(), digest_size=8).hexdigest()
+def shm_name(directory: str | os.PathLike, create: bool = False) -> str:
+    """The registry's POSIX shm name for ``directory``: ``/cometmp-`` + the 32-hex-digit
+    blake2b-128 of ``"st_dev:st_ino"`` keyed with the directory's secret (I33a,
+    cometmp/registry/key.py; FORMAT.md §8). The one function that names a registry.
+
+    ``create``: make the key file if the directory has none (a process about to create the
+    registry). Without it, a directory with no key raises RegistryError ("no registry"):
+    no registry can exist under a name nobody could compute. A damaged, foreign or
+    unreadable key raises FormatError, ForeignRegistry or StorageError naming the file."""
+    path = os.path.abspath(os.fspath(directory))
+    st = os.stat(path)
+    secret = load_key(path, create)
+    if secret is None:
+        raise RegistryError(f"no registry for {path}: it has no registry key "
+                            f"{key_path(path)} yet (made when a server first starts)")
+    h = hashlib.blake2b(f"{st.st_dev}:{st.st_ino}".encode(), key=secret,
+                        digest_size=16).hexdigest()
     return SHM_PREFIX + h
-
-
-class ForeignRegistry(RegistryError):
-    """The registry's name is held by an object this server must not trust (I33): another
-    local user created it (pre-created the predictable name) or it is open to others."""
 
 
 def check_trusted(directory: str, name: str, st: os.stat_result) -> None:
     """I33: use the shm object ``name`` (stat ``st``) only if its owner is this process's
     effective user or the data directory's owner (a root master creates it for workers
     that run as the directory's owner and fchowns it to them), and its mode grants
-    nothing to group or others. Anyone else could have pre-created the name, which is
-    derived from the directory's (st_dev, st_ino), to read or steer the table."""
+    nothing to group or others. Defence in depth behind I33a: anyone who learnt the key
+    (a leaked copy, a wider mode in an old backup) could have pre-created the name to
+    read or steer the table."""
     me = os.geteuid()
     owner = os.stat(directory).st_uid
     if st.st_uid in (me, owner) and not st.st_mode & 0o077:
@@ -184,13 +196,9 @@ def check_trusted(directory: str, name: str, st: os.stat_result) -> None:
         f"registry {name} of {directory} is owned by {user_name(st.st_uid)} with mode "
         f"{stat_mode(st)}; this process runs as {user_name(me)} and the directory belongs to "
         f"{user_name(owner)}, so it was not used (I33: only an object of this user or of the "
-        f"directory's owner, mode 0600, is trusted; another local user may have pre-created "
-        f"the name). Remove /dev/shm/{name.lstrip('/')} as its owner or root; a master that "
+        f"directory's owner, mode 0600, is trusted; someone who knew the directory's registry "
+        f"key may have pre-created the name). Remove /dev/shm/{name.lstrip('/')} as its owner or root; a master that "
         f"drops its workers' privileges creates it for their user (Supervisor(uid=...))")
-
-
-def stat_mode(st: os.stat_result) -> str:
-    return f"{st.st_mode & 0o7777:04o}"
 
 
 def check_filesystem(directory: str | os.PathLike) -> None:
@@ -292,6 +300,8 @@ class Registry:
         self._ptr = ffi.from_buffer(mm)
         self.created = created
         self.inode = inode
+        #: the registry key's inode when this object was named (replaced() watches it)
+        self.key_inode = _key_inode(directory)
         #: where the shared uint64 ownership epoch lives, for Appender.set_epoch_watch:
         #: the mapping (an appender holds a buffer export of it) and the byte offset
         self.epoch_source = (mm, CM_REG_OFF_EPOCH)
@@ -366,7 +376,7 @@ class Registry:
         """Create a fresh registry (O_EXCL). Owned by uid/gid when given, so workers that
         dropped privileges (gunicorn --user, uWSGI --uid) can map it."""
         directory = os.path.abspath(os.fspath(directory))
-        name = shm_name(directory)
+        name = shm_name(directory, create=True)   # I33a: the first creator makes the key
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REG_BYTES)
         try:
             if (uid is not None and uid != os.geteuid()) or (gid is not None and gid != os.getegid()):
@@ -405,12 +415,35 @@ class Registry:
     def replaced(self) -> bool:
         """True if ``/dev/shm/<name>`` is no longer the object this process mapped: it was
         removed (an admin, systemd-tmpfiles, a test's cleanup) or removed and created
-        again. One stat(2), compared with the inode fstat'ed at map time; called by the
-        member thread and the supervisor's hooks, never on the append path."""
+        again; or the registry key the name was derived from was removed or replaced
+        (I33a), so the name is no longer the directory's. Two stat(2)s, compared with the
+        inodes seen at map time; called by the member thread and the supervisor's hooks,
+        never on the append path."""
+        if _key_inode(self.directory) != self.key_inode:
+            return True
         try:
             return os.stat(SHM_DIR + self.name).st_ino != self.inode
         except FileNotFoundError:
             return True
+
+    def leave_replaced(self, pid: int, ticks: int) -> None:
+        """This process moves to the registry now at the directory's name (replaced()):
+        take its master and member entries out of this old one, and remove the old name if
+        nobody live is left in it, so an object nobody can name any more does not stay in
+        /dev/shm. Best effort: a lock that cannot be taken leaves it to its other users."""
+        if not self.same_object():
+            return      # the name is gone or is someone else's object now
+        with contextlib.suppress(RegistryError):
+            with self.locked(timeout_ms=200):
+                if self.unlinked:
+                    return
+                for i, mpid, mticks in self.masters():
+                    if mpid == pid and mticks == ticks:
+                        self._set_master(i, 0, 0)
+                self.leave_locked(pid, ticks)
+                if not any(mpid and is_alive(mpid, t) for _i, mpid, t in self.masters()) \
+                        and not self.live_entries():
+                    self.unlink_locked()
 
     def unlink_locked(self) -> None:
         """Mark unlinked and remove the name. Caller holds the lock."""
@@ -651,11 +684,21 @@ class Registry:
         return bool(used) or time.time_ns() - created >= young * 1e9
 
 
+def _key_inode(directory: str) -> int:
+    """Inode of ``directory``'s registry key, 0 if it has none (replaced(), I33a)."""
+    try:
+        return os.stat(key_path(directory), follow_symlinks=False).st_ino
+    except OSError:
+        return 0
+
+
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:
     """Whether a registry object we cannot use (another build's, or never initialised)
     may still be someone's: created less than ``young`` s ago (a creator at work right
     now), or mapped by a live process (scan of /proc/*/maps; other users' maps are not
     readable without root, so run every process of a server as one user or as root)."""
+    if read_key(os.path.abspath(os.fspath(directory))) is None:
+        return False     # no key, so no registry anyone could have named
     name = shm_name(directory).lstrip("/")
     try:
         st = os.stat(f"{SHM_DIR}/{name}")

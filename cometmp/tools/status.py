@@ -1,6 +1,7 @@
 """``cometmp status DIR``: the registry of a data directory, as a document.
 
-Read-only and never registers: it maps the registry, reads the table (under the
+Read-only and never registers (nor creates the registry key: a directory without one has
+no registry; one it cannot read — another user's — fails with StorageError naming the key): it maps the registry, reads the table (under the
 membership lock for at most 1 s, else racily) and checks each holder's liveness from
 /proc (pid + start time, I21), so a killed worker shows ``alive: false`` at once,
 before any sweep. cometmp/tools/cli.py prints it.
@@ -24,7 +25,7 @@ import time
 
 from .. import paths
 from ..errors import CometError, RegistryError
-from ..registry import LIVE, STATE_NAMES, VACANT, Registry, is_alive
+from ..registry import LIVE, STATE_NAMES, VACANT, ForeignRegistry, Registry, is_alive
 
 
 def _families(directory: str) -> dict[str, int]:
@@ -54,6 +55,8 @@ def registry_status(directory: str | os.PathLike) -> dict:
                  "masters": [], "stale": False}
     try:
         reg = Registry.attach(directory)
+    except ForeignRegistry:
+        raise   # I33, I33a: a key or object someone else may control is reported, not hidden
     except RegistryError:
         return doc
     try:

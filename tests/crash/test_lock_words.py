@@ -242,7 +242,7 @@ def test_copy_taken_while_a_live_process_holds_the_lock_opens(dirs, kind):
 def test_registry_copied_while_a_live_process_holds_its_lock_is_joinable(dirs):
     src, dst, names = dirs
     os.makedirs(dst)
-    names += [shm_name(src), shm_name(dst)]
+    names += [shm_name(src, create=True), shm_name(dst, create=True)]   # I33a: keys first
     Registry.create(src, 2).close()
     with holding(HOLD_REGISTRY, src):
         # a restored /dev/shm image: the object's bytes under the copy's name
@@ -258,7 +258,7 @@ def test_registry_copied_while_a_live_process_holds_its_lock_is_joinable(dirs):
 def test_lock_word_naming_a_thread_that_does_not_exist_is_reinitialised(dirs, kind):
     src, _, names = dirs
     if kind == "registry":
-        names.append(shm_name(src))
+        names.append(shm_name(src, create=True))   # I33a: the key first
         Registry.create(src, 2).close()
     path, off = lock_file(src, kind)
     tid = dead_tid()
@@ -379,7 +379,7 @@ except cometmp.CometError as e:
 
 def test_a_live_holder_of_the_registry_lock_is_named_in_the_timeout(dirs):
     src, _, names = dirs
-    names.append(shm_name(src))
+    names.append(shm_name(src, create=True))   # I33a: the key first
     Registry.create(src, 2).close()
     with holding(HOLD_REGISTRY, src) as pid:
         os.kill(pid, signal.SIGSTOP)
@@ -416,7 +416,7 @@ def damage_trials(dirs, kind: str, trials: int) -> None:
     rng = random.Random(seed)
     if kind == "registry":
         os.makedirs(dst)
-        names += [shm_name(src), shm_name(dst)]
+        names += [shm_name(src, create=True), shm_name(dst, create=True)]   # I33a: keys first
         Registry.create(src, 2).close()
     counts: dict[str, int] = {}
     bad = []

@@ -15,6 +15,9 @@ directory: the two segments' indexes, the stream's state page, the consumer offs
 a family file, and a worker registry image. Files written (FORMAT.md section in brackets):
 
     cometmp.json                                   directory marker (§1.1)
+    registry.key                                   the registry key (§8.1); git keeps it
+                                                   0644, so a test that uses it chmods its
+                                                   copy to 0600 as cometmp writes it
     families/events:v1.json                        family file (§1.2)
     streams/golden/<base>.seg                      segments (§2)
     streams/golden/<base>.idx                      their sparse indexes (§3)
@@ -248,6 +251,8 @@ def build_layouts_v1(desc: dict, lay: dict) -> dict[str, bytes]:
     sparse = sparse_description(offsets_chunks(lay), ofs.CM_OFS_FILE_BYTES)
     out["consumers/offsets.sparse.json"] = json_file(sparse)
     out["shm/registry"] = registry_image(lay)
+    out["registry.key"] = json_file({"format": "cometmp.registry_key",
+                                     "key": lay["registry_key"]["key_hex"], "version": 1})
     for fam in lay["families"]:
         out[f"families/{fam['prefix']}.json"] = json_file(
             {"format": "cometmp.family", "prefix": fam["prefix"], "shards": fam["shards"], "version": 1})

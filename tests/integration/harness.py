@@ -226,6 +226,8 @@ def wait_owned(data_dir: str, server: Server, timeout: float = 8.0) -> dict:
 
 
 def shm_exists(data_dir: str) -> bool:
+    if registry.key.read_key(os.path.abspath(data_dir)) is None:
+        return False   # no registry key yet, so no registry anyone could name (I33a)
     return os.path.exists("/dev/shm/" + registry.shm_name(data_dir).lstrip("/"))
 
 

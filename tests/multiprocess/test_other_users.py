@@ -2,9 +2,10 @@
 
 A real second user is made with useradd (a unique name per run, removed with userdel -r
 afterwards). Its processes are real forks that dropped to that uid: they own a data
-directory, or pre-create the registry's predictable /dev/shm name the way an attacker
-would. The server refuses each clearly (naming the owner), never waits it out, never
-unlinks it, and starts once the owner removed it.
+directory, or pre-create /dev/shm names the way an attacker would. The registry's name is
+keyed with a secret in the 0700 directory (I33a), so the names an attacker can compute
+(the old predictable one, guesses) do not deny the start; an object at the real name (a
+leaked key) is refused clearly, naming the owner, never waited out, never unlinked (I33).
 """
 
 from __future__ import annotations
@@ -135,10 +136,11 @@ def test_root_may_write_another_users_data_directory_and_gives_it_what_it_create
 @pytest.mark.parametrize("mode", [0o600, 0o666], ids=["0600", "0666"])
 def test_a_registry_name_precreated_by_another_user_is_refused_naming_the_owner(top, other_user,
                                                                                mode):
+    """I33, defence in depth behind I33a: someone who knows the key squats the real name."""
     name, uid, gid = other_user
     root = os.path.join(top, "log")
     cometmp.Client(root).close()
-    path = shm_path(root)
+    path = "/dev/shm" + registry.shm_name(root, create=True)   # as if the key had leaked
     as_user(uid, gid, lambda: squat(path, mode))
     before = os.stat(path)
     with pytest.raises(cometmp.RegistryError, match=f"owned by uid {uid} \\({name}\\)") as ei:
@@ -171,3 +173,135 @@ def test_a_registry_created_for_workers_that_dropped_privileges_is_trusted(top, 
         second.close()
     finally:
         sup.close()
+
+
+def _guessable_names(directory: str) -> list[str]:
+    """The /dev/shm names another user can compute for ``directory`` without its key: the
+    name earlier builds used (unkeyed blake2b-64 of "st_dev:st_ino") and a few guesses."""
+    import hashlib
+
+    st = os.stat(directory)
+    ident = f"{st.st_dev}:{st.st_ino}".encode()
+    return ["/dev/shm/cometmp-" + h for h in (
+        hashlib.blake2b(ident, digest_size=8).hexdigest(),            # the old name
+        hashlib.blake2b(ident, digest_size=16).hexdigest(),
+        hashlib.blake2b(ident, key=bytes(32), digest_size=16).hexdigest(),
+        hashlib.blake2b(ident, key=bytes(32), digest_size=8).hexdigest(),
+        hashlib.blake2b(f"{st.st_ino}".encode(), digest_size=16).hexdigest(),
+    )]
+
+
+@pytest.mark.parametrize("keyed_before", [False, True], ids=["old-directory", "keyed"])
+def test_another_user_cannot_compute_the_registry_name_so_squatting_does_not_deny_start(
+        top, other_user, keyed_before):
+    """I33a. On builds with the predictable name this start raised ForeignRegistry."""
+    _name, uid, gid = other_user
+    root = os.path.join(top, "log")
+    with cometmp.Client(root) as c:
+        c.log("fam", shards=4).append(b"x")
+    os.chmod(root, 0o711)   # the attacker may stat it (st_dev, st_ino), not read it
+    if keyed_before:
+        Supervisor(root, 2).start().close()   # a key exists from an earlier start
+    guesses = _guessable_names(root)
+
+    def squat_all() -> None:
+        assert os.listdir("/dev/shm") is not None     # the attacker sees /dev/shm
+        try:
+            open(os.path.join(root, "registry.key"), "rb")
+        except FileNotFoundError:
+            assert not keyed_before
+        except PermissionError:
+            pass                                      # the key is not theirs to read
+        else:
+            raise AssertionError("another user read the registry key")
+        for g in guesses:
+            squat(g, 0o666)
+
+    as_user(uid, gid, squat_all)
+    squatted = {g: os.stat(g) for g in guesses}
+    try:
+        sup = Supervisor(root, 2).start()   # not denied
+        assert "/dev/shm" + sup.registry.name not in guesses
+        assert os.stat("/dev/shm" + sup.registry.name).st_uid == 0
+        pids, reads, stay = _members(root, 2)
+        try:
+            ids = sorted(int(os.read(r, 16)) for r in reads)
+            assert ids == [0, 1]                               # ownership settles
+            owners = sup.snapshot().owners(4)
+            assert -1 not in owners and sorted(set(owners)) == [0, 1]
+        finally:
+            os.close(stay)
+            for r in reads:
+                os.close(r)
+            for pid in pids:
+                _, st = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(st) == 0
+            sup.close()
+        for g, st in squatted.items():     # the squatted objects were left alone
+            now = os.stat(g)
+            assert (now.st_ino, now.st_uid, now.st_mtime_ns) == (st.st_ino, st.st_uid,
+                                                                 st.st_mtime_ns)
+    finally:
+        for g in guesses:
+            try:
+                os.unlink(g)
+            except FileNotFoundError:
+                pass
+
+
+def _members(root: str, n: int) -> tuple[list[int], list[int], int]:
+    """``n`` forked workers that join ``root``, each writing its worker_id to its own pipe
+    and staying a member until the one returned write end is closed: (pids, reads, stay)."""
+    import signal
+
+    stay_r, stay_w = os.pipe()
+    pids, reads = [], []
+    for _ in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(30)
+                os.close(stay_w)
+                os.write(w, str(registry.join(root, start_thread=False)).encode())
+                os.read(stay_r, 1)
+                registry.leave()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        pids.append(pid)
+        reads.append(r)
+    os.close(stay_r)
+    return pids, reads, stay_w
+
+
+def test_a_registry_key_of_another_user_is_refused_and_they_cannot_read_ours(top, other_user):
+    """I33a: a key file someone else owns may be known to them; status as another user
+    fails naming the key, status as its owner works."""
+    from cometmp.tools.status import registry_status
+
+    name, uid, gid = other_user
+    root = os.path.join(top, "log")
+    cometmp.Client(root).close()
+    os.chmod(root, 0o755)   # as an older build left it: readable by others
+    sup = Supervisor(root, 2).start()
+    try:
+        def status_refused() -> None:
+            try:
+                registry_status(root)
+            except cometmp.StorageError as e:
+                assert e.errno == errno.EACCES and os.path.join(root, "registry.key") in str(e)
+                assert "run this as that user" in str(e) and "uid 0 (root)" in str(e), e
+            else:
+                raise AssertionError("another user's status read the registry")
+
+        as_user(uid, gid, status_refused)
+        assert registry_status(root)["registry"] == sup.registry.name   # the owner's works
+    finally:
+        sup.close()
+    os.chown(os.path.join(root, "registry.key"), uid, gid)
+    with pytest.raises(registry.ForeignRegistry, match=f"owned by uid {uid} \\({name}\\)") as ei:
+        Supervisor(root, 2).start()
+    assert os.path.join(root, "registry.key") in str(ei.value)

@@ -3,7 +3,8 @@
 Each test runs the whole life of a data directory under one umask: the directory and its
 marker, a family file, streams crossing rotations (segments, indexes and state pages come
 from temp files renamed in), a consumer group (the offsets file), an index rebuilt by a
-reader and persisted, and a state page rebuilt by a writer.
+reader and persisted, a state page rebuilt by a writer, and the registry key made when a
+registry is first created.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def test_every_file_is_0600_and_every_directory_0700_whatever_the_umask(tmp_path
         c.read(stream, sealed[1][0] - 1)
         c.append("plain", [b"q"])
     assert os.path.exists(sealed[0][1][:-4] + paths.INDEX_SUFFIX)
+    from cometmp.registry import shm_name
+
+    shm_name(root, create=True)                              # the registry key (I33a)
     found = modes(root)
     kinds = {os.path.basename(p).rsplit(".", 1)[-1] for p in found}
-    assert {"seg", "idx", "json", "state", "offsets"} <= kinds
+    assert {"seg", "idx", "json", "state", "offsets", "key"} <= kinds
     wrong = {p: f"{m:04o}" for p, m in found.items()
              if m != (0o700 if os.path.isdir(p) else 0o600)}
     assert not wrong, f"umask {umask:03o}: {wrong}"

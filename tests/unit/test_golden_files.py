@@ -67,6 +67,7 @@ GOLDEN_V1 = {
     "streams/golden/state",
     "consumers/offsets.sparse.json",
     "shm/registry",
+    "registry.key",
 }
 STREAM_FILES = sorted(os.path.basename(p) for p in GOLDEN_V1 if p.startswith("streams/golden/"))
 GOLDEN_V2 = {p for p in GOLDEN_V1 if p.startswith("streams/golden/")} | {"cometmp.json"}
@@ -320,3 +321,23 @@ def test_golden_family_file_gives_the_shard_count(tmp_path):
         assert c.log("events:v1", shards=16) is not None
         with pytest.raises(cometmp.ShardCountMismatch):
             c.log("events:v1", shards=8)
+
+
+def test_golden_registry_key_names_the_registry_and_is_what_the_writer_writes(tmp_path):
+    """FORMAT.md §8.1: the v1 key file is read by shm_name, whose name is the keyed
+    blake2b-128 of the copy's own (st_dev, st_ino); the key writer encodes the same bytes."""
+    import hashlib
+
+    from cometmp.registry import key, table
+
+    root = str(tmp_path / "v1")
+    shutil.copytree(V1, root)
+    os.chmod(os.path.join(root, "registry.key"), 0o600)   # git keeps files 0644 (I33a)
+    secret = bytes.fromhex(load_layouts()["registry_key"]["key_hex"])
+    st = os.stat(root)
+    want = hashlib.blake2b(f"{st.st_dev}:{st.st_ino}".encode(), key=secret,
+                           digest_size=16).hexdigest()
+    assert table.shm_name(root) == "/cometmp-" + want
+    assert key.read_key(root) == secret
+    with open(os.path.join(V1, "registry.key"), "rb") as f:
+        assert key.encode(secret) == f.read()
