@@ -268,33 +268,47 @@ def read_file(path: str, inside: int = IN_ROOT, limit: int = -1) -> bytes:
         return f.read(limit)
 
 
-def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
+def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT, point: str = "json") -> None:
     """Crash-safe file protocol (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> rename ->
     fsync the directory; no step follows a link (I30; rename replaces a link, never its
-    target)."""
+    target). A failure before the rename unlinks the temp file. ``point`` names the
+    failpoints of the steps in the test build (``<point>.create``, ``.write``, ``.fsync``,
+    ``.rename``, ``.dir_fsync``; docs/ARCHITECTURE.md §4.2)."""
+    from . import failpoint
+
     parent, name = os.path.split(os.path.abspath(path))
     dfd = open_dir_nofollow(parent, inside - 1) if inside > 1 else \
         os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         tmp = f"{name}.{os.getpid()}{TMP_SUFFIX}"
+        tmp_path = os.path.join(parent, tmp)
         try:
+            failpoint.fail(point + ".create", tmp_path)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                          FILE_MODE, dir_fd=dfd)
         except OSError as e:
-            raise _refuse_link(e, dfd, tmp, os.path.join(parent, tmp)) from None
+            raise _refuse_link(e, dfd, tmp, tmp_path) from None
         try:
             os.fchmod(fd, FILE_MODE)   # I31
             adopt(dfd, fd)             # I32
+            failpoint.fail(point + ".write", tmp_path)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            failpoint.fail(point + ".fsync", tmp_path)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp, dir_fd=dfd)
             raise
         os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        try:
+            failpoint.fail(point + ".rename", path)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+        failpoint.fail(point + ".dir_fsync", parent)
         os.fsync(dfd)
     finally:
         os.close(dfd)

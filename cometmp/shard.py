@@ -18,7 +18,7 @@ import struct
 import time
 from typing import Iterator, NamedTuple
 
-from . import paths
+from . import failpoint, paths
 from ._ffi import check, ffi, lib, raise_for
 from .compression import decompress
 from .errors import (
@@ -177,6 +177,7 @@ class StateView:
         self.live = False
         with os_errors(self.path, "open state page"):
             try:
+                failpoint.fail("read.state_open", self.path)
                 fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
             except FileNotFoundError:
                 return
@@ -188,6 +189,7 @@ class StateView:
                 if st.st_size != CM_STATE_BYTES:
                     return
                 self.inode = st.st_ino
+                failpoint.fail("read.state_map", self.path)
                 mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
             live = writer_live(fd)
         finally:
@@ -236,6 +238,7 @@ class StateView:
 
     def close(self) -> None:
         mm, self.mm = self.mm, None
+        self.live = False
         if mm is not None:
             mm.close()
 
