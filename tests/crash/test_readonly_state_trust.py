@@ -6,7 +6,7 @@ construction (the writer's open recovered it) and the reader follows new appends
 
 Each trial copies one closed stream (four+ 1 MiB segments), flips one seeded random bit of
 one field while no process has it open, and checks a readonly client's length, reads,
-scan and consumer against what was acknowledged. Seeds are printed; rerun one with
+scan, consumer and ``cometmp stats`` against what was acknowledged. Seeds are printed; rerun one with
 ``COMETMP_RO_SEED=<seed>``.
 """
 
@@ -25,6 +25,7 @@ import pytest
 import cometmp
 from cometmp import format as fmt
 from cometmp import paths
+from cometmp.stats import directory_stats
 from conftest import child_env, small_config
 
 STREAM = "ro:shard:0000"
@@ -66,6 +67,7 @@ def flip(root: str, field: str, seed: int, bit: int | None = None) -> str:
 
 
 def check_readonly_sees_exactly_the_acked_entries(root: str, ctx: str) -> None:
+    assert directory_stats(root)["streams"][STREAM]["length"] == ENTRIES, ctx   # cometmp stats
     with cometmp.Client(root, readonly=True) as ro:
         assert ro.length(STREAM) == ENTRIES, ctx
         assert ro.read(STREAM, ENTRIES - 1).data == payload(ENTRIES - 1), ctx
