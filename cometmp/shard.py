@@ -304,12 +304,13 @@ class Reader:
     def _files_committed(self) -> int:
         """No writer keeps the state page current (I27a): count the valid records of
         the newest segment, the page's ``committed``/``tail`` only a second opinion.
-        They are kept against the walk only when they contradict it both (the walk
-        ends before the page's tail and below its count in the same segment: acked
-        records zeroed or cut, whose numbers stay taken, I1, and which reads report as
-        damage), as recovery does (I27); when the walk ends where one of them says,
-        the other was damaged and the files win. The walk's count and end are kept, so
-        a later call walks only what was added, and calls within StateView.RECHECK s
+        They are kept against the walk only when they contradict it both, in the same
+        segment, as recovery does (I27): the walk ends before the page's tail and below
+        its count (acked records zeroed or cut, whose numbers stay taken, I1, and which
+        reads report as damage), or past both (complete records of a writer killed
+        before it published them: recovery zeroes them, so they are never entries); when the walk ends where one of them says,
+        the other was damaged and the files win. The walk starts at the last indexed
+        record; its count and end are kept, so a later call walks only what was added, and calls within StateView.RECHECK s
         reuse the result: a read costs what it costs with a trusted page, not a walk
         of the segment."""
         now = time.monotonic()
@@ -319,11 +320,21 @@ class Reader:
             return 0
         base = self._bases[-1]
         prev = self._fallback_committed
+        seg = self._segment(base)
         if prev is not None and prev[2] is not None and prev[2][0] == base:
             _b, off, seq, count = prev[2]
         else:
-            off, seq, count = CM_SEG_HEADER_BYTES, 0, 0
-        for rec in self._segment(base).walk(off, seq):
+            # start at the segment's last indexed record (each index entry is checked
+            # against its record before use, I8; a damaged index is rebuilt in memory),
+            # so the first count walks one index interval, not the segment. A probe of
+            # its own: the read path's index object is left as it is
+            probe = SegmentIndex(self.directory, base)
+            try:
+                off, seq = probe.floor(seg, 0xFFFFFFFF, False)
+            finally:
+                probe.close()
+            count = seq
+        for rec in seg.walk(off, seq):
             if not isinstance(rec, Damage):
                 count = rec.seq + 1
                 off, seq = rec.offset + rec.frame_bytes, rec.seq + 1
@@ -331,7 +342,11 @@ class Reader:
         if self.state.valid:
             page_committed = self.state.committed()
             page_base, page_tail = self.state.tail()
-            if page_base == base and page_tail > off and page_committed > n:
+            if page_base == base and page_tail != off and page_committed != n and \
+                    page_committed >= base:
+                # both contradict the walk: acked records zeroed or cut (reads report
+                # them damaged), or complete records a killed writer never published
+                # (the next writer open zeroes them, so they are not entries)
                 n = page_committed
         self._fallback_committed = (now, n, (base, off, seq, count))
         return n

@@ -105,6 +105,31 @@ def test_a_flipped_bit_in_a_stopped_streams_page_neither_hides_nor_invents_entri
         shutil.rmtree(root)
 
 
+def test_a_record_a_killed_writer_never_published_is_not_announced(template, tmp_path):
+    # the state of a writer killed after it wrote entry ENTRIES's frame, before it
+    # published it: the record is complete in the segment, the page says ENTRIES
+    root = str(tmp_path / "unpublished")
+    subprocess.run(["cp", "-a", "--sparse=always", template, root], check=True)
+    state = os.path.join(paths.stream_dir(root, STREAM), paths.STATE)
+    with open(state, "rb") as f:
+        page = f.read()
+    with cometmp.Client(root, config=small_config()) as w:
+        assert w.append(STREAM, [b"never acknowledged"])[0].entry == ENTRIES
+    with open(state, "r+b") as f:
+        f.write(page)
+    with cometmp.Client(root, readonly=True) as ro:
+        assert ro.length(STREAM) == ENTRIES
+        with pytest.raises(cometmp.EntryNotFound):
+            ro.read(STREAM, ENTRIES)
+        assert [m.id.entry for m in ro.scan(STREAM, ENTRIES - 2)] == [ENTRIES - 2, ENTRIES - 1]
+    # and the writer's recovery agrees: the number goes to the next acknowledged entry
+    with cometmp.Client(root, config=small_config()) as w:
+        assert w.length(STREAM) == ENTRIES
+        assert w.append(STREAM, [b"acknowledged"])[0].entry == ENTRIES
+    with cometmp.Client(root, readonly=True) as ro:
+        assert ro.read(STREAM, ENTRIES).data == b"acknowledged"
+
+
 WRITER = r"""
 import sys, cometmp
 root, n = sys.argv[1], int(sys.argv[2])
