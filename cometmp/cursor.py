@@ -32,7 +32,7 @@ from .format import (
     CM_STATE_VERSION,
 )
 from .segment import Damage
-from .shard import Reader
+from .shard import Reader, writer_live
 
 log = logging.getLogger("cometmp")
 
@@ -48,7 +48,7 @@ class StatePage:
     and (read-write mapping only) the address cm_wait registers on. Remapped when the
     writer rebuilt the file (a new inode)."""
 
-    __slots__ = ("path", "rw", "mm", "ptr", "ino")
+    __slots__ = ("path", "rw", "mm", "ptr", "ino", "live")
 
     def __init__(self, directory: str, rw: bool):
         self.path = os.path.join(directory, paths.STATE)
@@ -56,6 +56,7 @@ class StatePage:
         self.mm: mmap.mmap | None = None
         self.ptr = None
         self.ino = -1
+        self.live = False       # a writer kept the page current when mapped (I27a)
         self.remap()
 
     def remap(self) -> bool:
@@ -73,6 +74,7 @@ class StatePage:
                 return False
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.rw else 0)
             mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, prot)
+            self.live = writer_live(fd)
         finally:
             os.close(fd)
         magic, version = struct.unpack_from("=IH", mm, 0)
@@ -83,6 +85,22 @@ class StatePage:
         if self.rw:
             self.ptr = ffi.from_buffer(mm)
         return True
+
+    def writer_opened(self) -> bool:
+        """Whether a writer holds the page now (I27a); then ``live`` stays set for this
+        mapping. Three syscalls, made only while no writer was seen, so a consumer
+        beside a writer that opened after it follows at once."""
+        if self.mm is None:
+            return False
+        try:
+            fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
+        except OSError:
+            return False
+        try:
+            self.live = os.fstat(fd).st_ino == self.ino and writer_live(fd)
+        finally:
+            os.close(fd)
+        return self.live
 
     def stale(self) -> bool:
         try:
@@ -138,7 +156,10 @@ class Cursor:
     def committed(self) -> int:
         if self.closed:
             raise ClosedError(f"consumer cursor of {self.name!r} is closed")
-        if self.state.mm is None and not self.state.remap():
+        # I27a: the page's count only while a writer keeps it current; otherwise the
+        # reader's, which the segment files decide (and which notices a writer opening)
+        if (self.state.mm is None and not self.state.remap()) or \
+                not (self.state.live or self.state.writer_opened()):
             return self.reader.committed()
         return self.state.read(_U64, CM_STATE_OFF_COMMITTED)
 

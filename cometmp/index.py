@@ -24,7 +24,7 @@ import os
 import struct
 import time
 
-from . import paths
+from . import failpoint, paths
 from ._ffi import ffi, lib
 from .format import (
     CM_IDX_ENTRY_BYTES,
@@ -69,6 +69,8 @@ class SegmentIndex:
         self.base = base
         self.interval = DEFAULT_INTERVAL
         self.rebuilt = False
+        #: the OSError of the last rebuild's persist, None if it was persisted (or not asked)
+        self.persist_error: OSError | None = None
         self._view: tuple = _NO_TABLE    # (table, cffi export, size)
         self._mapped_at = 0.0
         self._map()
@@ -78,15 +80,17 @@ class SegmentIndex:
         """Map the index file if its header is valid for this segment (FORMAT.md §3.1)."""
         self._mapped_at = time.monotonic()
         try:
+            failpoint.fail("read.index_open", self.path)
             fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise
-            return
+            return      # derived data (I8): served from a rebuild in memory
         try:
             size = os.fstat(fd).st_size
             if size < CM_IDX_HEADER_BYTES:
                 return
+            failpoint.fail("read.index_map", self.path)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, ValueError):
             return
@@ -145,10 +149,14 @@ class SegmentIndex:
         if persist:
             try:
                 # I30, I31: temp 0600 renamed over the index, never through a link
-                paths.write_file_atomic(self.path, bytes(table), paths.IN_STREAM)
+                paths.write_file_atomic(self.path, bytes(table), paths.IN_STREAM,
+                                        point="index.persist")
                 log.info("cometmp: rebuilt index %s (%d entries)", self.path, count[0])
             except OSError as e:  # the in-memory index still serves; retry next open
+                self.persist_error = e
                 log.warning("cometmp: could not persist rebuilt index %s: %s", self.path, e)
+            else:
+                self.persist_error = None
 
     # ---- lookups ------------------------------------------------------------------------
     def floor(self, seg: Segment, target: int, persist: bool) -> tuple[int, int]:

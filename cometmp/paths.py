@@ -279,21 +279,29 @@ def _parent_fd(path: str, inside: int) -> tuple[int, str, str]:
     return dfd, parent, name
 
 
-def _write_temp(dfd: int, parent: str, name: str, data: bytes) -> str:
+def _write_temp(dfd: int, parent: str, name: str, data: bytes, point: str) -> str:
     """Write ``data`` to the temp file ``<name>.<pid>.tmp`` below ``dfd`` (0600, I31; owned
-    as I32 says; never through a link, I30) and fsync it. Returns the temp file's name."""
+    as I32 says; never through a link, I30) and fsync it; a failure unlinks it. Returns
+    the temp file's name. ``point``: the failpoint prefix (``.create``, ``.write``,
+    ``.fsync``)."""
+    from . import failpoint
+
     tmp = f"{name}.{os.getpid()}{TMP_SUFFIX}"
+    tmp_path = os.path.join(parent, tmp)
     try:
+        failpoint.fail(point + ".create", tmp_path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      FILE_MODE, dir_fd=dfd)
     except OSError as e:
-        raise _refuse_link(e, dfd, tmp, os.path.join(parent, tmp)) from None
+        raise _refuse_link(e, dfd, tmp, tmp_path) from None
     try:
         os.fchmod(fd, FILE_MODE)   # I31
         adopt(dfd, fd)             # I32
+        failpoint.fail(point + ".write", tmp_path)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        failpoint.fail(point + ".fsync", tmp_path)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -303,14 +311,24 @@ def _write_temp(dfd: int, parent: str, name: str, data: bytes) -> str:
     return tmp
 
 
-def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT) -> None:
+def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT, point: str = "json") -> None:
     """Crash-safe file protocol (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> rename ->
     fsync the directory; no step follows a link (I30; rename replaces a link, never its
-    target)."""
+    target). A failure before the rename unlinks the temp file. ``point`` names the
+    failpoints of the steps in the test build (``<point>.create``, ``.write``, ``.fsync``,
+    ``.rename``, ``.dir_fsync``; docs/ARCHITECTURE.md §4.2)."""
+    from . import failpoint
+
     dfd, parent, name = _parent_fd(path, inside)
     try:
-        tmp = _write_temp(dfd, parent, name, data)
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        tmp = _write_temp(dfd, parent, name, data, point)
+        try:
+            failpoint.fail(point + ".rename", path)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dfd)
+            raise
+        failpoint.fail(point + ".dir_fsync", parent)
         os.fsync(dfd)
     finally:
         os.close(dfd)
@@ -326,7 +344,7 @@ def create_file_once(path: str, data: bytes, inside: int = IN_ROOT) -> bool:
     an existing file (or a link planted at the name, I30) is never replaced."""
     dfd, parent, name = _parent_fd(path, inside)
     try:
-        tmp = _write_temp(dfd, parent, name, data)
+        tmp = _write_temp(dfd, parent, name, data, "json")
         try:
             os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
             created = True

@@ -15,7 +15,7 @@ import mmap
 import os
 from typing import Iterator, NamedTuple
 
-from . import paths
+from . import failpoint, paths
 from ._ffi import ffi, lib
 from .errors import ClosedError, os_error, os_errors
 from .format import CM_REC_HEADER_BYTES, CM_SEG_HEADER_BYTES
@@ -108,6 +108,7 @@ class Segment:
         callers treat it as that race); every other OS failure is the cometmp error of
         errors.os_error."""
         try:
+            failpoint.fail("read.segment_open", path)
             fd = paths.open_nofollow(path, os.O_RDONLY, paths.IN_STREAM)
         except FileNotFoundError:
             raise
@@ -116,6 +117,7 @@ class Segment:
         try:
             with os_errors(path, "map segment"):
                 size = os.fstat(fd).st_size
+                failpoint.fail("read.segment_map", path)
                 mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
         finally:
             os.close(fd)

@@ -10,6 +10,7 @@ damaged index of a sealed segment (I8).
 from __future__ import annotations
 
 import bisect
+import fcntl
 import logging
 import mmap
 import os
@@ -17,7 +18,7 @@ import struct
 import time
 from typing import Iterator, NamedTuple
 
-from . import paths
+from . import failpoint, paths
 from ._ffi import check, ffi, lib, raise_for
 from .compression import decompress
 from .errors import (
@@ -34,6 +35,7 @@ from .format import (
     CM_SEG_VERSION,
     CM_STATE_BYTES,
     CM_STATE_MAGIC,
+    CM_STATE_OFF_ACTIVE_BASE,
     CM_STATE_OFF_COMMITTED,
     CM_STATE_VERSION,
     COUNTERS,
@@ -143,16 +145,39 @@ class Writer:
         lib.cm_shard_close(self.handle)
 
 
+#: struct flock as fcntl(2) takes it: l_type, l_whence, l_start, l_len, l_pid (native layout)
+_FLOCK = struct.Struct("@hhqqi4x")
+
+
+def writer_live(fd: int) -> bool:
+    """Whether a writer holds the state page open on ``fd``'s file: it takes a read
+    lock on the whole page after its open recovered the page from the segment files
+    (I27a, ``announce_writer`` in native/shard.c), so then ``committed``/``tail`` are
+    current. F_OFD_GETLK only tests (readers never contend). Any error: not live, so
+    the caller checks the page against the files (never wrong, only slower)."""
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    except OSError:
+        return False
+    return _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
+
+
 class StateView:
-    """Read-only view of a stream's state page: the published tail, counters."""
+    """Read-only view of a stream's state page: the published tail, counters.
+
+    ``live``: a writer held the page when it was mapped (``writer_live``), so its
+    ``committed`` is current; otherwise it is a hint the reader checks against the
+    segment files (I27a, ``Reader.committed``)."""
 
     RECHECK = 0.1
 
     def __init__(self, directory: str):
         self.path = os.path.join(directory, paths.STATE)
         self.mm: mmap.mmap | None = None
+        self.live = False
         with os_errors(self.path, "open state page"):
             try:
+                failpoint.fail("read.state_open", self.path)
                 fd = paths.open_nofollow(self.path, os.O_RDONLY, paths.IN_STREAM)   # I30
             except FileNotFoundError:
                 return
@@ -164,14 +189,16 @@ class StateView:
                 if st.st_size != CM_STATE_BYTES:
                     return
                 self.inode = st.st_ino
+                failpoint.fail("read.state_map", self.path)
                 mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+            live = writer_live(fd)
         finally:
             os.close(fd)
         magic, version = struct.unpack_from("=IH", mm, 0)
         if magic != CM_STATE_MAGIC or version != CM_STATE_VERSION:
             mm.close()
             return
-        self.mm = mm
+        self.mm, self.live = mm, live
 
     @property
     def valid(self) -> bool:
@@ -199,6 +226,10 @@ class StateView:
     def committed(self) -> int:
         return self._unpack("=Q", CM_STATE_OFF_COMMITTED)[0]
 
+    def tail(self) -> tuple[int, int]:
+        """(active_base, tail) as the page says."""
+        return self._unpack("=QQ", CM_STATE_OFF_ACTIVE_BASE)
+
     def counters(self) -> dict[str, int]:
         from .format import CM_STATE_OFF_COUNTERS
 
@@ -207,6 +238,7 @@ class StateView:
 
     def close(self) -> None:
         mm, self.mm = self.mm, None
+        self.live = False
         if mm is not None:
             mm.close()
 
@@ -246,27 +278,41 @@ class Reader:
         self._bases = paths.list_segment_bases(self.directory)
 
     def committed(self) -> int:
-        """Next entry number: every entry below it is complete and readable (I2)."""
+        """Next entry number: every entry below it is complete and readable (I2).
+
+        I27a: the state page's count is taken as it is only while a writer holds the
+        page (``StateView.live``: that writer's open recovered it from the segment files
+        and keeps it current). Otherwise (a readonly client on a stopped server's
+        directory, a backup, a copy, no page at all) the files decide: the newest
+        segment is walked once and then only what was added (``_files_committed``),
+        and the page, if any, is looked at again at most every StateView.RECHECK s,
+        so a writer that opens meanwhile is followed."""
         self._check()
-        if self.state.valid and not self.state.replaced():
+        if self.state.live and not self.state.replaced():
             return self.state.committed()
         fallback = self._fallback_committed
-        if self.state.valid or fallback is None or \
+        if self.state.live or fallback is None or \
                 time.monotonic() - fallback[0] >= StateView.RECHECK:
             self.state.close()
             self.state = StateView(self.directory)
-            if self.state.valid:
+            if self.state.live:
                 self._fallback_committed = None
                 return self.state.committed()
-            return self._scan_committed()
+            return self._files_committed()
         return fallback[1]
 
-    def _scan_committed(self) -> int:
-        """No usable state page (a readonly client on a copied or damaged directory, so no
-        writer publishes): count the valid records of the last segment. The count and
-        where the walk ended are kept, so a later call walks only what was added, and
-        calls within StateView.RECHECK s reuse it: a read costs what it costs with a
-        state page, not a walk of the segment."""
+    def _files_committed(self) -> int:
+        """No writer keeps the state page current (I27a): count the valid records of
+        the newest segment, the page's ``committed``/``tail`` only a second opinion.
+        They are kept against the walk only when they contradict it both, in the same
+        segment, as recovery does (I27): the walk ends before the page's tail and below
+        its count (acked records zeroed or cut, whose numbers stay taken, I1, and which
+        reads report as damage), or past both (complete records of a writer killed
+        before it published them: recovery zeroes them, so they are never entries); when the walk ends where one of them says,
+        the other was damaged and the files win. The walk starts at the last indexed
+        record; its count and end are kept, so a later call walks only what was added, and calls within StateView.RECHECK s
+        reuse the result: a read costs what it costs with a trusted page, not a walk
+        of the segment."""
         now = time.monotonic()
         self._refresh_bases()
         if not self._bases:
@@ -274,16 +320,36 @@ class Reader:
             return 0
         base = self._bases[-1]
         prev = self._fallback_committed
+        seg = self._segment(base)
         if prev is not None and prev[2] is not None and prev[2][0] == base:
             _b, off, seq, count = prev[2]
         else:
-            off, seq, count = CM_SEG_HEADER_BYTES, 0, 0
-        for rec in self._segment(base).walk(off, seq):
+            # start at the segment's last indexed record (each index entry is checked
+            # against its record before use, I8; a damaged index is rebuilt in memory),
+            # so the first count walks one index interval, not the segment. A probe of
+            # its own: the read path's index object is left as it is
+            probe = SegmentIndex(self.directory, base)
+            try:
+                off, seq = probe.floor(seg, 0xFFFFFFFF, False)
+            finally:
+                probe.close()
+            count = seq
+        for rec in seg.walk(off, seq):
             if not isinstance(rec, Damage):
                 count = rec.seq + 1
                 off, seq = rec.offset + rec.frame_bytes, rec.seq + 1
-        self._fallback_committed = (now, base + count, (base, off, seq, count))
-        return base + count
+        n = base + count
+        if self.state.valid:
+            page_committed = self.state.committed()
+            page_base, page_tail = self.state.tail()
+            if page_base == base and page_tail != off and page_committed != n and \
+                    page_committed >= base:
+                # both contradict the walk: acked records zeroed or cut (reads report
+                # them damaged), or complete records a killed writer never published
+                # (the next writer open zeroes them, so they are not entries)
+                n = page_committed
+        self._fallback_committed = (now, n, (base, off, seq, count))
+        return n
 
     def first(self) -> int:
         """Oldest retained entry: the base of the oldest segment file. The state page's

@@ -10,7 +10,7 @@ import os
 
 from . import paths
 from .errors import os_errors
-from .shard import StateView
+from .shard import Reader, StateView
 
 
 def _dir_bytes(directory: str) -> tuple[int, int, int]:
@@ -48,8 +48,17 @@ def stream_stats(root: str, name: str) -> dict:
         "counters": {},
     }
     if state.valid:
-        out["length"] = state.committed()
         out["counters"] = state.counters()
+    if state.live:
+        out["length"] = state.committed()
+    elif bases:
+        # I27a: no writer keeps the page current (a stopped server, a copy): the files
+        # decide, as for any reader (one walk of the newest segment)
+        reader = Reader(d, name, 0, writable_index=False)
+        try:
+            out["length"] = reader.committed()
+        finally:
+            reader.close()
     state.close()
     return out
 

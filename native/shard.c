@@ -802,6 +802,19 @@ static int publish_state(cm_shard *s) {
     return CM_OK;
 }
 
+/* I27a: a read lock on the whole state page (an open-file-description lock, held
+ * until the page's fd closes) says "a writer recovered this page from the
+ * segment files and keeps it current". Taken only after recovery published the
+ * page, so a reader that sees it (F_OFD_GETLK, which takes nothing: readers never
+ * contend with each other or with the writer) may trust committed/tail; a reader
+ * that does not checks them against the files (Reader.committed, cometmp/shard.py).
+ * A failure to take it only costs readers that check. Caller holds the directory
+ * flock. */
+static void announce_writer(cm_shard *s) {
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    (void)fcntl(s->state_fd, F_OFD_SETLK, &fl);
+}
+
 int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_open_report *rep) {
     *out = NULL;
     if (rep) memset(rep, 0, sizeof *rep);
@@ -830,7 +843,7 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
         s->dirfd = -1;
         goto fail;
     }
-    if (flock(s->dirfd, LOCK_EX) != 0) {
+    if (CM_FAILPOINT_ERRNO("open.flock") || flock(s->dirfd, LOCK_EX) != 0) {
         rc = cm_fail(CM_E_IO, errno, "flock %s", dir);
         goto fail;
     }
@@ -850,6 +863,7 @@ int cm_shard_open(const char *dir, const cm_options *opt, cm_shard **out, cm_ope
             rc = r;
         }
         if (rc == CM_OK && fresh) rc = publish_state(s);
+        if (rc == CM_OK) announce_writer(s);
     }
     flock(s->dirfd, LOCK_UN);
     if (rc < 0) goto fail;

@@ -12,7 +12,7 @@ go through the failpoint copy too. Nothing in the installed package changes.
 In that child ``COMETMP_FAILPOINT="rotate.map:3:ENOSPC"`` (comma-separated, an optional
 fourth field = how many consecutive evaluations fail) makes the 3rd evaluation of the point
 fail with that errno; counters restart whenever the variable changes. The Python-only
-steps (retention's deletions) have points too (cometmp/failpoint.py), live only when this
+steps (retention's deletions, read-only opens and maps, paths.write_file_atomic) have points too (cometmp/failpoint.py), live only when this
 core is the one loaded. The points: docs/ARCHITECTURE.md §4.1 (rotation, tested by
 crash/test_rotation_faults.py) and §4.2 (every other path, crash/test_injected_faults.py).
 """
@@ -34,6 +34,9 @@ NATIVE = pathlib.Path(__file__).resolve().parent.parent / "native"
 ROTATION_POINTS = ("rotate.seal_fsync", "rotate.index_create", "rotate.segment_create", "rotate.map",
                    "rotate.rename", "rotate.fsync", "rotate.after_segment_create", "rotate.remove")
 
+#: the steps of paths.write_file_atomic, each a point under the caller's prefix
+PERSIST_STEPS = ("create", "write", "fsync", "rename", "dir_fsync")
+
 #: every other failpoint (docs/ARCHITECTURE.md §4.2), by the scenario of
 #: crash/injected_fault_worker.py that reaches it, with the durability mode it needs
 PATH_POINTS = {
@@ -43,31 +46,41 @@ PATH_POINTS = {
               ("segment.fsync", "always"), ("index.create", "none"),
               ("index.fallocate", "none"), ("index.write", "none"), ("index.fsync", "always"),
               ("index.rename", "none")],
-    "open": [("open.mkdir", "none"), ("open.dir", "none"), ("open.state", "none"),
+    "open": [("open.mkdir", "none"), ("open.dir", "none"), ("open.flock", "none"), ("open.state", "none"),
              ("open.state_read", "none"), ("open.state_map", "none"), ("open.segment", "none"),
              ("open.segment_map", "none"), ("open.index", "none"), ("open.index_map", "none")],
     "open-rebuild": [("open.state_create", "none"), ("open.state_write", "none"),
                      ("open.state_rename", "none"), ("index.create", "none"),
                      ("index.fallocate", "none"), ("index.write", "none"),
                      ("index.rename", "none")],
-    "create": [("open.mkdir", "none"), ("open.state_create", "none"), ("segment.create", "none"),
+    "create": [("json.create", "none"), ("json.write", "none"), ("json.fsync", "none"),
+               ("json.rename", "none"), ("json.dir_fsync", "none"),
+               ("open.mkdir", "none"), ("open.state_create", "none"), ("segment.create", "none"),
                ("segment.truncate", "none"), ("segment.fallocate", "none"),
                ("segment.write", "none"), ("segment.fsync", "none"), ("segment.rename", "none"),
                ("segment.dir_fsync", "none")],
-    "recovery": [("recover.restore_size", "none"), ("recover.fsync", "none")],
+    "recovery": [("open.flock", "none"), ("recover.restore_size", "none"), ("recover.fsync", "none")],
     "recovery-header": [("recover.header_repair", "none")],
     "group": [("offsets.create", "none"), ("offsets.truncate", "none"), ("offsets.write", "none"),
               ("offsets.fsync", "none"), ("offsets.rename", "none")],
     "ack": [("offsets.open", "none"), ("offsets.map", "none")],
     "retention": [("retention.rename", "none"), ("retention.unlink_index", "none"),
                   ("retention.unlink_segment", "none")],
+    "marker": [("json.create", "none"), ("json.write", "none"), ("json.fsync", "none"),
+               ("json.rename", "none"), ("json.dir_fsync", "none"), ("open.flock", "none")],
+    "readonly": [("read.state_open", "none"), ("read.state_map", "none"),
+                 ("read.segment_open", "none"), ("read.segment_map", "none"),
+                 ("read.index_open", "none"), ("read.index_map", "none")],
+    "index-persist": [(f"index.persist.{step}", "none") for step in PERSIST_STEPS],
+    "recover-index": [("open.flock", "none")] +
+                     [(f"index.persist.{step}", "none") for step in PERSIST_STEPS],
 }
 #: the prefault thread's point (native/prealloc.c; crash/test_prefault_faults.py): a failure
 #: leaves the pages to the appender, never an error; "prefault.assume_idle" is not a failure
 #: but steers the thread's policy to take every request, so the point is reached under load
 PREFAULT_POINTS = ("prefault.populate",)
 #: points whose failure the engine absorbs without an error: a derived file is rebuilt
-ABSORBED = {"open.index"}
+ABSORBED = {"open.index", "read.index_open", "read.index_map"}
 #: consecutive failures a case needs before the API sees one: append.alloc reserves
 #: headroom ahead of the tail, and a failed headroom reservation is retried silently
 RUN_LENGTH = {"append.alloc": 6}

@@ -776,7 +776,11 @@ def recover_directory(root: str, progress: Progress | None = None) -> RecoveryRe
                     idx.rebuild(seg, persist=True)
                     again = StreamReport(name)
                     _check_index(directory, base, seg, None, again, walked)
-                    if again.problems:
+                    if idx.persist_error is not None:
+                        e = idx.persist_error
+                        report.failures.append(f"{idx.path}: could not persist the rebuilt index: "
+                                               f"{e.strerror or e} (errno {e.errno})")
+                    elif again.problems:
                         report.failures.append(f"{idx.path}: could not rebuild: {again.problems[0].message}")
                     else:
                         report.indexes_rebuilt.append(idx.path)

@@ -22,6 +22,10 @@ Scenarios (the path each point is on; docs/ARCHITECTURE.md §4.2):
   group          a consumer group created where no offsets file exists yet
   ack            a second consumer of an existing group (offsets file opened, mapped)
   retention      max_shard_bytes retention over five sealed segments
+  marker         a new data directory: marker, family file, stream (flock)
+  readonly       reads of a closed stream by a readonly client (state page, segments, indexes)
+  index-persist  a writable read of a sealed segment whose index is missing (rebuilt, persisted)
+  recover-index  ``cometmp recover`` rebuilding a sealed segment's missing index
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import random
 import struct
@@ -258,7 +263,123 @@ def s_retention(case: Case) -> None:
     case.reopen_appends(cfg)
 
 
+def _no_temp_files(case: Case) -> None:
+    for d in (case.root, os.path.join(case.root, "families")):
+        left = [f for f in os.listdir(d) if f.endswith(".tmp")] if os.path.isdir(d) else []
+        if left:
+            raise Bad(f"temp files left in {d}: {left}")
+
+
+def s_marker(case: Case) -> None:
+    """A new data directory: marker, family file, stream directory (flock) under faults."""
+    def first() -> None:
+        with cometmp.Client(case.root, config=config()) as c:
+            case.append(c.log("rot", shards=1), c, [b"first"], "first append", True)
+    case.attempt("create the data directory", first)
+    _no_temp_files(case)
+    case.reopen_appends()
+    _no_temp_files(case)
+
+
+def s_readonly(case: Case) -> None:
+    """Reads of a closed stream (two segments) by a readonly client: state page, segments
+    and indexes opened and mapped read-only. A later read by the same client works."""
+    case.fill(45, 30_000)
+    acked = dict(case.acked)
+    n = max(acked) + 1
+
+    def reads() -> None:
+        if ro.length(STREAM) != n:
+            raise Bad(f"readonly length {ro.length(STREAM)}, acknowledged {n}")
+        for e in (0, n // 3, n - 1):
+            if digest(ro.read(STREAM, e).data) != acked[e]:
+                raise Bad(f"readonly read of {e} returned other bytes")
+        got = {m.id.entry: digest(m.data) for m in ro.scan(STREAM)}
+        if got != acked:
+            raise Bad("a readonly scan does not show every acknowledged entry once")
+
+    with cometmp.Client(case.root, readonly=True) as ro:
+        case.attempt("readonly reads", reads)
+        reads()
+    case.reopen_appends()
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _drop_sealed_index(case: Case) -> str:
+    case.fill(45, 30_000)
+    d = paths.stream_dir(case.root, STREAM)
+    if len(paths.list_segment_bases(d)) < 2:
+        raise Bad("the fill made no sealed segment")
+    idx = os.path.join(d, paths.index_name(0))
+    os.unlink(idx)
+    return idx
+
+
+def s_index_persist(case: Case) -> None:
+    """A writable client's read of a sealed segment whose index is missing rebuilds it
+    and persists it (temp -> rename); a failed persist is logged, the read served."""
+    idx = _drop_sealed_index(case)
+    logs = _Warnings()
+    logging.getLogger("cometmp").addHandler(logs)
+    try:
+        with cometmp.Client(case.root, config=config()) as c:
+            def read() -> None:
+                e = 20
+                if digest(c.read(STREAM, e).data) != case.acked[e]:
+                    raise Bad(f"entry {e} read back other bytes under a failed index persist")
+            case.attempt("read a sealed segment without its index", read)
+    finally:
+        logging.getLogger("cometmp").removeHandler(logs)
+    if any("could not persist rebuilt index" in m and idx in m for m in logs.messages):
+        case.fired += 1
+    elif not os.path.exists(idx):
+        raise Bad(f"{idx} neither persisted nor its failure logged: {logs.messages}")
+    case.reopen_appends()
+
+
+def s_recover_index(case: Case) -> None:
+    """``cometmp recover`` rebuilding a sealed segment's missing index: a failed persist
+    is in the report's failures, naming the index; the next recover rebuilds it."""
+    from cometmp.tools.verify import recover_directory
+
+    idx = _drop_sealed_index(case)
+    rep = None
+
+    def recover() -> None:
+        nonlocal rep
+        rep = recover_directory(case.root)
+    logs = _Warnings()
+    logging.getLogger("cometmp").addHandler(logs)
+    try:
+        case.attempt("recover", recover)
+    finally:
+        logging.getLogger("cometmp").removeHandler(logs)
+    why = os.strerror(case.err)
+    if rep is not None and rep.failures:
+        # recover reports a stream it could not repair instead of raising: each failure
+        # must name the stream's directory or file and the injected error
+        if not all(why in f and (idx in f or STREAM in f) for f in rep.failures):
+            raise Bad(f"recover's failures name neither the file nor the error: {rep.failures}")
+        case.fired += 1
+    elif any("could not persist rebuilt index" in m and idx in m for m in logs.messages):
+        case.fired += 1        # the index was renamed in; its directory fsync failed
+    rep = recover_directory(case.root)
+    if rep.failures or not os.path.exists(idx):
+        raise Bad(f"recover with the failpoint cleared: {rep.failures}")
+    case.reopen_appends()
+
+
 SCENARIOS = {
+    "marker": s_marker, "readonly": s_readonly, "index-persist": s_index_persist,
+    "recover-index": s_recover_index,
     "write": s_write, "open": s_open, "open-rebuild": lambda c: s_open(c, True),
     "create": s_create, "recovery": s_recovery,
     "recovery-header": lambda c: s_recovery(c, True),

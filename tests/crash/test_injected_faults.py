@@ -2,7 +2,9 @@
 §4.2) failing its k-th call with ENOSPC and with EIO (issue 9 item 8).
 
 For each point, on the path of its scenario (crash/injected_fault_worker.py: writes and
-syncs, writer opens, stream creation, recovery, group creation, acks, retention): the API
+syncs, writer opens, stream creation, recovery, group creation, acks, retention, a new
+data directory's marker and family file, readonly reads, persisting a rebuilt index in a
+writable read and in ``cometmp recover``): the API
 raised a cometmp error (DiskFull for ENOSPC, StorageError naming a path for EIO), and
 afterwards a reopen by the default build shows every acknowledged entry exactly once,
 dense, with its bytes, the group's acks survive, no temp file is left, and appends resume.
