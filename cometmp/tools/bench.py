@@ -834,6 +834,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="wakeup: busy processes in the loaded row (default one per core; 0: "
                         "idle row only)")
     p.add_argument("--seed", type=int, default=None, help="wakeup: random seed (printed)")
+    p.add_argument("--slice-us", type=int, default=0,
+                   help="wakeup: every waiter (floor included) asks EEVDF for this time slice "
+                        "(sched_setattr sched_runtime; default 0: the kernel's)")
     return p
 
 

@@ -81,9 +81,15 @@ static int64_t run_delay(int fd) {
     b[k] = 0; long long a = 0, d = 0; sscanf(b, "%lld %lld", &a, &d); return d;
 }
 static int64_t minflt(void) { struct rusage r; getrusage(RUSAGE_SELF, &r); return r.ru_minflt; }
+struct sattr { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t prio;
+               uint64_t runtime, deadline, period; uint32_t umin, umax; };
+static void set_slice(long ns) {      /* EEVDF custom slice (sched_runtime, Linux 6.12) */
+    struct sattr a = { sizeof a, 0, 0, 0, 0, (uint64_t)ns, 0, 0, 0, 0 };
+    if (ns > 0 && syscall(SYS_sched_setattr, 0, &a, 0) != 0) perror("sched_setattr");
+}
 
 int main(int argc, char **argv) {
-    if (argc != 7) { fprintf(stderr, "usage: page n seed min_ns max_ns out\n"); return 2; }
+    if (argc != 8) { fprintf(stderr, "usage: page n seed min_ns max_ns out slice_ns\n"); return 2; }
     int n = atoi(argv[2]); unsigned seed = (unsigned)atol(argv[3]);
     long lo = atol(argv[4]), hi = atol(argv[5]);
     int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -93,6 +99,7 @@ int main(int argc, char **argv) {
     int ack[2]; if (pipe(ack) != 0) { perror("pipe"); return 1; }
     pid_t pid = fork();
     if (pid == 0) {                                   /* waiter */
+        set_slice(atol(argv[7]));
         int sfd = open("/proc/self/schedstat", O_RDONLY);
         int64_t *out = malloc(sizeof(int64_t) * 3 * (size_t)n);
         for (int i = 0; i < n; i++) {
@@ -169,6 +176,28 @@ class _Probe:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
+
+
+def set_slice(ns: int) -> None:
+    """Ask EEVDF for a ``ns`` time slice for this process (``sched_attr.sched_runtime`` of
+    SCHED_OTHER, Linux 6.12): a shorter request gives an earlier virtual deadline, so a
+    woken task preempts a CPU hog instead of queueing behind its slice. 0: leave as is."""
+    if ns <= 0:
+        return
+    import ctypes
+    import platform
+
+    nr = _SCHED_SETATTR.get(platform.machine())
+    if nr is None:
+        raise OSError(f"sched_setattr: no syscall number known for {platform.machine()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(struct.pack("<IIQiIQQQII", 56, 0, 0, 0, 0, ns, 0, 0, 0, 0))
+    if libc.syscall(nr, 0, attr, 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"sched_setattr(sched_runtime={ns}): {os.strerror(e)}")
+
+
 def _read_samples(path: str, n: int) -> list[tuple[int, int, int]]:
     with open(path, "rb") as f:
         data = f.read()
@@ -177,10 +206,11 @@ def _read_samples(path: str, n: int) -> list[tuple[int, int, int]]:
     return list(_SAMPLE.iter_unpack(data))
 
 
-def _run_floor(exe: str, root: str, n: int, seed: int) -> list[tuple[int, int, int]]:
+def _run_floor(exe: str, root: str, n: int, seed: int, slice_ns: int = 0) -> list:
     out = os.path.join(root, "floor.samples")
     page = os.path.join(root, "floor.page")
-    r = subprocess.run([exe, page, str(n), str(seed), str(MIN_GAP_NS), str(MAX_GAP_NS), out],
+    r = subprocess.run([exe, page, str(n), str(seed), str(MIN_GAP_NS), str(MAX_GAP_NS), out,
+                        str(slice_ns)],
                        capture_output=True, text=True, timeout=60 + n * 0.05)
     if r.returncode != 0:
         raise RuntimeError(f"futex floor program failed ({r.returncode}): {r.stderr.strip()}")
@@ -214,14 +244,15 @@ def _writer(root: str, stream: str, n: int, seed: int, ack_r: int, stamp_path: s
     side.close()
 
 
-def _consumer_waiter(root: str, stream: str, n: int, ack_w: int, out: str) -> None:
+def _consumer_waiter(root: str, stream: str, n: int, ack_w: int, out: str,
+                     slice_ns: int) -> None:
     import cometmp
 
+    set_slice(slice_ns)
     probe = _Probe()
     clock, mono, unpack = time.clock_gettime_ns, time.CLOCK_MONOTONIC, struct.unpack_from
     rows = array("q")
-    with cometmp.Client(root) as c:
-        c.log(stream, shards=1)
+    with cometmp.Client(root) as c:    # a reader only: no appender, no background threads
         con = cometmp.Consumer(c, group="wake")
         pattern = stream + ":shard:*"
         con.read(pattern, timeout=0)   # claim the group, map the state page
@@ -241,7 +272,8 @@ def _consumer_waiter(root: str, stream: str, n: int, ack_w: int, out: str) -> No
         f.write(rows[: 3 * n].tobytes())
 
 
-def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, stamp_path: str) -> None:
+def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, slice_ns: int,
+                stamp_path: str) -> None:
     import mmap
 
     import cometmp
@@ -250,6 +282,7 @@ def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, stamp_path
     from cometmp.cursor import StatePage
     from cometmp.format import CM_STATE_OFF_COMMITTED, CM_STATE_OFF_NOTIFY_SEQ
 
+    set_slice(slice_ns)
     probe = _Probe()
     fd = os.open(stamp_path, os.O_RDWR)
     side = mmap.mmap(fd, 4096)
@@ -257,8 +290,7 @@ def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, stamp_path
     clock, mono = time.clock_gettime_ns, time.CLOCK_MONOTONIC
     u32, u64 = struct.Struct("=I"), struct.Struct("=Q")
     rows = array("q")
-    with cometmp.Client(root) as c:
-        c.log(stream, shards=1)
+    with cometmp.Client(root):        # a reader only: no appender, no background threads
         name = stream + ":shard:0000"
         sp = StatePage(paths.stream_dir(root, name), True)
         ptr, wait = sp.ptr, lib.cm_wait
@@ -294,7 +326,7 @@ def _fork(fn, *args) -> int:
     return pid
 
 
-def _run_cometmp(variant: str, root: str, n: int, seed: int, tag: str) -> list:
+def _run_cometmp(variant: str, root: str, n: int, seed: int, tag: str, slice_ns: int = 0) -> list:
     stream = f"wake-{tag}"
     out = os.path.join(root, f"{tag}.samples")
     stamp = os.path.join(root, f"{tag}.stamp")
@@ -307,9 +339,9 @@ def _run_cometmp(variant: str, root: str, n: int, seed: int, tag: str) -> list:
     ack_r, ack_w = os.pipe()
     try:
         if variant == "consumer":
-            wpid = _fork(_consumer_waiter, root, stream, n, ack_w, out)
+            wpid = _fork(_consumer_waiter, root, stream, n, ack_w, out, slice_ns)
         else:
-            wpid = _fork(_raw_waiter, root, stream, n, ack_w, out, stamp)
+            wpid = _fork(_raw_waiter, root, stream, n, ack_w, out, slice_ns, stamp)
         apid = _fork(_writer, root, stream, n, seed, ack_r, stamp)
     finally:
         os.close(ack_r)
@@ -389,6 +421,7 @@ def run(args, root: str, out=None) -> dict:
     print(f"cometmp bench wakeup: seed {seed}", file=out, flush=True)
     load_n = (os.cpu_count() or 1) if args.load is None else args.load
     rows = ["idle"] + (["loaded"] if load_n > 0 else [])
+    slice_ns = int(getattr(args, "slice_us", 0) or 0) * 1000
     try:
         exe = build_floor(root)
         floor_note = None
@@ -407,8 +440,8 @@ def run(args, root: str, out=None) -> dict:
                 for v in order:
                     s = rng.randrange(1 << 30)
                     tag = f"r{rnd}-{row}-{v}"
-                    got = (_run_floor(exe, root, args.samples, s) if v == "floor"
-                           else _run_cometmp(v, root, args.samples, s, tag))
+                    got = (_run_floor(exe, root, args.samples, s, slice_ns) if v == "floor"
+                           else _run_cometmp(v, root, args.samples, s, tag, slice_ns))
                     samples[row][v].extend(got)
                     per_round[row][v].append(summarize(got))
             finally:
@@ -433,7 +466,8 @@ def run(args, root: str, out=None) -> dict:
                             "measured": m, "unit": "x",
                             "result": "PASS" if m <= want else "MISS"})
     return {"settings": {"samples_per_round": args.samples, "rounds": args.rounds,
-                         "load_processes": load_n, "seed": seed, "rows": rows,
+                         "load_processes": load_n, "seed": seed,
+                         "waiter_slice_ns": slice_ns, "rows": rows,
                          "variants": variants, "gap_ns": [MIN_GAP_NS, MAX_GAP_NS],
                          "floor_note": floor_note},
             "results": results, "per_round": per_round, "ratios": ratios, "targets": targets}
