@@ -282,11 +282,9 @@ class Consumer:
             self._deliver_drops()
         deadline = None if timeout is None else time.monotonic() + timeout
         g = self._ensure_group(pattern)
-        cursors = None
         while True:
-            if cursors is None:
-                cursors = self._cursors_for(pattern, assignment)
-                self._check_stale(cursors)
+            cursors = self._cursors_for(pattern, assignment)
+            self._check_stale(cursors)
             seqs = [c.notify_seq() for c in cursors]   # before reading committed (I11)
             for c in cursors:
                 self._sync(c, g)
@@ -305,17 +303,10 @@ class Consumer:
                 return batch
             left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
             self._check_closed()
-            woken = self._wait(cursors, seqs, left)
-            self._check_closed()   # woken by close() in another thread (L4)
-            if not woken:
-                # an idle slice: look for rebuilt state pages and new streams, and stay
-                # active, not idle (R4). A wake-up goes straight back to the streams it
-                # slept on: the return path touches the group, and the entries it was
-                # woken for are on these cursors (the listing is at most one wait slice
-                # behind, as it is for a stream that never wakes us)
+            if not self._wait(cursors, seqs, left):
                 self._check_stale(cursors, force=True)
-                self._touch(g)
-                cursors = None
+            self._check_closed()   # woken by close() in another thread (L4)
+            self._touch(g)   # a consumer waiting for data is active, not idle (R4)
 
     def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;

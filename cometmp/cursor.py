@@ -226,7 +226,7 @@ class Cursor:
                     raise ClosedError(f"consumer cursor of {self.name!r} is closed")
                 off, seq, added, status, lost, resume, end = batch.fill(
                     sidx, mm, self.base, self.off, self.seq, limit - self.base, budget,
-                    seg.key_buf)
+                    ffi.buffer(seg.key))
                 self.off, self.seq = off, seq
                 self.pos = self.base + seq
                 total += added

@@ -81,8 +81,7 @@ class Segment:
     access raises ClosedError.
     """
 
-    __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "key", "key_buf", "foreign",
-                 "_rec")
+    __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "key", "foreign", "_rec")
 
     def __init__(self, path: str, base: int, mm: mmap.mmap | None, size: int):
         self.path = path
@@ -95,9 +94,6 @@ class Segment:
         # stream named in the header; base is the file name's, never the header's
         self.key = ffi.new("cm_seg_key *")
         lib.cm_segment_key(self.ptr, size if mm is not None else 0, base, self.key)
-        # the key's bytes as Batch.fill takes them: a view of the same memory, so bind()'s
-        # later changes to the key show through; made once, not on every read
-        self.key_buf = ffi.buffer(self.key)
         self.foreign: str | None = None   # why bind() found the file not to be the stream's
         self.header_ok = mm is not None and lib.cm_segment_header_check(self.ptr, size, ffi.NULL, ffi.NULL) == 0
         if mm is not None and not self.header_ok:
