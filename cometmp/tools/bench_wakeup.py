@@ -14,9 +14,10 @@ that it is about to wait again. Variants, interleaved within each round:
                 32-bit word and FUTEX_WAKEs it (only when the waiter counted itself, as
                 cometmp's publish() does); the waiter returns from FUTEX_WAIT. This is the
                 kernel's wake-up and nothing else: the most any consumer can achieve.
-* ``consumer``  a Python writer calls ``log.append(payload)`` with t0 in the payload; the
-                consumer blocks in ``Consumer.read(timeout=None)`` and takes t1 as the
-                batch is in its hands (before it looks at the payload).
+* ``consumer``  a Python writer calls ``log.append(payload)``, the payload (the sample's
+                number) built before t0, t0 in a side file; the consumer blocks in
+                ``Consumer.read(timeout=None)`` and takes t1 as the batch is in its
+                hands (before it looks at the payload).
 * ``raw``       the same writer; the waiter sleeps in ``cm_wait`` on the stream's state
                 page through cffi (the call ``Consumer.read`` makes) and takes t1 when it
                 returns. consumer - raw = the consumer's own work on the wake path; raw -
@@ -220,15 +221,12 @@ def _run_floor(exe: str, root: str, n: int, seed: int, slice_ns: int = 0) -> lis
 # --------------------------------------------------------------------------- cometmp variants
 
 def _writer(root: str, stream: str, n: int, seed: int, ack_r: int, stamp_path: str) -> None:
-    """Forked: append one entry per sample, t0 in the payload and in a side page."""
-    import mmap
-
+    """Forked: append one entry per sample (its number in the payload, built before t0);
+    t0 goes into the side file at the sample's slot."""
     import cometmp
 
     rng = random.Random(seed)
-    fd = os.open(stamp_path, os.O_RDWR)
-    side = mmap.mmap(fd, 4096)
-    os.close(fd)
+    side = _map_stamps(stamp_path)
     pad = b"w" * 92
     clock, mono, pack = time.clock_gettime_ns, time.CLOCK_MONOTONIC, struct.pack
     with cometmp.Client(root) as c:
@@ -236,20 +234,33 @@ def _writer(root: str, stream: str, n: int, seed: int, ack_r: int, stamp_path: s
         for i in range(n):
             if len(os.read(ack_r, 1)) != 1:
                 raise RuntimeError("waiter went away")
+            payload = pack("<q", i) + pad   # the caller's work, before t0 as in the floor
             gap = rng.randint(MIN_GAP_NS, MAX_GAP_NS)
             time.sleep(gap / 1e9)
             t0 = clock(mono)
-            struct.pack_into("<q", side, 0, t0)
-            log.append(pack("<q", t0) + pad)
+            struct.pack_into("<q", side, 8 * i, t0)
+            log.append(payload)
     side.close()
 
 
+def _map_stamps(path: str):
+    """The side file of t0 stamps, one int64 per sample (entry i: offset 8 * i)."""
+    import mmap
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def _consumer_waiter(root: str, stream: str, n: int, ack_w: int, out: str,
-                     slice_ns: int) -> None:
+                     slice_ns: int, stamp_path: str) -> None:
     import cometmp
 
     set_slice(slice_ns)
     probe = _Probe()
+    side = _map_stamps(stamp_path)
     clock, mono, unpack = time.clock_gettime_ns, time.CLOCK_MONOTONIC, struct.unpack_from
     rows = array("q")
     with cometmp.Client(root) as c:    # a reader only: no appender, no background threads
@@ -264,18 +275,18 @@ def _consumer_waiter(root: str, stream: str, n: int, ack_w: int, out: str,
             t1 = clock(mono)
             rd1, mf1 = probe.run_delay(), probe.minflt()
             for p in b.payloads():
-                rows.extend((t1 - unpack("<q", p)[0], rd1 - rd0, mf1 - mf0))
+                t0 = unpack("<q", side, 8 * unpack("<q", p)[0])[0]
+                rows.extend((t1 - t0, rd1 - rd0, mf1 - mf0))
                 got += 1
             con.ack(b)
         con.close()
+    side.close()
     with open(out, "wb") as f:
         f.write(rows[: 3 * n].tobytes())
 
 
 def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, slice_ns: int,
                 stamp_path: str) -> None:
-    import mmap
-
     import cometmp
     from cometmp import paths
     from cometmp._ffi import lib
@@ -284,9 +295,7 @@ def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, slice_ns: 
 
     set_slice(slice_ns)
     probe = _Probe()
-    fd = os.open(stamp_path, os.O_RDWR)
-    side = mmap.mmap(fd, 4096)
-    os.close(fd)
+    side = _map_stamps(stamp_path)
     clock, mono = time.clock_gettime_ns, time.CLOCK_MONOTONIC
     u32, u64 = struct.Struct("=I"), struct.Struct("=Q")
     rows = array("q")
@@ -304,7 +313,7 @@ def _raw_waiter(root: str, stream: str, n: int, ack_w: int, out: str, slice_ns: 
                 seen = u32.unpack_from(sp.mm, CM_STATE_OFF_NOTIFY_SEQ)[0]
             t1 = clock(mono)
             rd1, mf1 = probe.run_delay(), probe.minflt()
-            rows.extend((t1 - struct.unpack_from("<q", side, 0)[0], rd1 - rd0, mf1 - mf0))
+            rows.extend((t1 - struct.unpack_from("<q", side, 8 * i)[0], rd1 - rd0, mf1 - mf0))
         del ptr
         sp.close()
     side.close()
@@ -331,7 +340,7 @@ def _run_cometmp(variant: str, root: str, n: int, seed: int, tag: str, slice_ns:
     out = os.path.join(root, f"{tag}.samples")
     stamp = os.path.join(root, f"{tag}.stamp")
     with open(stamp, "wb") as f:
-        f.write(b"\0" * 4096)
+        f.write(b"\0" * (8 * n))
     import cometmp
 
     with cometmp.Client(root) as c:      # the stream exists before either side opens it
@@ -339,7 +348,7 @@ def _run_cometmp(variant: str, root: str, n: int, seed: int, tag: str, slice_ns:
     ack_r, ack_w = os.pipe()
     try:
         if variant == "consumer":
-            wpid = _fork(_consumer_waiter, root, stream, n, ack_w, out, slice_ns)
+            wpid = _fork(_consumer_waiter, root, stream, n, ack_w, out, slice_ns, stamp)
         else:
             wpid = _fork(_raw_waiter, root, stream, n, ack_w, out, slice_ns, stamp)
         apid = _fork(_writer, root, stream, n, seed, ack_r, stamp)
