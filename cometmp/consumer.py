@@ -309,10 +309,13 @@ class Consumer:
                 return batch
             left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
             self._check_closed()
+            # a consumer waiting for data is active, not idle (R4): touched before each wait
+            # slice, not after it, so a wake-up goes to its batch without this step (the
+            # return below touches again)
+            self._touch(g)
             if not self._wait(cursors, seqs, left):
                 self._check_stale(cursors, force=True)
             self._check_closed()   # woken by close() in another thread (L4)
-            self._touch(g)   # a consumer waiting for data is active, not idle (R4)
 
     def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
