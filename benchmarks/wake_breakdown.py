@@ -138,11 +138,15 @@ def _consumer_waiter(root, stream, n, ack_w, out, lib):
         """Stamp entry/exit of a method, the first call after the wake-up only."""
         inner = getattr(cls, name)
 
+        def first(step):      # after the wake-up, not yet stamped, no later step stamped
+            later = C_STEPS[C_STEPS.index(step) + 1:]
+            return "wait_ret" in mark and step not in mark and not any(x in mark for x in later)
+
         def w(self, *a, **k):
-            if before and "wait_ret" in mark and before not in mark:
+            if before and first(before):
                 mark[before] = clock(mono)
             r = inner(self, *a, **k)
-            if after and (after == "wait_ret" or ("wait_ret" in mark and after not in mark)):
+            if after and (after == "wait_ret" or first(after)):
                 mark[after] = clock(mono)
             return r
         setattr(cls, name, w)
