@@ -1,6 +1,8 @@
 """Consumer benchmark: cross-process wake-up latency and zero-copy read throughput.
 
-Latency: a writer process appends one 100-byte entry at random intervals (0.5-1.5 ms,
+Latency (superseded by ``cometmp bench --scenario wakeup``, which measures the same edge
+beside a C futex floor in the same run, idle and loaded, with run delay per sample; kept
+for comparison with earlier figures): a writer process appends one 100-byte entry at random intervals (0.5-1.5 ms,
 so the consumer is asleep on the futex each time) and records, per entry, the
 CLOCK_MONOTONIC time at which ``append`` returned; a consumer in another process blocks
 in ``read(timeout=None)`` and records when the batch holding the entry is in its hands.

@@ -76,6 +76,8 @@ MATCH_RECHECK = 0.02
 STALE_RECHECK = 1.0
 WAITV_MAX = 128
 _TOUCH_EVERY_NS = 1_000_000_000
+#: I10's fork generation (native/error.c): one cffi call, not a getpid() syscall per read
+_fork_generation = lib.cm_fork_generation
 
 
 @dataclass
@@ -117,7 +119,7 @@ class Consumer:
         self.poll_interval = float(poll_interval)
         self.root = client.path
         self.ephemeral = bool(client.readonly)
-        self._pid = os.getpid()
+        self._gen = _fork_generation()   # I10's counter: bumped in every forked child
         self._store = OffsetStore(self.root, writable=not self.ephemeral)
         self._group: GroupRef | None = None
         self._patterns: set[str] = set()
@@ -130,6 +132,7 @@ class Consumer:
         self._rr = 0
         self._touched = 0
         self._wait_cache: tuple | None = None
+        self._listed: tuple | None = None   # (pattern, assignment, names, cursors)
         self._closed = False
 
     # ---- group and streams ---------------------------------------------------------------
@@ -144,7 +147,9 @@ class Consumer:
             raise ClosedError(f"consumer {self.group!r} is closed")
         if self.client._closed:
             raise ClosedError(f"client for {self.root} is closed")
-        if self._pid != os.getpid():
+        # the core's fork generation (pthread_atfork, any kind of fork), not os.getpid():
+        # one syscall less on every read() and ack() (see PERFORMANCE.md, wake-ups)
+        if self._gen != _fork_generation():
             self._reattach()
 
     def _reattach(self) -> None:
@@ -152,8 +157,9 @@ class Consumer:
         for c in self._cursors.values():
             c.close()
         self._cursors.clear()
+        self._listed = None
         self._wait_cache = None
-        self._pid = os.getpid()
+        self._gen = _fork_generation()
 
     def _ensure_group(self, pattern: str | None) -> GroupRef | None:
         g = self._group
@@ -303,10 +309,13 @@ class Consumer:
                 return batch
             left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
             self._check_closed()
+            # a consumer waiting for data is active, not idle (R4): touched before each wait
+            # slice, not after it, so a wake-up goes to its batch without this step (the
+            # return below touches again)
+            self._touch(g)
             if not self._wait(cursors, seqs, left):
                 self._check_stale(cursors, force=True)
             self._check_closed()   # woken by close() in another thread (L4)
-            self._touch(g)   # a consumer waiting for data is active, not idle (R4)
 
     def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
@@ -321,14 +330,24 @@ class Consumer:
                 self._wait_cache = None
 
     def _cursors_for(self, pattern: str, assignment) -> list[Cursor]:
+        names = self._match(pattern)
+        last = self._listed
+        # the same listing (the very list _match cached) as the last call: the same cursors,
+        # without a lookup per stream on every wake-up. Kept only when every name had a
+        # cursor (a stream not openable yet is tried again on the next call)
+        if last is not None and last[2] is names and last[0] == pattern and last[1] == assignment:
+            return last[3]
         out = []
-        for name in self._match(pattern):
+        complete = True
+        for name in names:
             if not _assigned(name, assignment):
                 continue
             try:
                 out.append(self._cursor(name))
             except StreamNotFound:
+                complete = False
                 continue
+        self._listed = (pattern, assignment, names, out) if complete else None
         return out
 
     def _fill(self, cursors: list[Cursor], g: GroupRef | None, budget: int, zc: bool) -> Batch:
@@ -605,6 +624,7 @@ class Consumer:
         for c in list(self._cursors.values()):
             c.close()
         self._cursors.clear()
+        self._listed = None
         self._wait_cache = None
         self._store.close()
 

@@ -27,6 +27,11 @@
 #include <linux/futex.h>
 #include "cometmp.h"
 #include "internal.h"
+#include "stamps.h"
+
+#ifdef CM_WAKE_STAMPS
+int64_t cm_wake_stamps[CM_ST_N];
+#endif
 
 #ifndef SYS_futex_waitv
 #define SYS_futex_waitv 449
@@ -72,6 +77,7 @@ int cm_wait(void *state, uint32_t seen, int64_t timeout_ns) {
         }
         /* shared (not FUTEX_PRIVATE): the word lives in a file mapping */
         long r = syscall(SYS_futex, &st->notify_seq, FUTEX_WAIT, seen, tp, NULL, 0);
+        CM_STAMP(CM_ST_FUTEX_RET);
         if (r != 0) {
             if (errno == ETIMEDOUT) rc = changed(st, seen);
             else if (errno != EAGAIN && errno != EINTR)
@@ -104,6 +110,7 @@ int cm_wait_many(void *const *states, const uint32_t *seen, uint32_t n, int64_t 
         struct timespec d, *dp = NULL;
         if (timeout_ns >= 0) { d = deadline_after(timeout_ns); dp = &d; }
         long r = syscall(SYS_futex_waitv, w, n, 0, dp, CLOCK_MONOTONIC);
+        CM_STAMP(CM_ST_FUTEX_RET);
         if (r >= 0 || errno == EAGAIN || errno == EINTR) rc = 1;
         else if (errno == ETIMEDOUT) rc = 0;
         else if (errno == ENOSYS) __atomic_store_n(&waitv_missing, 1, __ATOMIC_RELAXED);

@@ -62,7 +62,7 @@ typedef struct {
 
 static int ensure_cap(Batch *b, Py_ssize_t need) {
     if (need <= b->cap) return 0;
-    Py_ssize_t c = b->cap ? b->cap : 256;
+    Py_ssize_t c = b->cap ? b->cap : 16;
     while (c < need) c *= 2;
 #define GROW(f, T) do { T *p = PyMem_Realloc(b->f, (size_t)c * sizeof(T)); \
         if (!p) { PyErr_NoMemory(); return -1; } b->f = p; } while (0)
@@ -227,6 +227,11 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
     const uint8_t *map = b->held[h].buf;
     uint64_t size = (uint64_t)b->held[h].len;
     if (max_n < 0) max_n = 0;
+    /* room for the records that exist below stop_seq, not for the whole budget: a
+     * consumer woken for one entry of read(max_messages=1000000) must not allocate
+     * and clear arrays for a million (fresh pages, faulted on the wake path) */
+    if ((unsigned long long)max_n > stop - (stop > seq ? seq : stop))
+        max_n = (Py_ssize_t)(stop - (stop > seq ? seq : stop));
     if (ensure_cap(b, b->n + max_n) < 0) return NULL;
     Py_ssize_t added = 0;
     int status = FILL_MORE;

@@ -34,6 +34,7 @@
 #include "internal.h"
 #include "failpoint.h"
 #include "lock.h"
+#include "stamps.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -1102,6 +1103,7 @@ static int rotate(cm_shard *s, uint64_t frame) {
 
 static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
     cm_state *st = s->st;
+    CM_STAMP(CM_ST_PUBLISH_IN);
     /* I3: the tail moves only after every byte below it is written */
     st->tail = tail;
     __atomic_store_n(&st->committed, committed, __ATOMIC_RELEASE);
@@ -1109,8 +1111,10 @@ static inline void publish(cm_shard *s, uint64_t tail, uint64_t committed) {
     /* I11: bump, then look for sleepers; both sequentially consistent so a
        waiter's increment of `waiters` cannot be missed (free on x86) */
     __atomic_add_fetch(&st->notify_seq, 1, __ATOMIC_SEQ_CST);
+    CM_STAMP(CM_ST_PUBLISHED);
     if (__atomic_load_n(&st->waiters, __ATOMIC_SEQ_CST))
         syscall(SYS_futex, &st->notify_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    CM_STAMP(CM_ST_WOKE_SENT);
 }
 
 static int sync_locked(cm_shard *s) {
@@ -1219,6 +1223,7 @@ out:
 /* L1: every entry point enters the handle first; CM_E_CLOSED after close */
 int cm_append_ex(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,
                  uint32_t *written, int nonblock) {
+    CM_STAMP(CM_ST_APPEND_IN);
     *written = 0;
     if (!s) return cm_closed_error("stream");
     int rc = cm_enter(&s->life, "stream");

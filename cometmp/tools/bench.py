@@ -876,9 +876,10 @@ def _print_targets(targets: list[dict]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cometmp bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("single", "multiproc"), default="single",
+    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup"), default="single",
                    help="single: append/append_many vs SQLite and logging (default); "
-                        "multiproc: aggregate rate of N forked writers")
+                        "multiproc: aggregate rate of N forked writers; "
+                        "wakeup: append -> consumer in another process, beside the futex floor")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds in all: 20,000 entries, one round")
     p.add_argument("--json", action="store_true", help="print exactly one JSON document")
@@ -901,6 +902,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefault", dest="prefault", action="store_false",
                    help="open cometmp clients with config.storage.prefault=False (no background "
                         "prefault thread)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="wakeup: samples per variant, row and round (default 500, --quick 100)")
+    p.add_argument("--load", type=int, default=None,
+                   help="wakeup: busy processes in the loaded row (default one per core; 0: "
+                        "idle row only)")
+    p.add_argument("--seed", type=int, default=None, help="wakeup: random seed (printed)")
+    p.add_argument("--slice-us", type=int, default=0,
+                   help="wakeup: every waiter (floor included) asks EEVDF for this time slice "
+                        "(sched_setattr sched_runtime; default 0: the kernel's)")
     return p
 
 
@@ -925,7 +935,12 @@ def main(argv: list[str] | None = None) -> int:
     root = tempfile.mkdtemp(prefix="cometmp-bench-", dir=parent)
     try:
         machine = _machine(root)
-        if args.scenario == "multiproc":
+        if args.scenario == "wakeup":
+            from . import bench_wakeup
+            if args.samples is None:
+                args.samples = 100 if args.quick else 500
+            doc = bench_wakeup.run(args, root)
+        elif args.scenario == "multiproc":
             doc = _run_multiproc(args, root)
         else:
             doc = _run_single(args, root)
@@ -944,7 +959,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m['date_utc']}  {m['cpu']} x{m['cpus']}, Linux {m['kernel']}, Python "
               f"{m['python']}, SQLite {m['sqlite']}, dir on {m['dir_fs'] or '?'}, "
               f"load {m['loadavg'][0]:.2f}")
-        (_print_multiproc if args.scenario == "multiproc" else _print_single)(doc)
+        if args.scenario == "wakeup":
+            from . import bench_wakeup
+            bench_wakeup.print_report(doc)
+        else:
+            (_print_multiproc if args.scenario == "multiproc" else _print_single)(doc)
         _print_targets(doc["targets"])
         if doc["indicative_only"]:
             print("  (--quick: runs too short to judge the targets; use a full run)")

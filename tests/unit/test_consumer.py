@@ -500,3 +500,41 @@ def test_entries_larger_than_a_segment_are_read_across_rotations(data_dir):
                 got += [bytes(v) for v in b.payloads()]
                 con.ack(b)
             assert got == expect[-2:]
+
+
+def test_a_read_with_a_huge_budget_costs_what_it_delivers_not_the_budget(client):
+    # A batch reserves room for the entries that exist below committed, not for
+    # max_messages: read(max_messages=10**6) of one new entry used to allocate and clear
+    # arrays for a million entries (tens of MB of fresh pages, faulted in on the wake
+    # path of every read). Minor faults are counted, not time.
+    import resource
+
+    log = client.log("budget", shards=1)
+    con = cometmp.Consumer(client, group="g")
+    con.read("budget:*", timeout=0)
+    faults = []
+    for i in range(5):
+        log.append(b"e%d" % i)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        b = con.read("budget:*", max_messages=1_000_000, timeout=0)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        assert [m.data for m in b] == [b"e%d" % i]
+        con.ack(b)
+        del b
+    # a million entries' arrays are ~44 MB (>10,000 pages); one entry's fit in a few
+    assert min(faults) < 64, faults
+
+
+def test_a_blocked_read_discovers_a_stream_created_while_it_waits(client):
+    # a wake-up returns to the streams it slept on without relisting; an idle wait slice
+    # relists, so a stream that appears mid-wait (and never wakes us) is still found
+    fill(client, prefix="a", shards=1, n=1)
+    con = cometmp.Consumer(client, group="g")
+    assert len(con.read("*", timeout=0)) == 1
+    got = []
+    t = threading.Thread(target=lambda: got.append(con.read("*", timeout=30.0)))
+    t.start()
+    client.append("b", [b"late"])
+    t.join(60)
+    assert not t.is_alive()
+    assert [m.data for m in got[0]] == [b"late"]

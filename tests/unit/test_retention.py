@@ -177,6 +177,29 @@ def test_idle_groups_expire_and_stop_protecting(data_dir):
         assert c.consumer_groups() == []
 
 
+def test_a_group_blocked_in_read_for_longer_than_the_idle_expiry_is_not_expired(data_dir):
+    # R4: a consumer waiting for data is active: read() touches its group once per wait
+    # slice (before it sleeps), so an idle expiry shorter than the wait spares it
+    import threading
+
+    with make(data_dir, max_shard_bytes=1, group_idle_expiry=2.5) as c:
+        fill(c)
+        con = cometmp.Consumer(c, group="waiting")
+        b = con.read("ev:shard:*", max_messages=10**6, timeout=0)
+        con.ack(b)
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (con.read("ev:shard:*", timeout=6.0), done.set()))
+        t.start()
+        try:
+            time.sleep(4.0)   # longer than the expiry, while the read is blocked
+            assert not done.is_set()
+            assert c.run_retention().expired_groups == []
+            assert [g["name"] for g in c.consumer_groups()] == ["waiting"]
+        finally:
+            t.join(30)
+        con.close()
+
+
 def test_background_thread_applies_retention_in_the_owning_process(data_dir):
     with make(data_dir, max_shard_bytes=1) as c:
         c.config.retention.check_interval = 0.05
