@@ -14,6 +14,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -29,6 +30,23 @@ MiB = 1024 * 1024
 #: the directory that holds the ``cometmp`` package the tests import (a source tree
 #: with the extensions built in place, or site-packages after ``pip install .``)
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cometmp.__file__)))
+
+
+def wait_until(cond, timeout: float, what: str, interval: float = 0.02):
+    """Poll ``cond()`` until it returns a true value and return that value; after
+    ``timeout`` seconds raise AssertionError saying ``what`` did not happen (and the last
+    value seen). The one wait helper of the tests: every wait is for a condition, with a
+    bound that is generous (>= 10x the expected time) because the machine may be loaded;
+    ``interval`` only paces the polling."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} "
+                                 f"(last seen: {got!r})")
+        time.sleep(interval)
 
 
 def small_config(**storage) -> cometmp.Config:
