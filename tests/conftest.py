@@ -198,6 +198,27 @@ def tree_fingerprint(root: str) -> dict[str, tuple]:
     return out
 
 
+def file_clock_past(root: str) -> None:
+    """Returns once the file-timestamp clock of ``root``'s filesystem has moved past every
+    mtime/ctime under ``root`` (a probe file beside ``root`` is stamped until it is newer):
+    from then on any write under ``root`` changes its tree_fingerprint, even on a
+    filesystem whose timestamps are coarse (jiffies)."""
+    newest = max((max(st.st_mtime_ns, st.st_ctime_ns) for st in
+                  (os.lstat(os.path.join(d, n)) for d, ds, fs in os.walk(root) for n in ds + fs)),
+                 default=0)
+    probe = os.path.join(os.path.dirname(os.path.abspath(root)), ".clock-probe")
+
+    def stamped_later() -> bool:
+        with open(probe, "w"):
+            pass
+        return os.lstat(probe).st_mtime_ns > newest
+
+    try:
+        wait_until(stamped_later, 10, f"file timestamps to pass those under {root}", interval=0.001)
+    finally:
+        os.unlink(probe)
+
+
 def payload_for(tag: str, n: int, size: int) -> bytes:
     """A deterministic payload of ``size`` bytes that names its writer and sequence."""
     head = f"{tag}:{n}:".encode()
