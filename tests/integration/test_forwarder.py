@@ -156,7 +156,7 @@ def _forwarder(root, server, tmp_path, procs, *extra, failpoint: str = "") -> Fo
 
 def _js(url: str, coro_fn):
     async def main():
-        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+        nc = await nats.connect(url, connect_timeout=10, max_reconnect_attempts=0)
         try:
             return await coro_fn(nc.jetstream())
         finally:
