@@ -14,6 +14,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -29,6 +30,23 @@ MiB = 1024 * 1024
 #: the directory that holds the ``cometmp`` package the tests import (a source tree
 #: with the extensions built in place, or site-packages after ``pip install .``)
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(cometmp.__file__)))
+
+
+def wait_until(cond, timeout: float, what: str, interval: float = 0.02):
+    """Poll ``cond()`` until it returns a true value and return that value; after
+    ``timeout`` seconds raise AssertionError saying ``what`` did not happen (and the last
+    value seen). The one wait helper of the tests: every wait is for a condition, with a
+    bound that is generous (>= 10x the expected time) because the machine may be loaded;
+    ``interval`` only paces the polling."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} "
+                                 f"(last seen: {got!r})")
+        time.sleep(interval)
 
 
 def small_config(**storage) -> cometmp.Config:
@@ -178,6 +196,27 @@ def tree_fingerprint(root: str) -> dict[str, tuple]:
             out[os.path.relpath(p, root)] = (digest, st.st_size, st.st_mode, st.st_mtime_ns,
                                              st.st_ctime_ns)
     return out
+
+
+def file_clock_past(root: str) -> None:
+    """Returns once the file-timestamp clock of ``root``'s filesystem has moved past every
+    mtime/ctime under ``root`` (a probe file beside ``root`` is stamped until it is newer):
+    from then on any write under ``root`` changes its tree_fingerprint, even on a
+    filesystem whose timestamps are coarse (jiffies)."""
+    newest = max((max(st.st_mtime_ns, st.st_ctime_ns) for st in
+                  (os.lstat(os.path.join(d, n)) for d, ds, fs in os.walk(root) for n in ds + fs)),
+                 default=0)
+    probe = os.path.join(os.path.dirname(os.path.abspath(root)), ".clock-probe")
+
+    def stamped_later() -> bool:
+        with open(probe, "w"):
+            pass
+        return os.lstat(probe).st_mtime_ns > newest
+
+    try:
+        wait_until(stamped_later, 10, f"file timestamps to pass those under {root}", interval=0.001)
+    finally:
+        os.unlink(probe)
 
 
 def payload_for(tag: str, n: int, size: int) -> bytes:

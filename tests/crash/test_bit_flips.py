@@ -16,6 +16,15 @@ from cometmp.tools.verify import verify_directory
 
 from conftest import oracle_walk, payload_for, run_python, segment_files, small_config
 
+
+def seeded_rng() -> random.Random:
+    """This trial's random source; its seed is printed (shown when the test fails) and
+    COMETMP_TEST_SEED replays it."""
+    seed = int(os.environ.get("COMETMP_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"seed {seed} (replay: COMETMP_TEST_SEED={seed})")
+    return random.Random(seed)
+
+
 STREAM = "flip:shard:0000"
 
 
@@ -84,7 +93,7 @@ def check_only_lost(root: str, payloads: dict, lost: set[int]) -> None:
 
 def test_single_bit_flip_costs_exactly_the_damaged_record(flipped_log):
     root, payloads, sealed = flipped_log
-    rnd = random.Random(int.from_bytes(os.urandom(4), "little"))
+    rnd = seeded_rng()
     for trial in range(12):
         base, path, recs = rnd.choice(sealed)
         k = rnd.randrange(len(recs)) if trial % 4 else rnd.choice([0, len(recs) - 1])

@@ -24,6 +24,15 @@ from cometmp.tools.verify import verify_directory
 from conftest import child_env, oracle_walk, segment_files, small_config
 from killable_writer import parse, payload
 
+
+def seeded_rng() -> random.Random:
+    """This trial's random source; its seed is printed (shown when the test fails) and
+    COMETMP_TEST_SEED replays it."""
+    seed = int(os.environ.get("COMETMP_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"seed {seed} (replay: COMETMP_TEST_SEED={seed})")
+    return random.Random(seed)
+
+
 WRITER = os.path.join(os.path.dirname(__file__), "killable_writer.py")
 STREAMS = ["kill:shard:0000", "kill:shard:0001"]
 
@@ -131,7 +140,7 @@ def check_log(root: str, acked: dict) -> None:
 
 def repeated_kills(tmp_path, max_runs: int, min_runs: int, seconds: float) -> None:
     root = str(tmp_path / "log")
-    rnd = random.Random(int.from_bytes(os.urandom(4), "little"))
+    rnd = seeded_rng()
     acked: dict[tuple[int, int], tuple[int, int]] = {}
     started, runs, mid_stream = time.monotonic(), 0, 0
     while runs < max_runs and (runs < min_runs or time.monotonic() - started < seconds):
@@ -152,7 +161,7 @@ def repeated_kills(tmp_path, max_runs: int, min_runs: int, seconds: float) -> No
 
 def concurrent_kills(tmp_path, max_runs: int, min_runs: int, seconds: float) -> None:
     root = str(tmp_path / "log")
-    rnd = random.Random(int.from_bytes(os.urandom(4), "little"))
+    rnd = seeded_rng()
     acked: dict[tuple[int, int], tuple[int, int]] = {}
     writers = [KillableWriter(root, 0), KillableWriter(root, 1)]
     for w in writers:

@@ -53,7 +53,9 @@ class Server:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
 
-    def wait_ready(self, timeout: float = 20.0, workers: int = 1) -> None:
+    def wait_ready(self, timeout: float = 60.0, workers: int = 1) -> None:
+        """Until the server answers and runs ``workers`` workers (a start of several
+        processes: the bound is for a loaded machine)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -212,7 +214,9 @@ def ownership_problems(doc: dict, live_pids: set[int]) -> list[str]:
     return problems
 
 
-def wait_owned(data_dir: str, server: Server, timeout: float = 8.0) -> dict:
+def wait_owned(data_dir: str, server: Server, timeout: float = 30.0) -> dict:
+    """Until every shard is owned by exactly one live worker (each poll runs ``cometmp
+    status``, a process start: the bound is for a loaded machine)."""
     deadline = time.monotonic() + timeout
     while True:
         doc = status(data_dir)

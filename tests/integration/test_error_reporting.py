@@ -20,7 +20,7 @@ import time
 import pytest
 from harness import GUNICORN, UWSGI, REPO, Server, free_port, get, server_env
 
-from conftest import use_up_blocks
+from conftest import use_up_blocks, wait_until
 
 APPS = os.path.join(REPO, "tests", "integration", "apps")
 VENV = os.path.join(REPO, ".venv")
@@ -52,13 +52,11 @@ def outcome(port: int, path: str) -> tuple[str, int | None]:
 
 
 def wait_for_log(srv: Server, text: str, timeout: float = 15.0, count: int = 1) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = srv.log(tail=0)
-        if log.count(text) >= count:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in the server log after {timeout} s:\n{srv.log()}")
+    try:
+        return wait_until(lambda: (log := srv.log(tail=0)).count(text) >= count and log, timeout,
+                          f"{text!r} in the server log", interval=0.05)
+    except AssertionError as e:
+        raise AssertionError(f"{e}:\n{srv.log()}") from None
 
 
 @pytest.mark.parametrize("server", ["gunicorn", "uwsgi"])

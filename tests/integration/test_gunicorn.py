@@ -107,7 +107,7 @@ def test_a_killed_worker_shows_dead_at_once_and_its_slot_goes_to_the_replacement
             slot1 = next(s for s in doc["slots"] if s["process_id"] == 1)
             if slot1["pid"] != victim["pid"] and slot1["alive"]:
                 break
-            assert time.monotonic() - t0 < 5, doc
+            assert time.monotonic() - t0 < 30, doc   # a respawn is a process start: loaded bound
             time.sleep(0.05)
         slot0 = next(s for s in doc["slots"] if s["process_id"] == 0)
         assert slot0["pid"] == next(s for s in before["slots"] if s["process_id"] == 0)["pid"]

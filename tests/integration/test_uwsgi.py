@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 from harness import (
     REPO,
     UWSGI,
@@ -47,7 +48,7 @@ def start_uwsgi(tmp_path, *extra: str, processes: int = 4) -> Server:
     return srv
 
 
-def wait_workers_ready(srv: Server, timeout: float = 15.0) -> None:
+def wait_workers_ready(srv: Server, timeout: float = 30.0) -> None:
     """Every current worker has answered a request, so it runs its request loop.
 
     uWSGI 2.0 runs the *master's* SIGINT handler in a worker that is still starting (in
@@ -91,9 +92,8 @@ def test_every_answered_request_is_logged_once_through_kills_harakiri_hup(tmp_pa
         # dies by harakiri and not by our hand)
         stuck = threading.Thread(target=stuck_request, args=(srv.port,), daemon=True)
         stuck.start()
-        deadline = time.monotonic() + 6
-        while "HARAKIRI ON WORKER" not in srv.log(tail=0) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: "HARAKIRI ON WORKER" in srv.log(tail=0), 30,
+                   "harakiri to kill the worker stuck in a request", interval=0.1)
         # phase 2: kill -9 storm and a graceful reload
         t0 = time.monotonic()
         kills, hup = 0, False
@@ -139,13 +139,8 @@ def test_a_respawned_worker_returns_to_its_own_slot(tmp_path):
                 time.sleep(0.005)
         finally:
             srv.send(signal.SIGCONT)
-        t0 = time.monotonic()
-        while True:
-            slot = _slot(srv.data_dir, 2)
-            if slot["pid"] != victim["pid"] and slot["alive"]:
-                break
-            assert time.monotonic() - t0 < 10, slot
-            time.sleep(0.02)
+        slot = wait_until(lambda: (s := _slot(srv.data_dir, 2))["pid"] != victim["pid"]
+                          and s["alive"] and s, 30, "a respawned worker in slot 2")
         assert slot["shards"] == victim["shards"]
         wait_workers_ready(srv)
     finally:

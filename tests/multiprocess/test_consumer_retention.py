@@ -16,8 +16,8 @@ STREAM = "ret:shard:0000"
 WRITER = r"""
 import sys, time
 import cometmp
-from conftest import small_config
-root, n, soft, hard = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+from conftest import small_config, wait_until
+root, n, soft, hard, want = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 cfg = small_config()
 cfg.retention.check_interval = 0.05
 cfg.retention.max_shard_bytes = soft
@@ -28,8 +28,12 @@ with cometmp.Client(root, config=cfg) as c:
     for i in range(0, n, 50):
         log.append_many([b"%08d" % j + b"." * 992 for j in range(i, min(n, i + 50))])
         time.sleep(0.01)
-    time.sleep(0.3)   # let the background thread run once more
-    print(c.stats()["streams"]["ret:shard:0000"]["counters"]["retention_segments"])
+    deleted = lambda: c.stats()["streams"]["ret:shard:0000"]["counters"]["retention_segments"]
+    # the background thread (every 0.05 s) deletes behind the reader: wait for it to
+    # have deleted the segments the test expects, instead of for a guessed time
+    wait_until(lambda: deleted() >= want, 60, f"background retention to delete {want} segments",
+               interval=0.05)
+    print(deleted())
 """
 
 CONSUMER = r"""
@@ -63,6 +67,9 @@ def _env():
     return env
 
 
+MIN_DELETED = 2   # segments retention must delete in each test (~6-8 MiB through 1 MiB segments)
+
+
 def _run(tmp_path, n, soft, hard, delay):
     root = str(tmp_path / "log")
     with cometmp.Client(root, config=small_config()) as c:
@@ -72,7 +79,8 @@ def _run(tmp_path, n, soft, hard, delay):
     out, drops = str(tmp_path / "out"), str(tmp_path / "drops")
     consumer = subprocess.Popen([sys.executable, "-c", CONSUMER, root, out, drops, str(delay), STREAM],
                                 env=_env())
-    writer = subprocess.run([sys.executable, "-c", WRITER, root, str(n), str(soft), str(hard)],
+    writer = subprocess.run([sys.executable, "-c", WRITER, root, str(n), str(soft), str(hard),
+                             str(MIN_DELETED)],
                             env=_env(), capture_output=True, text=True, timeout=120)
     assert writer.returncode == 0, writer.stderr
     (tmp_path / "stop").write_text("")
@@ -89,7 +97,7 @@ def _run(tmp_path, n, soft, hard, delay):
 def test_soft_limits_under_load_delete_only_acked_segments(tmp_path):
     n = 6000                                  # ~6 MiB through 1 MiB segments
     deleted, processed, ranges, _ = _run(tmp_path, n, soft=1, hard=0, delay=0.002)
-    assert deleted >= 2                       # retention ran and deleted behind the reader
+    assert deleted >= MIN_DELETED     # retention ran and deleted behind the reader
     assert ranges == []                       # ... never anything unread
     assert set(processed) == set(range(n))
 
@@ -97,7 +105,7 @@ def test_soft_limits_under_load_delete_only_acked_segments(tmp_path):
 def test_hard_cap_under_load_reports_exactly_what_the_consumer_lost(tmp_path):
     n = 8000
     deleted, processed, ranges, groups = _run(tmp_path, n, soft=0, hard=2 * 1024 * 1024, delay=0.08)
-    assert deleted >= 2 and ranges                        # the slow consumer lost data ...
+    assert deleted >= MIN_DELETED and ranges    # the slow consumer lost data ...
     lost = set()
     for a, b in ranges:
         assert a < b

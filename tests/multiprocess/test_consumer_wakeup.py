@@ -3,13 +3,30 @@ in another process appends to any of the streams it reads."""
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
 import time
 
 import cometmp
-from conftest import child_env
+from cometmp import format as fmt
+from cometmp import paths
+from conftest import child_env, wait_until
+
+#: How long the blocked consumer is watched for burning CPU. Not a condition: the property
+#: is that nothing happens (no CPU time accrues), which only a span of time can show. It
+#: starts once the consumer is counted as asleep on every shard's futex (the condition
+#: below), so none of it is start-up; a consumer that polled instead of sleeping would
+#: accrue CPU in it, and the ``cpu < 0.2`` assertion would say so.
+BLOCKED_WINDOW = 1.0
+
+
+def sleeping_readers(root: str, stream: str) -> int:
+    """The state page's count of readers asleep on ``stream``'s futex (FORMAT.md)."""
+    with open(os.path.join(paths.stream_dir(root, stream), paths.STATE), "rb") as f:
+        return struct.unpack_from("=I", f.read(fmt.CM_STATE_OFF_WAITERS + 4),
+                                  fmt.CM_STATE_OFF_WAITERS)[0]
 
 CONSUMER = r"""
 import resource, struct, sys, time
@@ -36,7 +53,10 @@ def test_blocked_consumer_uses_no_cpu_and_wakes_on_append_from_another_process(t
         p = subprocess.Popen([sys.executable, "-c", CONSUMER, root], env=child_env(),
                              stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready"
-        time.sleep(1.0)                                  # the consumer sleeps meanwhile
+        shards = [f"wake:shard:{i:04d}" for i in range(4)]
+        wait_until(lambda: all(sleeping_readers(root, s) == 1 for s in shards), 30,
+                   "the consumer to sleep on every shard's futex")
+        time.sleep(BLOCKED_WINDOW)                       # the consumer sleeps meanwhile
         mid = log.append(struct.pack("<q", time.clock_gettime_ns(time.CLOCK_MONOTONIC)), key="k")
         out, _ = p.communicate(timeout=30)
     n, stream, latency_ns, cpu = out.split()

@@ -15,6 +15,7 @@ import cometmp
 from cometmp import registry
 from cometmp.registry import LIVE, LOCK_TIMEOUT_MS, VACANT, Registry, is_alive, start_ticks
 from cometmp.supervisor import Supervisor
+from conftest import wait_until
 
 
 _PARENT_FDS: set[int] = set()  # pipe ends the parent keeps: a child closes the others'
@@ -131,10 +132,8 @@ def sup(tmp_path):
 def wait_members(directory: str, n: int, timeout: float = 30.0) -> None:
     """In a worker: wait until ``n`` workers hold slots (ownership is then final)."""
     reg = Registry.attach(directory)
-    deadline = time.monotonic() + timeout
-    while len([e for e in reg.snapshot().entries if e.state == LIVE]) < n:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: len([e for e in reg.snapshot().entries if e.state == LIVE]) >= n,
+               timeout, f"{n} workers to hold slots", interval=0.01)
 
 
 def live_ids(s: Supervisor) -> dict[int, int]:
@@ -211,12 +210,12 @@ def test_members_sweep_for_each_other_without_a_master(tmp_path):
     a = Worker(d, create_count=2)
     b = Worker(d, create_count=2)
     a.kill()
-    deadline = time.monotonic() + 15   # ~1.2 s on an idle machine; the bound is for a loaded one
     reg = Registry.attach(d)
     try:
-        while reg.snapshot().owners(4) != [1, 1, 1, 1] and time.monotonic() < deadline:
-            time.sleep(0.05)  # b's member thread: dead in ~0.2 s, reclaimed after 1 s
-        assert reg.snapshot().owners(4) == [1, 1, 1, 1]
+        # b's member thread: a's death seen in ~0.2 s, its slot reclaimed after 1 s; ~1.2 s
+        # on an idle machine, the bound is for a loaded one
+        wait_until(lambda: reg.snapshot().owners(4) == [1, 1, 1, 1], 30,
+                   "b's member thread to take a's shards", interval=0.05)
     finally:
         reg.close()
     b.stop()  # the last member leaves: it unlinks the registry
@@ -415,9 +414,11 @@ def test_worker_churn_grows_nothing(sup):
     assert len(os.listdir("/proc/self/fd")) == fds_before
     used = [e for e in sup.snapshot().entries if e.state != 0]
     assert len(used) <= 3  # at most processCount VACANT slots, nothing else
-    time.sleep(1.05)
-    sup.sweep()
-    assert [e for e in sup.snapshot().entries if e.state != 0] == []
+    def swept_clean() -> bool:  # VACANT slots are reclaimed 1 s after they were left
+        sup.sweep()
+        return [e for e in sup.snapshot().entries if e.state != 0] == []
+
+    wait_until(swept_clean, 30, "the master's sweep to reclaim the VACANT slots", interval=0.05)
 
 
 def test_registry_names_follow_the_directory_identity(tmp_path):
@@ -547,7 +548,8 @@ def test_a_second_master_shares_the_registry_and_the_last_one_unlinks(sup):
         os.close(r)
         Supervisor(sup.directory, 3).start()
         os.write(w, b"x")
-        time.sleep(30)
+        while True:      # stays until the parent kills it (no fixed lifetime to outlast)
+            signal.pause()
     pid = _fork(second_master)
     os.close(w)
     assert os.read(r, 1) == b"x"
@@ -637,21 +639,19 @@ def test_cometmp_supervise_runs_a_supervisor_until_sigterm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cometmp", "supervise", d, "--processes", "2"],
                             env=env)
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def attached():
+            assert proc.poll() is None, f"cometmp supervise exited with {proc.returncode}"
             try:
-                reg = Registry.attach(d)
-                break
+                return Registry.attach(d)
             except (cometmp.RegistryError, FileNotFoundError):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+                return None
+
+        reg = wait_until(attached, 60, "cometmp supervise to create the registry", interval=0.05)
         w = Worker(d)
         assert w.worker_id == 0
         w.kill()  # nobody reports it: the supervise loop sweeps it, and reclaims after 1 s
-        deadline = time.monotonic() + 15   # the bound is for a loaded machine
-        while reg.snapshot().entries[0].state != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: reg.snapshot().entries[0].state == 0, 30,   # bound: a loaded machine
+                   "the supervise loop to sweep and reclaim the killed worker's slot", interval=0.05)
         reg.close()
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -10,7 +10,8 @@ import pytest
 import cometmp
 from cometmp import format as fmt
 
-from conftest import oracle_walk, payload_for, segment_files, small_config, tree_fingerprint
+from conftest import (file_clock_past, oracle_walk, payload_for, segment_files, small_config,
+                      tree_fingerprint)
 
 
 def build(root: str) -> list[str]:
@@ -48,17 +49,16 @@ def exercise(root: str, streams: list[str]) -> None:
         c.sync()
 
 
-def settle() -> None:
-    time.sleep(0.01)  # make any write visible as an mtime/ctime change on coarse clocks
+def settle(root: str) -> None:
+    file_clock_past(root)  # any write from now on is an mtime/ctime change, coarse clocks too
 
 
 def test_readonly_client_modifies_nothing_in_a_clean_directory(tmp_path):
     root = str(tmp_path / "log")
     streams = build(root)
-    settle()
+    settle(root)
     before = tree_fingerprint(root)
     exercise(root, streams)
-    settle()
     assert tree_fingerprint(root) == before
 
 
@@ -88,10 +88,9 @@ def test_readonly_client_modifies_nothing_in_a_damaged_directory(tmp_path):
         b = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([b[0] ^ 0x10]))
-    settle()
+    settle(root)
     before = tree_fingerprint(root)
     exercise(root, streams)
-    settle()
     assert tree_fingerprint(root) == before
 
 

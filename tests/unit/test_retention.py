@@ -10,7 +10,7 @@ import pytest
 import cometmp
 from cometmp import paths
 from cometmp.retention import run_retention
-from conftest import small_config
+from conftest import small_config, wait_until
 
 PAYLOAD = b"r" * 1000        # ~1,000 entries per 1 MiB segment
 
@@ -171,8 +171,8 @@ def test_idle_groups_expire_and_stop_protecting(data_dir):
         fill(c)
         cometmp.Consumer(c, group="abandoned").read("ev:shard:*", max_messages=1, timeout=0)
         assert c.run_retention().deleted == []
-        time.sleep(0.3)
-        rep = c.run_retention()
+        rep = wait_until(lambda: (r := c.run_retention()).expired_groups and r, 30,
+                         "the idle group to expire (after 0.2 s)")
         assert rep.expired_groups == ["abandoned"] and rep.deleted
         assert c.consumer_groups() == []
 
@@ -206,12 +206,9 @@ def test_background_thread_applies_retention_in_the_owning_process(data_dir):
         c.close()
     with make(data_dir, max_shard_bytes=1, check_interval=0.05) as c:
         bases = fill(c)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0000")) == bases[-1:]:
-                break
-            time.sleep(0.05)
-        assert paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0000")) == bases[-1:]
+        wait_until(lambda: paths.list_segment_bases(paths.stream_dir(c.path, "ev:shard:0000"))
+                   == bases[-1:], 30, "the background thread to delete the sealed segments",
+                   interval=0.05)
 
 
 def test_free_space_floor_deletes_oldest_sealed_segments_and_reports_drops(data_dir):
