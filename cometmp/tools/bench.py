@@ -68,6 +68,8 @@ from array import array
 from itertools import repeat
 from typing import Callable, Sequence
 
+from . import bench_sustained
+
 __all__ = ["main"]
 
 PAYLOAD_BYTES = 100
@@ -805,9 +807,11 @@ def _print_targets(targets: list[dict]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cometmp bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("single", "multiproc"), default="single",
+    p.add_argument("--scenario", choices=("single", "multiproc", "sustained"), default="single",
                    help="single: append/append_many vs SQLite and logging (default); "
-                        "multiproc: aggregate rate of N forked writers")
+                        "multiproc: aggregate rate of N forked writers; "
+                        "sustained: every append's latency under rotation and retention "
+                        "(cometmp/tools/bench_sustained.py)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds in all: 20,000 entries, one round")
     p.add_argument("--json", action="store_true", help="print exactly one JSON document")
@@ -827,6 +831,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefault", dest="prefault", action="store_false",
                    help="open cometmp clients with config.storage.prefault=False (no background "
                         "prefault thread)")
+    bench_sustained.add_arguments(p)
     return p
 
 
@@ -851,6 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         machine = _machine(root)
         if args.scenario == "multiproc":
             doc = _run_multiproc(args, root)
+        elif args.scenario == "sustained":
+            doc = bench_sustained.run(args, root)
         else:
             doc = _run_single(args, root)
     finally:
@@ -868,7 +875,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m['date_utc']}  {m['cpu']} x{m['cpus']}, Linux {m['kernel']}, Python "
               f"{m['python']}, SQLite {m['sqlite']}, dir on {m['dir_fs'] or '?'}, "
               f"load {m['loadavg'][0]:.2f}")
-        (_print_multiproc if args.scenario == "multiproc" else _print_single)(doc)
+        {"multiproc": _print_multiproc, "sustained": bench_sustained.print_doc}.get(
+            args.scenario, _print_single)(doc)
         _print_targets(doc["targets"])
         if doc["indicative_only"]:
             print("  (--quick: runs too short to judge the targets; use a full run)")
