@@ -72,6 +72,8 @@ from array import array
 from itertools import repeat
 from typing import Callable, Sequence
 
+from . import bench_sustained
+
 __all__ = ["main"]
 
 PAYLOAD_BYTES = 100
@@ -876,10 +878,13 @@ def _print_targets(targets: list[dict]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cometmp bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup"), default="single",
+    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup", "sustained"),
+                   default="single",
                    help="single: append/append_many vs SQLite and logging (default); "
                         "multiproc: aggregate rate of N forked writers; "
-                        "wakeup: append -> consumer in another process, beside the futex floor")
+                        "wakeup: append -> consumer in another process, beside the futex floor; "
+                        "sustained: every append's latency under rotation and retention "
+                        "(cometmp/tools/bench_sustained.py)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds in all: 20,000 entries, one round")
     p.add_argument("--json", action="store_true", help="print exactly one JSON document")
@@ -907,10 +912,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--load", type=int, default=None,
                    help="wakeup: busy processes in the loaded row (default one per core; 0: "
                         "idle row only)")
-    p.add_argument("--seed", type=int, default=None, help="wakeup: random seed (printed)")
+    p.add_argument("--seed", type=int, default=None, help="wakeup, sustained: random seed (default: random, printed)")
     p.add_argument("--slice-us", type=int, default=0,
                    help="wakeup: every waiter (floor included) asks EEVDF for this time slice "
                         "(sched_setattr sched_runtime; default 0: the kernel's)")
+    bench_sustained.add_arguments(p)
     return p
 
 
@@ -942,6 +948,8 @@ def main(argv: list[str] | None = None) -> int:
             doc = bench_wakeup.run(args, root)
         elif args.scenario == "multiproc":
             doc = _run_multiproc(args, root)
+        elif args.scenario == "sustained":
+            doc = bench_sustained.run(args, root)
         else:
             doc = _run_single(args, root)
     finally:
@@ -963,7 +971,8 @@ def main(argv: list[str] | None = None) -> int:
             from . import bench_wakeup
             bench_wakeup.print_report(doc)
         else:
-            (_print_multiproc if args.scenario == "multiproc" else _print_single)(doc)
+            {"multiproc": _print_multiproc, "sustained": bench_sustained.print_doc}.get(
+                args.scenario, _print_single)(doc)
         _print_targets(doc["targets"])
         if doc["indicative_only"]:
             print("  (--quick: runs too short to judge the targets; use a full run)")

@@ -102,3 +102,27 @@ def test_bad_arguments_are_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--entries", "10"])
     assert e.value.code == 2
+
+
+def test_sustained_scenario_times_every_append_across_rotations_and_retention(capsys, tmp_path):
+    rc, doc = _run(capsys, "--scenario", "sustained", "--seconds", "2", "--rate", "2e6",
+                   "--probe-mb", "8", "--segment-mb", "1", "--retain-segments", "1",
+                   "--retention-interval", "0.1", "--workers", "2", "--seed", "5",
+                   "--dir", str(tmp_path))
+    assert rc == 0 and doc["scenario"] == "sustained" and doc["mode"] == "latency"
+    assert _positive(doc["writeback"]["bytes_per_s"])
+    assert doc["calls"] == sum(w["calls"] for w in doc["per_worker"]) > 0
+    assert 0 <= doc["p50_ns"] <= doc["p99_ns"] <= doc["p999_ns"] <= doc["max_ns"]
+    assert doc["rotations"] >= 1 and doc["seed"] == 5
+    assert doc["slowest"][0]["ns"] == doc["max_ns"]
+    assert {t["result"] for t in doc["targets"]} <= {"PASS", "MISS"} and len(doc["targets"]) == 2
+
+
+def test_sustained_volume_mode_gives_a_curve_with_and_without_retention(capsys, tmp_path):
+    rc, doc = _run(capsys, "--scenario", "sustained", "--volume", "6M", "--volume-step", "2M",
+                   "--segment-mb", "1", "--retain-segments", "1", "--dir", str(tmp_path))
+    assert rc == 0 and doc["mode"] == "volume"
+    assert [r["retention"] for r in doc["runs"]] == [False, True]
+    for r in doc["runs"]:
+        assert len(r["curve"]) >= 2
+        assert all(_positive(c["entries_per_s"]) for c in r["curve"])
