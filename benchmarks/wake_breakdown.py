@@ -25,8 +25,6 @@ before/after in one run: each tree is run with PYTHONPATH=<tree>, the same stamp
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import importlib.util
 import json
 import os
@@ -55,28 +53,10 @@ ST_APPEND_IN, ST_PUBLISH_IN, ST_PUBLISHED, ST_WOKE_SENT, ST_FUTEX_RET = range(5)
 
 
 def build_stamped_core() -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for p in sorted(NATIVE.iterdir()):
-        if p.suffix in (".c", ".h", ".py"):
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
-    h.update(sys.version.encode())
-    out = pathlib.Path(tempfile.gettempdir()) / f"cometmp-stamps-{os.getuid()}-{h.hexdigest()}"
-    found = glob.glob(str(out / "cometmp" / "_cffi*.so"))
-    if found:
-        return found[0]
     spec = importlib.util.spec_from_file_location("_cometmp_build_ffi", NATIVE / "build_ffi.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    work = tempfile.mkdtemp(prefix="cometmp-stampbuild-")
-    try:
-        mod.make_builder(stamps=True, absolute=True).compile(tmpdir=work)
-        try:
-            os.rename(work, out)
-        except OSError:
-            pass
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return glob.glob(str(out / "cometmp" / "_cffi*.so"))[0]
+    return mod.build_variant("stamps")
 
 
 # ------------------------------------------------------------------ child (one tree, one variant)

@@ -41,6 +41,33 @@ def make_builder(failpoints: bool = False, absolute: bool = False, stamps: bool 
     return builder
 
 
+def build_variant(kind: str) -> str:
+    """Path of a variant build's ``_cffi`` shared object, built once per source hash in the
+    temp directory and shared by every process: ``kind`` is "failpoints" (the test build,
+    tests/failpoints.py) or "stamps" (benchmarks/wake_breakdown.py)."""
+    import glob, hashlib, os, shutil, sys, tempfile
+
+    h = hashlib.blake2b(digest_size=8)
+    for p in sorted(NATIVE.iterdir()):
+        if p.suffix in (".c", ".h", ".py"):
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    h.update(sys.version.encode())
+    out = pathlib.Path(tempfile.gettempdir()) / f"cometmp-{kind}-{os.getuid()}-{h.hexdigest()}"
+    found = glob.glob(str(out / "cometmp" / "_cffi*.so"))
+    if found:
+        return found[0]
+    work = tempfile.mkdtemp(prefix=f"cometmp-{kind}build-")
+    try:
+        make_builder(absolute=True, **{kind: True}).compile(tmpdir=work)
+        try:
+            os.rename(work, out)
+        except OSError:             # another process built it first
+            pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return glob.glob(str(out / "cometmp" / "_cffi*.so"))[0]
+
+
 ffibuilder = make_builder()
 
 if __name__ == "__main__":

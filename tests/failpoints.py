@@ -19,14 +19,9 @@ crash/test_rotation_faults.py) and §4.2 (every other path, crash/test_injected_
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import importlib.util
-import os
 import pathlib
-import shutil
 import sys
-import tempfile
 
 NATIVE = pathlib.Path(__file__).resolve().parent.parent / "native"
 
@@ -86,34 +81,12 @@ ABSORBED = {"open.index", "read.index_open", "read.index_map"}
 RUN_LENGTH = {"append.alloc": 6}
 
 
-def _source_key() -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for p in sorted(NATIVE.iterdir()):
-        if p.suffix in (".c", ".h", ".py"):
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
-    h.update(sys.version.encode())
-    return h.hexdigest()
-
-
 def build() -> str:
     """Path of the failpoint build's ``_cffi`` shared object (built once per source hash)."""
-    out = pathlib.Path(tempfile.gettempdir()) / f"cometmp-failpoints-{os.getuid()}-{_source_key()}"
-    found = glob.glob(str(out / "cometmp" / "_cffi*.so"))
-    if found:
-        return found[0]
     spec = importlib.util.spec_from_file_location("_cometmp_build_ffi", NATIVE / "build_ffi.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    work = tempfile.mkdtemp(prefix="cometmp-fpbuild-")
-    try:
-        mod.make_builder(failpoints=True, absolute=True).compile(tmpdir=work)
-        try:
-            os.rename(work, out)
-        except OSError:             # another session built it first
-            pass
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return glob.glob(str(out / "cometmp" / "_cffi*.so"))[0]
+    return mod.build_variant("failpoints")
 
 
 def bootstrap(so_path: str) -> None:

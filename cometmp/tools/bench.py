@@ -949,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.scenario == "multiproc":
             doc = _run_multiproc(args, root)
         elif args.scenario == "sustained":
-            doc = bench_sustained.run(args, root)
+            doc = bench_sustained.run(args, root, int(_timer_overhead_ns()))
         else:
             doc = _run_single(args, root)
     finally:

@@ -41,13 +41,12 @@ import gc
 import json
 import os
 import random
-import statistics
 import tempfile
 import threading
 import time
 from array import array
 
-__all__ = ["main", "measure_writeback", "parse_size"]
+__all__ = ["measure_writeback", "parse_size", "run"]
 
 MiB = 1 << 20
 MIN_ENTRY, MAX_ENTRY = 100, 1024
@@ -103,15 +102,6 @@ def measure_writeback(parent: str, mb: int = 256) -> dict:
     n = max(1, mb // 4) * 4 * MiB
     return {"bytes": n, "write_s": t1 - t0, "sync_s": t2 - t1,
             "bytes_per_s": n / (t2 - t0), "page_cache_bytes_per_s": n / max(t1 - t0, 1e-9)}
-
-
-def timer_overhead_ns(samples: int = 20001) -> int:
-    pc = time.perf_counter_ns
-    out = array("q", bytes(8 * samples))
-    for i in range(samples):
-        t0 = pc()
-        out[i] = pc() - t0
-    return int(statistics.median(out))
 
 
 def _config(args, retention: bool):
@@ -295,12 +285,11 @@ def _nearest(events: list[dict], t_us: int, kind: str, worker: int | None = None
     return {**best, "dt_us": best["t_us"] - t_us}
 
 
-def run_latency(args, root: str) -> dict:
+def run_latency(args, root: str, timer_ns: int) -> dict:
     probe_dir = args.dir or tempfile.gettempdir()
     bw = measure_writeback(probe_dir, args.probe_mb)
     rate = args.rate if args.rate else bw["bytes_per_s"] * args.rate_fraction
     nworkers = args.workers or os.cpu_count() or 1
-    timer_ns = timer_overhead_ns()
     import cometmp
 
     # the conductor creates the directory and the streams, then forks (gunicorn --preload)
@@ -560,7 +549,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--plot", default=None, help="PNG path (needs matplotlib)")
 
 
-def run(args, root: str) -> dict:
+def run(args, root: str, timer_ns: int) -> dict:
+    """The scenario; ``timer_ns``: the cost of an empty perf_counter_ns pair, subtracted
+    from every sample (measured by bench.py, which imports this module)."""
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
     if args.volume:
@@ -569,7 +560,7 @@ def run(args, root: str) -> dict:
                 run_volume(args, root, vol, retention=True)]
         doc = {"mode": "volume", "runs": runs}
     else:
-        doc = {"mode": "latency", **run_latency(args, root)}
+        doc = {"mode": "latency", **run_latency(args, root, timer_ns)}
     if args.plot:
         doc["plot"] = plot(args.plot, doc if doc["mode"] == "latency" else None,
                            doc.get("runs"))
