@@ -22,7 +22,8 @@ it agree on the one that was linked first. It is never rewritten. A damaged key 
 never regenerated: a server still running under the old name would be split in two
 registries (two processID spaces) by a process that silently made a new key. Its owner
 stops the server and removes the file; the next start makes a new one. A key *removed*
-while a server runs is followed instead: ``Registry.replaced()`` watches its inode, the
+while a server runs is followed instead: ``Registry.replaced()`` recomputes the name from
+the key (the secret identifies a key, not its inode, which a new file may reuse), the
 first member to notice makes a new one and every process moves to the new registry.
 """
 

@@ -62,7 +62,7 @@ import posix_ipc
 
 from .key import ForeignRegistry, key_path, load_key, read_key, stat_mode
 from .._ffi import ffi, last_error, lib
-from ..errors import FormatError, RegistryError, UnsupportedFilesystem, os_error
+from ..errors import CometError, FormatError, RegistryError, UnsupportedFilesystem, os_error
 from ..paths import user_name
 
 log = logging.getLogger("cometmp")
@@ -300,8 +300,6 @@ class Registry:
         self._ptr = ffi.from_buffer(mm)
         self.created = created
         self.inode = inode
-        #: the registry key's inode when this object was named (replaced() watches it)
-        self.key_inode = _key_inode(directory)
         #: where the shared uint64 ownership epoch lives, for Appender.set_epoch_watch:
         #: the mapping (an appender holds a buffer export of it) and the byte offset
         self.epoch_source = (mm, CM_REG_OFF_EPOCH)
@@ -415,12 +413,18 @@ class Registry:
     def replaced(self) -> bool:
         """True if ``/dev/shm/<name>`` is no longer the object this process mapped: it was
         removed (an admin, systemd-tmpfiles, a test's cleanup) or removed and created
-        again; or the registry key the name was derived from was removed or replaced
-        (I33a), so the name is no longer the directory's. Two stat(2)s, compared with the
-        inodes seen at map time; called by the member thread and the supervisor's hooks,
-        never on the append path."""
-        if _key_inode(self.directory) != self.key_inode:
-            return True
+        again; or the directory's name is no longer ``self.name`` (I33a): its registry key
+        was removed, replaced or damaged. The key is identified by its secret, through
+        shm_name, never by its inode: a new key file often gets the inode of the one just
+        removed (ext4 reuses freed inodes at once), and a stat taken apart from the read
+        the name came from could belong to another key. One read of the key and one
+        stat(2) per call; called by the member thread and the supervisor's hooks, never
+        on the append path."""
+        try:
+            if shm_name(self.directory) != self.name:
+                return True
+        except (CometError, OSError):
+            return True    # no key (removed), or one nobody can use: the rejoin says which
         try:
             return os.stat(SHM_DIR + self.name).st_ino != self.inode
         except FileNotFoundError:
@@ -682,14 +686,6 @@ class Registry:
         used = masters or any(state != FREE for _p, state, *_r in self.raw_entries())
         created = struct.unpack_from("=q", self._mm, CM_REG_OFF_CREATED)[0]
         return bool(used) or time.time_ns() - created >= young * 1e9
-
-
-def _key_inode(directory: str) -> int:
-    """Inode of ``directory``'s registry key, 0 if it has none (replaced(), I33a)."""
-    try:
-        return os.stat(key_path(directory), follow_symlinks=False).st_ino
-    except OSError:
-        return 0
 
 
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:

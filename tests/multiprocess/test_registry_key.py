@@ -276,3 +276,24 @@ def test_a_key_removed_while_a_server_runs_is_remade_and_every_process_moves_to_
             assert os.waitstatus_to_exitcode(st) == 0
         sup.close()
     assert not os.path.exists("/dev/shm" + registry.shm_name(d))
+
+
+def test_a_new_key_on_the_old_keys_inode_is_noticed(tmp_path):
+    """A key is identified by its secret, not its inode: a new key file often gets the
+    inode of the one just removed (ext4 reuses it at once). Here the new secret is written
+    into the same inode, so only a check of the secret can notice it."""
+    d = data_directory(str(tmp_path / "log"))
+    sup = Supervisor(d, 2).start()
+    try:
+        old_name = sup.registry.name
+        assert not sup.registry.replaced()
+        ino = os.stat(key_file(d)).st_ino
+        _write(key_file(d), GOOD.encode())                # O_TRUNC: same inode, new secret
+        assert os.stat(key_file(d)).st_ino == ino
+        assert sup.registry.replaced()
+        sup.sweep()                                       # a master hook: it follows
+        assert sup.registry.name == registry.shm_name(d) != old_name
+        assert not sup.registry.replaced()
+        assert not os.path.exists("/dev/shm" + old_name)  # nobody left in it: removed
+    finally:
+        sup.close()
