@@ -30,9 +30,12 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(HERE, "cometmp", "tools", "bench.py")
-RUN = ("import runpy, sys; sys.argv = ['cometmp bench'] + sys.argv[1:]; "
-       "runpy.run_path(%r, run_name='__main__')" % BENCH)
+TOOLS = os.path.join(HERE, "cometmp", "tools")
+# this tree's bench (and the scenario modules it imports) over the library of the tree under
+# test (PYTHONPATH): cometmp.tools resolves first from this tree's tools directory
+RUN = ("import runpy, sys; import cometmp.tools as t; t.__path__.insert(0, %r); "
+       "sys.argv = ['cometmp bench'] + sys.argv[1:]; "
+       "runpy.run_module('cometmp.tools.bench', run_name='__main__')" % TOOLS)
 COSTS = ("appender_cpu_ns_per_entry", "prefault_cpu_ns_per_entry", "process_cpu_ns_per_entry",
          "appender_minflt_per_1k_entries", "prefault_pages_populated",
          "prefault_pages_skipped_busy")

@@ -30,9 +30,7 @@
 #include <string.h>
 #include <errno.h>
 #include <unistd.h>
-#include <fcntl.h>
 #include <time.h>
-#include <sched.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include "cometmp.h"
@@ -59,40 +57,6 @@ static pthread_cond_t unmapped = PTHREAD_COND_INITIALIZER;
 static uint64_t thread_gen; /* fork generation whose thread runs; 0 = none */
 /* cm_prefault_stats(): this process's counts since its thread started (under mu) */
 static cm_prefault_stats_t stats;
-/* held by the thread while it has /proc/loadavg open, and across fork() */
-static pthread_mutex_t fd_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* 1 when a core is idle for the populate: the runnable tasks other than this
- * thread are fewer than the CPUs. /proc/loadavg field 4 is "running/total";
- * unreadable (no /proc) counts as idle, the behaviour before this policy. */
-static int core_idle(void) {
-    if (CM_FAILPOINT("prefault.assume_idle")) return 1;   /* test build: steer the policy */
-    static long cpus;
-    if (!cpus) {
-        cpu_set_t set;
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        long allowed = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : online;
-        cpus = allowed < 2 ? 1 : online;   /* one allowed CPU: the appender's own */
-    }
-    if (cpus < 2) return 0;
-    char buf[128];
-    pthread_mutex_lock(&fd_mu);    /* a fork never copies the descriptor (after_fork_*) */
-    int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-    if (fd >= 0) close(fd);
-    pthread_mutex_unlock(&fd_mu);
-    if (n <= 0) return 1;
-    buf[n] = 0;
-    const char *p = buf;
-    for (int field = 0; field < 3 && p; field++) {   /* skip the three averages */
-        p = strchr(p, ' ');
-        if (p) p++;
-    }
-    if (!p) return 1;
-    long running = strtol(p, NULL, 10);
-    return running - 1 < cpus;
-}
-
 static uint64_t thread_cpu_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
@@ -118,10 +82,13 @@ static void *warm_main(void *arg) {
             pthread_cond_broadcast(&unmapped);
             pthread_mutex_unlock(&mu);
         } else {
-            int idle = core_idle();
+            /* Every request is populated: a policy that left pages to the appender
+               when no core was idle (reading /proc/loadavg) measured worse at two
+               processes (demand faults cost the appender more CPU than this bulk
+               populate saves; docs/PERFORMANCE.md "Prefault policy") and was removed. */
             size_t done = 0;
             int failed = 0;
-            for (size_t off = 0; idle && off < r.len; off += STEP) {
+            for (size_t off = 0; off < r.len; off += STEP) {
                 size_t n = r.len - off < STEP ? r.len - off : STEP;
                 if (CM_FAILPOINT_ERRNO("prefault.populate") ||
                     madvise(r.addr + off, n, MADV_POPULATE_WRITE) != 0) {
@@ -134,7 +101,6 @@ static void *warm_main(void *arg) {
             if (thread_gen == gen) {
                 stats.requests++;
                 stats.bytes_populated += done;
-                stats.bytes_skipped_busy += idle ? 0 : r.len;
                 stats.failures += (uint64_t)failed;
                 stats.thread_cpu_ns = thread_cpu_ns();
             }
@@ -158,14 +124,8 @@ static void after_fork_child(void) {
     memset(&stats, 0, sizeof stats);
 }
 
-static void before_fork(void) { pthread_mutex_lock(&fd_mu); }
-static void after_fork_parent(void) { pthread_mutex_unlock(&fd_mu); }
-static void after_fork_child_fd(void) { pthread_mutex_unlock(&fd_mu); after_fork_child(); }
-
 __attribute__((constructor))
-static void prealloc_init(void) {
-    pthread_atfork(before_fork, after_fork_parent, after_fork_child_fd);
-}
+static void prealloc_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
 
 /* Caller holds mu. Starts this generation's thread; 0 if it cannot run. */
 static int ensure_thread(void) {

@@ -71,8 +71,7 @@ PATH_POINTS = {
                      [(f"index.persist.{step}", "none") for step in PERSIST_STEPS],
 }
 #: the prefault thread's point (native/prealloc.c; crash/test_prefault_faults.py): a failure
-#: leaves the pages to the appender, never an error; "prefault.assume_idle" is not a failure
-#: but steers the thread's policy to take every request, so the point is reached under load
+#: leaves the pages to the appender, never an error
 PREFAULT_POINTS = ("prefault.populate",)
 #: points whose failure the engine absorbs without an error: a derived file is rebuilt
 ABSORBED = {"open.index", "read.index_open", "read.index_map"}

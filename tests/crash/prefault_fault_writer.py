@@ -3,9 +3,8 @@
     python prefault_fault_writer.py SO ROOT SPEC SEED OUT
 
 Loads the failpoint core SO as cometmp._cffi (tests/failpoints.py), opens ROOT with 1 MiB
-segments and 64 KiB allocation chunks, sets COMETMP_FAILPOINT to
-"prefault.assume_idle:1:EIO:1000000000,SPEC" (the prefault thread takes every request, and
-SPEC fails or kills it) and appends 6,000 entries of 64-2,000 bytes (seeded: entry i is
+segments and 64 KiB allocation chunks, sets COMETMP_FAILPOINT to SPEC (which fails or kills
+the prefault thread) and appends 6,000 entries of 64-2,000 bytes (seeded: entry i is
 b"%08d" % i repeated rng.randint(8, 250) times), recording the count acknowledged so far in
 OUT.count after each. Then it writes the prefault thread's counts to OUT, clears the
 failpoint and appends 10 more. An append that fails or gets another number exits non-zero.
@@ -34,7 +33,7 @@ rng = random.Random(int(seed))
 cfg = cometmp.Config()
 cfg.storage.segment_bytes = 1 << 20
 cfg.storage.preallocate_bytes = 64 * 1024
-os.environ["COMETMP_FAILPOINT"] = "prefault.assume_idle:1:EIO:1000000000," + spec
+os.environ["COMETMP_FAILPOINT"] = spec
 acked = os.open(out + ".count", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
 with cometmp.Client(root, config=cfg) as c:
     lg = c.log("pf", shards=1)

@@ -5,9 +5,8 @@ The prefault thread (native/prealloc.c) populates pages whose disk blocks the ap
 fallocated before queueing them, so when its `MADV_POPULATE_WRITE` fails the appender's own
 stores fault the pages in: no error, no SIGBUS, nothing lost. The writer runs on the
 failpoint build of the core (tests/failpoints.py) in a child process, so a signal would
-show as its return code; `prefault.assume_idle` makes the thread take every request even on
-a loaded machine (its policy otherwise leaves the work to the appender when no core is
-idle), so the failing point is really reached. A `KILL` at the point is a kill -9 while
+show as its return code; the thread takes every request, so the failing point is really
+reached. A `KILL` at the point is a kill -9 while
 the thread runs. Each case prints its seed and replay command
 (tests/crash/prefault_fault_writer.py).
 """

@@ -63,7 +63,12 @@ def test_a_consumer_killed_while_dead_lettering_never_acks_an_entry_it_did_not_d
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
-        _out, err = p.communicate(timeout=120)
+        try:
+            _out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:    # timed out (or the test is interrupted): stop it by pid
+                p.kill()
+                p.wait()
         if p.returncode == 0:
             break
         assert p.returncode == -signal.SIGKILL, err.decode()
