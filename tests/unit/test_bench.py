@@ -69,8 +69,9 @@ def test_multiproc_scenario_reports_scaling_of_two_processes(capsys, tmp_path):
 
 def test_multiproc_reports_what_each_entry_cost_the_appender_and_the_prefault_thread(
         capsys, tmp_path):
-    # 30,000 entries of 120-byte frames touch ~900 fresh pages per process: every one was
-    # either prefaulted by the thread or left to the appender, which then took faults
+    # 30,000 entries of 120-byte frames touch ~900 fresh pages per process: each one is
+    # prefaulted by the thread or, when the thread is behind (a loaded machine), faulted in
+    # by the appender itself, which then shows as the appender's faults
     rc, doc = _run(capsys, "--scenario", "multiproc", "--modes", "single", "--entries",
                    "30000", "--rounds", "1", "--dir", str(tmp_path))
     assert rc == 0 and set(doc["results"]) == {"single"}
@@ -78,10 +79,10 @@ def test_multiproc_reports_what_each_entry_cost_the_appender_and_the_prefault_th
         assert _positive(r["appender_cpu_ns_per_entry"])
         assert r["process_cpu_ns_per_entry"] >= r["appender_cpu_ns_per_entry"] > 0
         assert r["prefault_failures"] == 0
-        pages = r["prefault_pages_populated"] + r["prefault_pages_skipped_busy"]
-        assert pages >= int(procs) * 30000 * 120 // 4096 // 2, r
-        if r["prefault_pages_skipped_busy"] > r["prefault_pages_populated"]:
-            assert r["appender_minflt_per_1k_entries"] > 0
+        touched = int(procs) * 30000 * 120 // 4096
+        assert 0 <= r["prefault_pages_populated"] <= 2 * touched + 4096, r
+        if r["prefault_pages_populated"] < touched // 2:
+            assert r["appender_minflt_per_1k_entries"] > 0, r
 
 
 def test_multiproc_modes_must_be_known(capsys):
