@@ -15,7 +15,7 @@ are measured seconds apart. Printed per variant, as medians over the rounds: 1-p
 2-process rate, 2-vs-1 scaling, the control's scaling (what the machine gave two pure-CPU
 processes at that moment), and the load-independent costs per entry (appending-thread CPU,
 prefault-thread CPU, process CPU, appender page faults per 1,000 entries, pages the
-prefault thread populated or left to the appender); then this tree's 1-process rate against
+prefault thread populated); then this tree's 1-process rate against
 the baseline's, round by round (both measured minutes apart at most). Prints its own figures;
 ``--json`` prints the raw rounds too.
 """
@@ -37,8 +37,7 @@ RUN = ("import runpy, sys; import cometmp.tools as t; t.__path__.insert(0, %r); 
        "sys.argv = ['cometmp bench'] + sys.argv[1:]; "
        "runpy.run_module('cometmp.tools.bench', run_name='__main__')" % TOOLS)
 COSTS = ("appender_cpu_ns_per_entry", "prefault_cpu_ns_per_entry", "process_cpu_ns_per_entry",
-         "appender_minflt_per_1k_entries", "prefault_pages_populated",
-         "prefault_pages_skipped_busy")
+         "appender_minflt_per_1k_entries", "prefault_pages_populated")
 
 
 def run(tree: str, entries: int, extra: list[str]) -> dict:
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             c = {k: med([x[f'{k}_{p_}'] for x in rs]) for k in COSTS}
             print(f"      {p_} proc(s), per entry: appender {c[COSTS[0]]:.0f} ns CPU, prefault "
                   f"thread {c[COSTS[1]]:.0f} ns, process {c[COSTS[2]]:.0f} ns; appender "
-                  f"{c[COSTS[3]]:.2f} faults/1k; pages prefaulted {c[COSTS[4]]:.0f}, left to "
-                  f"the appender {c[COSTS[5]]:.0f}")
+                  f"{c[COSTS[3]]:.2f} faults/1k; pages prefaulted {c[COSTS[4]]:.0f}")
     ratio = [n["p1"] / b["p1"] for n, b in zip(rows["new"], rows["baseline"])]
     print(f"  new / baseline, 1 process: {med(ratio):.3f} (rounds: "
           f"{', '.join(f'{x:.2f}' for x in ratio)})")

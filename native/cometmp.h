@@ -187,13 +187,11 @@ int  cm_last_errno(void);
 uint64_t cm_fork_generation(void);
 
 /* prealloc.c: what this process's prefault thread did (docs/PERFORMANCE.md,
- * "Prefault policy"): requests served, bytes it populated, bytes it left to the
- * appender because no core was idle, populates that failed, and the thread's
- * CPU time (CLOCK_THREAD_CPUTIME_ID) */
+ * "Prefault policy"): requests served, bytes it populated, populates that
+ * failed, and the thread's CPU time (CLOCK_THREAD_CPUTIME_ID) */
 typedef struct cm_prefault_stats_t {
     uint64_t requests;
     uint64_t bytes_populated;
-    uint64_t bytes_skipped_busy;
     uint64_t failures;
     uint64_t thread_cpu_ns;
 } cm_prefault_stats_t;

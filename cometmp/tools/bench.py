@@ -441,7 +441,7 @@ def _prefault_stats() -> dict:
     them (a baseline build being compared)."""
     from cometmp._ffi import ffi, lib
 
-    keys = ("requests", "bytes_populated", "bytes_skipped_busy", "failures", "thread_cpu_ns")
+    keys = ("requests", "bytes_populated", "failures", "thread_cpu_ns")
     if not hasattr(lib, "cm_prefault_stats"):
         return dict.fromkeys(keys, 0)
     st = ffi.new("cm_prefault_stats_t *")
@@ -577,7 +577,7 @@ def _mp_run(root: str, nprocs: int, entries: int, mode: str) -> dict:
         "per_process_involuntary_switches": [r["involuntary_switches"] for r in results],
         # load-independent costs per entry, summed over the children: CPU of the appending
         # threads, CPU of the prefault threads, minor faults the appending threads took, and
-        # the pages the prefault threads populated or left to the appenders (no idle core)
+        # the pages the prefault threads populated
         "appender_cpu_ns_per_entry": sum(r["thread_cpu_ns"] for r in results) / total,
         "prefault_cpu_ns_per_entry": sum(r["prefault"]["thread_cpu_ns"] for r in results)
         / total,
@@ -586,8 +586,6 @@ def _mp_run(root: str, nprocs: int, entries: int, mode: str) -> dict:
         / total,
         "prefault_pages_populated": sum(r["prefault"]["bytes_populated"] for r in results)
         // 4096,
-        "prefault_pages_skipped_busy": sum(r["prefault"]["bytes_skipped_busy"]
-                                           for r in results) // 4096,
         "prefault_failures": sum(r["prefault"]["failures"] for r in results),
     }
 
@@ -861,8 +859,7 @@ def _print_multiproc(doc: dict) -> None:
                       f"ns CPU, prefault thread {x['prefault_cpu_ns_per_entry']:.0f} ns, "
                       f"process {x['process_cpu_ns_per_entry']:.0f} ns; appender "
                       f"{x['appender_minflt_per_1k_entries']:.2f} faults/1k entries; pages "
-                      f"prefaulted {x['prefault_pages_populated']}, left to the appender "
-                      f"{x['prefault_pages_skipped_busy']}")
+                      f"prefaulted {x['prefault_pages_populated']}")
     for k, v in doc["ratios"].items():
         print(f"  {k:32} {v:6.2f}x")
 
