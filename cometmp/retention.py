@@ -431,5 +431,7 @@ def _loop(ref, pid: int) -> None:
         try:
             run_retention(client)
         except Exception as e:  # noqa: BLE001 - keep the thread alive; report and retry
+            if client._closed:
+                return   # closed by its owner while this run was in flight: nothing failed
             log.error("cometmp: background retention of %s failed: %s", client.path, e)
         del client

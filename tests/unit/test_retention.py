@@ -233,3 +233,42 @@ def test_config_knobs_are_validated():
     cfg.retention.hard_min_free_ratio = 0.9
     with pytest.raises(ValueError, match="hard_min_free_ratio"):
         cfg.validate()
+
+
+
+def test_closing_a_client_during_a_background_run_is_not_reported_as_a_failure(data_dir, caplog):
+    """The Client is closed by its owner while its retention thread is inside a run (held
+    at the offsets file's mutex, which this test holds): the run ends quietly, nothing is
+    logged as a failed retention, and the thread exits."""
+    import logging
+    import sys
+
+    from cometmp import retention
+    from cometmp.offsets import OffsetStore
+
+    with make(data_dir, max_shard_bytes=1) as c:
+        c.append("ev:shard:0000", [b"x"] * 10)
+    caplog.set_level(logging.ERROR, logger="cometmp")
+    store = OffsetStore(data_dir, writable=True)
+    try:
+        with store.locked():
+            c = make(data_dir, max_shard_bytes=1, check_interval=0.01)
+            c.append("ev:shard:0000", [b"y"])   # this process writes: its thread starts
+            thread = retention._threads[c]
+
+            def inside_run():
+                frame = sys._current_frames().get(thread.ident)
+                while frame is not None:
+                    if frame.f_code.co_name == "run_retention":
+                        return True
+                    frame = frame.f_back
+                return False
+
+            wait_until(inside_run, 30, "the retention thread to be inside a run")
+            c.close()
+        thread.join(30)
+        assert not thread.is_alive()
+    finally:
+        store.close()
+    failed = [r.getMessage() for r in caplog.records if "background retention" in r.getMessage()]
+    assert failed == []
