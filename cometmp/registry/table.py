@@ -55,12 +55,14 @@ import mmap
 import os
 import signal
 import struct
+import threading
 import time
 from typing import Iterator
 
 import posix_ipc
 
 from .key import ForeignRegistry, key_path, load_key, read_key, stat_mode
+from .. import failpoint
 from .._ffi import ffi, last_error, lib
 from ..errors import CometError, FormatError, RegistryError, UnsupportedFilesystem, os_error
 from ..paths import user_name
@@ -374,20 +376,42 @@ class Registry:
         """Create a fresh registry (O_EXCL). Owned by uid/gid when given, so workers that
         dropped privileges (gunicorn --user, uWSGI --uid) can map it."""
         directory = os.path.abspath(os.fspath(directory))
+        _check_count(process_count)
         name = shm_name(directory, create=True)   # I33a: the first creator makes the key
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=REG_BYTES)
+        _remove_dead_drafts(name)
+        # I24a: built and initialised under a private draft name, then linked into place,
+        # so the directory's name only ever shows a whole registry: a creator killed half
+        # way leaves a draft nobody waits for, never an uninitialised object that joiners
+        # (each holding it mapped while they wait) would keep "in use" between them
+        draft = f"{name}.{os.getpid()}.{threading.get_ident()}.draft"
+        shm = posix_ipc.SharedMemory(draft, posix_ipc.O_CREX, mode=0o600, size=REG_BYTES)
         try:
-            if (uid is not None and uid != os.geteuid()) or (gid is not None and gid != os.getegid()):
-                os.fchown(shm.fd, -1 if uid is None else uid, -1 if gid is None else gid)
-        except OSError:
-            shm.close_fd()
-            posix_ipc.unlink_shared_memory(name)
-            raise
-        reg = cls._map(directory, name, shm, True)
-        from .._ffi import check
-        check(lib.cm_registry_init(reg._ptr, REG_BYTES, _check_count(process_count)))
-        reg._put_u32(CM_REG_OFF_OWNER_UID, os.geteuid() if uid is None else uid)
-        reg._put_u32(CM_REG_OFF_OWNER_GID, os.getegid() if gid is None else gid)
+            try:
+                if (uid is not None and uid != os.geteuid()) or \
+                        (gid is not None and gid != os.getegid()):
+                    os.fchown(shm.fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            except OSError:
+                shm.close_fd()
+                raise
+            reg = cls._map(directory, draft, shm, True)
+            from .._ffi import check
+            check(lib.cm_registry_init(reg._ptr, REG_BYTES, process_count))
+            reg._put_u32(CM_REG_OFF_OWNER_UID, os.geteuid() if uid is None else uid)
+            reg._put_u32(CM_REG_OFF_OWNER_GID, os.getegid() if gid is None else gid)
+            failpoint.fail("registry.publish", SHM_DIR + name)
+            try:
+                os.link(SHM_DIR + draft, SHM_DIR + name)   # EEXIST: another creator won
+            except FileExistsError:
+                reg.close()
+                raise posix_ipc.ExistentialError(f"registry {name} exists") from None
+            except OSError as e:
+                reg.close()
+                raise os_error(e, SHM_DIR + name, f"publish the registry of {directory} "
+                               "as") from e
+        finally:
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory(draft)
+        reg.name = name
         return reg
 
     def close(self) -> None:
@@ -686,6 +710,31 @@ class Registry:
         used = masters or any(state != FREE for _p, state, *_r in self.raw_entries())
         created = struct.unpack_from("=q", self._mm, CM_REG_OFF_CREATED)[0]
         return bool(used) or time.time_ns() - created >= young * 1e9
+
+
+def _remove_dead_drafts(name: str) -> None:
+    """Remove the drafts (Registry.create, I24a) of ``name`` whose creator process is
+    gone: a creator killed before it published leaves one behind."""
+    prefix = name.lstrip("/") + "."
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".draft")):
+            continue
+        try:
+            pid = int(entry[len(prefix):].split(".")[0])
+            os.kill(pid, 0)
+            continue            # its creator may be at work right now
+        except ValueError:
+            pass                # not a draft this code made: leave nothing unexplained
+        except ProcessLookupError:
+            with contextlib.suppress(posix_ipc.ExistentialError):
+                posix_ipc.unlink_shared_memory("/" + entry)
+            continue
+        except PermissionError:
+            continue            # another user's live process
 
 
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:
