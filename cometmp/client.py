@@ -353,6 +353,9 @@ class Client:
                         raise
                     raise _emfile(stream, e2) from None
             self._writers[stream] = w
+            r = self._readers.get(stream)
+            if r is not None:
+                r.follow_writer()   # read-your-writes from the first append (I27a)
             self._start_writer_threads()
         return w
 

@@ -301,6 +301,16 @@ class Reader:
             return self._files_committed()
         return fallback[1]
 
+    def follow_writer(self) -> None:
+        """A writer of this stream was just opened in this process: its open recovered
+        the page (or rebuilt it under a new inode) and now keeps it current, so map it
+        again at once instead of at the next recheck: what this process appends is
+        readable as soon as append() returns (I27a). The old view is left to the garbage
+        collector, not closed: a scan in another thread may still be reading it (L4)."""
+        self._check()
+        self.state = StateView(self.directory)
+        self._fallback_committed = None
+
     def _files_committed(self) -> int:
         """No writer keeps the state page current (I27a): count the valid records of
         the newest segment, the page's ``committed``/``tail`` only a second opinion.

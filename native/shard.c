@@ -432,7 +432,7 @@ static int remove_new_segment(cm_shard *s, uint64_t base, int durable);
 /* Entries a segment file holds by walking it read-only with the one walker:
  * *end = base + (sequence of its last valid record + 1), or base when it has
  * none. Returns CM_OK, or < 0 when it cannot be mapped or its header is bad. */
-static int segment_end(cm_shard *s, uint64_t base, uint64_t *end) {
+static int segment_end(cm_shard *s, uint64_t base, uint64_t *end, int64_t *last_ts) {
     char name[64];
     cm_segment_name(name, sizeof name, base, ".seg");
     int fd = cm_fs_openat(s->dirfd, name, O_RDONLY, 0);   /* I30 */
@@ -452,6 +452,7 @@ static int segment_end(cm_shard *s, uint64_t base, uint64_t *end) {
         cm_walk_init(&w, m, size, base, CM_SEG_HEADER_BYTES, 0, CM_SEQ_ANY, 0);
         cm_walk_count(&w, &last, &records, &lost);
         *end = records ? base + last.seq + 1 : base;
+        if (last_ts) *last_ts = records ? last.ts_ns : 0;
         rc = CM_OK;
     }
     munmap(m, size);
@@ -469,9 +470,9 @@ static int segment_end(cm_shard *s, uint64_t base, uint64_t *end) {
  * Returns 1 when it removed one, 0 when none, < 0 on error. Caller holds the lock. */
 static int drop_rotation_leftover(cm_shard *s, uint64_t max_base, uint64_t prev_base) {
     uint64_t newest_end, prev_end;
-    if (segment_end(s, max_base, &newest_end) < 0 || newest_end != max_base)
+    if (segment_end(s, max_base, &newest_end, NULL) < 0 || newest_end != max_base)
         return 0;                       /* not empty (or unreadable: recovery reports it) */
-    if (segment_end(s, prev_base, &prev_end) < 0 || prev_end <= max_base)
+    if (segment_end(s, prev_base, &prev_end, NULL) < 0 || prev_end <= max_base)
         return 0;                       /* a rotation that completed: the older one ends at its base */
     int e = remove_new_segment(s, max_base, s->opt.durability != CM_DURABILITY_NONE);
     if (e)
@@ -599,7 +600,6 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
             uint64_t reserved = cm_zero_range(s->seg_map, tail, lim);
             dropped = zero_after(s, tail, s->seg_cap);
             if (dropped < reserved) dropped = reserved;
-            if (last_ts < st->last_ts) last_ts = st->last_ts;
         }
     }
     if (!trusted) {
@@ -641,7 +641,15 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         if (pub_known && nseq == published && st->tail > tail)
             tail = st->tail;   /* the walk ended in damage right below the published tail */
         dropped = zero_after(s, tail, s->seg_cap);
-        if (!state_fresh && last_ts < st->last_ts) last_ts = st->last_ts;
+    }
+    /* I6: the newest timestamp is the files' own: the active segment's last record,
+       or, when it holds none (a rotation just happened), the last record of the
+       segment before it. Never the page's copy: a damaged last_ts far ahead would
+       clamp every later append to it (the page is derived data, I27). */
+    if (nseq == 0 && count > 1 && prev_base != UINT64_MAX) {
+        uint64_t pend;
+        int64_t pts = 0;
+        if (segment_end(s, prev_base, &pend, &pts) == CM_OK && pend > prev_base) last_ts = pts;
     }
     /* I27/I9: what is reserved on disk is not taken from the page: reserve again
        from the tail (posix_fallocate of allocated blocks is cheap) */

@@ -219,3 +219,24 @@ def test_a_damaged_rotate_pending_byte_neither_hides_nor_renumbers_entries(
 def test_state_page_bit_flips_soak(template, baseline, tmp_path, field):
     for seed in seeds(40):
         check_trial(template, baseline, tmp_path, field, seed)
+
+
+def test_a_last_ts_damaged_far_ahead_does_not_clamp_later_timestamps(template, tmp_path):
+    """I6 takes the newest timestamp from the files: a state page whose last_ts was damaged
+    to the year 2200 must not make every later append carry that timestamp (I6's clamp
+    would otherwise hold them there), and timestamps still never decrease."""
+    import time
+
+    src, _bases = template
+    root = str(tmp_path / "log")
+    copy_tree(src, root)
+    far = int((2200 - 1970) * 365.25 * 86400 * 1e9)
+    with open(state_path(root), "r+b") as f:
+        f.seek(fmt.CM_STATE_OFF_LAST_TS)
+        f.write(struct.pack("=q", far))
+    with cometmp.Client(root, config=config()) as c:
+        last = c.read(STREAM, ENTRIES - 1).timestamp_ns
+        before = time.time_ns()
+        m = c.read(STREAM, c.append(STREAM, [b"after"])[0].entry)
+        after = time.time_ns()
+        assert last <= m.timestamp_ns <= after, (last, m.timestamp_ns, before, after)

@@ -238,3 +238,17 @@ def test_durability_modes_round_trip_and_sync(data_dir):
             assert fsyncs >= (20 if mode == "always" else 1), (mode, fsyncs)
         with cometmp.Client(root, readonly=True) as c:
             assert [m.data for m in c.scan(ids[0].stream)] == [b"%d" % i for i in range(20)]
+
+
+def test_an_entry_is_readable_as_soon_as_append_returns_after_reading_a_stopped_stream(tmp_path):
+    """A Client that reads a stream no writer holds (the files decide its length, I27a)
+    and then appends to it reads what it appended at once, not one recheck later."""
+    root = str(tmp_path / "log")
+    with cometmp.Client(root) as c:
+        c.append("s", [b"%d" % i for i in range(100)])
+    with cometmp.Client(root) as c:
+        assert c.read("s", 99).data == b"99"          # no writer here yet: the files
+        assert c.length("s") == 100
+        for i in range(100, 110):
+            e = c.append("s", [b"%d" % i])[0].entry
+            assert e == i and c.read("s", e).data == b"%d" % i and c.length("s") == i + 1
