@@ -207,9 +207,14 @@ def test_tail_follow_prints_entries_appended_later(data_dir):
     import queue
     import threading
 
+    import tempfile
+
+    err = tempfile.TemporaryFile()
+    # -X faulthandler: if it does not stop at SIGINT, SIGABRT prints where every thread is
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cometmp", "tail", data_dir, "logs", "-n", "1", "-f", "--interval", "0.05"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=PACKAGE_ROOT)
+        [sys.executable, "-X", "faulthandler", "-m", "cometmp", "tail", data_dir, "logs", "-n",
+         "1", "-f", "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=err, text=True, cwd=PACKAGE_ROOT)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
     try:
@@ -220,7 +225,14 @@ def test_tail_follow_prints_entries_appended_later(data_dir):
         assert lines.get(timeout=60).rstrip().endswith("followed 2")
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=30)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            err.seek(0)
+            raise AssertionError("tail -f did not stop at SIGINT within 30 s; its threads:\n"
+                                 + err.read().decode(errors="replace")[-6000:]) from None
     assert rc == 0
 
 
