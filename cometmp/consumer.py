@@ -717,13 +717,15 @@ def _describe(batch: Batch) -> str:
 
 def consumer_groups(client) -> list[dict]:
     """Every consumer group of the data directory: name, created/active times, patterns,
-    and per stream its acknowledged offset, the stream's length and the lag."""
+    per stream its acknowledged offset, the stream's length and the lag, and its live
+    members (cometmp.members: id, pid, the streams each holds, joined and last-seen times)."""
     client._check_open()
     store = OffsetStore(client.path, writable=False)
     try:
         groups = store.groups()
     finally:
         store.close()
+    member_recs = members.group_members(client.path)
     out = []
     for g in groups:
         streams = {}
@@ -745,8 +747,15 @@ def consumer_groups(client) -> list[dict]:
                 "dropped": slot.dropped if slot is not None else 0,
                 "acked_ns": slot.acked_ns if slot is not None else 0,
             }
+        by_slot = {si.index: name for name, si in g.slots.items()}
         out.append({"name": g.name, "id": g.id, "created_ns": g.created_ns,
-                    "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams})
+                    "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams,
+                    "members": [
+                        {"id": r.member_id, "pid": r.pid, "live": r.live,
+                         "streams": sorted(by_slot[x] for x in r.claims if x in by_slot),
+                         "patterns": list(r.patterns), "joined_ns": r.joined_ns,
+                         "seen_ns": r.seen_ns}
+                        for r in member_recs.get(g.id, [])]})
     return out
 
 

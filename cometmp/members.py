@@ -424,8 +424,9 @@ class Membership:
             if f.claim(slot)[:3] == (g.id, self.member_id, epoch):
                 CLAIM.pack_into(f.mm, claim_offset(slot), g.id, 0, epoch + 1, time.time_ns())
         off = record_offset(g.index, self.k)
-        state, _p, gid, mid = f.member(g.index, self.k)[:4]
-        if state == CM_MMB_LIVE and mid == self.member_id:
+        # not f.member(): a leave frees its own record whatever else a damage did to it
+        mid = _U64.unpack_from(f.mm, off + CM_MMB_M_MEMBER_ID)[0]
+        if mid == self.member_id:
             struct.pack_into("=I", f.mm, off + CM_MMB_M_STATE, CM_MMB_FREE)
         f.bump_changes()
         f.unlock(off, CM_MMB_MEMBER_BYTES)
