@@ -49,7 +49,7 @@ def main() -> None:
         while not os.path.exists(stop):
             b = con.read(a.pattern, max_messages=a.batch, timeout=0.05)
             now = time.monotonic()
-            held = con.assigned()
+            held = con.assigned() if hasattr(con, "assigned") else []
             if held != last:
                 emit("S", now, ",".join(held) or "-")
                 last = held
