@@ -250,6 +250,15 @@ class MembersFile:
         mutates (a few struct writes); a killed holder's lock is released by the kernel."""
         return _Mutating(self)
 
+    def reserve(self, off: int, n: int) -> None:
+        """I9: give the pages under [off, off+n) disk blocks before anything is stored
+        there, so a full disk is DiskFull naming the file, never SIGBUS on a store into a
+        hole of the sparse mapping. Caller holds the mutation lock."""
+        if self.fd is None:
+            raise ClosedError(f"members file {self.path} is closed")
+        with os_errors(self.path, "reserve members file pages"):
+            os.posix_fallocate(self.fd, off, n)
+
     # ---- records
     def u64(self, off: int) -> int:
         return _U64.unpack_from(self.mm, off)[0]
@@ -369,6 +378,9 @@ class Membership:
     def _join(self, f: MembersFile, g) -> None:
         """Caller holds the mutation lock. Take a FREE record (or a dead one, or one of a
         deleted group) of ``g``'s table, lock its range (I41a), fill it, store LIVE last."""
+        # I9: the whole table has blocks before it is read or written through the mapping
+        # (on tmpfs even a read fault on a hole allocates, and SIGBUSes on a full disk)
+        f.reserve(record_offset(g.index, 0), CM_MMB_TABLE_BYTES)
         for k in range(CM_MMB_MEMBER_CAP):
             state, _pid, gid, _mid, _j, _s, _n = f.member(g.index, k)
             off = record_offset(g.index, k)
@@ -525,6 +537,7 @@ class Membership:
             slot = self._slots.get(name)
             if slot is None:
                 slot = self._slots[name] = slot_of(name)
+                f.reserve(claim_offset(slot), CM_MMB_CLAIM_BYTES)   # I9, before the read too
             cgid, owner, epoch, _t = f.claim(slot)
             if cgid == g.id and owner != 0 and owner != me and owner in live:
                 continue   # its holder still has unacked entries there (I41d)
@@ -558,25 +571,64 @@ def group_members(root: str) -> dict[int, list[MemberRecord]]:
         f.close()
 
 
+def _data_ranges(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The [from, to) extents of ``fd`` holding data (SEEK_DATA/SEEK_HOLE) within
+    [start, end): the tables and claims nobody ever wrote are holes and are skipped."""
+    out, off = [], start
+    while off < end:
+        try:
+            d = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:   # ENXIO: no data after off
+            break
+        if d >= end:
+            break
+        h = min(os.lseek(fd, d, os.SEEK_HOLE), end)
+        out.append((d, h))
+        off = h
+    return out
+
+
 def _group_members(f: MembersFile) -> dict[int, list[MemberRecord]]:
+    """Reads with pread, never through the mapping: a read fault on a hole of a tmpfs
+    file allocates a page, which on a full disk is SIGBUS (I9); pread of a hole is zeros."""
     out: dict[int, list[MemberRecord]] = {}
     by_id: dict[int, MemberRecord] = {}
-    for gi in range(CM_MMB_GROUP_CAP):
-        base = record_offset(gi, 0)
-        if not any(f.mm[base:base + CM_MMB_TABLE_BYTES:CM_MMB_MEMBER_BYTES]):
-            continue   # every state word 0: nobody ever joined (most tables are holes)
-        for k in range(CM_MMB_MEMBER_CAP):
-            state, pid, gid, mid, joined, seen, plen = f.member(gi, k)
-            if state != CM_MMB_LIVE:
+    with os_errors(f.path, "read members file"):
+        tables = _data_ranges(f.fd, CM_MMB_MEMBERS_OFF, CM_MMB_CLAIMS_OFF)
+        claims = _data_ranges(f.fd, CM_MMB_CLAIMS_OFF, CM_MMB_FILE_BYTES)
+    seen: set[int] = set()
+    for lo, hi in tables:
+        for gi in range((lo - CM_MMB_MEMBERS_OFF) // CM_MMB_TABLE_BYTES,
+                        (hi - 1 - CM_MMB_MEMBERS_OFF) // CM_MMB_TABLE_BYTES + 1):
+            if gi in seen:
                 continue
-            live = f.locked_by_other(record_offset(gi, k), CM_MMB_MEMBER_BYTES)
-            rec = MemberRecord(k, mid, gid, pid, joined, seen, f.patterns(gi, k, plen), live)
-            out.setdefault(gid, []).append(rec)
-            by_id[mid] = rec
+            seen.add(gi)
+            base = record_offset(gi, 0)
+            with os_errors(f.path, "read members file"):
+                table = os.pread(f.fd, CM_MMB_TABLE_BYTES, base)
+            for k in range(CM_MMB_MEMBER_CAP):
+                off = k * CM_MMB_MEMBER_BYTES
+                state, pid, gid, mid, joined, seen_ns, plen = MEMBER.unpack_from(table, off)
+                if state == CM_MMB_FREE:
+                    continue
+                if state != CM_MMB_LIVE or plen > CM_MMB_PATTERNS_MAX:
+                    raise CorruptRecord(
+                        f"{f.path}: member record {k} of group table {gi}: state {state}, "
+                        f"patterns_len {plen} (at most {CM_MMB_PATTERNS_MAX}) (offset {base + off})")
+                raw = table[off + CM_MMB_M_PATTERNS:off + CM_MMB_M_PATTERNS + plen]
+                pats = tuple(p for p in raw.decode("utf-8", "surrogatepass").split("\n") if p)
+                live = f.locked_by_other(base + off, CM_MMB_MEMBER_BYTES)
+                rec = MemberRecord(k, mid, gid, pid, joined, seen_ns, pats, live)
+                out.setdefault(gid, []).append(rec)
+                by_id[mid] = rec
     if by_id:
-        for slot in range(CM_MMB_CLAIM_CAP):
-            gid, owner, _e, _t = f.claim(slot)
-            rec = by_id.get(owner)
-            if rec is not None and rec.group_id == gid:
-                rec.claims.append(slot)
+        for lo, hi in claims:
+            with os_errors(f.path, "read members file"):
+                buf = os.pread(f.fd, hi - lo, lo)
+            first = (lo - CM_MMB_CLAIMS_OFF + CM_MMB_CLAIM_BYTES - 1) // CM_MMB_CLAIM_BYTES
+            for slot in range(first, (hi - CM_MMB_CLAIMS_OFF) // CM_MMB_CLAIM_BYTES):
+                gid, owner, _e, _t = CLAIM.unpack_from(buf, claim_offset(slot) - lo)
+                rec = by_id.get(owner)
+                if rec is not None and rec.group_id == gid:
+                    rec.claims.append(slot)
     return out
