@@ -82,6 +82,15 @@ class Member:
                 self.proc.wait(30)
 
 
+def _reap_all(ms: list) -> None:
+    """Ask every member still running to leave at once, then wait for each."""
+    for m in ms:
+        if m.proc.poll() is None:
+            m.leave()
+    for m in ms:
+        m.reap()
+
+
 def _streams(client) -> list[str]:
     return sorted(client.streams(PATTERN))
 
@@ -146,8 +155,7 @@ def test_members_split_the_streams_by_hrw_and_a_joiner_gets_its_share(data_dir, 
         for m in rest:
             assert before[m.pid] <= m.held(), "a remaining member lost a stream it held"
     finally:
-        for m in ms:
-            m.reap()
+        _reap_all(ms)
 
 
 def test_kill9_moves_the_dead_members_streams_and_redelivers_what_it_had_not_acked(data_dir, tmp_path):
@@ -187,8 +195,7 @@ def test_kill9_moves_the_dead_members_streams_and_redelivers_what_it_had_not_ack
             wait_until(lambda: all(v == 0 for v in _lag(data_dir).values()), BOUND * 3,
                        "the survivors to ack everything")
         finally:
-            for m in survivors + ([victim] if victim is not None else []):
-                m.reap()
+            _reap_all(survivors + ([victim] if victim is not None else []))
 
 
 def _lag(root: str) -> dict[str, int]:
@@ -199,7 +206,9 @@ def _lag(root: str) -> dict[str, int]:
     return {"?": 1}
 
 
-def test_no_entry_is_delivered_to_two_live_members_through_joins_leaves_and_a_kill9(data_dir, tmp_path):
+@pytest.mark.parametrize("seconds", [3.0, pytest.param(40.0, marks=pytest.mark.soak)])
+def test_no_entry_is_delivered_to_two_live_members_through_joins_leaves_and_a_kill9(
+        data_dir, tmp_path, seconds):
     seed = int(os.environ.get("COMETMP_SEED", random.randrange(1 << 30)))
     print(f"seed {seed}")
     rnd = random.Random(seed)
@@ -210,14 +219,19 @@ def test_no_entry_is_delivered_to_two_live_members_through_joins_leaves_and_a_ki
         events = []
         try:
             appended = SHARDS
-            plan = [(1.0, "join"), (2.0, "leave"), (3.0, "kill"), (4.0, "join")]
+            for m in ms:
+                wait_until(lambda: m.first("R"), 60, "the first members to start reading")
+            # joins, leaves and kill -9s spread over the run (the soak variant repeats them)
+            steps = ["join", "leave", "kill", "join"] * max(1, int(seconds // 8))
+            plan = [((i + 1) * seconds / (len(steps) + 1), w) for i, w in enumerate(steps)]
             t0 = time.monotonic()
-            while time.monotonic() - t0 < 5.0:
+            while time.monotonic() - t0 < seconds:
                 c.append(_stream(rnd.randrange(SHARDS)), [b"x"] * SHARDS)
                 appended += SHARDS
                 if plan and time.monotonic() - t0 >= plan[0][0]:
                     _, what = plan.pop(0)
-                    alive = [m for m in ms if m.proc.poll() is None and m.killed_at is None]
+                    alive = [m for m in ms if m.proc.poll() is None and m.killed_at is None
+                             and not os.path.exists(m.log + ".stop")]
                     if what == "join":
                         ms.append(Member(data_dir, tmp_path, f"m{len(ms)}", "--work", "0.01"))
                     elif what == "leave":
@@ -226,11 +240,13 @@ def test_no_entry_is_delivered_to_two_live_members_through_joins_leaves_and_a_ki
                         victim = rnd.choice(alive)
                         events.append(("kill", victim.pid, victim.kill9()))
                 time.sleep(0.01)
+            t_run = time.monotonic()
             wait_until(lambda: all(v == 0 for v in _lag(data_dir).values()), BOUND * 6,
                        "the live members to ack every entry")
+            print(f"run {t_run - t0:.1f} s, drained {time.monotonic() - t_run:.1f} s later")
         finally:
-            for m in ms:
-                m.reap()
+            _reap_all(ms)
+    assert any(m.deliveries() for m in ms if m.killed_at is not None) or not events
     killed = {pid: t for _w, pid, t in events}
     first: dict[tuple[str, int], tuple[int, float, float | None]] = {}
     doubles = []
