@@ -20,6 +20,10 @@ How a read works (docs/ARCHITECTURE.md §9):
   of a readonly Client cannot register as a waiter (that writes the state page), so it
   polls every ``poll_interval`` seconds instead.
 
+Consumers of one group reading without ``assignment`` are live members that split the
+matching streams (cometmp.members, docs/ARCHITECTURE.md §9.7): each reads only the
+streams it has claimed, and hands one over only once what it delivered there is acked.
+
 Delivery is at-least-once: ``ack()`` is cumulative per stream, and a consumer that dies
 resumes from its group's last ack, so it redelivers at most what it read but had not
 acked. Entries the hard retention cap deleted before the group acked them are reported
@@ -683,7 +687,10 @@ class Consumer:
             return
         self._closed = True
         if self._membership is not None:
-            self._membership.leave()   # releases this member's streams to the others
+            try:
+                self._membership.leave()   # releases this member's streams to the others
+            except CometError as e:   # its description is closed anyway: others see it dead
+                log.warning("cometmp: consumer group %r: leaving the membership: %s", self.group, e)
         for c in list(self._cursors.values()):
             c.close()
         self._cursors.clear()
