@@ -161,3 +161,18 @@ def test_a_members_file_with_another_magic_or_a_damaged_record_is_a_clear_error(
     os.truncate(path, 4096)
     with pytest.raises(cometmp.FormatError, match=rf"{path}: members file is 4096 bytes"):
         cometmp.Consumer(client, group="g").read("s*", timeout=0)
+
+
+def test_a_member_of_a_group_deleted_under_it_joins_the_group_claimed_again(client):
+    _fill(client)
+    a = cometmp.Consumer(client, group="g")
+    a.ack(a.read("s*", max_messages=100, timeout=0))
+    old = a._membership.group_ref
+    assert client.delete_consumer_group("g") is True
+    client.append("s0", [b"after"])
+    got = _read_until(a, lambda: a._membership.group_ref not in (None, old) and len(a.assigned()) == 4,
+                      "the member to rejoin the group claimed again")
+    assert got
+    recs = members.group_members(client.path)
+    assert [r.member_id for r in recs.get(old.id, []) if r.live] == []   # left the old table
+    assert [r.member_id for r in recs[a._membership.group_ref.id] if r.live] == [a._membership.member_id]
