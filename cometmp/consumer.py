@@ -20,6 +20,10 @@ How a read works (docs/ARCHITECTURE.md §9):
   of a readonly Client cannot register as a waiter (that writes the state page), so it
   polls every ``poll_interval`` seconds instead.
 
+Consumers of one group reading without ``assignment`` are live members that split the
+matching streams (cometmp.members, docs/ARCHITECTURE.md §9.7): each reads only the
+streams it has claimed, and hands one over only once what it delivered there is acked.
+
 Delivery is at-least-once: ``ack()`` is cumulative per stream, and a consumer that dies
 resumes from its group's last ack, so it redelivers at most what it read but had not
 acked. Entries the hard retention cap deleted before the group acked them are reported
@@ -38,7 +42,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from . import _reader, deadletter, paths
+from . import _reader, deadletter, members, paths
 from ._ffi import check, core_path, ffi, lib
 from .compression import decompress
 from .cursor import Cursor
@@ -133,6 +137,8 @@ class Consumer:
         self._touched = 0
         self._wait_cache: tuple | None = None
         self._listed: tuple | None = None   # (pattern, assignment, names, cursors)
+        self._membership: members.Membership | None = None   # live membership (I41a-d)
+        self._owned_cache: tuple | None = None
         self._closed = False
 
     # ---- group and streams ---------------------------------------------------------------
@@ -159,6 +165,7 @@ class Consumer:
         self._cursors.clear()
         self._listed = None
         self._wait_cache = None
+        self._owned_cache = None   # the membership itself was dropped at fork (cometmp.members)
         self._gen = _fork_generation()
 
     def _ensure_group(self, pattern: str | None) -> GroupRef | None:
@@ -289,7 +296,7 @@ class Consumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         g = self._ensure_group(pattern)
         while True:
-            cursors = self._cursors_for(pattern, assignment)
+            cursors = self._owned(g, pattern, assignment, self._cursors_for(pattern, assignment))
             self._check_stale(cursors)
             seqs = [c.notify_seq() for c in cursors]   # before reading committed (I11)
             for c in cursors:
@@ -308,6 +315,7 @@ class Consumer:
                 self._touch(g)
                 return batch
             left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
+            left = self._member_slice(left)
             self._check_closed()
             # a consumer waiting for data is active, not idle (R4): touched before each wait
             # slice, not after it, so a wake-up goes to its batch without this step (the
@@ -316,6 +324,61 @@ class Consumer:
             if not self._wait(cursors, seqs, left):
                 self._check_stale(cursors, force=True)
             self._check_closed()   # woken by close() in another thread (L4)
+
+    # ---- live membership (issue 11 item 1; the bulk is cometmp.members) -----------------
+    def _owned(self, g: GroupRef | None, pattern: str, assignment, cursors: list[Cursor]) -> list[Cursor]:
+        """Of ``cursors``, those of the streams this member has claimed and still reads
+        (I41d), refreshing the membership every members.REFRESH seconds. A static
+        ``assignment`` or a readonly client (not a member): all of them."""
+        if assignment is not None or self.ephemeral or g is None:
+            return cursors
+        m = self._membership
+        if m is None:
+            m = self._membership = members.Membership(self.root, self.group)
+        if m.due(time.monotonic()) or pattern not in m.patterns:
+            m.refresh(g, pattern, [c.name for c in cursors],
+                      slot_of=lambda name: self._store.slot(g, name, create=True),
+                      unacked=lambda name: name in self._cursors and self._unacked(self._cursors[name]),
+                      claimed=self._claimed)
+        cache = self._owned_cache
+        if cache is not None and cache[0] is cursors and cache[1] == m.version:
+            return cache[2]
+        out = [c for c in cursors if m.reading(c.name)]
+        self._owned_cache = (cursors, m.version, out)
+        return out
+
+    def _unacked(self, c: Cursor) -> bool:
+        """Whether this consumer delivered entries of ``c``'s stream that its group has not
+        acknowledged: then the stream is not released to another member (I41d). The seam
+        a per-message window replaces (its ``has_acquired(owner)``)."""
+        if c.pos is None or c.slot is None:
+            return False
+        acked = self._store.next(c.slot)
+        return acked is None or c.pos > acked
+
+    def _claimed(self, name: str) -> None:
+        """A stream this member just claimed restarts from the group's acked offset, so
+        what a dead or departed holder had not acked is redelivered (I41d)."""
+        c = self._cursors.get(name)
+        if c is not None:
+            c.pos, c.seg = None, None
+
+    def _member_slice(self, left: float) -> float:
+        """A member's wait slice ends at its next membership refresh (a sleeping read()
+        notices joins and deaths within members.REFRESH)."""
+        m = self._membership
+        if m is None or m.k is None:
+            return left
+        return max(0.001, min(left, m.next_refresh - time.monotonic()))
+
+    def assigned(self) -> list[str]:
+        """The streams this member holds now (live membership), sorted. With a static
+        ``assignment`` or a readonly client: the streams its last read() covered."""
+        m = self._membership
+        if m is not None and m.k is not None:
+            return m.assigned()
+        last = self._listed
+        return sorted(c.name for c in last[3]) if last is not None else []
 
     def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
@@ -382,7 +445,9 @@ class Consumer:
         # thread then cannot unmap a page this thread sleeps on (L4)
         states = [c.state.ptr for c in cursors if c.state.ptr is not None]
         if self.ephemeral or not cursors or len(states) != len(cursors):
-            time.sleep(min(timeout, self.poll_interval))
+            # a member holding nothing has nothing to poll: it sleeps to its next refresh
+            idle_member = not cursors and self._membership is not None
+            time.sleep(timeout if idle_member else min(timeout, self.poll_interval))
             return False
         if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
             timeout = min(timeout, self.poll_interval)
@@ -621,6 +686,11 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
+        if self._membership is not None:
+            try:
+                self._membership.leave()   # releases this member's streams to the others
+            except CometError as e:   # its description is closed anyway: others see it dead
+                log.warning("cometmp: consumer group %r: leaving the membership: %s", self.group, e)
         for c in list(self._cursors.values()):
             c.close()
         self._cursors.clear()
@@ -654,13 +724,15 @@ def _describe(batch: Batch) -> str:
 
 def consumer_groups(client) -> list[dict]:
     """Every consumer group of the data directory: name, created/active times, patterns,
-    and per stream its acknowledged offset, the stream's length and the lag."""
+    per stream its acknowledged offset, the stream's length and the lag, and its live
+    members (cometmp.members: id, pid, the streams each holds, joined and last-seen times)."""
     client._check_open()
     store = OffsetStore(client.path, writable=False)
     try:
         groups = store.groups()
     finally:
         store.close()
+    member_recs = members.group_members(client.path)
     out = []
     for g in groups:
         streams = {}
@@ -682,8 +754,15 @@ def consumer_groups(client) -> list[dict]:
                 "dropped": slot.dropped if slot is not None else 0,
                 "acked_ns": slot.acked_ns if slot is not None else 0,
             }
+        by_slot = {si.index: name for name, si in g.slots.items()}
         out.append({"name": g.name, "id": g.id, "created_ns": g.created_ns,
-                    "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams})
+                    "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams,
+                    "members": [
+                        {"id": r.member_id, "pid": r.pid, "live": r.live,
+                         "streams": sorted(by_slot[x] for x in r.claims if x in by_slot),
+                         "patterns": list(r.patterns), "joined_ns": r.joined_ns,
+                         "seen_ns": r.seen_ns}
+                        for r in member_recs.get(g.id, [])]})
     return out
 
 

@@ -25,6 +25,8 @@
      +-- ShardNotOwned                           strict_ownership: a foreign shard
      +-- EntriesDropped                          the hard retention cap deleted entries a
      |                                           group had not acked; names stream + range
+     +-- MembershipError                         a group's member table is full (64 live
+     |                                           members) or a member's patterns overflow
      +-- StopProcessing                          raised by a Consumer.process() handler: stop,
                                                  leaving the current batch unacknowledged
 
@@ -79,6 +81,7 @@ __all__ = [
     "EntryTooLarge",
     "FormatError",
     "InvalidPath",
+    "MembershipError",
     "OS_ERRORS",
     "ReadOnlyError",
     "RegistryError",
@@ -225,6 +228,12 @@ class EntriesDropped(CometError):
         self.end = end
         #: every (stream, first, end) range found by the same read()
         self.drops = drops if drops is not None else [(stream, first, end)]
+
+
+class MembershipError(CometError):
+    """A Consumer cannot join its group's live membership (cometmp.members, FORMAT.md
+    §7.1): the group already has CM_MMB_MEMBER_CAP live members, or the patterns this
+    member reads do not fit its record. The message names the members file and group."""
 
 
 class StopProcessing(CometError):

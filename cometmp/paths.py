@@ -40,6 +40,7 @@ INDEX_SUFFIX = ".idx"
 TMP_SUFFIX = ".tmp"
 CONSUMERS = "consumers"                  # DIR/consumers/offsets: consumer-group offsets
 OFFSETS = "offsets"
+MEMBERS = "members"                      # DIR/consumers/members: live group members
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 
@@ -279,7 +280,8 @@ def _parent_fd(path: str, inside: int) -> tuple[int, str, str]:
     return dfd, parent, name
 
 
-def _write_temp(dfd: int, parent: str, name: str, data: bytes, point: str) -> str:
+def _write_temp(dfd: int, parent: str, name: str, data: bytes, point: str,
+                size: int | None = None) -> str:
     """Write ``data`` to the temp file ``<name>.<pid>.tmp`` below ``dfd`` (0600, I31; owned
     as I32 says; never through a link, I30) and fsync it; a failure unlinks it. Returns
     the temp file's name. ``point``: the failpoint prefix (``.create``, ``.write``,
@@ -301,6 +303,8 @@ def _write_temp(dfd: int, parent: str, name: str, data: bytes, point: str) -> st
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if size is not None:
+            os.ftruncate(fd, size)   # a fixed-size sparse file, complete before it has a name
         failpoint.fail(point + ".fsync", tmp_path)
         os.fsync(fd)
     except BaseException:
@@ -334,17 +338,19 @@ def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT, point: str 
         os.close(dfd)
 
 
-def create_file_once(path: str, data: bytes, inside: int = IN_ROOT) -> bool:
+def create_file_once(path: str, data: bytes, inside: int = IN_ROOT,
+                     size: int | None = None, point: str = "json") -> bool:
     """Create ``path`` holding ``data`` unless it exists; True if this call created it.
 
     Crash-safe and race-free (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> link(2) to
     the name -> unlink the temp -> fsync the directory. ``link`` fails with EEXIST when the
     name exists, so of several processes creating the file at once exactly one wins and
     every other one reads the winner's complete file; nobody ever sees a partial one, and
-    an existing file (or a link planted at the name, I30) is never replaced."""
+    an existing file (or a link planted at the name, I30) is never replaced. ``size``:
+    extend the file to that many bytes (holes) before it gets its name."""
     dfd, parent, name = _parent_fd(path, inside)
     try:
-        tmp = _write_temp(dfd, parent, name, data, "json")
+        tmp = _write_temp(dfd, parent, name, data, point, size)
         try:
             os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
             created = True

@@ -6,7 +6,10 @@ Run it next to any writer of the same directory, e.g.::
     python -c "import cometmp; cometmp.Client('/tmp/cm-example').log('events:v1', shards=4).append(b'hi')"
 
 Kill it (even with ``kill -9``) and start it again: it resumes after its group's last ack.
-Run two copies with ``--index 0 --count 2`` and ``--index 1 --count 2`` to split the shards.
+Run two copies (or ten): they are live members of the group and split the shards between
+them; kill one and the others take its shards within a second and redeliver what it had
+not acked (docs/ARCHITECTURE.md §9.7). ``--index 0 --count 2`` / ``--index 1 --count 2``
+split them statically instead, without membership.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ def main() -> None:
     ap.add_argument("directory")
     ap.add_argument("--group", default="example-printer")
     ap.add_argument("--pattern", default="events:v1:shard:*")
-    ap.add_argument("--index", type=int, default=0)
-    ap.add_argument("--count", type=int, default=1)
+    ap.add_argument("--index", type=int, default=None, help="static split (with --count)")
+    ap.add_argument("--count", type=int, default=None)
     a = ap.parse_args()
 
     stop = threading.Event()
@@ -39,12 +42,14 @@ def main() -> None:
 
     with cometmp.Client(a.directory) as client:
         consumer = cometmp.Consumer(client, group=a.group, on_drop=on_drop)
+        static = (a.index, a.count) if a.count is not None else None
         try:
             consumer.process(handle, stream=a.pattern, batch_size=500,
-                             assignment=(a.index, a.count), stop=stop)
+                             assignment=static, stop=stop)
         except KeyboardInterrupt:
             pass
-        print("lag:", consumer.lag(a.pattern))
+        print("held:", consumer.assigned(), "lag:", consumer.lag(a.pattern))
+        consumer.close()                        # leaves: the others take its shards at once
 
 
 if __name__ == "__main__":

@@ -348,6 +348,70 @@ _Static_assert(offsetof(cm_ofs_header, next_group_id) == CM_OFS_OFF_NEXT_GROUP_I
 _Static_assert(offsetof(cm_ofs_header, created_ns) == CM_OFS_OFF_CREATED, "offsets created_ns");
 _Static_assert(offsetof(cm_ofs_header, lock_recoveries) == CM_OFS_OFF_LOCK_RECOVERIES,
                "offsets lock_recoveries");
+
+/* ------------------------------------------------------------------------------------
+ * Consumer-group members file  DIR/consumers/members   (FORMAT.md §7.1; native endian,
+ * fixed size, sparse). Written and read only by cometmp/members.py: liveness is an OFD
+ * write lock each member holds on its own record (I41a), mutations happen under an OFD
+ * write lock on the header byte CM_MMB_OFF_LOCK (I41b). No mutex lives in the file, so
+ * the fingerprint has no ABI term; these constants exist in C so that one table
+ * (cm_format_constants) checks the Python mirror.
+ * ------------------------------------------------------------------------------------ */
+#define CM_MMB_MAGIC            0x424D4D43u /* "CMMB" on LE hosts */
+#define CM_MMB_VERSION          1           /* bump on any layout change */
+#define CM_MMB_HEADER_BYTES     4096        /* one page: the lock byte never shares a record's page */
+#define CM_MMB_GROUP_CAP        CM_OFS_GROUP_CAP /* one member table per offsets group index */
+#define CM_MMB_MEMBER_CAP       64          /* live members per group: one more raises MembersFull */
+#define CM_MMB_MEMBER_BYTES     256         /* 64-byte head + patterns; the record is its own lock range */
+#define CM_MMB_PATTERNS_MAX     192         /* '\n'-joined patterns the member reads (HRW candidates) */
+#define CM_MMB_CLAIM_CAP        CM_OFS_SLOT_CAP  /* one claim per offsets slot index */
+#define CM_MMB_CLAIM_BYTES      32
+#define CM_MMB_MEMBERS_OFF      CM_MMB_HEADER_BYTES
+#define CM_MMB_TABLE_BYTES      (CM_MMB_MEMBER_CAP * CM_MMB_MEMBER_BYTES)   /* one group's table */
+#define CM_MMB_CLAIMS_OFF       (CM_MMB_MEMBERS_OFF + CM_MMB_GROUP_CAP * CM_MMB_TABLE_BYTES)
+#define CM_MMB_FILE_BYTES       (CM_MMB_CLAIMS_OFF + CM_MMB_CLAIM_CAP * CM_MMB_CLAIM_BYTES)
+#define CM_MMB_FREE             0u
+#define CM_MMB_LIVE             1u          /* stored last on join (I41a) */
+_Static_assert(CM_MMB_CLAIMS_OFF == 67112960, "claims at 67 112 960");
+_Static_assert(CM_MMB_FILE_BYTES == 69210112, "members file is 69 210 112 bytes");
+_Static_assert(CM_MMB_MEMBER_BYTES % 64 == 0 && CM_MMB_TABLE_BYTES % 4096 == 0,
+               "records are cache-line sized; a group's table is whole pages");
+
+/* header: magic(4) version(2) header_bytes(2) fingerprint(8) file_bytes(8) group_cap(4)
+ * member_cap(4) claim_cap(4) reserved(4) next_member_id(8) created_ns(8) changes(8)
+ * lock byte(1) at 64 */
+#define CM_MMB_OFF_MAGIC        0
+#define CM_MMB_OFF_VERSION      (CM_MMB_OFF_MAGIC + 4)
+#define CM_MMB_OFF_HEADER_BYTES (CM_MMB_OFF_VERSION + 2)
+#define CM_MMB_OFF_FINGERPRINT  (CM_MMB_OFF_HEADER_BYTES + 2)
+#define CM_MMB_OFF_FILE_BYTES   (CM_MMB_OFF_FINGERPRINT + 8)
+#define CM_MMB_OFF_GROUP_CAP    (CM_MMB_OFF_FILE_BYTES + 8)
+#define CM_MMB_OFF_MEMBER_CAP   (CM_MMB_OFF_GROUP_CAP + 4)
+#define CM_MMB_OFF_CLAIM_CAP    (CM_MMB_OFF_MEMBER_CAP + 4)
+#define CM_MMB_OFF_NEXT_ID      (CM_MMB_OFF_CLAIM_CAP + 4 + 4)   /* + reserved(4) */
+#define CM_MMB_OFF_CREATED      (CM_MMB_OFF_NEXT_ID + 8)
+#define CM_MMB_OFF_CHANGES      (CM_MMB_OFF_CREATED + 8)
+#define CM_MMB_OFF_LOCK         (CM_MMB_OFF_CHANGES + 8)
+_Static_assert(CM_MMB_OFF_LOCK == 64, "the mutation lock byte is at 64");
+
+/* member record: state(4) pid(4) group_id(8) member_id(8) joined_ns(8) seen_ns(8)
+ * patterns_len(4) reserved(20) patterns(192) */
+#define CM_MMB_M_STATE          0
+#define CM_MMB_M_PID            (CM_MMB_M_STATE + 4)
+#define CM_MMB_M_GROUP_ID       (CM_MMB_M_PID + 4)
+#define CM_MMB_M_MEMBER_ID      (CM_MMB_M_GROUP_ID + 8)
+#define CM_MMB_M_JOINED         (CM_MMB_M_MEMBER_ID + 8)
+#define CM_MMB_M_SEEN           (CM_MMB_M_JOINED + 8)
+#define CM_MMB_M_PATTERNS_LEN   (CM_MMB_M_SEEN + 8)
+#define CM_MMB_M_PATTERNS       (CM_MMB_M_PATTERNS_LEN + 4 + 20)      /* + reserved(20) */
+_Static_assert(CM_MMB_M_PATTERNS + CM_MMB_PATTERNS_MAX == CM_MMB_MEMBER_BYTES, "record is full");
+
+/* claim: group_id(8) owner(8) epoch(8) claimed_ns(8); owner 0 = released */
+#define CM_MMB_C_GROUP_ID       0
+#define CM_MMB_C_OWNER          (CM_MMB_C_GROUP_ID + 8)
+#define CM_MMB_C_EPOCH          (CM_MMB_C_OWNER + 8)
+#define CM_MMB_C_CLAIMED        (CM_MMB_C_EPOCH + 8)
+_Static_assert(CM_MMB_C_CLAIMED + 8 == CM_MMB_CLAIM_BYTES, "claim is 32 bytes");
 _Static_assert(offsetof(cm_ofs_header, lock) == CM_OFS_OFF_LOCK && CM_OFS_OFF_LOCK == 64,
                "offsets mutex at 64");
 _Static_assert(sizeof(pthread_mutex_t) <= CM_LOCK_LINE_BYTES, "mutex fits its line");

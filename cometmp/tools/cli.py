@@ -166,7 +166,8 @@ def cmd_stats(args) -> int:
 
 
 def cmd_groups(args) -> int:
-    """List consumer groups with their per-stream acked offset and lag; --delete NAME."""
+    """List consumer groups with their per-stream acked offset and lag and their live
+    members (pid, streams held, last seen); --delete NAME."""
     from ..client import Client
 
     root = _data_dir(args.dir)
@@ -194,6 +195,13 @@ def cmd_groups(args) -> int:
             acked = "-" if s["acked"] is None else s["acked"]
             dropped = f"  dropped {s['dropped']}" if s["dropped"] else ""
             print(f"  {name:<32} acked {acked:>10}  length {s['length']:>10}  lag {s['lag']:>10}{dropped}")
+        now = time.time_ns()
+        for m in g.get("members", []):
+            seen = f"{max(0, now - m['seen_ns']) / 1e9:.1f} s ago"
+            state = "" if m["live"] else "  (dead: reaped at the next member's refresh)"
+            held = ", ".join(m["streams"]) or "-"
+            print(f"  member {m['id']} pid {m['pid']}: {len(m['streams'])} streams ({held}), "
+                  f"last seen {seen}{state}")
     return EXIT_OK
 
 
@@ -478,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_status)
 
-    sp = add("groups", "consumer groups: acked offset and lag per stream (read-only "
+    sp = add("groups", "consumer groups: acked offset and lag per stream, live members "
+                       "(pid, streams, last seen) (read-only "
                        "unless --delete)")
     sp.add_argument("dir", metavar="DIR", help="data directory")
     sp.add_argument("--json", action="store_true", help="print one JSON document")

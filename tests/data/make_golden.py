@@ -26,6 +26,10 @@ a family file, and a worker registry image. Files written (FORMAT.md section in 
                                                    bytes and sparse, so only its non-zero
                                                    byte runs are frozen; materialize_sparse()
                                                    rebuilds the file (a test does, in tmp)
+    consumers/members.sparse.json                  the members file (§7.1), 69 210 112 bytes,
+                                                   sparse likewise: one live record nobody
+                                                   locks (a dead member), one freed one, a
+                                                   claim it holds and a released claim
     shm/registry                                   the registry's shared-memory image (§8);
                                                    it lives in /dev/shm, never in DIR
 
@@ -46,6 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from cometmp import format as fmt  # noqa: E402
+from cometmp import members as mmb  # noqa: E402  (layout constants only)
 from cometmp import offsets as ofs  # noqa: E402  (layout constants only)
 from cometmp.registry import table as reg  # noqa: E402  (layout constants only)
 
@@ -142,6 +147,43 @@ def offsets_fingerprint(abi: dict) -> int:
     return fmt.fingerprint(ofs.CM_OFS_VERSION, ofs.CM_OFS_OFF_LOCK, abi["mutex_bytes"],
                            ofs.CM_OFS_GROUP_BYTES, ofs.CM_OFS_GROUP_CAP, ofs.CM_OFS_SLOT_BYTES,
                            ofs.CM_OFS_SLOT_CAP, ofs.CM_OFS_S_NEXT, abi["pointer_bytes"])
+
+
+def members_fingerprint() -> int:
+    return fmt.fingerprint(mmb.CM_MMB_VERSION, mmb.CM_MMB_HEADER_BYTES, mmb.CM_MMB_GROUP_CAP,
+                           mmb.CM_MMB_MEMBER_CAP, mmb.CM_MMB_MEMBER_BYTES, mmb.CM_MMB_CLAIM_CAP,
+                           mmb.CM_MMB_CLAIM_BYTES, mmb.CM_MMB_M_PATTERNS, mmb.CM_MMB_OFF_LOCK)
+
+
+_MMB_STATES = {"live": mmb.CM_MMB_LIVE, "free": mmb.CM_MMB_FREE}
+
+
+def members_chunks(lay: dict) -> dict[int, bytes]:
+    """{file offset: bytes} of the members file's written parts (FORMAT.md §7.1)."""
+    m = lay["members"]
+    header = bytearray(mmb.CM_MMB_HEADER_BYTES)
+    # magic(4) version(2) header_bytes(2) fingerprint(8) file_bytes(8) group_cap(4)
+    # member_cap(4) claim_cap(4) reserved(4) next_member_id(8) created_ns(8) changes(8)
+    struct.pack_into("=IHHQQIII4xQqQ", header, 0, mmb.CM_MMB_MAGIC, mmb.CM_MMB_VERSION,
+                     mmb.CM_MMB_HEADER_BYTES, members_fingerprint(), mmb.CM_MMB_FILE_BYTES,
+                     mmb.CM_MMB_GROUP_CAP, mmb.CM_MMB_MEMBER_CAP, mmb.CM_MMB_CLAIM_CAP,
+                     m["next_member_id"], m["created_ns"], m["changes"])
+    chunks = {0: bytes(header)}
+    for r in m["records"]:
+        pats = "\n".join(r["patterns"]).encode()
+        rec = bytearray(mmb.CM_MMB_MEMBER_BYTES)
+        # state(4) pid(4) group_id(8) member_id(8) joined_ns(8) seen_ns(8) patterns_len(4)
+        # reserved(20) patterns(192)
+        struct.pack_into("=IIQQqqI20x", rec, 0, _MMB_STATES[r["state"]], r["pid"], r["group_id"],
+                         r["member_id"], r["joined_ns"], r["seen_ns"], len(pats))
+        rec[mmb.CM_MMB_M_PATTERNS:mmb.CM_MMB_M_PATTERNS + len(pats)] = pats
+        off = (mmb.CM_MMB_MEMBERS_OFF + r["group_index"] * mmb.CM_MMB_TABLE_BYTES
+               + r["k"] * mmb.CM_MMB_MEMBER_BYTES)
+        chunks[off] = bytes(rec)
+    for c in m["claims"]:
+        chunks[mmb.CM_MMB_CLAIMS_OFF + c["slot"] * mmb.CM_MMB_CLAIM_BYTES] = struct.pack(
+            "=QQQq", c["group_id"], c["owner"], c["epoch"], c["claimed_ns"])
+    return chunks
 
 
 def registry_fingerprint(abi: dict) -> int:
@@ -250,6 +292,8 @@ def build_layouts_v1(desc: dict, lay: dict) -> dict[str, bytes]:
     out[f"{stream_dir}/state"] = state_page(desc, lay, idx_entries)
     sparse = sparse_description(offsets_chunks(lay), ofs.CM_OFS_FILE_BYTES)
     out["consumers/offsets.sparse.json"] = json_file(sparse)
+    out["consumers/members.sparse.json"] = json_file(
+        sparse_description(members_chunks(lay), mmb.CM_MMB_FILE_BYTES))
     out["shm/registry"] = registry_image(lay)
     out["registry.key"] = json_file({"format": "cometmp.registry_key",
                                      "key": lay["registry_key"]["key_hex"], "version": 1})

@@ -495,3 +495,18 @@ def test_groups_lists_acked_offsets_and_lag_then_deletes(capsys, data_dir):
     assert doc["groups"] == []
     rc, out, err = run(capsys, "groups", data_dir, "--delete", "proc")
     assert rc == 2 and "no consumer group 'proc'" in err and out == ""
+
+
+def test_groups_shows_live_members_with_pid_streams_and_last_seen(capsys, data_dir):
+    with cometmp.Client(data_dir) as c:
+        consumer = cometmp.Consumer(c, group="proc")
+        consumer.ack(consumer.read("logs", max_messages=5, timeout=0))
+        rc, doc = run_json(capsys, "groups", data_dir)
+        (m,) = doc["groups"][0]["members"]
+        assert rc == 0 and m["pid"] == os.getpid() and m["streams"] == ["logs"] and m["live"]
+        assert m["patterns"] == ["logs"] and m["seen_ns"] >= m["joined_ns"] > 0
+        rc, out, _ = run(capsys, "groups", data_dir)
+        assert f"member {m['id']} pid {os.getpid()}: 1 streams (logs), last seen" in out
+        consumer.close()                 # leaving frees the record and the claim
+        rc, doc = run_json(capsys, "groups", data_dir)
+        assert doc["groups"][0]["members"] == []

@@ -93,6 +93,7 @@ def test_new_consumer_resumes_from_last_cumulative_ack(client):
     con = cometmp.Consumer(client, group="g")
     b = con.read("*", max_messages=30, timeout=0)
     con.ack(b[9].id)                     # cumulative: entries 0..9 are done
+    con.close()                          # a live member would keep its streams (I41d)
     con2 = cometmp.Consumer(client, group="g")
     b2 = con2.read("*", max_messages=100, timeout=0)
     assert [m.id.entry for m in b2] == list(range(10, 50))
@@ -182,9 +183,12 @@ def test_reset_offset_by_entry_and_by_time_reaches_other_consumers(client):
     a = cometmp.Consumer(client, group="g")
     b = cometmp.Consumer(client, group="g")
     a.ack(a.read("t:shard:*", max_messages=100, timeout=0))
-    assert len(b.read("t:shard:*", timeout=0)) == 0     # a's acks moved the group on
+    # b reads by a static assignment (no membership), so a's live membership does not
+    # keep the stream from it
+    assert len(b.read("t:shard:*", timeout=0, assignment=(0, 1))) == 0   # a's acks moved the group on
     assert a.reset_offset("t:shard:0000", 5) == {"t:shard:0000": 5}
-    assert [m.id.entry for m in b.read("t:shard:*", max_messages=100, timeout=0)][0] == 5
+    assert [m.id.entry for m in b.read("t:shard:*", max_messages=100, timeout=0,
+                                       assignment=(0, 1))][0] == 5
     assert a.reset_offset("t:shard:*", timestamp_ns=mid_ns) == {"t:shard:0000": 10}
     assert [m.data for m in a.read("t:shard:*", max_messages=1, timeout=0)] == [b"10"]
     assert a.reset_offset("t:shard:0000", 10**9) == {"t:shard:0000": 20}   # clamped
@@ -425,15 +429,18 @@ def test_closed_consumer_and_client_raise(client):
 
 
 def test_a_forked_child_reattaches_and_resumes_from_the_group_offsets(client):
+    # a static assignment: parent and child both read the stream (with live membership
+    # the child is a new member, tests/multiprocess/test_group_members.py)
+    one = (0, 1)
     fill(client, shards=1, n=10)
     con = cometmp.Consumer(client, group="g")
-    con.ack(con.read("*", max_messages=4, timeout=0))     # acked [0, 4)
-    con.read("*", max_messages=3, timeout=0)               # delivered 4..6, not acked
+    con.ack(con.read("*", max_messages=4, timeout=0, assignment=one))     # acked [0, 4)
+    con.read("*", max_messages=3, timeout=0, assignment=one)   # delivered 4..6, not acked
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            b = con.read("*", max_messages=100, timeout=0)
+            b = con.read("*", max_messages=100, timeout=0, assignment=one)
             os.write(w, b",".join(b"%d" % m.id.entry for m in b))
         finally:
             os._exit(0)
@@ -441,7 +448,7 @@ def test_a_forked_child_reattaches_and_resumes_from_the_group_offsets(client):
     got = os.read(r, 1000)
     os.waitpid(pid, 0)
     assert got == b",".join(b"%d" % i for i in range(4, 10))
-    assert [m.id.entry for m in con.read("*", max_messages=100, timeout=0)] == [7, 8, 9]
+    assert [m.id.entry for m in con.read("*", max_messages=100, timeout=0, assignment=one)] == [7, 8, 9]
 
 
 def test_lag_of_a_group_that_never_read_claims_nothing(client):

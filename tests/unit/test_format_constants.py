@@ -1,8 +1,8 @@
 """Every layout's Python mirror agrees with native/format.h, through one C table.
 
-cm_format_constants() (native/format.c) lists every constant of the six layouts: segment,
-record, index, state page (cometmp/format.py), consumer offsets file (cometmp/offsets.py)
-and worker registry (cometmp/registry/table.py). Each C constant must have an equal Python
+cm_format_constants() (native/format.c) lists every constant of the seven layouts: segment,
+record, index, state page (cometmp/format.py), consumer offsets file (cometmp/offsets.py),
+consumer members file (cometmp/members.py) and worker registry (cometmp/registry/table.py). Each C constant must have an equal Python
 constant in the module that mirrors its layout, and each Python CM_* constant of those
 modules must be known to C.
 """
@@ -14,11 +14,11 @@ import struct
 import cometmp
 from cometmp import _ffi
 from cometmp import format as fmt
-from cometmp import offsets
+from cometmp import members, offsets
 from cometmp.registry import table
 
 #: the Python module mirroring each layout, by constant-name prefix
-MIRRORS = [("CM_OFS_", offsets), ("CM_REGE_", table), ("CM_REGM_", table), ("CM_REG_", table),
+MIRRORS = [("CM_OFS_", offsets), ("CM_MMB_", members), ("CM_REGE_", table), ("CM_REGM_", table), ("CM_REG_", table),
            ("CM_", fmt)]
 
 
@@ -35,10 +35,10 @@ def python_constants() -> dict[str, int]:
     return out
 
 
-def test_the_one_table_covers_all_six_layouts():
+def test_the_one_table_covers_all_seven_layouts():
     c = _ffi.format_constants()
     for prefix in ("CM_SEG_", "CM_REC_", "CM_IDX_", "CM_IDXE_", "CM_STATE_", "CM_CTR_",
-                   "CM_OFS_", "CM_REG_", "CM_REGE_", "CM_REGM_"):
+                   "CM_OFS_", "CM_MMB_", "CM_REG_", "CM_REGE_", "CM_REGM_"):
         assert any(n.startswith(prefix) for n in c), prefix
     assert len(c) == len(set(c)) > 150
 
@@ -151,3 +151,11 @@ def test_v2_frame_crc_binds_stream_id_and_entry_number():
 def test_record_overhead_is_twenty_bytes():
     assert len(fmt.encode_record(b"", 1, 0)) == 20 == fmt.CM_REC_HEADER_BYTES
     assert cometmp is not None
+
+
+def test_members_structs_match_the_c_offsets():
+    c = _ffi.format_constants()
+    assert members.HEADER.size == c["CM_MMB_OFF_LOCK"]
+    assert members.MEMBER.size == c["CM_MMB_M_PATTERNS"]
+    assert members.CLAIM.size == c["CM_MMB_CLAIM_BYTES"]
+    assert len(members.header_bytes(0)) == c["CM_MMB_HEADER_BYTES"]

@@ -66,6 +66,7 @@ GOLDEN_V1 = {
     "streams/golden/00000000000000000005.idx",
     "streams/golden/state",
     "consumers/offsets.sparse.json",
+    "consumers/members.sparse.json",
     "shm/registry",
     "registry.key",
 }
@@ -276,6 +277,36 @@ def test_golden_offsets_file_is_read_by_offsets_and_cometmp_groups(tmp_path):
     doc = json.loads(r.stdout)
     assert sorted(g["name"] for g in doc["groups"]) == ["audit-été", "billing"]
     assert "golden" in json.dumps(doc)
+
+
+def test_golden_members_file_is_read_and_a_new_member_takes_the_dead_members_claim(tmp_path):
+    reference_abi("offsets")
+    from cometmp import members
+
+    mg = load_make_golden()
+    root = str(tmp_path / "v1")
+    shutil.copytree(V1, root)
+    for name in ("offsets", "members"):
+        with open(os.path.join(V1, "consumers", f"{name}.sparse.json")) as f:
+            mg.materialize_sparse(json.load(f), os.path.join(root, "consumers", name))
+    assert os.path.getsize(members.members_path(root)) == members.CM_MMB_FILE_BYTES
+    (rec,) = members.group_members(root)[1]           # billing; the freed record is not listed
+    assert (rec.member_id, rec.pid, rec.patterns, rec.claims) == (7, 4242, ("golden", "events:v1:shard:*"), [0])
+    assert rec.live is False                          # nobody holds its lock: a dead member
+    r = subprocess.run([sys.executable, "-m", "cometmp", "groups", root, "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    billing = next(g for g in json.loads(r.stdout)["groups"] if g["name"] == "billing")
+    assert billing["members"] == [{"id": 7, "pid": 4242, "live": False, "streams": ["golden"],
+                                   "patterns": ["golden", "events:v1:shard:*"],
+                                   "joined_ns": 1767225600000001000, "seen_ns": 1767225600000005000}]
+    os.chmod(os.path.join(root, "registry.key"), 0o600)
+    with cometmp.Client(root) as c:
+        con = cometmp.Consumer(c, group="billing")
+        got = con.read("golden", max_messages=100, timeout=0)
+        assert con.assigned() == ["golden"] and got[0].id.entry == 5   # from the acked offset
+        assert [(m.member_id, m.live) for m in members.group_members(root)[1]] == [(8, True)]
+        con.close()
 
 
 def test_golden_registry_image_is_accepted_by_c_and_parsed_by_the_table():
