@@ -1,0 +1,170 @@
+"""Real gunicorn with the gthread, gevent and uvicorn_worker.UvicornWorker worker classes,
+and real ``uvicorn --workers 2``, serving under load while a worker is ``kill -9``'ed.
+
+Each server runs 2 workers. Every worker is registered (``cometmp status`` shows slots 0
+and 1 held by the live workers, and the app's ``cometmp.worker_id()`` agrees with the
+table), the survivor keeps its id through the kill, the replacement takes the killed
+worker's id and shards, and every request answered 200 — before and after the kill — is
+in the log exactly once. The FastAPI app is examples/fastapi_app.py; the WSGI one is
+integrations/gunicorn/app.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from harness import (
+    GUNICORN,
+    REPO,
+    VENV_BIN,
+    Load,
+    Server,
+    assert_exactly_once,
+    free_port,
+    get,
+    server_env,
+    shm_exists,
+    status,
+    wait_owned,
+)
+
+UVICORN = os.path.join(VENV_BIN, "uvicorn")
+WSGI_DIR = os.path.join(REPO, "integrations", "gunicorn")
+EXAMPLES = os.path.join(REPO, "examples")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+needs_asgi = pytest.mark.skipif(
+    not (os.path.exists(UVICORN) and _importable("fastapi") and _importable("uvicorn_worker")),
+    reason="uvicorn, uvicorn-worker and fastapi are in the test extra")
+
+
+def start_gunicorn(tmp_path, worker_class: str) -> Server:
+    data_dir = str(tmp_path / "data")
+    port = free_port()
+    asgi = worker_class.startswith("uvicorn_worker")
+    extra = ["--threads", "4"] if worker_class == "gthread" else []
+    argv = [GUNICORN, "-c", "python:cometmp.integrations.gunicorn_conf", "-k", worker_class,
+            "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "3", *extra,
+            "fastapi_app:app" if asgi else "app:app"]
+    srv = Server(argv, server_env(data_dir), EXAMPLES if asgi else WSGI_DIR, port,
+                 str(tmp_path / "server.log"))
+    srv.data_dir = data_dir
+    srv.wait_ready(workers=2)
+    return srv
+
+
+def start_uvicorn(tmp_path) -> Server:
+    data_dir = str(tmp_path / "data")
+    port = free_port()
+    argv = [UVICORN, "--workers", "2", "--host", "127.0.0.1", "--port", str(port),
+            "--no-access-log", "fastapi_app:app"]
+    srv = Server(argv, server_env(data_dir), EXAMPLES, port, str(tmp_path / "server.log"))
+    srv.data_dir = data_dir
+    srv.wait_ready(workers=2)
+    return srv
+
+
+def slots_by_pid(doc: dict) -> dict[int, int]:
+    return {s["pid"]: s["process_id"] for s in doc["slots"] if s["alive"]}
+
+
+def check_app_ids_agree_with_the_table(srv: Server, table: dict[int, int], tries: int = 40):
+    """/whoami answers "<pid> <worker_id>": every answer names a registered worker with
+    the id the table gives it (which worker answers is the kernel's choice)."""
+    seen = {}
+    for _ in range(tries):
+        pid, wid = get(srv.port, "/whoami")[1].decode().split()
+        seen[int(pid)] = wid
+    assert seen and all(int(p) in table and wid == str(table[int(p)]) for p, wid in seen.items()), \
+        (seen, table, srv.log())
+
+
+def wait_for(cond, timeout: float, what: str, srv: Server):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"{what} did not happen in {timeout} s\n{srv.log()}"
+        time.sleep(0.1)
+
+
+def serve_kill_and_check(srv: Server, rng: random.Random) -> None:
+    """The common scenario: 2 registered workers, load, kill -9 one, load again."""
+    doc = wait_owned(srv.data_dir, srv)
+    table = slots_by_pid(doc)
+    assert sorted(table.values()) == [0, 1] and len(table) == 2, doc
+    assert set(table) <= set(srv.workers()), (table, srv.workers())
+    check_app_ids_agree_with_the_table(srv, table)
+
+    load = Load(srv.port, threads=4).start()
+    try:
+        wait_for(lambda: len(load.ok) >= 50, 60, "50 answered requests", srv)
+        victim = rng.choice(sorted(table))
+        survivor = next(p for p in table if p != victim)
+        print(f"kill -9 worker {victim} (id {table[victim]}); survivor {survivor}")
+        os.kill(victim, signal.SIGKILL)
+        ok_at_kill = len(load.ok)
+
+        def replaced():
+            d = status(srv.data_dir)
+            t = slots_by_pid(d)
+            return d if victim not in t and len(t) == 2 else None
+        doc = wait_for(replaced, 60, "the replacement's registration", srv)
+        after = slots_by_pid(doc)
+        assert after[survivor] == table[survivor], "the survivor's id moved"
+        replacement = next(p for p in after if p != survivor)
+        assert after[replacement] == table[victim], "the replacement has another id"
+        before_shards = {s["process_id"]: s["shards"] for s in status(srv.data_dir)["slots"]}
+        assert before_shards[table[victim]], before_shards   # it owns the victim's shards
+        wait_for(lambda: len(load.ok) >= ok_at_kill + 100, 60, "100 requests after the kill", srv)
+    finally:
+        load.stop()
+    print(f"sent={load.sent} ok={len(load.ok)} failed={load.failed}")
+    doc = wait_owned(srv.data_dir, srv)
+    check_app_ids_agree_with_the_table(srv, slots_by_pid(doc))
+    assert_exactly_once(srv.data_dir, load.ok)
+
+
+@pytest.mark.parametrize("worker_class", [
+    "gthread",
+    pytest.param("gevent", marks=pytest.mark.skipif(not _importable("gevent"),
+                                                    reason="gevent is in the test extra")),
+    pytest.param("uvicorn_worker.UvicornWorker", marks=needs_asgi),
+])
+def test_every_gunicorn_worker_class_registers_its_workers_and_reowns_a_killed_workers_slot(
+        tmp_path, worker_class):
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    srv = start_gunicorn(tmp_path, worker_class)
+    try:
+        serve_kill_and_check(srv, random.Random(seed))
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.log()
+    assert not shm_exists(srv.data_dir), "the master unlinks the registry at exit"
+
+
+@needs_asgi
+def test_uvicorn_workers_get_stable_ids_and_a_restarted_worker_takes_the_killed_ones_slot(
+        tmp_path):
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    srv = start_uvicorn(tmp_path)
+    try:
+        serve_kill_and_check(srv, random.Random(seed))
+        assert get(srv.port, "/recent?limit=1")[0] == 200
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.log()
+    assert not shm_exists(srv.data_dir), "LeaveAtShutdown: the last worker unlinks the registry"
