@@ -43,7 +43,8 @@ dies. So, as for uWSGI, everything happens in the workers:
 
 Anywhere else (the supervisor, a single ``uvicorn app:app`` process, a gunicorn worker
 whose ``post_fork`` hook already joined, a script importing the app) the import does
-nothing: a single process owns every shard anyway. uvicorn is never imported here.
+nothing: a single process owns every shard anyway. (``--reload``'s one spawned child
+joins, and owns every shard.) uvicorn is never imported here.
 A failure is logged and leaves that worker standalone, which is still correct.
 """
 

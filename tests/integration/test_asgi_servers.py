@@ -66,8 +66,10 @@ def start_gunicorn(tmp_path, worker_class: str) -> Server:
 def start_uvicorn(tmp_path) -> Server:
     data_dir = str(tmp_path / "data")
     port = free_port()
+    # a spawned worker's start is a whole interpreter's: uvicorn's 5 s readiness bound
+    # (HUP restarts) is for a quiet machine
     argv = [UVICORN, "--workers", "2", "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "fastapi_app:app"]
+            "--no-access-log", "--timeout-worker-healthcheck", "60", "fastapi_app:app"]
     srv = Server(argv, server_env(data_dir), EXAMPLES, port, str(tmp_path / "server.log"))
     srv.data_dir = data_dir
     srv.wait_ready(workers=2)
@@ -99,8 +101,9 @@ def wait_for(cond, timeout: float, what: str, srv: Server):
         time.sleep(0.1)
 
 
-def serve_kill_and_check(srv: Server, rng: random.Random) -> None:
-    """The common scenario: 2 registered workers, load, kill -9 one, load again."""
+def serve_kill_and_check(srv: Server, rng: random.Random, kills: int = 1) -> None:
+    """The common scenario: 2 registered workers under load; ``kills`` times, kill -9 one
+    of them and wait for its replacement to hold its id; requests keep being logged."""
     doc = wait_owned(srv.data_dir, srv)
     table = slots_by_pid(doc)
     assert sorted(table.values()) == [0, 1] and len(table) == 2, doc
@@ -110,30 +113,37 @@ def serve_kill_and_check(srv: Server, rng: random.Random) -> None:
     load = Load(srv.port, threads=4).start()
     try:
         wait_for(lambda: len(load.ok) >= 50, 60, "50 answered requests", srv)
-        victim = rng.choice(sorted(table))
-        survivor = next(p for p in table if p != victim)
-        print(f"kill -9 worker {victim} (id {table[victim]}); survivor {survivor}")
-        os.kill(victim, signal.SIGKILL)
-        ok_at_kill = len(load.ok)
-
-        def replaced():
-            d = status(srv.data_dir)
-            t = slots_by_pid(d)
-            return d if victim not in t and len(t) == 2 else None
-        doc = wait_for(replaced, 60, "the replacement's registration", srv)
-        after = slots_by_pid(doc)
-        assert after[survivor] == table[survivor], "the survivor's id moved"
-        replacement = next(p for p in after if p != survivor)
-        assert after[replacement] == table[victim], "the replacement has another id"
-        before_shards = {s["process_id"]: s["shards"] for s in status(srv.data_dir)["slots"]}
-        assert before_shards[table[victim]], before_shards   # it owns the victim's shards
-        wait_for(lambda: len(load.ok) >= ok_at_kill + 100, 60, "100 requests after the kill", srv)
+        for _ in range(kills):
+            table = kill_one_and_wait_for_its_replacement(srv, rng, table)
+            ok = len(load.ok)
+            wait_for(lambda: len(load.ok) >= ok + 100, 60, "100 requests after the kill", srv)
     finally:
         load.stop()
-    print(f"sent={load.sent} ok={len(load.ok)} failed={load.failed}")
+    print(f"kills={kills} sent={load.sent} ok={len(load.ok)} failed={load.failed}")
     doc = wait_owned(srv.data_dir, srv)
     check_app_ids_agree_with_the_table(srv, slots_by_pid(doc))
     assert_exactly_once(srv.data_dir, load.ok)
+
+
+def kill_one_and_wait_for_its_replacement(srv: Server, rng: random.Random,
+                                          table: dict[int, int]) -> dict[int, int]:
+    victim = rng.choice(sorted(table))
+    survivor = next(p for p in table if p != victim)
+    print(f"kill -9 worker {victim} (id {table[victim]}); survivor {survivor}")
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced():
+        d = status(srv.data_dir)
+        t = slots_by_pid(d)
+        return d if victim not in t and len(t) == 2 else None
+    doc = wait_for(replaced, 60, "the replacement's registration", srv)
+    after = slots_by_pid(doc)
+    assert after[survivor] == table[survivor], "the survivor's id moved"
+    replacement = next(p for p in after if p != survivor)
+    assert after[replacement] == table[victim], "the replacement has another id"
+    shards = {s["process_id"]: s["shards"] for s in doc["slots"] if s["alive"]}
+    assert shards[table[victim]], doc   # it owns the killed worker's shards again
+    return after
 
 
 @pytest.mark.parametrize("worker_class", [
@@ -168,3 +178,47 @@ def test_uvicorn_workers_get_stable_ids_and_a_restarted_worker_takes_the_killed_
         srv.stop()
     assert srv.proc.returncode == 0, srv.log()
     assert not shm_exists(srv.data_dir), "LeaveAtShutdown: the last worker unlinks the registry"
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("server", ["gevent", "uvicorn_worker.UvicornWorker", "uvicorn"])
+def test_repeated_kills_keep_ids_dense_and_every_request_logged_once(tmp_path, server):
+    if server != "gevent" and not os.path.exists(UVICORN):
+        pytest.skip("uvicorn is in the test extra")
+    seed = random.randrange(1 << 30)
+    print(f"seed={seed}")
+    srv = start_uvicorn(tmp_path) if server == "uvicorn" else start_gunicorn(tmp_path, server)
+    try:
+        serve_kill_and_check(srv, random.Random(seed), kills=10)
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.log()
+    assert not shm_exists(srv.data_dir)
+
+
+@pytest.mark.soak
+@needs_asgi
+def test_a_uvicorn_hup_restart_hands_each_slot_to_the_new_worker(tmp_path):
+    """HUP: uvicorn starts each new worker before stopping its old one; the new one waits
+    without a slot and takes the old one's when it leaves (LeaveAtShutdown)."""
+    srv = start_uvicorn(tmp_path)
+    try:
+        before = slots_by_pid(wait_owned(srv.data_dir, srv))
+        load = Load(srv.port, threads=2).start()
+        try:
+            srv.send(signal.SIGHUP)
+
+            def all_new():
+                t = slots_by_pid(status(srv.data_dir))
+                return t if len(t) == 2 and not set(t) & set(before) else None
+            after = wait_for(all_new, 120, "both workers replaced", srv)
+            ok = len(load.ok)
+            wait_for(lambda: len(load.ok) >= ok + 50, 60, "50 requests after the restart", srv)
+        finally:
+            load.stop()
+        assert sorted(after.values()) == [0, 1], after
+        wait_owned(srv.data_dir, srv)
+        assert_exactly_once(srv.data_dir, load.ok)
+    finally:
+        srv.stop()
+    assert not shm_exists(srv.data_dir)
