@@ -131,12 +131,15 @@ def kill_one_and_wait_for_its_replacement(srv: Server, rng: random.Random,
     survivor = next(p for p in table if p != victim)
     print(f"kill -9 worker {victim} (id {table[victim]}); survivor {survivor}")
     os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
 
     def replaced():
         d = status(srv.data_dir)
         t = slots_by_pid(d)
         return d if victim not in t and len(t) == 2 else None
     doc = wait_for(replaced, 60, "the replacement's registration", srv)
+    print(f"  replacement holds id {table[victim]} {time.monotonic() - t0:.2f} s after the "
+          f"kill (polled through `cometmp status`, a process start per poll)")
     after = slots_by_pid(doc)
     assert after[survivor] == table[survivor], "the survivor's id moved"
     replacement = next(p for p in after if p != survivor)
