@@ -16,7 +16,10 @@ import random
 import signal
 import time
 
+import posix_ipc
 import pytest
+
+from cometmp import registry
 
 from harness import (
     GUNICORN,
@@ -36,6 +39,7 @@ from harness import (
 UVICORN = os.path.join(VENV_BIN, "uvicorn")
 WSGI_DIR = os.path.join(REPO, "integrations", "gunicorn")
 EXAMPLES = os.path.join(REPO, "examples")
+APPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps")
 
 
 def _importable(name: str) -> bool:
@@ -63,15 +67,16 @@ def start_gunicorn(tmp_path, worker_class: str) -> Server:
     return srv
 
 
-def start_uvicorn(tmp_path) -> Server:
+def start_uvicorn(tmp_path, app: str = "fastapi_app:app", cwd: str = EXAMPLES,
+                  log: str = "server.log") -> Server:
     data_dir = str(tmp_path / "data")
     port = free_port()
     # uvicorn's health-check bound (5 s) is for a quiet machine: a loaded one can miss it
     # (a HUP restart is then aborted, a live worker killed as hung). A kill that lands
     # while the supervisor waits for the victim's pong delays its restart by this bound.
     argv = [UVICORN, "--workers", "2", "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "--timeout-worker-healthcheck", "20", "fastapi_app:app"]
-    srv = Server(argv, server_env(data_dir), EXAMPLES, port, str(tmp_path / "server.log"))
+            "--no-access-log", "--timeout-worker-healthcheck", "20", app]
+    srv = Server(argv, server_env(data_dir), cwd, port, str(tmp_path / log))
     srv.data_dir = data_dir
     srv.wait_ready(workers=2)
     return srv
@@ -182,6 +187,34 @@ def test_uvicorn_workers_get_stable_ids_and_a_restarted_worker_takes_the_killed_
         srv.stop()
     assert srv.proc.returncode == 0, srv.log()
     assert not shm_exists(srv.data_dir), "LeaveAtShutdown: the last worker unlinks the registry"
+
+
+@needs_asgi
+def test_a_uvicorn_worker_without_leave_at_shutdown_counts_its_exit_as_a_death_and_the_next_start_rebuilds(
+        tmp_path):
+    """Any ASGI app (here a bare one without lifespan support) joins with the one line.
+    Without the middleware uvicorn's signal re-raise ends the workers with no Python exit
+    hook: the registry is left stale, and the next start rebuilds it."""
+    srv = start_uvicorn(tmp_path, "plain_asgi_app:app", APPS)
+    try:
+        table = slots_by_pid(wait_owned(srv.data_dir, srv))
+        assert sorted(table.values()) == [0, 1], table
+        check_app_ids_agree_with_the_table(srv, table, tries=10)
+        assert get(srv.port, "/append?id=first")[0] == 200
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 0, srv.log()
+    assert status(srv.data_dir)["stale"], "every worker died without leaving"
+    srv2 = start_uvicorn(tmp_path, "plain_asgi_app:app", APPS, log="server2.log")
+    try:
+        table2 = slots_by_pid(wait_owned(srv2.data_dir, srv2))
+        assert sorted(table2.values()) == [0, 1] and not set(table2) & set(table), table2
+        assert get(srv2.port, "/append?id=second")[0] == 200
+    finally:
+        srv2.stop()
+    assert_exactly_once(srv.data_dir, {"first", "second"})
+    assert status(srv.data_dir)["stale"]
+    posix_ipc.unlink_shared_memory(registry.shm_name(srv.data_dir))   # leave nothing behind
 
 
 @pytest.mark.soak
