@@ -259,3 +259,28 @@ def test_a_uvicorn_hup_restart_hands_each_slot_to_the_new_worker(tmp_path):
     finally:
         srv.stop()
     assert not shm_exists(srv.data_dir)
+
+
+@pytest.mark.soak
+@needs_asgi
+def test_uvicorn_ttou_then_ttin_adopts_the_retired_slot_then_fills_it_again(tmp_path):
+    """processCount stays at --workers: after TTOU the retired worker's slot is reclaimed
+    and its shards adopted by the survivor; after TTIN the new worker takes that slot."""
+    srv = start_uvicorn(tmp_path)
+    try:
+        before = slots_by_pid(wait_owned(srv.data_dir, srv))
+        srv.send(signal.SIGTTOU)
+        one = wait_for(lambda: (lambda t: t if len(t) == 1 else None)(
+            slots_by_pid(wait_owned(srv.data_dir, srv))), 60, "the TTOU retirement", srv)
+        (survivor, sid), = one.items()
+        assert before[survivor] == sid, "the survivor's id moved"
+        srv.send(signal.SIGTTIN)
+        two = wait_for(lambda: (lambda t: t if len(t) == 2 else None)(
+            slots_by_pid(status(srv.data_dir))), 90, "the TTIN worker's join", srv)
+        assert sorted(two.values()) == [0, 1] and two[survivor] == sid, two
+        doc = wait_owned(srv.data_dir, srv)
+        assert doc["process_count"] == 2
+        assert get(srv.port, "/append?id=after-ttin")[0] == 200
+    finally:
+        srv.stop()
+    assert not shm_exists(srv.data_dir)
