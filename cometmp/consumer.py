@@ -28,7 +28,6 @@ acked. Entries the hard retention cap deleted before the group acked them are re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -38,7 +37,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from . import _reader, deadletter, paths
+from . import _reader, deadletter, paths, waiting
 from ._ffi import check, core_path, ffi, lib
 from .compression import decompress
 from .cursor import Cursor
@@ -384,6 +383,8 @@ class Consumer:
         if self.ephemeral or not cursors or len(states) != len(cursors):
             time.sleep(min(timeout, self.poll_interval))
             return False
+        if waiting.cooperative():   # gevent-patched: the greenlet sleeps, the hub runs on
+            return waiting.wait_green(states, seqs, timeout, waiting._closed_of(self))
         if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
             timeout = min(timeout, self.poll_interval)
             cursors, seqs, states = cursors[:WAITV_MAX], seqs[:WAITV_MAX], states[:WAITV_MAX]
@@ -594,20 +595,42 @@ class Consumer:
             f"[{ids[0].entry}, {ids[-1].entry}] (read them with cometmp.deadletter.decode)"),
             stacklevel=3)
 
+    async def read_async(self, pattern: str = "*", max_messages: int = 1000,
+                         timeout: float | None = None, *, zero_copy: bool | None = None,
+                         assignment: tuple[int, int] | None = None) -> Batch:
+        """``await consumer.read_async(...)``: ``read()`` for asyncio. The same arguments
+        and batch; the wait does not block the event loop and holds no thread of its own:
+        the process's one waiter thread (cometmp.waiting) sleeps on the futex words of
+        every stream being awaited and resolves the awaiting futures. Cancelling it
+        leaves nothing behind; ``close()`` from another thread or task makes it raise
+        ClosedError. A readonly client polls every ``poll_interval``."""
+        return await waiting.read_async(self, pattern, max_messages, timeout,
+                                        zero_copy=zero_copy, assignment=assignment)
+
+    def _wait_point(self, pattern: str, assignment, idle: bool) -> tuple[list | None, list[int]]:
+        """For cometmp.waiting, called just before a ``read(timeout=0)``: the state pages
+        of the streams that read covers and their ``notify_seq``, sampled before it reads
+        ``committed`` (I11); pages None when the consumer must poll (readonly, no stream
+        yet, a page not mapped). ``idle``: the last wait timed out (remap rebuilt pages)."""
+        self._check()
+        cursors = self._cursors_for(pattern, assignment)
+        self._check_stale(cursors, force=idle)
+        seqs = [c.notify_seq() for c in cursors]
+        states = [c.state.ptr for c in cursors]
+        if self.ephemeral or not cursors or any(p is None for p in states):
+            return None, seqs
+        return states, seqs
+
     async def batches(self, pattern: str = "*", max_messages: int = 1000, *,
                       assignment: tuple[int, int] | None = None, zero_copy: bool | None = None,
-                      wait_slice: float = 0.25) -> AsyncIterator[Batch]:
-        """``async for batch in consumer.batches(...)``: non-empty batches as they arrive.
-        Blocking waits run in the loop's default executor, in slices of ``wait_slice``
-        seconds, so the event loop is never blocked and cancellation takes effect within
-        one slice. Ack with ``consumer.ack(batch)``."""
-        loop = asyncio.get_running_loop()
+                      wait_slice: float | None = None) -> AsyncIterator[Batch]:
+        """``async for batch in consumer.batches(...)``: non-empty batches as they arrive,
+        each from ``read_async`` (so no thread waits per iteration, and cancelling or
+        closing behaves as there). ``wait_slice`` (seconds, default None: no limit) only
+        bounds each ``read_async`` call. Ack with ``consumer.ack(batch)``."""
         while True:
-            batch = self.read(pattern, max_messages, 0, zero_copy=zero_copy, assignment=assignment)
-            if not len(batch):
-                batch = await loop.run_in_executor(
-                    None, lambda: self.read(pattern, max_messages, wait_slice,
-                                            zero_copy=zero_copy, assignment=assignment))
+            batch = await self.read_async(pattern, max_messages, wait_slice,
+                                          zero_copy=zero_copy, assignment=assignment)
             if len(batch):
                 yield batch
 
@@ -621,6 +644,7 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
+        waiting.kick()   # an awaiting read_async / gevent read sees the close now (L4)
         for c in list(self._cursors.values()):
             c.close()
         self._cursors.clear()
