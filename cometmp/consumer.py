@@ -384,7 +384,7 @@ class Consumer:
             time.sleep(min(timeout, self.poll_interval))
             return False
         if waiting.cooperative():   # gevent-patched: the greenlet sleeps, the hub runs on
-            return waiting.wait_green(states, seqs, timeout, waiting._closed_of(self))
+            return waiting.wait_green(states, seqs, timeout, waiting.closed_of(self))
         if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
             timeout = min(timeout, self.poll_interval)
             cursors, seqs, states = cursors[:WAITV_MAX], seqs[:WAITV_MAX], states[:WAITV_MAX]

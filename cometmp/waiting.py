@@ -45,7 +45,7 @@ from typing import Any, Callable
 from ._ffi import ffi, lib
 from .format import CM_STATE_BYTES, CM_STATE_OFF_NOTIFY_SEQ
 
-__all__ = ["Waiter", "cooperative", "kick", "read_async", "stats", "wait_green"]
+__all__ = ["Waiter", "closed_of", "cooperative", "kick", "read_async", "stats", "wait_green"]
 
 log = logging.getLogger("cometmp")
 
@@ -294,7 +294,7 @@ def stats() -> dict:
             "threads_started": w.threads_started, "wakeups": w.wakeups}
 
 
-def _closed_of(consumer) -> Callable[[], bool]:
+def closed_of(consumer) -> Callable[[], bool]:
     return lambda: consumer._closed or consumer.client._closed
 
 
@@ -342,7 +342,7 @@ async def read_async(consumer, pattern: str, max_messages: int, timeout: float |
             continue
         fut = loop.create_future()
         w = _get()
-        reg = w.register(states, seen, now + left, _loop_notify(loop, fut), _closed_of(consumer))
+        reg = w.register(states, seen, now + left, _loop_notify(loop, fut), closed_of(consumer))
         try:
             idle = not await fut
         finally:
