@@ -152,6 +152,17 @@ class Waiter:
 
     # ---- the waiter thread -----------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # noqa: BLE001 - a bug here must not leave callers asleep
+            log.exception("cometmp: waiter thread failed; waking every waiting reader")
+            with self._lock:
+                regs, self._regs = self._regs, []
+                self._running = False      # the next registration starts a new thread
+            for reg in regs:
+                self._resolve(reg, True)
+
+    def _loop(self) -> None:
         pid = os.getpid()
         idle_since = None
         cache_key = None

@@ -419,3 +419,89 @@ def test_a_gevent_patched_read_with_a_timeout_lets_other_greenlets_run(data_dir)
     assert out["woken_after"] < 10, out
     assert out["registrations_after_kill"] == 0, out
     assert out["closed"] == "ClosedError", out
+
+
+def test_event_loops_in_two_threads_share_the_one_waiter_thread(setup):
+    c, w = setup
+    for s in ("left", "right"):
+        c.append(s, b"seed")
+    cons = {s: drained(c, f"g-{s}", s) for s in ("left", "right")}
+    base = os_threads()
+    got: dict[str, list] = {}
+
+    def run(s):
+        got[s] = [m.data for m in asyncio.run(cons[s].read_async(s, 10, timeout=LONG))]
+
+    ths = [threading.Thread(target=run, args=(s,)) for s in cons]
+    for t in ths:
+        t.start()
+    wait_until(lambda: waiting.stats()["registrations"] == 2, LONG, "both loops asleep")
+    during = os_threads()
+    w.append("left")
+    w.append("right")
+    for t in ths:
+        t.join(LONG)
+    assert got == {"left": [b"w0"], "right": [b"w0"]}
+    assert during == base + 2 + 1, "two loop threads and one waiter"
+
+
+def _random_trial(setup, seed: int, rounds: int) -> None:
+    """Tasks on several streams read_async in loops while entries arrive from another
+    process and tasks are cancelled at random moments and restarted: every entry is
+    delivered (at-least-once: a cancelled call never consumed its batch), none twice
+    beyond what an unacked cancel redelivers, and the waiter ends with nothing."""
+    import random
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    c, w = setup
+    names = [f"rnd{i}" for i in range(6)]
+    for s in names:
+        c.append(s, b"seed")
+    cons = {s: drained(c, f"g-{s}", s) for s in names}
+    sent = {s: 0 for s in names}
+    seen: dict[str, list] = {s: [] for s in names}
+
+    async def reader(s):
+        con = cons[s]
+        while True:
+            b = await con.read_async(s, 50, timeout=rng.choice([None, 0.05, 0.5]))
+            seen[s].extend(m.id.entry for m in b)
+            con.ack(b)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tasks = {s: asyncio.create_task(reader(s)) for s in names}
+        for _ in range(rounds):
+            s = rng.choice(names)
+            if rng.random() < 0.3:
+                tasks[s].cancel()
+                await asyncio.gather(tasks[s], return_exceptions=True)
+                tasks[s] = asyncio.create_task(reader(s))
+            n = rng.randint(1, 5)
+            await loop.run_in_executor(None, w.append, s, n)
+            sent[s] += n
+            await asyncio.sleep(rng.uniform(0, 0.005))
+        await until(lambda: all(len(set(seen[s])) == sent[s] for s in names),
+                    "every entry delivered")
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    asyncio.run(main())
+    for s in names:
+        assert sorted(set(seen[s])) == list(range(1, sent[s] + 1)), s
+        assert len(seen[s]) == sent[s], f"{s}: a batch delivered twice"
+    assert waiting.stats()["registrations"] == 0
+    wait_until(waiter_idle, 30, "the waiter thread to exit")
+
+
+def test_random_appends_and_cancellations_lose_nothing(setup):
+    import random
+    _random_trial(setup, random.randrange(1 << 30), 60)
+
+
+@pytest.mark.soak
+def test_random_appends_and_cancellations_lose_nothing_soak(setup):
+    import random
+    for _ in range(20):
+        _random_trial(setup, random.randrange(1 << 30), 300)
