@@ -123,7 +123,9 @@ class Waiter:
         return reg
 
     def unregister(self, reg: _Registration) -> None:
-        """Forget ``reg`` (resolved or not); its ``notify`` is not called afterwards."""
+        """Forget ``reg`` (resolved or not). A pass of the thread already resolving it may
+        still call its ``notify`` once; notifies are made harmless for that (a future
+        already done or cancelled is left alone)."""
         with self._lock:
             reg.done = True
             try:
@@ -196,6 +198,8 @@ class Waiter:
             taken: set[int] = set()
             pages = []
             for reg in regs:
+                if reg.done:            # unregistered since the snapshot
+                    continue
                 if reg.deadline < deadline:
                     deadline = reg.deadline
                 for a, p, s in zip(reg.addrs, reg.states, reg.seen):
