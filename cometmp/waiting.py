@@ -168,7 +168,8 @@ class Waiter:
         pid = os.getpid()
         idle_since = None
         cache_key = None
-        arr = seen_arr = None
+        arr: Any = None
+        seen_arr: Any = None
         last_kick = None
         slept_until = 0.0
         while True:

@@ -454,7 +454,7 @@ def _random_trial(setup, seed: int, rounds: int) -> None:
     print(f"seed {seed}")
     rng = random.Random(seed)
     c, w = setup
-    names = [f"rnd{i}" for i in range(6)]
+    names = [f"rnd{seed}.{i}" for i in range(6)]     # fresh streams for every trial
     for s in names:
         c.append(s, b"seed")
     cons = {s: drained(c, f"g-{s}", s) for s in names}
