@@ -32,7 +32,6 @@ acked. Entries the hard retention cap deleted before the group acked them are re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -42,7 +41,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from . import _reader, deadletter, members, paths
+from . import _reader, deadletter, members, paths, waiting
 from ._ffi import check, core_path, ffi, lib
 from .compression import decompress
 from .cursor import Cursor
@@ -449,6 +448,8 @@ class Consumer:
             idle_member = not cursors and self._membership is not None
             time.sleep(timeout if idle_member else min(timeout, self.poll_interval))
             return False
+        if waiting.cooperative():   # gevent-patched: the greenlet sleeps, the hub runs on
+            return waiting.wait_green(states, seqs, timeout, waiting.closed_of(self))
         if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
             timeout = min(timeout, self.poll_interval)
             cursors, seqs, states = cursors[:WAITV_MAX], seqs[:WAITV_MAX], states[:WAITV_MAX]
@@ -659,20 +660,44 @@ class Consumer:
             f"[{ids[0].entry}, {ids[-1].entry}] (read them with cometmp.deadletter.decode)"),
             stacklevel=3)
 
+    async def read_async(self, pattern: str = "*", max_messages: int = 1000,
+                         timeout: float | None = None, *, zero_copy: bool | None = None,
+                         assignment: tuple[int, int] | None = None) -> Batch:
+        """``await consumer.read_async(...)``: ``read()`` for asyncio. The same arguments
+        and batch; the wait does not block the event loop and holds no thread of its own:
+        the process's one waiter thread (cometmp.waiting) sleeps on the futex words of
+        every stream being awaited and resolves the awaiting futures. Cancelling it
+        leaves nothing behind; ``close()`` from another thread or task makes it raise
+        ClosedError. A readonly client polls every ``poll_interval``."""
+        return await waiting.read_async(self, pattern, max_messages, timeout,
+                                        zero_copy=zero_copy, assignment=assignment)
+
+    def _wait_point(self, pattern: str, assignment, idle: bool) -> tuple[list | None, list[int]]:
+        """For cometmp.waiting, called just before a ``read(timeout=0)``: the state pages
+        of the streams that read covers and their ``notify_seq``, sampled before it reads
+        ``committed`` (I11); pages None when the consumer must poll (readonly, no stream
+        yet, a page not mapped). ``idle``: the last wait timed out (remap rebuilt pages)."""
+        self._check()
+        g = self._ensure_group(pattern)
+        # the streams read() reads: a live member's claimed ones (I41d), not all matching
+        cursors = self._owned(g, pattern, assignment, self._cursors_for(pattern, assignment))
+        self._check_stale(cursors, force=idle)
+        seqs = [c.notify_seq() for c in cursors]
+        states = [c.state.ptr for c in cursors]
+        if self.ephemeral or not cursors or any(p is None for p in states):
+            return None, seqs
+        return states, seqs
+
     async def batches(self, pattern: str = "*", max_messages: int = 1000, *,
                       assignment: tuple[int, int] | None = None, zero_copy: bool | None = None,
-                      wait_slice: float = 0.25) -> AsyncIterator[Batch]:
-        """``async for batch in consumer.batches(...)``: non-empty batches as they arrive.
-        Blocking waits run in the loop's default executor, in slices of ``wait_slice``
-        seconds, so the event loop is never blocked and cancellation takes effect within
-        one slice. Ack with ``consumer.ack(batch)``."""
-        loop = asyncio.get_running_loop()
+                      wait_slice: float | None = None) -> AsyncIterator[Batch]:
+        """``async for batch in consumer.batches(...)``: non-empty batches as they arrive,
+        each from ``read_async`` (so no thread waits per iteration, and cancelling or
+        closing behaves as there). ``wait_slice`` (seconds, default None: no limit) only
+        bounds each ``read_async`` call. Ack with ``consumer.ack(batch)``."""
         while True:
-            batch = self.read(pattern, max_messages, 0, zero_copy=zero_copy, assignment=assignment)
-            if not len(batch):
-                batch = await loop.run_in_executor(
-                    None, lambda: self.read(pattern, max_messages, wait_slice,
-                                            zero_copy=zero_copy, assignment=assignment))
+            batch = await self.read_async(pattern, max_messages, wait_slice,
+                                          zero_copy=zero_copy, assignment=assignment)
             if len(batch):
                 yield batch
 
@@ -691,6 +716,7 @@ class Consumer:
                 self._membership.leave()   # releases this member's streams to the others
             except CometError as e:   # its description is closed anyway: others see it dead
                 log.warning("cometmp: consumer group %r: leaving the membership: %s", self.group, e)
+        waiting.kick()   # an awaiting read_async / gevent read sees the close now (L4)
         for c in list(self._cursors.values()):
             c.close()
         self._cursors.clear()

@@ -875,13 +875,15 @@ def _print_targets(targets: list[dict]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cometmp bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup", "sustained"),
+    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup", "sustained", "async"),
                    default="single",
                    help="single: append/append_many vs SQLite and logging (default); "
                         "multiproc: aggregate rate of N forked writers; "
                         "wakeup: append -> consumer in another process, beside the futex floor; "
                         "sustained: every append's latency under rotation and retention "
-                        "(cometmp/tools/bench_sustained.py)")
+                        "(cometmp/tools/bench_sustained.py); "
+                        "async: read_async and gevent waits beside the blocking read "
+                        "(cometmp/tools/bench_async.py)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds in all: 20,000 entries, one round")
     p.add_argument("--json", action="store_true", help="print exactly one JSON document")
@@ -913,6 +915,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-us", type=int, default=0,
                    help="wakeup: every waiter (floor included) asks EEVDF for this time slice "
                         "(sched_setattr sched_runtime; default 0: the kernel's)")
+    p.add_argument("--readers", type=int, default=None,
+                   help="async: concurrent read_async calls (default 100)")
     bench_sustained.add_arguments(p)
     return p
 
@@ -947,6 +951,9 @@ def main(argv: list[str] | None = None) -> int:
             doc = _run_multiproc(args, root)
         elif args.scenario == "sustained":
             doc = bench_sustained.run(args, root, int(_timer_overhead_ns()))
+        elif args.scenario == "async":
+            from . import bench_async
+            doc = bench_async.run(args, root)
         else:
             doc = _run_single(args, root)
     finally:
@@ -967,6 +974,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario == "wakeup":
             from . import bench_wakeup
             bench_wakeup.print_report(doc)
+        elif args.scenario == "async":
+            from . import bench_async
+            bench_async.print_report(doc)
         else:
             {"multiproc": _print_multiproc, "sustained": bench_sustained.print_doc}.get(
                 args.scenario, _print_single)(doc)

@@ -206,7 +206,7 @@ def race_batches(rng: random.Random, d: str) -> None:
                 await task
             except asyncio.CancelledError:
                 pass
-            con.close()            # the executor thread may still sleep in cm_wait_many
+            con.close()            # the waiter thread may still sleep on its pages (L4)
         else:
             con.close()            # the waiting read ends in ClosedError (or a batch)
             await asyncio.wait_for(task, 5)
