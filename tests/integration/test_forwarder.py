@@ -245,15 +245,20 @@ class Writer(threading.Thread):
     """Appends ``total`` entries in batches, a little at a time, from this process."""
 
     def __init__(self, root: str, total: int, pause: float = 0.002, batch: int = 500,
-                 prefix: str = "events"):
+                 prefix: str = "events", hold_at: int | None = None):
         super().__init__(daemon=True)
         self.root, self.total, self.pause, self.batch, self.prefix = root, total, pause, batch, prefix
         self.written = 0
+        #: with ``hold_at``: after that many entries it waits for ``go`` before the rest
+        self.hold_at, self.go, self.holding = hold_at, threading.Event(), threading.Event()
 
     def run(self) -> None:
         with cometmp.Client(self.root) as c:
             ev = c.log(self.prefix, shards=4)
             while self.written < self.total:
+                if self.hold_at is not None and self.written >= self.hold_at and not self.go.is_set():
+                    self.holding.set()
+                    self.go.wait()
                 n = min(self.batch, self.total - self.written)
                 ev.append_many([b"entry %d " % (self.written + i) + b"x" * 60 for i in range(n)],
                                key=str(self.written))
@@ -340,15 +345,18 @@ def test_kill9_mid_stream_then_restart_stores_each_entry_once(data_dir, tmp_path
 def test_broker_outage_pauses_forwarding_then_resumes_exactly_once(data_dir, tmp_path, server, procs):
     _init_dir(data_dir)
     total = 20_000
-    w = Writer(data_dir, total, pause=0.05, batch=200)  # ~4,000 entries/s for ~5 s
+    # the second half is appended only once the broker is gone: however slow the machine,
+    # the outage has appends to go on through (~4,000 entries/s for ~2.5 s)
+    w = Writer(data_dir, total, pause=0.05, batch=200, hold_at=total // 2)
     w.start()
     fw = _forwarder(data_dir, server, tmp_path, procs)
     wait_until(lambda: js_count(server.url) > 3000, 30, "forwarding to start")
     server.stop()  # the broker goes away while entries keep arriving
-    during = w.written
     wait_until(lambda: "forwarder disconnected" in open(fw.log_path).read(), 30,
                "the forwarder to log that it lost the broker")
-    wait_until(lambda: w.written > during + 1000, 30, "appends to go on during the outage")
+    wait_until(w.holding.is_set, 60, "the writer's first half")
+    w.go.set()
+    wait_until(lambda: w.written == total, 60, "appends to go on during the outage")
     assert fw.proc.poll() is None, "the forwarder must survive the outage"
     with cometmp.Client(data_dir) as c:
         from cometmp.consumer import Consumer
