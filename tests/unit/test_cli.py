@@ -214,7 +214,11 @@ def test_tail_follow_prints_entries_appended_later(data_dir):
     proc = subprocess.Popen(
         [sys.executable, "-X", "faulthandler", "-m", "cometmp", "tail", data_dir, "logs", "-n",
          "1", "-f", "--interval", "0.05"],
-        stdout=subprocess.PIPE, stderr=err, text=True, cwd=PACKAGE_ROOT)
+        stdout=subprocess.PIPE, stderr=err, text=True, cwd=PACKAGE_ROOT,
+        # a test run started in the background by a non-interactive shell inherits SIGINT
+        # ignored, and Python then keeps it ignored: Ctrl-C is what this test sends, so
+        # the child gets the disposition a terminal user's tail has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
     try:

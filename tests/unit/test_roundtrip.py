@@ -203,26 +203,36 @@ def test_reading_a_missing_entry_raises_entry_not_found(data_dir, cfg):
 
 
 def test_timestamps_are_clamped_when_the_clock_is_behind_the_last_record(data_dir, cfg):
-    """A wall clock stepped back (simulated: the last record's time is in the future)
-    never makes timestamps go backwards (I6); the clamp is counted."""
-    import struct
+    """A wall clock stepped back (simulated: the last record was written while the clock
+    was an hour ahead: its frame is rewritten with that time, a valid frame) never makes
+    timestamps go backwards across a restart (I6: the files' last record sets the floor);
+    the clamp is counted."""
     import time
+
+    from oracle import Binding, walk_segment
 
     with cometmp.Client(data_dir, config=cfg) as c:
         lg = c.log("clk", shards=1)
         lg.append(b"a")
+        lg.append(b"a2")
         stream = lg.streams[0]
     future = time.time_ns() + 3600 * 10**9
-    state = os.path.join(data_dir, "streams", stream, "state")
-    with open(state, "r+b") as f:
-        f.seek(fmt.CM_STATE_OFF_LAST_TS)
-        f.write(struct.pack("=q", future))
+    (base, path), = segment_files(data_dir, stream)
+    with open(path, "r+b") as f:
+        buf = f.read()
+        last = [r for r in walk_segment(buf) if not hasattr(r, "reason")][-1]
+        b = Binding.of(buf)
+        frame = fmt.encode_record(last.payload, future, last.seq, last.flags,
+                                  stream_id=b.stream_id if b.version > 1 else None, base=base)
+        assert len(frame) == last.frame_bytes
+        f.seek(last.offset)
+        f.write(frame)
     with cometmp.Client(data_dir, config=cfg) as c:
         lg = c.log("clk", shards=1)
         lg.append(b"b")
         lg.append_many([b"c", b"d"])
         ts = [m.timestamp_ns for m in c.scan(stream)]
-        assert ts[1:] == [future] * 3 and ts[0] < future
+        assert ts[1:] == [future] * 4 and ts[0] < future
         assert c.stats()["streams"][stream]["counters"]["clock_clamps"] >= 2
 
 
