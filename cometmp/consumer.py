@@ -58,6 +58,9 @@ from .errors import (
 )
 from .offsets import GroupRef, OffsetStore, validate_group_name
 from .shard import MessageID, StreamMessage
+# the longest single sleep (new matching streams are noticed at least this often) and
+# futex_waitv's limit: one value each for the blocking wait here and cometmp.waiting's
+from .waiting import DISCOVER_INTERVAL, WAITV_MAX
 
 __all__ = ["Batch", "Consumer", "consumer_groups", "delete_consumer_group"]
 
@@ -71,13 +74,10 @@ _reader.configure(core_path(), StreamMessage, MessageID, decompress)
 Batch = _reader.Batch
 
 
-#: longest single sleep: new streams matching the pattern are noticed at least this often
-DISCOVER_INTERVAL = 0.5
 #: how often read() re-checks the streams directory for new streams while data flows
 MATCH_RECHECK = 0.02
 #: how often read() checks that no state page was rebuilt under it
 STALE_RECHECK = 1.0
-WAITV_MAX = 128
 _TOUCH_EVERY_NS = 1_000_000_000
 #: I10's fork generation (native/error.c): one cffi call, not a getpid() syscall per read
 _fork_generation = lib.cm_fork_generation

@@ -92,7 +92,6 @@ MEMBER = struct.Struct("=IIQQqqI20x")
 CLAIM = struct.Struct("=QQQq")
 _U64 = struct.Struct("=Q")
 _Q = struct.Struct("=q")
-_FLOCK = struct.Struct("@hhqqi4x")   # struct flock, as cometmp.shard
 
 #: seconds between membership refreshes inside read(), wait slices included: a join gets
 #: its share and a dead member's streams move within about two periods (issue 11: 1 s)
@@ -226,7 +225,7 @@ class MembersFile:
         if self.fd is None:
             raise ClosedError(f"members file {self.path} is closed")
         with os_errors(self.path, "lock members file"):
-            return fcntl.fcntl(self.fd, cmd, _FLOCK.pack(typ, os.SEEK_SET, start, length, 0))
+            return fcntl.fcntl(self.fd, cmd, paths.FLOCK.pack(typ, os.SEEK_SET, start, length, 0))
 
     def try_lock(self, start: int, length: int) -> bool:
         try:
@@ -242,8 +241,10 @@ class MembersFile:
 
     def locked_by_other(self, start: int, length: int) -> bool:
         """Whether another open file description write-locks any byte of the range."""
-        got = self._fcntl(fcntl.F_OFD_GETLK, fcntl.F_WRLCK, start, length)
-        return _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
+        if self.fd is None:
+            raise ClosedError(f"members file {self.path} is closed")
+        with os_errors(self.path, "lock members file"):
+            return paths.ofd_write_locked(self.fd, start, length)   # I41a
 
     def mutating(self):
         """Context manager: the header lock byte held (I41b). Blocks while another member

@@ -24,9 +24,11 @@ many trailing components of the path are inside the data directory (a segment
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import stat
+import struct
 
 from ._ffi import lib
 
@@ -139,7 +141,8 @@ def list_segment_bases(directory: str) -> list[int]:
     return bases
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -147,6 +150,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+#: struct flock (fcntl(2)) for the OFD locks: l_type l_whence l_start l_len l_pid
+FLOCK = struct.Struct("@hhqqi4x")
+
+
+def ofd_write_locked(fd: int, start: int, length: int) -> bool:
+    """Whether another open file description holds a lock on any byte of [start,
+    start+length) of ``fd``'s file (``length`` 0: to the end): F_OFD_GETLK, which takes
+    nothing. The liveness probe of I27a (a writer's state page) and I41a (a group
+    member's record). OSError as the call raises it."""
+    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
+    return FLOCK.unpack(got)[0] != fcntl.F_UNLCK
 
 
 def remove_dead_temp_files(root: str) -> list[str]:
@@ -165,7 +181,7 @@ def remove_dead_temp_files(root: str) -> list[str]:
             if not fn.endswith(TMP_SUFFIX):
                 continue
             parts = fn[: -len(TMP_SUFFIX)].rsplit(".", 1)
-            if len(parts) == 2 and parts[1].isdigit() and _pid_alive(int(parts[1])):
+            if len(parts) == 2 and parts[1].isdigit() and pid_alive(int(parts[1])):
                 continue
             p = os.path.join(d, fn)
             try:

@@ -10,7 +10,6 @@ damaged index of a sealed segment (I8).
 from __future__ import annotations
 
 import bisect
-import fcntl
 import logging
 import mmap
 import os
@@ -145,10 +144,6 @@ class Writer:
         lib.cm_shard_close(self.handle)
 
 
-#: struct flock as fcntl(2) takes it: l_type, l_whence, l_start, l_len, l_pid (native layout)
-_FLOCK = struct.Struct("@hhqqi4x")
-
-
 def writer_live(fd: int) -> bool:
     """Whether a writer holds the state page open on ``fd``'s file: it takes a read
     lock on the whole page after its open recovered the page from the segment files
@@ -156,10 +151,9 @@ def writer_live(fd: int) -> bool:
     current. F_OFD_GETLK only tests (readers never contend). Any error: not live, so
     the caller checks the page against the files (never wrong, only slower)."""
     try:
-        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        return paths.ofd_write_locked(fd, 0, 0)
     except OSError:
         return False
-    return _FLOCK.unpack(got)[0] != fcntl.F_UNLCK
 
 
 class StateView:

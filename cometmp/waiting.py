@@ -49,14 +49,15 @@ __all__ = ["Waiter", "closed_of", "cooperative", "kick", "read_async", "stats", 
 
 log = logging.getLogger("cometmp")
 
-#: futex_waitv's limit (FUTEX_WAITV_MAX): the kick word and up to 127 state pages
+#: futex_waitv's limit (FUTEX_WAITV_MAX, native/notify.c); here the kick word and up to
+#: 127 state pages; cometmp.consumer's blocking wait uses it too
 WAITV_MAX = 128
 #: over WAITV_MAX words, pages past the first 127 are compared this often
 POLL_SLICE = 0.01
 #: seconds the waiter thread stays with nothing registered before it exits
 LINGER = 1.0
-#: longest single sleep of read_async: new streams matching the pattern are noticed at
-#: least this often (Consumer.read's DISCOVER_INTERVAL)
+#: longest single sleep of read() and read_async: new streams matching the pattern are
+#: noticed at least this often (cometmp.consumer uses this one)
 DISCOVER_INTERVAL = 0.5
 
 

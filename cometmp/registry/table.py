@@ -65,7 +65,7 @@ from .key import ForeignRegistry, key_path, load_key, read_key, stat_mode
 from .. import failpoint
 from .._ffi import ffi, last_error, lib
 from ..errors import CometError, FormatError, RegistryError, UnsupportedFilesystem, os_error
-from ..paths import user_name
+from ..paths import pid_alive, user_name
 
 log = logging.getLogger("cometmp")
 
@@ -398,8 +398,8 @@ class Registry:
             check(lib.cm_registry_init(reg._ptr, REG_BYTES, process_count))
             reg._put_u32(CM_REG_OFF_OWNER_UID, os.geteuid() if uid is None else uid)
             reg._put_u32(CM_REG_OFF_OWNER_GID, os.getegid() if gid is None else gid)
-            failpoint.fail("registry.publish", SHM_DIR + name)
             try:
+                failpoint.fail("registry.publish", SHM_DIR + name)   # as the link failing
                 os.link(SHM_DIR + draft, SHM_DIR + name)   # EEXIST: another creator won
             except FileExistsError:
                 reg.close()
@@ -723,18 +723,10 @@ def _remove_dead_drafts(name: str) -> None:
     for entry in entries:
         if not (entry.startswith(prefix) and entry.endswith(".draft")):
             continue
-        try:
-            pid = int(entry[len(prefix):].split(".")[0])
-            os.kill(pid, 0)
-            continue            # its creator may be at work right now
-        except ValueError:
-            pass                # not a draft this code made: leave nothing unexplained
-        except ProcessLookupError:
+        pid = entry[len(prefix):].split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):   # else its creator may be at work
             with contextlib.suppress(posix_ipc.ExistentialError):
                 posix_ipc.unlink_shared_memory("/" + entry)
-            continue
-        except PermissionError:
-            continue            # another user's live process
 
 
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:

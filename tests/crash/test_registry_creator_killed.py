@@ -81,3 +81,35 @@ def test_a_creator_killed_before_publishing_leaves_nothing_at_the_name_and_joine
     assert [j.returncode for j in joiners] == [0, 0]
     wait_until(lambda: not os.path.exists("/dev/shm" + name), 30,
                "the last joiner to leave to unlink the registry")
+
+
+FAILING_CREATOR = f"""
+import os, sys
+sys.path.insert(0, {TESTS!r})
+import failpoints
+failpoints.bootstrap(sys.argv[1])
+from cometmp import registry
+from cometmp.errors import CometError
+os.environ["COMETMP_FAILPOINT"] = "registry.publish:1:EIO"
+try:
+    registry.join(sys.argv[2], key=0, create_count=2, start_thread=False)
+except CometError as e:
+    print("ERR", type(e).__name__, e)
+else:
+    print("joined: the failpoint did not fire")
+"""
+
+
+def test_a_creator_whose_publish_fails_raises_a_cometmp_error_and_leaves_nothing(tmp_path):
+    d = str(tmp_path / "log")
+    with cometmp.Client(d) as c:
+        c.append("s", [b"a"])
+    fp = failpoints.build()
+    p = subprocess.run([sys.executable, "-c", FAILING_CREATOR, fp, d], env=child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("ERR "), (p.stdout, p.stderr)
+    assert p.stdout.startswith("ERR StorageError publish the registry of ") and \
+        "Input/output error" in p.stdout, p.stdout   # names the step, the path and the errno
+    name = registry.shm_name(d)
+    assert not os.path.exists("/dev/shm" + name)
+    assert drafts(name) == [], "a failed creator left its draft behind"
