@@ -19,7 +19,7 @@ import mmap
 import os
 import struct
 
-from . import paths
+from . import failpoint, paths
 from ._ffi import ffi, lib
 from .errors import ClosedError, CometError, EntryNotFound
 from .format import (
@@ -60,8 +60,13 @@ class StatePage:
         self.remap()
 
     def remap(self) -> bool:
+        """Map the page again; False when there is none usable now. Any failure to open
+        or map it (failpoints ``consume.state_open``, ``consume.state_map``) is False
+        too, never an error: the consumer then takes the reader's count (I27a) and polls
+        instead of sleeping on the page's futex. A planted link is refused (I30)."""
         self.close()
         try:
+            failpoint.fail("consume.state_open", self.path)
             fd = paths.open_nofollow(self.path, os.O_RDWR if self.rw else os.O_RDONLY,
                                      paths.IN_STREAM)   # I30
         except OSError as e:
@@ -73,8 +78,11 @@ class StatePage:
             if st.st_size != CM_STATE_BYTES:
                 return False
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if self.rw else 0)
+            failpoint.fail("consume.state_map", self.path)
             mm = mmap.mmap(fd, CM_STATE_BYTES, mmap.MAP_SHARED, prot)
             self.live = writer_live(fd)
+        except OSError:
+            return False
         finally:
             os.close(fd)
         magic, version = struct.unpack_from("=IH", mm, 0)

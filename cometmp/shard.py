@@ -149,8 +149,10 @@ def writer_live(fd: int) -> bool:
     lock on the whole page after its open recovered the page from the segment files
     (I27a, ``announce_writer`` in native/shard.c), so then ``committed``/``tail`` are
     current. F_OFD_GETLK only tests (readers never contend). Any error: not live, so
-    the caller checks the page against the files (never wrong, only slower)."""
+    the caller checks the page against the files (never wrong, only slower; failpoint
+    ``read.writer_probe``)."""
     try:
+        failpoint.fail("read.writer_probe", f"/proc/self/fd/{fd}")
         return paths.ofd_write_locked(fd, 0, 0)
     except OSError:
         return False

@@ -64,9 +64,15 @@ int cm_failpoint(const char *name) {
         if (hits >= k && hits < k + n) err = nf > 2 ? errno_named(f[2]) : EIO;
         if (hits >= k && hits < k + n && nf > 2 && !strcmp(f[2], "KILL"))
             err = -1;
+        if (hits >= k && hits < k + n && nf > 2 && !strcmp(f[2], "STOP"))
+            err = -2;
     }
     pthread_mutex_unlock(&fp_lock);
     if (err == -1) kill(getpid(), SIGKILL);   /* "name:k:KILL": a real kill -9 right here */
+    if (err == -2) {                          /* "name:k:STOP": frozen right here, alive, */
+        raise(SIGSTOP);                       /* until the test sends SIGCONT; then the   */
+        return 0;                             /* step goes on as if nothing had happened  */
+    }
     return err;
 }
 int cm_failpoint_errno(const char *name) {

@@ -11,7 +11,9 @@
  * the first evaluation after the variable last changed; n defaults to 1)
  * return that errno (ENOSPC, EIO, EDQUOT), and the call site fails as if the
  * step it guards had failed with it; ERRNO "KILL" instead sends the process
- * SIGKILL at that point (a kill -9 at an exact step). Points: docs/ARCHITECTURE.md §4.2.
+ * SIGKILL at that point (a kill -9 at an exact step), and "STOP" freezes it there
+ * with SIGSTOP (alive, holding what it holds) until the test sends SIGCONT, after
+ * which the step goes on unharmed. Points: docs/ARCHITECTURE.md §4.2.
  *
  * CM_FAILPOINT_ERRNO(name) is the same and also sets errno, for a guard put in
  * front of a syscall that reports through errno:

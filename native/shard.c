@@ -819,8 +819,13 @@ static int publish_state(cm_shard *s) {
  * that does not checks them against the files (Reader.committed, cometmp/shard.py).
  * A failure to take it only costs readers that check. Caller holds the directory
  * flock. */
+/* I27a: a read lock on the whole state page, held until its fd closes, tells readers
+ * that this page is current. Best effort by design: if it cannot be taken (failpoint
+ * open.announce), readers count the segment files instead, which I27a makes exact
+ * (never a record this writer has not published) — only slower. */
 static void announce_writer(cm_shard *s) {
     struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    if (CM_FAILPOINT("open.announce")) return;
     (void)fcntl(s->state_fd, F_OFD_SETLK, &fl);
 }
 
@@ -1211,6 +1216,7 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
             if (iov[j].flags & CM_REC_FLAG_ZSTD) chunk_compressed++;
             entry++;
         }
+        (void)CM_FAILPOINT("append.publish");  /* KILL/STOP only: records complete, unpublished */
         publish(s, off, entry);
         bytes += chunk_payload;
         compressed += chunk_compressed;
