@@ -57,6 +57,7 @@ void cm_crc32c_x3(const uint8_t *p[3], const size_t n[3], uint32_t out[3]);
 void cm_segment_header_init(uint8_t *h, uint64_t base, uint64_t capacity,
                             uint32_t stream_crc, uint64_t stream_id);
 uint32_t cm_frame_head_crc(const cm_seg_key *key, uint32_t seq, const uint8_t *frame);
+uint64_t cm_frame_solve_stream_id(const uint8_t *map, uint64_t size, uint64_t base);
 uint64_t cm_new_stream_id(void);
 void cm_record_fill(uint8_t *p, const void *data, uint32_t len, int64_t ts, uint32_t seqflags);
 void cm_record_seal(uint8_t *const frames[], const uint32_t lens[], const uint32_t heads[], int k);

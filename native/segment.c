@@ -190,6 +190,104 @@ int cm_frame_check(const uint8_t *map, uint64_t size, uint64_t base, uint64_t of
     return cm_frame_check_key(map, size, &key, off, expect_seq, out);
 }
 
+/* A stream id the version-2 frames of a segment whose header is lost validate under
+ * (I17), solved from their crcs; 0 when it cannot be told. Used only to repair a
+ * damaged header (recover_stream_id in shard.c).
+ *
+ * A v2 frame's crc is cm_crc32c(id_crc, R), R = entry(8) ‖ len(4) ‖ ts(8) ‖
+ * seqflags(4) ‖ payload, where id_crc = cm_crc32c(0, stream_id): the frames depend on
+ * the id only through those 32 bits, so the original 64 cannot be recovered, but any
+ * id with the same id_crc is, for every frame, the same key. crc32c is affine over
+ * GF(2) in its chaining value: cm_crc32c(x, R) = cm_crc32c(0, R) ^ T(x), T linear
+ * (and invertible). So one frame gives id_crc (32 equations, 32 unknowns), accepted
+ * only if SOLVE_CHECK further frames then validate under it (a 2^-32 chance each
+ * that damaged or foreign bytes pass); then an id is chosen whose crc is id_crc
+ * (cm_crc32c over 8 bytes is affine in their 64 bits, rank 32: 32 free bits, taken
+ * from a fresh random id). Frames above SOLVE_MAX_PAYLOAD are skipped (building T
+ * costs 32 crcs over the frame's length). */
+#define SOLVE_CHECK 2
+#define SOLVE_MAX_PAYLOAD (256u * 1024)
+static uint32_t crc_zeros(uint32_t c, uint64_t n) {
+    static const uint8_t zeros[4096];
+    for (; n >= sizeof zeros; n -= sizeof zeros) c = cm_crc32c(c, zeros, sizeof zeros);
+    return cm_crc32c(c, zeros, (size_t)n);
+}
+/* Solve sum_b x_b·col[b] = y over GF(2) for nvar unknowns (bit b of the result),
+ * 32 equations (bit j of col[b] and y). Free unknowns take their bit of `fill`.
+ * Returns 0 and sets *x, or -1 when inconsistent. */
+static int solve_gf2(const uint32_t *col, int nvar, uint32_t y, uint64_t fill, uint64_t *x) {
+    uint64_t row[32];
+    uint32_t rhs = 0;
+    int pivot[32], rank = 0;
+    for (int j = 0; j < 32; j++) {
+        uint64_t r = 0;
+        for (int b = 0; b < nvar; b++) r |= (uint64_t)((col[b] >> j) & 1) << b;
+        uint32_t v = (y >> j) & 1;
+        for (int i = 0; i < rank; i++)
+            if ((r >> pivot[i]) & 1) { r ^= row[i]; v ^= (rhs >> i) & 1; }
+        if (!r) { if (v) return -1; continue; }
+        int b = __builtin_ctzll(r);
+        for (int i = 0; i < rank; i++)            /* fully reduced: one pivot per row */
+            if ((row[i] >> b) & 1) { row[i] ^= r; rhs ^= v << i; }
+        row[rank] = r;
+        rhs |= v << rank;
+        pivot[rank++] = b;
+    }
+    uint64_t pivots = 0;
+    for (int i = 0; i < rank; i++) pivots |= 1ull << pivot[i];
+    uint64_t mask = nvar == 64 ? ~0ull : (1ull << nvar) - 1;
+    uint64_t out = fill & ~pivots & mask;         /* free unknowns */
+    for (int i = 0; i < rank; i++) {              /* pivot = rhs ^ its row's free terms */
+        uint64_t others = row[i] & ~(1ull << pivot[i]);
+        uint32_t v = ((rhs >> i) & 1) ^ (__builtin_popcountll(others & out) & 1);
+        out |= (uint64_t)v << pivot[i];
+    }
+    *x = out;
+    return 0;
+}
+uint64_t cm_frame_solve_stream_id(const uint8_t *map, uint64_t size, uint64_t base) {
+    int solved = 0, checked = 0;
+    uint32_t id_crc = 0;
+    for (uint64_t off = CM_SEG_HEADER_BYTES; off + CM_REC_HEADER_BYTES <= size;) {
+        const uint8_t *p = map + off;
+        if (all_zero(p, CM_REC_HEADER_BYTES)) break;
+        uint32_t len = get32(p + CM_REC_OFF_LEN);
+        if ((uint64_t)len > size - off - CM_REC_HEADER_BYTES) break;
+        off += CM_REC_HEADER_BYTES + (uint64_t)len;
+        if (len > SOLVE_MAX_PAYLOAD) continue;
+        uint8_t head[12];                              /* entry(8) len(4) */
+        put64(head, base + (get32(p + CM_REC_OFF_SEQFLAGS) & CM_REC_SEQ_MASK));
+        memcpy(head + 8, p + CM_REC_OFF_LEN, 4);
+        uint64_t rest = CM_REC_HEADER_BYTES - CM_REC_OFF_TS + (uint64_t)len;
+        uint32_t stored = get32(p + CM_REC_OFF_CRC);
+        if (solved) {                                  /* check a frame the solve did not use */
+            if (cm_crc32c(cm_crc32c(id_crc, head, 12), p + CM_REC_OFF_TS, (size_t)rest) != stored)
+                return 0;
+            if (++checked < SOLVE_CHECK) continue;
+            uint32_t col[64], z8 = crc_zeros(0, 8);
+            for (int b = 0; b < 64; b++) {
+                uint8_t e[8];
+                put64(e, 1ull << b);
+                col[b] = cm_crc32c(0, e, 8) ^ z8;
+            }
+            for (int tries = 0; tries < 4; tries++) {  /* an id that is neither 0 nor 1 */
+                uint64_t id;
+                if (solve_gf2(col, 64, id_crc ^ z8, cm_new_stream_id(), &id) < 0) return 0;
+                if (id > 1) return id;
+            }
+            return 0;
+        }
+        uint32_t zero_key = cm_crc32c(cm_crc32c(0, head, 12), p + CM_REC_OFF_TS, (size_t)rest);
+        uint64_t n = 12 + rest, x;
+        uint32_t zn = crc_zeros(0, n), col[32];
+        for (int j = 0; j < 32; j++) col[j] = crc_zeros(1u << j, n) ^ zn;   /* T(e_j) */
+        if (solve_gf2(col, 32, stored ^ zero_key, 0, &x) < 0) return 0;
+        id_crc = (uint32_t)x;
+        solved = 1;
+    }
+    return 0;                                          /* too few frames to be sure */
+}
+
 /* cm_frame_check() with a message for cm_last_error() when the frame is invalid. */
 int cm_record_at(const uint8_t *map, uint64_t size, uint64_t base, uint64_t off,
                  uint32_t expect_seq, cm_record *out) {

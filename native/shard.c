@@ -342,17 +342,20 @@ static uint64_t stream_id_of_others(cm_shard *s, uint64_t skip) {
  * (I17). Candidates, each accepted only if the first record validates under
  * it (`first` is a private mapping: the trials write only to it): unbound (a v1 segment: returns 1), the damaged header's own stream_id
  * field (the damage was elsewhere), that field with one bit flipped (the
- * damage was there), and the id of the stream's other segments. Returns 0
- * when none fits and the segment has records; a new id when it has none. */
+ * damage was there), the id of the stream's other segments, and the id solved
+ * from the records' own crcs (cm_frame_solve_stream_id: the only segment's
+ * header zeroed, given enough records to be sure). Returns 0 when none fits
+ * and the segment has records; a new id when it has none. */
 static uint64_t recover_stream_id(cm_shard *s, uint64_t base, uint8_t *first, uint64_t n) {
     if (n < CM_SEG_HEADER_BYTES) return cm_new_stream_id();
     uint64_t own = get64(first + CM_SEG_OFF_STREAM_ID);
-    uint64_t cand[2 + 64 + 1];
+    uint64_t cand[2 + 64 + 2];
     int k = 0;
     cand[k++] = 1;                                   /* v1: unbound */
     cand[k++] = own;
     for (int b = 0; b < 64; b++) cand[k++] = own ^ (1ull << b);
     cand[k++] = stream_id_of_others(s, base);
+    cand[k++] = cm_frame_solve_stream_id(first, n, base);   /* the id the crcs were sealed under */
     int empty = cm_frame_check(first, n, base, CM_SEG_HEADER_BYTES, 0, NULL) == CM_REC_END;
     uint64_t found = 0;
     for (int i = 0; i < k && !found && !empty; i++) {

@@ -293,3 +293,58 @@ def test_an_active_header_whose_stream_id_cannot_be_recovered_is_refused(tmp_pat
             c.append("s", [b"e2"])
     with open(active, "rb") as f:
         assert f.read(fmt.CM_SEG_HEADER_BYTES) == bytes(fmt.CM_SEG_HEADER_BYTES)   # untouched
+
+
+@pytest.mark.parametrize("records", [4, 50])
+def test_the_only_segments_zeroed_header_is_rebuilt_with_the_id_solved_from_its_records(tmp_path, records):
+    """The only segment's header zeroed and no other segment to take the id from: the
+    frames' CRCs are affine in the id's bits, so the writer open solves the id from the
+    first frames, confirms it with two more, rewrites the header with it, and every
+    acknowledged entry stays readable with its bytes (ARCHITECTURE.md §5 step 3)."""
+    root = str(tmp_path / "log")
+    rng = random.Random(SEED + records)
+    data = [rng.randbytes(rng.randrange(0, 3000)) for _ in range(records)]
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", data)
+    (_, active), = segment_files(root, "s")
+    with open(active, "rb") as f:
+        sid = fmt.parse_segment_header(f.read(64)).stream_id
+    with open(active, "r+b") as f:
+        f.write(bytes(fmt.CM_SEG_HEADER_BYTES))
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", [b"after"])
+        assert [m.data for m in c.scan("s")] == data + [b"after"]
+    with open(active, "rb") as f:
+        raw = f.read(64)
+    h = fmt.parse_segment_header(raw)
+    # frames are sealed under the id's CRC-32C only, so that is what is recovered: the
+    # new id is another 64-bit value with the same crc, the same key for every frame
+    assert fmt.segment_header_ok(raw) and h.version == 2 and h.stream_id not in (0, 1)
+    assert fmt.crc32c(h.stream_id.to_bytes(8, "little")) == fmt.crc32c(sid.to_bytes(8, "little"))
+
+
+def test_an_id_solved_from_one_frame_and_confirmed_by_none_is_refused(tmp_path):
+    """The solve must be confirmed by frames it did not use: with the header zeroed and
+    every record but the first damaged, the id solved from the first is not confirmed, so
+    no id is accepted and the open is refused, the file untouched — never a header
+    rebuilt on the word of a single frame."""
+    root = str(tmp_path / "log")
+    with cometmp.Client(root, config=small_config()) as c:
+        c.append("s", [b"entry %d" % i for i in range(8)])
+    (_, active), = segment_files(root, "s")
+    with open(active, "rb") as f:
+        buf = bytearray(f.read(4096))
+    buf[:fmt.CM_SEG_HEADER_BYTES] = bytes(fmt.CM_SEG_HEADER_BYTES)
+    off = fmt.CM_SEG_HEADER_BYTES
+    for i in range(8):                      # flip one payload bit of records 1..7
+        n = int.from_bytes(buf[off:off + 4], "little")
+        if i >= 1:
+            buf[off + fmt.CM_REC_HEADER_BYTES] ^= 0x01
+        off += fmt.CM_REC_HEADER_BYTES + n
+    with open(active, "r+b") as f:
+        f.write(bytes(buf))
+    before = open(active, "rb").read()
+    with cometmp.Client(root, config=small_config()) as c:
+        with pytest.raises(cometmp.CorruptRecord, match="stream id"):
+            c.append("s", [b"more"])
+    assert open(active, "rb").read() == before
