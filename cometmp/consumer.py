@@ -832,6 +832,7 @@ class Consumer:
             f.acked.update(e for e in entries if e >= prefix)
             p = prefix
             while p in f.acked:
+                f.acked.discard(p)
                 p += 1
             c.acked = p
             f.trim(p)

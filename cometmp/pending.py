@@ -51,11 +51,10 @@ class Flight:
         runs = self.runs
         while runs and runs[0][1] <= prefix:
             runs.popleft()
-        if self.acked:
-            self.acked = {e for e in self.acked if e >= prefix}
-        if self.counts:
-            self.counts = {e: n for e, n in self.counts.items() if e >= prefix}
-        for d in (self.due, self.errors, self.last):
+        acked = self.acked
+        if acked and min(acked) < prefix:   # the caller moved the prefix over them
+            acked.difference_update([e for e in acked if e < prefix])
+        for d in (self.counts, self.due, self.errors, self.last):
             if d:
                 for e in [e for e in d if e < prefix]:
                     del d[e]

@@ -99,17 +99,17 @@ class WindowState:
 
 
 def _pack_copy(group_id: int, resets: int, st: WindowState) -> bytes:
-    mask = 0
-    for e in st.acked:
-        k = e - st.base
-        if not 0 <= k < CM_WIN_ENTRIES:
-            raise ValueError(f"entry {e} outside the window from {st.base}")
-        mask |= 1 << k
-    counts = sorted((e, n) for e, n in st.counts.items()
-                    if 0 <= e - st.base < CM_WIN_ENTRIES and n > 1)[:CM_WIN_COUNTS_MAX]
     body = bytearray(CM_WIN_COPY_BYTES)
-    _COPY_HEAD.pack_into(body, 0, group_id, resets, st.base, 0, len(counts))
-    body[CM_WIN_C_ACKED:CM_WIN_C_COUNTS] = mask.to_bytes(CM_WIN_ENTRIES // 8, "little")
+    base = st.base
+    for e in st.acked:
+        k = e - base
+        if not 0 <= k < CM_WIN_ENTRIES:
+            raise ValueError(f"entry {e} outside the window from {base}")
+        body[CM_WIN_C_ACKED + (k >> 3)] |= 1 << (k & 7)   # bit k: byte k/8, LSB first
+    counts = sorted((e, n) for e, n in st.counts.items()
+                    if 0 <= e - base < CM_WIN_ENTRIES and n > 1)[:CM_WIN_COUNTS_MAX] \
+        if st.counts else ()
+    _COPY_HEAD.pack_into(body, 0, group_id, resets, base, 0, len(counts))
     for i, (e, n) in enumerate(counts):
         _COUNT.pack_into(body, CM_WIN_C_COUNTS + 4 * i, e - st.base, min(n, 0xFFFF))
     crc = lib.cm_crc32c(0, bytes(body), CM_WIN_COPY_BYTES)
@@ -256,8 +256,10 @@ class WindowFile:
         rec = CM_WIN_HEADER_BYTES + slot * CM_WIN_RECORD_BYTES
         body = _pack_copy(group_id, resets, st)
         self._reserve(slot, rec)
-        with os_errors(self.path, "lock window record"):
+        try:
             self._lock(rec, fcntl.F_WRLCK)
+        except OSError as e:
+            raise os_error(e, self.path, "lock window record") from e
         try:
             active = _U32.unpack_from(mm, rec + CM_WIN_OFF_ACTIVE)[0]
             other = 0 if active == 1 else 1
@@ -268,8 +270,9 @@ class WindowFile:
             mm[off + CM_WIN_C_ACKED:off + CM_WIN_COPY_BYTES] = body[CM_WIN_C_ACKED:]
             mm[off:off + CM_WIN_C_CRC] = body[:CM_WIN_C_CRC]
             mm[off + CM_WIN_C_NCOUNTS:off + CM_WIN_C_ACKED] = body[CM_WIN_C_NCOUNTS:CM_WIN_C_ACKED]
-            with os_errors(self.path, "switch window copy"):
-                failpoint.fail("window.switch", self.path)   # crash tier: old copy stays current
+            if failpoint.ACTIVE:
+                with os_errors(self.path, "switch window copy"):
+                    failpoint.fail("window.switch", self.path)   # the old copy stays current
             mm[off + CM_WIN_C_CRC:off + CM_WIN_C_NCOUNTS] = body[CM_WIN_C_CRC:CM_WIN_C_NCOUNTS]
             _U32.pack_into(mm, rec + CM_WIN_OFF_ACTIVE, other)   # I44: the switch, last
         finally:
