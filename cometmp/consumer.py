@@ -337,13 +337,6 @@ class Consumer:
             return
         self._window_file().store(c.slot, g.id, c.resets, WindowState(c.acked, f.acked, f.counts))
 
-    def _mark(self, c: Cursor) -> None:
-        """I46: the window's ``delivered`` follows what this reader delivered."""
-        f = c.flight
-        if c.pos > f.marked and c.slot is not None and not self.ephemeral:
-            f.marked = c.pos
-            self._windows.mark_delivered(c.slot, c.pos)
-
     def _dropped(self, c: Cursor, g: GroupRef | None, start: int, end: int) -> None:
         log.error("cometmp: consumer group %r lost entries [%d, %d) of %s to the hard "
                   "retention cap before acknowledging them", self.group, start, end, c.name)
@@ -556,7 +549,9 @@ class Consumer:
                     self._dropped(c, g, c.pos, first)
                 continue
             budget -= got
-            self._mark(c)
+            if c.pos > f.marked and c.slot is not None and not self.ephemeral:
+                f.marked = c.pos   # I46: the window's ``delivered`` follows this reader
+                self._windows.mark_delivered(c.slot, c.pos)
 
     @staticmethod
     def _sidx(batch: Batch, c: Cursor) -> int:
@@ -758,6 +753,8 @@ class Consumer:
         if not ids:
             return
         self._check()
+        if len(ids) == 1 and type(ids[0]) is Batch and not self.ephemeral and self._ack_batch(ids[0]):
+            return
         runs: dict[str, tuple[int, int]] = {}    # stream -> one contiguous [lo, hi)
         sets: dict[str, set[int]] = {}           # stream -> entries (anything else)
         for x in ids:
@@ -840,6 +837,32 @@ class Consumer:
             if p > prefix:
                 self._commit(c, g, p)
         self._touch(g)
+
+    def _ack_batch(self, batch: Batch) -> bool:
+        """I43's fast path, the way process() and most callers ack: one batch whose
+        entries of each stream are one run starting at or below the committed offset,
+        with nothing in the stream's window: the plain cumulative ack of main, the window
+        untouched. False (nothing done) when any stream of it needs the window. (A
+        batch's entries were all below ``committed`` when read: E5's check holds.)"""
+        g = self._ensure_group(None)
+        todo = []
+        for s, (lo, hi, n) in batch.ack_ranges().items():
+            c = self._cursors.get(s)
+            if c is None or n != hi - lo or lo > c.acked or c.slot is None or c.flight.dirty:
+                return False
+            todo.append((c, hi))
+        for c, hi in todo:
+            if hi > c.acked:
+                self._store.ack(g, c.slot, hi)
+                c.acked = hi
+            f = c.flight
+            runs = f.runs
+            while runs and runs[0][1] <= hi:
+                runs.popleft()
+            if f.due or f.errors or f.last:
+                f.trim(hi)
+        self._touch(g)
+        return True
 
     def _prefix(self, c: Cursor, g: GroupRef | None) -> int:
         """The group's committed offset of ``c``'s stream (the contiguous acked prefix)."""
