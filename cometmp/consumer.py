@@ -24,7 +24,7 @@ Consumers of one group reading without ``assignment`` are live members that spli
 matching streams (cometmp.members, docs/ARCHITECTURE.md §9.7): each reads only the
 streams it has claimed, and hands one over only once what it delivered there is acked.
 
-Delivery is at-least-once, acks are per message (docs/ARCHITECTURE.md §9.8): ``ack()``
+Delivery is at-least-once, acks are per message (docs/ARCHITECTURE.md §9.9): ``ack()``
 takes ids in any order; a stream's committed offset is its contiguous acked prefix, and
 what is acked beyond it is kept in the group's durable ack window (cometmp.window, I43),
 so a consumer that dies is succeeded by one that redelivers exactly what was delivered
@@ -288,7 +288,7 @@ class Consumer:
         if c.pos < first:
             self._dropped(c, g, c.pos, first)
 
-    # ---- the ack window (cometmp.window, cometmp.pending; docs/ARCHITECTURE.md §9.8) -----
+    # ---- the ack window (cometmp.window, cometmp.pending; docs/ARCHITECTURE.md §9.9) -----
     def _window_file(self) -> WindowFile:
         w = self._windows
         if w is None:
