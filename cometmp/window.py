@@ -281,7 +281,10 @@ class WindowFile:
     def mark_delivered(self, slot: int, end: int) -> None:
         """Entries below ``end`` of ``slot`` were delivered (I46). Caller: the stream's one
         reader, after ``store(..., reset_delivered=True)`` made the record its own."""
-        _U64.pack_into(self._mm, CM_WIN_HEADER_BYTES + slot * CM_WIN_RECORD_BYTES
+        mm = self._mm
+        if mm is None:
+            raise ClosedError(f"windows file {self.path} is closed")
+        _U64.pack_into(mm, CM_WIN_HEADER_BYTES + slot * CM_WIN_RECORD_BYTES
                        + CM_WIN_OFF_DELIVERED, end)
 
     def close(self) -> None:
