@@ -188,3 +188,24 @@ def test_reset_offset_empties_the_window(client):
     con.ack(b[5], b[7])
     con.reset_offset(S, 0)
     assert entries(con.read("t:*", timeout=0)) == list(range(10))   # 5 and 7 again
+
+
+def test_entries_a_departed_reader_left_unacked_come_back_counted_or_dead_lettered(client):
+    fill(client, 6)
+    first = cometmp.Consumer(client, group="g")
+    b = first.read("t:*", max_messages=4, timeout=0)        # delivers 0..3
+    first.ack(b[1])
+    first.close()                                           # leaves 0, 2, 3 unacked
+    nxt = cometmp.Consumer(client, group="g")
+    got = nxt.read("t:*", timeout=0)
+    assert [(m.id.entry, m.deliveries) for m in got] == [(0, 2), (2, 2), (3, 2), (4, 1), (5, 1)]
+    nxt.close()                                             # still nothing acked but 1
+    strict = cometmp.Consumer(client, group="g", max_deliveries=2)
+    with pytest.warns(cometmp.DeadLetterWarning):
+        got = strict.read("t:*", timeout=0)                 # 0, 2, 3 were delivered twice
+    assert [(m.id.entry, m.deliveries) for m in got] == [(4, 2), (5, 2)]
+    dl = [cometmp.deadletter.decode(m.data) for m in client.scan(strict.dead_letter_stream)]
+    assert [(env["entry"], env["attempts"], body) for env, body in dl] == [
+        (0, 2, b"m0"), (2, 2, b"m2"), (3, 2, b"m3")]
+    strict.ack(got)
+    assert strict.lag("t:*") == {S: 0}
