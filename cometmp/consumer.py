@@ -24,9 +24,13 @@ Consumers of one group reading without ``assignment`` are live members that spli
 matching streams (cometmp.members, docs/ARCHITECTURE.md §9.7): each reads only the
 streams it has claimed, and hands one over only once what it delivered there is acked.
 
-Delivery is at-least-once: ``ack()`` is cumulative per stream, and a consumer that dies
-resumes from its group's last ack, so it redelivers at most what it read but had not
-acked. Entries the hard retention cap deleted before the group acked them are reported
+Delivery is at-least-once, acks are per message (docs/ARCHITECTURE.md §9.9): ``ack()``
+takes ids in any order; a stream's committed offset is its contiguous acked prefix, and
+what is acked beyond it is kept in the group's durable ack window (cometmp.window, I43),
+so a consumer that dies is succeeded by one that redelivers exactly what was delivered
+and not acked, each with ``deliveries`` >= 2 (I46). ``nack()`` and ``ack_wait`` deliver
+entries again from inside ``read()``; ``max_deliveries`` sends an entry that keeps coming
+back to the group's dead-letter stream (``dead_letter_stream``) and acks it. Entries the hard retention cap deleted before the group acked them are reported
 (EntriesDropped or ``on_drop``), never skipped silently.
 """
 
@@ -39,13 +43,14 @@ import time
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, NamedTuple
 
-from . import _reader, deadletter, members, paths, waiting
+from . import _reader, deadletter, members, paths, waiting, window
 from ._ffi import check, core_path, ffi, lib
 from .compression import decompress
 from .cursor import Cursor
 from .errors import (
+    AckWindowFull,
     ClosedError,
     CometError,
     DeadLetterWarning,
@@ -57,12 +62,14 @@ from .errors import (
     os_errors,
 )
 from .offsets import GroupRef, OffsetStore, validate_group_name
+from .pending import Flight
 from .shard import MessageID, StreamMessage
+from .window import CM_WIN_ENTRIES, WindowFile, WindowState
 # the longest single sleep (new matching streams are noticed at least this often) and
 # futex_waitv's limit: one value each for the blocking wait here and cometmp.waiting's
 from .waiting import DISCOVER_INTERVAL, WAITV_MAX
 
-__all__ = ["Batch", "Consumer", "consumer_groups", "delete_consumer_group"]
+__all__ = ["Batch", "Consumer", "PendingEntry", "consumer_groups", "delete_consumer_group"]
 
 log = logging.getLogger("cometmp")
 
@@ -81,6 +88,15 @@ STALE_RECHECK = 1.0
 _TOUCH_EVERY_NS = 1_000_000_000
 #: I10's fork generation (native/error.c): one cffi call, not a getpid() syscall per read
 _fork_generation = lib.cm_fork_generation
+
+
+class PendingEntry(NamedTuple):
+    """One entry ``Consumer.pending()`` lists: delivered by this consumer, not acked."""
+
+    id: MessageID
+    deliveries: int          # deliveries so far (1: delivered once)
+    idle: float              # seconds since its last delivery
+    error: str | None        # the last error given for it (nack(error=), process()), if any
 
 
 @dataclass
@@ -108,13 +124,29 @@ class Consumer:
     (valid as long as they are referenced) instead of ``bytes``. ``on_drop(stream, first,
     end)`` is called when the hard retention cap deleted entries this group had not
     acked; without it, ``read()`` raises EntriesDropped once for them.
+
+    ``max_deliveries=N``: an entry delivered N times without an ack (nacked, or not acked
+    within ``ack_wait``, or held by a consumer that died) is appended to
+    ``dead_letter_stream`` and acked instead of being delivered again (I48).
+    ``ack_wait`` (seconds): an entry delivered that long ago and not acked is delivered
+    again by a later ``read()`` (I47); None: only nack() and a holder's death redeliver.
     """
 
     def __init__(self, client, group: str, *, zero_copy: bool = False,
                  on_drop: Callable[[str, int, int], Any] | None = None,
-                 poll_interval: float = 0.01):
+                 poll_interval: float = 0.01, max_deliveries: int | None = None,
+                 ack_wait: float | None = None):
         validate_group_name(group)
         client._check_open()
+        if max_deliveries is not None and (not isinstance(max_deliveries, int)
+                                           or isinstance(max_deliveries, bool) or max_deliveries < 1):
+            raise ValueError(f"max_deliveries must be None or an int >= 1, not {max_deliveries!r}")
+        if ack_wait is not None and not ack_wait > 0:
+            raise ValueError(f"ack_wait must be None or > 0 seconds, not {ack_wait!r}")
+        self.max_deliveries = max_deliveries
+        self.ack_wait = None if ack_wait is None else float(ack_wait)
+        self._windows: WindowFile | None = None
+        self._due: set[Cursor] = set()   # cursors with entries to deliver again (nack, ack_wait)
         self.client = client
         self.group = group
         self.zero_copy = bool(zero_copy)
@@ -165,6 +197,7 @@ class Consumer:
         self._listed = None
         self._wait_cache = None
         self._owned_cache = None   # the membership itself was dropped at fork (cometmp.members)
+        self._due.clear()
         self._gen = _fork_generation()
 
     def _ensure_group(self, pattern: str | None) -> GroupRef | None:
@@ -176,6 +209,7 @@ class Consumer:
                 log.warning("cometmp: consumer group %r was deleted; claiming it again", self.group)
                 for c in self._cursors.values():
                     c.slot, c.resets = None, 0
+                    c.flight.loaded = False   # the new slot's window is made from this one
                 self._patterns.clear()
             g = self._group = self._store.group(self.group, create=not self.ephemeral)
         if g is not None and pattern is not None and pattern not in self._patterns and not self.ephemeral:
@@ -232,7 +266,9 @@ class Consumer:
                 # stream, so a hard-cap deletion between joining and a member's first read
                 # is reported as dropped (R3) instead of skipped: retention counts an unset
                 # slot as needing everything, and so must the cursor.
-                self._store.ack(g, slot, c.oldest())
+                # (a group claimed again after its deletion goes on from this process's
+                # committed offset, c.acked; a fresh cursor's is 0)
+                self._store.ack(g, slot, max(c.oldest(), c.acked))
                 acked = self._store.next(slot)
             resets = self._store.resets(slot)
             if self.ephemeral and c.local_next is not None:
@@ -241,11 +277,65 @@ class Consumer:
             c.resets = resets
             c.seg = None
             c.pos = acked if acked is not None else c.oldest()
+            c.flight = Flight()   # nothing delivered from the new position yet
+            self._due.discard(c)
         elif acked is not None and acked > c.pos:
             c.pos, c.seg = acked, None
+        c.acked = acked if acked is not None else c.pos
+        if not c.flight.loaded:
+            self._load_window(c, g)
         first = c.retained_from(c.pos)
         if c.pos < first:
             self._dropped(c, g, c.pos, first)
+
+    # ---- the ack window (cometmp.window, cometmp.pending; docs/ARCHITECTURE.md §9.9) -----
+    def _window_file(self) -> WindowFile:
+        w = self._windows
+        if w is None:
+            w = self._windows = WindowFile(self.root, writable=not self.ephemeral)
+        return w
+
+    def _load_window(self, c: Cursor, g: GroupRef | None) -> None:
+        """Take the stream's durable window into ``c.flight`` (a stream just claimed, a
+        start, a reset): acks beyond the offset are not delivered again, the counts and
+        ``delivered`` of a dead holder carry over (I46). A writable consumer then owns the
+        record (an empty window for a new owner, ``delivered`` zeroed)."""
+        f = c.flight
+        f.loaded = True
+        if c.slot is None or g is None:
+            return
+        win = self._window_file()
+        st = win.load(c.slot, g.id, c.resets)
+        if st is not None:
+            prefix = max(c.acked, st.base)
+            if st.base > c.acked and not self.ephemeral:
+                self._store.ack(g, c.slot, st.base)   # I43: a crash between the two stores
+            if self.ephemeral:
+                c.local_next = max(c.local_next or 0, prefix)
+            if c.pos < prefix:
+                c.pos, c.seg = prefix, None
+            c.acked = prefix
+            f.acked = {e for e in st.acked if e >= prefix}
+            f.counts = {e: n for e, n in st.counts.items() if e >= prefix}
+            f.recover_hi = st.delivered
+            f.marked = st.delivered
+            f.dirty = bool(f.acked or f.counts)
+        elif not self.ephemeral:
+            f.acked = {e for e in f.acked if e >= c.acked}
+            f.counts = {e: n for e, n in f.counts.items() if e >= c.acked}
+            f.dirty = bool(f.acked or f.counts)
+            win.store(c.slot, g.id, c.resets, WindowState(c.acked, f.acked, f.counts),
+                      reset_delivered=True)
+            f.marked = 0
+
+    def _store_window(self, c: Cursor, g: GroupRef | None) -> None:
+        """Make ``c.flight``'s acks beyond the offset and counts durable (I44), before
+        the ack returns or the redelivered batch is handed out."""
+        f = c.flight
+        f.dirty = bool(f.acked or f.counts)
+        if self.ephemeral or c.slot is None or g is None:
+            return
+        self._window_file().store(c.slot, g.id, c.resets, WindowState(c.acked, f.acked, f.counts))
 
     def _dropped(self, c: Cursor, g: GroupRef | None, start: int, end: int) -> None:
         log.error("cometmp: consumer group %r lost entries [%d, %d) of %s to the hard "
@@ -254,6 +344,8 @@ class Consumer:
         c.pos, c.seg = end, None
         if c.slot is not None and g is not None and not self.ephemeral:
             self._store.ack(g, c.slot, end)
+        c.acked = max(c.acked, end)
+        c.flight.trim(end)
 
     def _deliver_drops(self) -> None:
         drops, self._pending = self._pending, []
@@ -302,7 +394,11 @@ class Consumer:
                 self._sync(c, g)
             if self._pending:      # signalled before anything is read: no batch is lost
                 self._deliver_drops()
-            batch = self._fill(cursors, g, max_messages, zc)
+            batch = Batch(zc)
+            budget = max_messages
+            if self._due or self.ack_wait is not None:
+                budget -= self._redeliver(cursors, g, batch, budget)
+            self._fill(cursors, g, batch, budget)
             if self._pending and not len(batch):
                 self._deliver_drops()
                 continue
@@ -315,6 +411,8 @@ class Consumer:
                 return batch
             left = DISCOVER_INTERVAL if deadline is None else min(deadline - now, DISCOVER_INTERVAL)
             left = self._member_slice(left)
+            if self._due or self.ack_wait is not None:
+                left = max(0.0005, min(left, self._next_due(cursors) - now))
             self._check_closed()
             # a consumer waiting for data is active, not idle (R4): touched before each wait
             # slice, not after it, so a wake-up goes to its batch without this step (the
@@ -348,12 +446,14 @@ class Consumer:
 
     def _unacked(self, c: Cursor) -> bool:
         """Whether this consumer delivered entries of ``c``'s stream that its group has not
-        acknowledged: then the stream is not released to another member (I41d). The seam
-        a per-message window replaces (its ``has_acquired(owner)``)."""
+        acknowledged, nacked ones included: then the stream is not released to another
+        member (I41d). In terms of the window (I43): everything below ``pos`` is in the
+        acked set exactly when the committed offset reached ``pos`` (an ack that
+        completes the prefix advances it), so the test stays the offset's."""
         if c.pos is None or c.slot is None:
             return False
         acked = self._store.next(c.slot)
-        return acked is None or c.pos > acked
+        return acked is None or c.pos > acked or bool(c.flight.due)
 
     def _claimed(self, name: str) -> None:
         """A stream this member just claimed restarts from the group's acked offset, so
@@ -361,6 +461,8 @@ class Consumer:
         c = self._cursors.get(name)
         if c is not None:
             c.pos, c.seg = None, None
+            c.flight = Flight()   # its window is read again: what the last holder left
+            self._due.discard(c)
 
     def _member_slice(self, left: float) -> float:
         """A member's wait slice ends at its next membership refresh (a sleeping read()
@@ -412,21 +514,32 @@ class Consumer:
         self._listed = (pattern, assignment, names, out) if complete else None
         return out
 
-    def _fill(self, cursors: list[Cursor], g: GroupRef | None, budget: int, zc: bool) -> Batch:
-        batch = Batch(zc)
+    def _fill(self, cursors: list[Cursor], g: GroupRef | None, batch: Batch, budget: int) -> None:
+        """New entries into ``batch``: round robin over ``cursors``, each stream only
+        below its committed offset + CM_WIN_ENTRIES (I45)."""
         n = len(cursors)
         start = self._rr
         self._rr += 1
+        now = time.monotonic()
+        again = len(batch) > 0   # redelivered entries went in first: their streams have an index
         for k in range(n):
             if budget <= 0:
                 break
             c = cursors[(start + k) % n]
             committed = c.committed()
-            if c.pos >= committed:
+            limit = min(committed, c.acked + CM_WIN_ENTRIES)   # I45
+            if c.pos >= limit:
                 continue
-            sidx = batch.add_stream(c.name, c.shard)
+            sidx = self._sidx(batch, c) if again else batch.add_stream(c.name, c.shard)
+            f = c.flight
+            p0 = c.pos
             try:
-                budget -= c.read_into(batch, sidx, budget, committed)
+                if f.dirty or p0 < f.recover_hi:
+                    got = self._fill_window(c, g, batch, sidx, budget, limit, now)
+                else:
+                    got = c.read_into(batch, sidx, budget, limit)
+                    if got:
+                        f.runs.append((p0, c.pos, now))
             except (EntryNotFound, FileNotFoundError):
                 # the segment under pos was deleted: below the oldest retained entry now
                 c.seg = None
@@ -434,7 +547,160 @@ class Consumer:
                 first = c.oldest()
                 if c.pos < first:
                     self._dropped(c, g, c.pos, first)
-        return batch
+                continue
+            budget -= got
+            if c.pos > f.marked and c.slot is not None and not self.ephemeral:
+                f.marked = c.pos   # I46: the window's ``delivered`` follows this reader
+                self._windows.mark_delivered(c.slot, c.pos)
+
+    @staticmethod
+    def _sidx(batch: Batch, c: Cursor) -> int:
+        """The stream's index in ``batch`` (one per stream: ack_ranges is per name)."""
+        try:
+            return batch.streams.index(c.name)
+        except ValueError:
+            return batch.add_stream(c.name, c.shard)
+
+    def _fill_window(self, c: Cursor, g: GroupRef | None, batch: Batch, sidx: int, budget: int,
+                     limit: int, now: float) -> int:
+        """The window's path of _fill: skip entries acked beyond the offset (I43), and give
+        entries a dead holder delivered their next delivery number, remembered before the
+        batch is returned (I46), or the dead-letter stream (I48)."""
+        f = c.flight
+        total = 0
+        counted = False
+        give: list[tuple[int, int]] = []
+        while budget > 0 and c.pos < limit:
+            e = c.pos
+            if e in f.acked:
+                c.pos, c.seg = e + 1, None
+                continue
+            if e < f.recover_hi:
+                d = f.deliveries(e) + 1
+                if self.max_deliveries is not None and d > self.max_deliveries:
+                    give.append((e, d - 1))
+                    c.pos, c.seg = e + 1, None
+                    continue
+                i = len(batch)
+                if c.read_into(batch, sidx, 1, e + 1):
+                    batch.set_deliveries(i, d)
+                    f.counts[e] = d
+                    counted = True
+                    f.runs.append((e, e + 1, now))
+                    total += 1
+                    budget -= 1
+                elif c.pos == e:
+                    break
+                continue
+            stop = limit
+            for a in f.acked:
+                if e < a < stop:
+                    stop = a
+            got = c.read_into(batch, sidx, budget, stop)
+            if got:
+                f.runs.append((e, c.pos, now))
+            elif c.pos == e:
+                break
+            total += got
+            budget -= got
+        if counted:
+            self._store_window(c, g)
+        if give:
+            self._give_up(c, g, [(e, n, f.errors.get(e) or f"delivered {n} times without an "
+                                  "ack (its reader stopped or died)") for e, n in give])
+        return total
+
+    def _redeliver(self, cursors: list[Cursor], g: GroupRef | None, batch: Batch, budget: int) -> int:
+        """Entries due again (nack, I47's ack_wait) into ``batch``, each with its next
+        delivery number made durable first (I46), or to the dead-letter stream once
+        ``max_deliveries`` were made (I48). Returns how many were added."""
+        now = time.monotonic()
+        total = 0
+        for c in cursors:
+            f = c.flight
+            if self.ack_wait is not None and f.runs and f.runs[0][2] + self.ack_wait <= now:
+                f.expire(c.acked, now, self.ack_wait)
+            if not f.due:
+                self._due.discard(c)
+                continue
+            self._due.add(c)
+            ready = sorted(e for e, t in f.due.items() if t <= now)
+            if not ready or budget <= 0:
+                continue
+            give: list[tuple[int, int, str]] = []
+            got = []
+            for e in ready:
+                if budget <= 0:
+                    break
+                del f.due[e]
+                if e < c.acked or e in f.acked:
+                    continue
+                d = max(1, f.deliveries(e)) + 1
+                if self.max_deliveries is not None and d > self.max_deliveries:
+                    give.append((e, d - 1, f.errors.get(e) or f"delivered {d - 1} times without an ack"))
+                    continue
+                got.append((e, d))
+                budget -= 1
+            if got:
+                for e, d in got:
+                    f.counts[e] = d
+                self._store_window(c, g)   # I46: the count is durable before the delivery
+                sidx = self._sidx(batch, c)
+                for e, d in got:
+                    i = len(batch)
+                    if self._read_at(c, batch, sidx, e):
+                        batch.set_deliveries(i, d)
+                        f.last[e] = now
+                        f.runs.append((e, e + 1, now))
+                        total += 1
+            if give:
+                self._give_up(c, g, give)
+            if not f.due:
+                self._due.discard(c)
+        return total
+
+    def _next_due(self, cursors: list[Cursor]) -> float:
+        """The monotonic time the next nacked or ack_wait entry falls due (inf: none)."""
+        t = float("inf")
+        for c in cursors:
+            f = c.flight
+            if f.due:
+                t = min(t, min(f.due.values()))
+            if self.ack_wait is not None and f.runs:
+                t = min(t, f.runs[0][2] + self.ack_wait)
+        return t
+
+    @staticmethod
+    def _read_at(c: Cursor, batch: Batch, sidx: int, e: int) -> int:
+        """Entry ``e`` of ``c``'s stream into ``batch`` (a redelivery), leaving the cursor
+        where it was. Returns 1, or 0 when the entry is gone (damaged)."""
+        saved = (c.pos, c.seg, c.base, c.off, c.seq)
+        try:
+            c.pos, c.seg = e, None
+            return c.read_into(batch, sidx, 1, e + 1) if c.pos == e else 0
+        finally:
+            c.pos, c.seg, c.base, c.off, c.seq = saved
+
+    def _give_up(self, c: Cursor, g: GroupRef | None, entries: list[tuple[int, int, str]],
+                 exc: BaseException | None = None, custom: Callable | None = None,
+                 batch=None) -> None:
+        """I48, the one rule (read(), nack() and process() all come here): entries of
+        ``c``'s stream delivered ``n`` times without an ack go to the group's dead-letter
+        stream (original id, payload, last error, deliveries), or to ``custom(batch,
+        exc)`` for process(); then they are acked. Raises (nothing acked) when the dead
+        letter cannot be written."""
+        scratch = Batch(False)
+        sidx = scratch.add_stream(c.name, c.shard)
+        for e, _n, _err in entries:
+            self._read_at(c, scratch, sidx, e)
+        msgs = list(scratch)
+        if custom is not None:
+            custom(batch if batch is not None else msgs, exc)
+        else:
+            by_entry = {m.id.entry: m for m in msgs}
+            todo = [(by_entry[e], n, err) for e, n, err in entries if e in by_entry]
+            self._dead_letter(todo, exc)
+        self.ack(*[MessageID(c.name, c.shard, e) for e, _n, _err in entries])
 
     def _wait(self, cursors: list[Cursor], seqs: list[int], timeout: float) -> bool:
         """Sleep until a stream publishes past ``seqs`` or ``timeout``; True if woken."""
@@ -478,18 +744,35 @@ class Consumer:
 
     # ---- acknowledging -------------------------------------------------------------------
     def ack(self, *ids) -> None:
-        """Cumulative ack per stream: for each stream named, every entry up to and including
-        the highest id given is processed. Takes MessageIDs, StreamMessages or whole
-        Batches; ids may span several streams. No ids: no-op."""
+        """Acknowledge exactly the entries given, in any order: MessageIDs, StreamMessages
+        or whole Batches; ids may span several streams. No ids: no-op. Each stream's
+        committed offset becomes its contiguous acked prefix; entries acked beyond it are
+        kept in the group's ack window (I43) and never delivered again. All or nothing
+        (E5): an id past the stream's end (EntryNotFound) or CM_WIN_ENTRIES or more past
+        the offset (AckWindowFull) acks nothing."""
         if not ids:
             return
         self._check()
-        points: dict[str, int] = {}
+        if len(ids) == 1 and type(ids[0]) is Batch and not self.ephemeral and self._ack_batch(ids[0]):
+            return
+        runs: dict[str, tuple[int, int]] = {}    # stream -> one contiguous [lo, hi)
+        sets: dict[str, set[int]] = {}           # stream -> entries (anything else)
         for x in ids:
             if isinstance(x, Batch):
-                for s, nxt in x.ack_points().items():
-                    if nxt > points.get(s, -1):
-                        points[s] = nxt
+                for s, (lo, hi, n) in x.ack_ranges().items():
+                    if n == hi - lo and s not in runs and s not in sets:
+                        runs[s] = (lo, hi)
+                        continue
+                    got = sets.setdefault(s, set())
+                    if s in runs:
+                        got.update(range(*runs.pop(s)))
+                    if n == hi - lo:
+                        got.update(range(lo, hi))
+                    else:
+                        for i in range(len(x)):
+                            st, e = x.entry_at(i)
+                            if st == s:
+                                got.add(e)
                 continue
             if isinstance(x, StreamMessage):
                 x = x.id
@@ -501,26 +784,185 @@ class Consumer:
             if not isinstance(entry, int) or isinstance(entry, bool) or entry < 0:
                 raise EntryNotFound(f"ack of entry {entry!r} of stream {stream!r}: entry "
                                     "numbers are ints from 0; nothing was acknowledged")
-            if entry + 1 > points.get(stream, -1):
-                points[stream] = entry + 1
-        if not points:
-            return
-        for stream, nxt in points.items():   # E5: all or nothing, every stream checked first
-            length = self._cursor(stream).committed()
-            if nxt > length:
+            got = sets.setdefault(stream, set())
+            if stream in runs:
+                got.update(range(*runs.pop(stream)))
+            got.add(entry)
+        g = self._ensure_group(None)
+        plan = []
+        for stream in list(runs) + list(sets):   # E5: every stream checked before any ack
+            r = runs.get(stream)
+            hi = r[1] if r is not None else max(sets[stream]) + 1
+            c = self._cursor(stream)
+            length = c.committed()
+            if hi > length:
                 raise EntryNotFound(
-                    f"ack of entry {nxt - 1} of stream {stream!r}, which has {length} entries "
+                    f"ack of entry {hi - 1} of stream {stream!r}, which has {length} entries "
                     f"(0..{length - 1}): an ack beyond the end would skip entries not yet "
                     "appended; nothing was acknowledged")
-        g = self._ensure_group(None)
-        for stream, nxt in points.items():
-            c = self._cursor(stream)
-            if self.ephemeral:
-                c.local_next = max(c.local_next or 0, nxt)
+            prefix = self._prefix(c, g)
+            if r is not None and r[0] <= prefix and not c.flight.dirty:
+                plan.append((c, prefix, r, None))   # I43's fast path: the cumulative ack
                 continue
-            slot = self._slot(c, g)
-            self._store.ack(g, slot, nxt)
+            entries = sets[stream] if r is None else set(range(*r))
+            if hi > prefix + CM_WIN_ENTRIES:
+                far = min(e for e in entries if e >= prefix + CM_WIN_ENTRIES)
+                raise AckWindowFull(
+                    f"ack of entry {far} of stream {stream!r}: the group's committed offset "
+                    f"there is {prefix}, and acks out of order reach at most "
+                    f"{CM_WIN_ENTRIES} entries past it (the ack window, I45); ack or nack "
+                    f"entry {prefix} first. Nothing was acknowledged",
+                    stream=stream, entry=far, committed=prefix)
+            plan.append((c, prefix, None, entries))
+        for c, prefix, r, entries in plan:
+            f = c.flight
+            if entries is None:
+                hi = r[1]
+                if hi > prefix:
+                    self._commit(c, g, hi)
+                runs_ = f.runs
+                while runs_ and runs_[0][1] <= hi:
+                    runs_.popleft()
+                if f.due or f.errors or f.last:
+                    f.trim(hi)
+                continue
+            f.acked.update(e for e in entries if e >= prefix)
+            p = prefix
+            while p in f.acked:
+                f.acked.discard(p)
+                p += 1
+            c.acked = p
+            f.trim(p)
+            self._store_window(c, g)     # I43: the window first, then the offset
+            if p > prefix:
+                self._commit(c, g, p)
         self._touch(g)
+
+    def _ack_batch(self, batch: Batch) -> bool:
+        """I43's fast path, the way process() and most callers ack: one batch whose
+        entries of each stream are one run starting at or below the committed offset,
+        with nothing in the stream's window: the plain cumulative ack of main, the window
+        untouched. False (nothing done) when any stream of it needs the window. (A
+        batch's entries were all below ``committed`` when read: E5's check holds.)"""
+        g = self._ensure_group(None)
+        todo = []
+        for s, (lo, hi, n) in batch.ack_ranges().items():
+            c = self._cursors.get(s)
+            if c is None or n != hi - lo or lo > c.acked or c.slot is None or c.flight.dirty:
+                return False
+            todo.append((c, hi))
+        for c, hi in todo:
+            if hi > c.acked:
+                self._store.ack(g, c.slot, hi)
+                c.acked = hi
+            f = c.flight
+            runs = f.runs
+            while runs and runs[0][1] <= hi:
+                runs.popleft()
+            if f.due or f.errors or f.last:
+                f.trim(hi)
+        self._touch(g)
+        return True
+
+    def _prefix(self, c: Cursor, g: GroupRef | None) -> int:
+        """The group's committed offset of ``c``'s stream (the contiguous acked prefix)."""
+        if self.ephemeral:
+            p = c.local_next
+        else:
+            if c.pos is None and not c.flight.loaded and c.slot is None:
+                self._sync(c, g)   # first touch of the stream: its window, its start
+            slot = self._slot(c, g)
+            p = self._store.next(slot) if slot is not None else None
+        p = max(p if p is not None else c.oldest(), c.acked)
+        c.acked = p
+        return p
+
+    def _commit(self, c: Cursor, g: GroupRef | None, nxt: int) -> None:
+        c.acked = max(c.acked, nxt)
+        if self.ephemeral:
+            c.local_next = max(c.local_next or 0, nxt)
+            return
+        self._store.ack(g, self._slot(c, g), nxt)
+
+    def nack(self, *ids, delay: float = 0.0, error: BaseException | str | None = None) -> None:
+        """Deliver these entries again, from a ``read()`` at least ``delay`` seconds from
+        now (MessageIDs, StreamMessages or Batches this consumer delivered). ``error`` is
+        kept as the entry's last error (the dead-letter envelope's). An entry already
+        delivered ``max_deliveries`` times goes to the dead-letter stream now and is
+        acked (I48). Acked entries are ignored. The delay is this process's: an entry
+        whose consumer dies is delivered again by the next holder without waiting."""
+        if not ids:
+            return
+        self._check()
+        if not delay >= 0:
+            raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
+        text = None if error is None else (
+            error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+        due = time.monotonic() + float(delay)
+        by_stream: dict[str, set[int]] = {}
+        for x in ids:
+            if isinstance(x, Batch):
+                for i in range(len(x)):
+                    s, e = x.entry_at(i)
+                    by_stream.setdefault(s, set()).add(e)
+                continue
+            if isinstance(x, StreamMessage):
+                x = x.id
+            try:
+                by_stream.setdefault(x.stream, set()).add(x.entry)
+            except AttributeError:
+                raise TypeError(f"nack() takes MessageIDs, StreamMessages or Batches, not "
+                                f"{type(x).__name__}") from None
+        for stream, entries in by_stream.items():   # checked before anything changes
+            c = self._cursors.get(stream)
+            if c is None or c.pos is None or max(entries) >= c.pos:
+                raise EntryNotFound(f"nack of entry {max(entries)} of stream {stream!r}, which "
+                                    "this consumer has not delivered; nothing was nacked")
+        g = self._ensure_group(None)
+        for stream, entries in by_stream.items():
+            c = self._cursors[stream]
+            f = c.flight
+            give = []
+            for e in sorted(entries):
+                if e < c.acked or e in f.acked:
+                    continue
+                if text is not None:
+                    f.errors[e] = text
+                n = max(1, f.deliveries(e))
+                if self.max_deliveries is not None and n >= self.max_deliveries:
+                    give.append((e, n, f.errors.get(e) or f"nacked after {n} deliveries"))
+                    f.due.pop(e, None)
+                    continue
+                f.due[e] = due
+            if f.due:
+                self._due.add(c)
+            if give:
+                self._give_up(c, g, give)
+
+    def pending(self, pattern: str = "*") -> list[PendingEntry]:
+        """The entries of streams matching ``pattern`` this consumer delivered and its
+        group has not acked (nacked ones included), oldest delivery first: id, deliveries
+        so far, seconds since the last delivery, last error. This process's deliveries
+        only; a dead member's entries are listed once their new holder delivers them."""
+        self._check()
+        now = time.monotonic()
+        out = []
+        for name in self._match(pattern):
+            c = self._cursors.get(name)
+            if c is None or c.pos is None:
+                continue
+            f = c.flight
+            for e, t in f.unacked(c.acked):
+                out.append((t, PendingEntry(MessageID(c.name, c.shard, e),
+                                            max(1, f.deliveries(e)), max(0.0, now - t),
+                                            f.errors.get(e))))
+        out.sort(key=lambda x: (x[0], x[1].id.stream, x[1].id.entry))
+        return [p for _t, p in out]
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Where this group's given-up entries go (cometmp.deadletter.stream_for)."""
+        return deadletter.stream_for(self.group)
 
     def commit(self, batch: Batch) -> None:  # Kafka-style alias
         self.ack(batch)
@@ -540,9 +982,16 @@ class Consumer:
             acked = self._store.next(slot) if slot is not None else None
             if self.ephemeral and c.local_next is not None:
                 acked = max(acked or 0, c.local_next)
+            beyond = 0
+            if slot is not None and g is not None and (self.ephemeral or c.flight.loaded or
+                                                       os.path.exists(window.windows_path(self.root))):
+                st = self._window_file().load(slot, g.id, self._store.resets(slot))
+                if st is not None:   # I43: the acked set is the prefix and the window's bits
+                    acked = max(acked or 0, st.base)
+                    beyond = sum(1 for e in st.acked if e >= acked)
             if acked is None:
                 acked = c.oldest()
-            out[name] = max(0, c.committed() - c.retained_from(acked))
+            out[name] = max(0, c.committed() - c.retained_from(acked) - beyond)
         return out
 
     def position(self, stream: str) -> int | None:
@@ -575,6 +1024,9 @@ class Consumer:
             self._store.set(g, slot, target)
             c.resets = self._store.resets(slot)
             c.pos, c.seg = target, None
+            c.acked = target
+            c.flight = Flight()   # a reset empties the window (its copy's resets differ)
+            self._due.discard(c)
             out[name] = target
         return out
 
@@ -587,78 +1039,90 @@ class Consumer:
                 max_backoff: float = 5.0) -> int:
         """Call ``handler(batch)`` for batches of up to ``batch_size`` entries until ``stop``
         is set or the handler raises StopProcessing; returns the entries the handler
-        processed (a dead-lettered batch is not counted).
+        processed (dead-lettered entries are not counted).
 
-        A batch is acked after the handler returns. On an exception the handler is retried
-        ``max_retries`` times with exponential backoff (``backoff`` doubling up to
-        ``max_backoff``; ``on_error(exc, batch, attempt)`` is called each time). A batch
-        that still fails goes to ``dead_letter(batch, exc)`` when given; by default every
-        entry of it is appended to the group's dead-letter stream
-        (``cometmp.deadletter.stream_for(group)``: original stream, entry id, timestamp
-        and error in a JSON envelope, then the original bytes) and a DeadLetterWarning
-        is issued. Only then is the batch acked so the group moves on; if the dead letter
-        cannot be written (a readonly client, a full disk) that error is raised and the
-        batch stays unacknowledged. StopProcessing stops without acking the current
-        batch. ``on_batch(batch)`` runs after each ack. Streams created while it runs
-        are picked up within ``poll_interval`` (or sooner when their writers publish).
+        A batch is acked after the handler returns. On an exception ``on_error(exc, batch,
+        attempt)`` is called (``attempt``: the batch's highest ``deliveries``) and the
+        batch is retried through the consumer's own mechanism: it is nacked with a delay
+        of ``backoff`` doubling per delivery up to ``max_backoff`` and comes back from a
+        later read with ``deliveries`` one higher (so a retry survives this process's
+        death, I46). An entry that failed on its ``max_retries + 1``-th delivery is given
+        up on by the one rule of I48: ``dead_letter(batch, exc)`` when given (the batch,
+        or the list of the entries given up on when only some were), else the group's
+        dead-letter stream (``dead_letter_stream``: original stream, entry id, timestamp,
+        error and deliveries in a JSON envelope, then the original bytes) with a
+        DeadLetterWarning; then it is acked. If the dead letter cannot be written (a
+        readonly client, a full disk) that error is raised and nothing is acked.
+        StopProcessing stops without acking the current batch. ``on_batch(batch)`` runs
+        after each ack. Streams created while it runs are picked up within
+        ``poll_interval`` (or sooner when their writers publish).
         """
         done = 0
         wait = max(0.0, float(poll_interval))
+        limit = max(1, int(max_retries) + 1)
         while stop is None or not stop.is_set():
             batch = self.read(stream, batch_size, timeout=wait, assignment=assignment)
             if not len(batch):
                 continue
-            attempt = 0
-            handled = True
-            while True:
-                try:
-                    handler(batch)
-                    break
-                except StopProcessing:
-                    return done
-                except Exception as exc:  # noqa: BLE001 - the handler's failure is data here
-                    attempt += 1
-                    if on_error is not None:
-                        on_error(exc, batch, attempt)
-                    if attempt > max_retries:
-                        handled = False
-                        if dead_letter is not None:
-                            dead_letter(batch, exc)
-                        else:
-                            self._dead_letter(batch, exc, attempt)
-                        break
-                    delay = min(max_backoff, backoff * (2 ** (attempt - 1)))
-                    if stop is not None:
-                        if stop.wait(delay):
-                            return done
-                    else:
-                        time.sleep(delay)
+            try:
+                handler(batch)
+            except StopProcessing:
+                return done
+            except Exception as exc:  # noqa: BLE001 - the handler's failure is data here
+                msgs = list(batch)
+                attempt = max(m.deliveries for m in msgs)
+                if on_error is not None:
+                    on_error(exc, batch, attempt)
+                give = [m for m in msgs if m.deliveries >= limit]
+                again = [m for m in msgs if m.deliveries < limit]
+                if give:
+                    by_stream: dict[str, list] = {}
+                    for m in give:
+                        by_stream.setdefault(m.id.stream, []).append(m)
+                    g = self._ensure_group(None)
+                    for name, ms in by_stream.items():
+                        self._give_up(self._cursor(name), g,
+                                      [(m.id.entry, m.deliveries, f"{type(exc).__name__}: {exc}")
+                                       for m in ms], exc,
+                                      custom=dead_letter, batch=batch if not again else give)
+                if again:
+                    self.nack(*again, error=exc,
+                              delay=min(max_backoff, backoff * (2 ** (attempt - 1))))
+                if give and on_batch is not None:
+                    on_batch(batch)
+                continue
             self.ack(batch)
-            if handled:
-                done += len(batch)
+            done += len(batch)
             if on_batch is not None:
                 on_batch(batch)
         return done
 
-    def _dead_letter(self, batch: Batch, exc: BaseException, attempts: int) -> None:
-        """The default dead letter: append every entry of ``batch`` to the group's
-        dead-letter stream, then warn. Raises (nothing acked) if it cannot be written."""
-        target = deadletter.stream_for(self.group)
+    def _dead_letter(self, todo: list[tuple[StreamMessage, int, str]],
+                     exc: BaseException | None) -> None:
+        """The default dead letter (I48): append each (message, deliveries, error) to the
+        group's dead-letter stream, then warn. Raises (nothing acked) if it cannot be
+        written."""
+        target = self.dead_letter_stream
+        if not todo:
+            return
+        what = _describe([m for m, _n, _e in todo])
+        err = todo[-1][2]
+        attempts = max(n for _m, n, _e in todo)
         if self.client.readonly:
             raise ReadOnlyError(
-                f"consumer group {self.group!r} gave up on a batch ({_describe(batch)}) after "
-                f"{attempts} attempts ({type(exc).__name__}: {exc}), and a readonly client "
-                f"cannot write it to the dead-letter stream {target!r}; the batch is not "
-                "acknowledged (pass dead_letter= to process() to handle it yourself)")
+                f"consumer group {self.group!r} gave up on {what} after {attempts} "
+                f"deliveries ({err}), and a readonly client cannot write it to the "
+                f"dead-letter stream {target!r}; nothing is acknowledged (pass "
+                "dead_letter= to process() to handle it yourself)")
         payloads = [deadletter.encode(self.group, m.id.stream, m.id.entry, m.timestamp_ns,
-                                      m.data, exc, attempts) for m in batch]
+                                      m.data, e, n) for m, n, e in todo]
         ids = self.client.append(target, payloads)
         warnings.warn(DeadLetterWarning(
-            f"cometmp: consumer group {self.group!r} gave up on {len(batch)} entries "
-            f"({_describe(batch)}) after {attempts} attempts ({type(exc).__name__}: {exc}); "
+            f"cometmp: consumer group {self.group!r} gave up on {len(todo)} entries "
+            f"({what}) after {attempts} deliveries ({err}); "
             f"they are in the dead-letter stream {target!r} as entries "
             f"[{ids[0].entry}, {ids[-1].entry}] (read them with cometmp.deadletter.decode)"),
-            stacklevel=3)
+            stacklevel=4)
 
     async def read_async(self, pattern: str = "*", max_messages: int = 1000,
                          timeout: float | None = None, *, zero_copy: bool | None = None,
@@ -723,6 +1187,8 @@ class Consumer:
         self._listed = None
         self._wait_cache = None
         self._store.close()
+        if self._windows is not None:
+            self._windows.close()
 
     def __enter__(self) -> "Consumer":
         return self
@@ -734,13 +1200,13 @@ class Consumer:
         return f"Consumer({self.root!r}, group={self.group!r})"
 
 
-def _describe(batch: Batch) -> str:
+def _describe(batch) -> str:
     if not len(batch):
         return "empty"
     lo: dict[str, int] = {}
     hi: dict[str, int] = {}
-    for i in range(len(batch)):
-        s, e = batch.entry_at(i)
+    for m in batch:
+        s, e = m.id.stream, m.id.entry
         lo[s] = min(lo.get(s, e), e)
         hi[s] = max(hi.get(s, e), e)
     return ", ".join(f"{s}[{lo[s]}..{hi[s]}]" for s in sorted(lo))

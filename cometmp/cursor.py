@@ -20,6 +20,7 @@ import os
 import struct
 
 from . import failpoint, paths
+from .pending import Flight
 from ._ffi import ffi, lib
 from .errors import ClosedError, CometError, EntryNotFound
 from .format import (
@@ -143,7 +144,7 @@ class Cursor:
     ``seg`` is set, entry ``pos`` is at (seg, off) with relative sequence ``seq``."""
 
     __slots__ = ("name", "shard", "reader", "state", "pos", "slot", "resets", "seg",
-                 "base", "off", "seq", "skipped", "local_next", "closed")
+                 "base", "off", "seq", "skipped", "local_next", "closed", "acked", "flight")
 
     def __init__(self, root: str, name: str, rw_state: bool):
         split = paths.split_shard_stream(name)
@@ -159,6 +160,8 @@ class Cursor:
         self.base = self.off = self.seq = 0
         self.skipped = 0            # entries lost to corruption (never delivered)
         self.local_next: int | None = None   # acks of an ephemeral (readonly) consumer
+        self.acked = 0              # the group's committed offset as last seen (I43)
+        self.flight = Flight()      # delivered, not acked (cometmp.pending)
         self.closed = False
 
     def committed(self) -> int:

@@ -1,6 +1,7 @@
-"""Dead-letter streams: where Consumer.process() puts a batch its handler keeps failing on.
+"""Dead-letter streams: where a consumer group puts entries it gave up on (I48).
 
-Who may call: Consumer.process() (writing), anyone reading a dead-letter stream (``decode``).
+Who may call: Consumer (writing: max_deliveries, nack, process()), anyone reading a
+dead-letter stream (``decode``).
 
 A group's dead-letter stream is an ordinary stream (FORMAT.md §1.3) named
 ``stream_for(group)``: ``_dead-letter.<group>`` when that is a valid stream name, else
@@ -54,13 +55,15 @@ def is_dead_letter(stream: str) -> bool:
     return stream.startswith(DEAD_LETTER_PREFIX)
 
 
-def encode(group: str, stream: str, entry: int, timestamp_ns: int, data, error: BaseException,
-           attempts: int) -> bytes:
-    """One dead-letter entry: the JSON envelope line, then the original bytes."""
+def encode(group: str, stream: str, entry: int, timestamp_ns: int, data,
+           error: BaseException | str, attempts: int) -> bytes:
+    """One dead-letter entry: the JSON envelope line, then the original bytes. ``error``:
+    the last error (an exception, or its text); ``attempts``: the entry's deliveries."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     head = json.dumps({
         "format": ENVELOPE_FORMAT, "version": ENVELOPE_VERSION, "group": group,
         "stream": stream, "entry": int(entry), "timestamp_ns": int(timestamp_ns),
-        "error": f"{type(error).__name__}: {error}"[:ERROR_MAX], "attempts": int(attempts),
+        "error": text[:ERROR_MAX], "attempts": int(attempts),
     }, sort_keys=True, ensure_ascii=True)
     return head.encode("ascii") + b"\n" + bytes(data)
 

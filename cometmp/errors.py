@@ -25,6 +25,8 @@
      +-- ShardNotOwned                           strict_ownership: a foreign shard
      +-- EntriesDropped                          the hard retention cap deleted entries a
      |                                           group had not acked; names stream + range
+     +-- AckWindowFull        (also ValueError)  an ack too far past a stream's committed
+     |                                           offset (the ack window); names stream + entry
      +-- MembershipError                         a group's member table is full (64 live
      |                                           members) or a member's patterns overflow
      +-- StopProcessing                          raised by a Consumer.process() handler: stop,
@@ -66,6 +68,7 @@ import resource
 from collections.abc import Iterator
 
 __all__ = [
+    "AckWindowFull",
     "BadGroupName",
     "BadStreamName",
     "ClosedError",
@@ -228,6 +231,16 @@ class EntriesDropped(CometError):
         self.end = end
         #: every (stream, first, end) range found by the same read()
         self.drops = drops if drops is not None else [(stream, first, end)]
+
+
+class AckWindowFull(CometError, ValueError):
+    """An out-of-order ack of an entry ``CM_WIN_ENTRIES`` or more past the group's
+    committed offset of the stream (docs/ARCHITECTURE.md I45); nothing was acknowledged.
+    ``stream``, ``entry`` and ``committed`` name it."""
+
+    def __init__(self, message: str, stream: str = "", entry: int = 0, committed: int = 0):
+        super().__init__(message)
+        self.stream, self.entry, self.committed = stream, entry, committed
 
 
 class MembershipError(CometError):

@@ -43,6 +43,7 @@ TMP_SUFFIX = ".tmp"
 CONSUMERS = "consumers"                  # DIR/consumers/offsets: consumer-group offsets
 OFFSETS = "offsets"
 MEMBERS = "members"                      # DIR/consumers/members: live group members
+WINDOWS = "windows"                      # DIR/consumers/windows: per-(group, stream) ack windows
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 

@@ -53,11 +53,14 @@ from ._appender import MessageID  # the C type appends return (native/appender.c
 
 
 class StreamMessage(NamedTuple):
-    """One entry as read back: its id, payload and append timestamp (ns since the epoch)."""
+    """One entry as read back: its id, payload, append timestamp (ns since the epoch) and,
+    from a Consumer, which delivery to its group this is (1 the first time; more after a
+    nack, an ack_wait expiry or its reader's death: docs/ARCHITECTURE.md I46)."""
 
     id: MessageID
     data: bytes
     timestamp_ns: int
+    deliveries: int = 1
 
 
 def stream_crc(name: str) -> int:

@@ -14,7 +14,7 @@
  * mmap.close() elsewhere cannot unmap them (Segment.close() then leaves the
  * unmap to the GC). Entries are materialised lazily:
  *
- *   batch[i]          StreamMessage(MessageID, data, timestamp_ns), cached
+ *   batch[i]          StreamMessage(MessageID, data, timestamp_ns, deliveries), cached
  *   batch.payloads()  list of the data objects only (the fast path)
  *
  * data is bytes (a copy) by default; with zero_copy it is a read-only
@@ -45,6 +45,7 @@ typedef struct {
     uint32_t *flags;
     int64_t *ts;
     uint64_t *entry;
+    uint32_t *dl;             /* deliveries of the entry (1 unless set_deliveries said) */
     uint32_t *sidx;
     uint32_t *hidx;           /* index into held/bases of the entry's mapping */
     PyObject **items;         /* cached StreamMessage per entry (lazily) */
@@ -71,6 +72,7 @@ static int ensure_cap(Batch *b, Py_ssize_t need) {
     GROW(flags, uint32_t);
     GROW(ts, int64_t);
     GROW(entry, uint64_t);
+    GROW(dl, uint32_t);
     GROW(sidx, uint32_t);
     GROW(hidx, uint32_t);
     GROW(items, PyObject *);
@@ -120,7 +122,7 @@ static void Batch_dealloc(Batch *b) {
     PyMem_Free(b->held);
     PyMem_Free(b->bases);
     PyMem_Free(b->ptr); PyMem_Free(b->len); PyMem_Free(b->flags); PyMem_Free(b->ts);
-    PyMem_Free(b->entry); PyMem_Free(b->sidx); PyMem_Free(b->hidx); PyMem_Free(b->items);
+    PyMem_Free(b->entry); PyMem_Free(b->dl); PyMem_Free(b->sidx); PyMem_Free(b->hidx); PyMem_Free(b->items);
     PyTypeObject *tp = Py_TYPE((PyObject *)b);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(b);
     Py_DECREF(tp);      /* a subclass's subtype_dealloc leaves this to its heap base */
@@ -261,6 +263,7 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
         b->flags[n] = r.flags;
         b->ts[n] = r.ts_ns;
         b->entry[n] = base + r.seq;
+        b->dl[n] = 1;
         b->sidx[n] = (uint32_t)si;
         b->hidx[n] = (uint32_t)h;
         n++;
@@ -394,8 +397,9 @@ static PyObject *message(Batch *b, Py_ssize_t i) {
     if (!data) return NULL;
     PyObject *entry = PyLong_FromUnsignedLongLong(b->entry[i]);
     PyObject *ts = PyLong_FromLongLong(b->ts[i]);
+    PyObject *dl = PyLong_FromUnsignedLong(b->dl[i]);
     PyObject *id = NULL, *msg = NULL;
-    if (entry && ts) {
+    if (entry && ts && dl) {
         PyObject *a[3] = {CM_LIST_ITEM(b->names, b->sidx[i]),
                           CM_LIST_ITEM(b->shards, b->sidx[i]), entry};
         /* MessageID(stream, shard, entry); it has no vectorcall, so both build a tuple */
@@ -407,15 +411,16 @@ static PyObject *message(Batch *b, Py_ssize_t i) {
     }
     if (id) {
         /* StreamMessage is a NamedTuple: build the tuple subclass directly */
-        msg = sm_alloc((PyTypeObject *)StreamMessageType, 3);
+        msg = sm_alloc((PyTypeObject *)StreamMessageType, 4);
         if (msg) {
             CM_TUPLE_SET(msg, 0, id);
             CM_TUPLE_SET(msg, 1, data);
             CM_TUPLE_SET(msg, 2, ts);
-            id = data = ts = NULL;
+            CM_TUPLE_SET(msg, 3, dl);
+            id = data = ts = dl = NULL;
         }
     }
-    Py_XDECREF(id); Py_XDECREF(data); Py_XDECREF(ts); Py_XDECREF(entry);
+    Py_XDECREF(id); Py_XDECREF(data); Py_XDECREF(ts); Py_XDECREF(dl); Py_XDECREF(entry);
     if (msg) b->items[i] = Py_NewRef(msg);
     return msg;
 }
@@ -497,6 +502,52 @@ static PyObject *Batch_ack_points(Batch *b, PyObject *unused) {
     return out;
 }
 
+/* ack_ranges() -> {stream: (lowest entry, highest entry + 1, count)}: what acking this
+ * batch means; count == high - low says the stream's entries are one contiguous run
+ * (the consumer's in-order fast path, docs/ARCHITECTURE.md I43) */
+static PyObject *Batch_ack_ranges(Batch *b, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    Py_ssize_t ns = CM_LIST_SIZE(b->names);
+    uint64_t *v = PyMem_Calloc((size_t)(ns ? ns : 1) * 3, sizeof(uint64_t));
+    if (!v) { Py_DECREF(out); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        uint64_t *r = v + 3 * b->sidx[i], e = b->entry[i];
+        if (!r[2] || e < r[0]) r[0] = e;
+        if (e + 1 > r[1]) r[1] = e + 1;
+        r[2]++;
+    }
+    for (Py_ssize_t s = 0; s < ns; s++) {
+        uint64_t *r = v + 3 * s;
+        if (!r[2]) continue;
+        PyObject *t = Py_BuildValue("(KKK)", (unsigned long long)r[0], (unsigned long long)r[1],
+                                    (unsigned long long)r[2]);
+        if (!t || PyDict_SetItem(out, CM_LIST_ITEM(b->names, s), t) < 0) {
+            Py_XDECREF(t); Py_DECREF(out); PyMem_Free(v); return NULL;
+        }
+        Py_DECREF(t);
+    }
+    PyMem_Free(v);
+    return out;
+}
+
+/* set_deliveries(i, n): entry i is the n-th delivery of its entry (before it is built) */
+static PyObject *Batch_set_deliveries(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_deliveries(i, n)");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[0]);
+    unsigned long n = PyLong_AsUnsignedLong(args[1]);
+    if (PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= b->n || n == 0 || n > UINT32_MAX || b->items[i]) {
+        PyErr_SetString(PyExc_IndexError, "set_deliveries: no such unbuilt entry, or n out of range");
+        return NULL;
+    }
+    b->dl[i] = (uint32_t)n;
+    Py_RETURN_NONE;
+}
+
 /* entry_at(i) -> (stream, entry) without building a message */
 static PyObject *Batch_entry_at(Batch *b, PyObject *arg) {
     Py_ssize_t i = PyLong_AsSsize_t(arg);
@@ -554,6 +605,10 @@ static PyMethodDef Batch_methods[] = {
      "payloads() -> list of the entries' data (bytes, or memoryviews with zero_copy)"},
     {"ack_points", (PyCFunction)Batch_ack_points, METH_NOARGS,
      "ack_points() -> {stream: last entry + 1}"},
+    {"ack_ranges", (PyCFunction)Batch_ack_ranges, METH_NOARGS,
+     "ack_ranges() -> {stream: (low, high + 1, count)}"},
+    {"set_deliveries", (PyCFunction)(void (*)(void))Batch_set_deliveries, METH_FASTCALL,
+     "set_deliveries(i, n): entry i is a delivery number n"},
     {"entry_at", (PyCFunction)Batch_entry_at, METH_O, "entry_at(i) -> (stream, entry)"},
     {"release", (PyCFunction)Batch_release, METH_NOARGS,
      "release(): drop cached messages and the mappings (once no view is held)"},

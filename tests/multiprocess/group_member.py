@@ -8,12 +8,14 @@ processes of one machine)::
 
     R <t>                       the first read() is about to start
     S <t> <stream,stream,...>   assigned() changed (written once at start, then on change)
-    D <t> <stream> <entry>      delivered (written before the work)
+    D <t> <stream> <entry> <n>  delivered, the entry's n-th delivery (written before the work)
     A <t> <stream> <entry>      acknowledged (written after ack() returned)
     L <t>                       left (close() returned)
 
 ``--work S`` sleeps S seconds per batch before acking (the "processing"); ``--hold``
-acks nothing and keeps reading (its deliveries stay unacked until it dies); the member
+acks nothing and keeps reading (its deliveries stay unacked until it dies); ``--shuffle
+SEED`` acks each batch one entry per ack() call in a random order (an A line after each
+call returned: per-message acks, the ack window's path); the member
 leaves when the file ``LOG.stop`` appears.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 
 import cometmp
@@ -35,7 +38,9 @@ def main() -> None:
     ap.add_argument("--work", type=float, default=0.0)
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--shuffle", type=int, default=None)
     a = ap.parse_args()
+    rng = random.Random(a.shuffle)
     fd = os.open(a.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def emit(*parts) -> None:
@@ -55,12 +60,19 @@ def main() -> None:
                 last = held
             if not len(b):
                 continue
-            os.write(fd, b"".join(b"D %r %s %d\n" % (now, m.id.stream.encode(), m.id.entry)
-                                  for m in b))
+            os.write(fd, b"".join(b"D %r %s %d %d\n" % (now, m.id.stream.encode(), m.id.entry,
+                                                        m.deliveries) for m in b))
             if a.hold:
                 continue
             if a.work:
                 time.sleep(a.work)   # the handler's work; a kill -9 here redelivers the batch
+            if a.shuffle is not None:
+                ms = list(b)
+                rng.shuffle(ms)
+                for m in ms:
+                    con.ack(m)
+                    os.write(fd, b"A %r %s %d\n" % (time.monotonic(), m.id.stream.encode(), m.id.entry))
+                continue
             con.ack(b)
             t = time.monotonic()
             os.write(fd, b"".join(b"A %r %s %d\n" % (t, m.id.stream.encode(), m.id.entry)

@@ -14,7 +14,8 @@ PKG = os.path.dirname(os.path.abspath(cometmp.__file__))
 #: the storage engine: streams, segments, indexes, groups, retention and the seam
 ENGINE = {"cometmp._ffi", "cometmp.errors", "cometmp.config", "cometmp.paths",
           "cometmp.compression", "cometmp.format", "cometmp.segment", "cometmp.index",
-          "cometmp.shard", "cometmp.client", "cometmp.offsets", "cometmp.members", "cometmp.consumer",
+          "cometmp.shard", "cometmp.client", "cometmp.offsets", "cometmp.members", "cometmp.window",
+          "cometmp.pending", "cometmp.consumer",
           "cometmp.deadletter", "cometmp.retention", "cometmp.ownership", "cometmp.stats",
           "cometmp.cursor", "cometmp.failpoint", "cometmp.waiting"}
 #: the prefork runtime and the tools, which the engine must not know
