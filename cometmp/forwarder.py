@@ -573,9 +573,10 @@ class Forwarder:
 
     @staticmethod
     def _acked_prefixes(batches) -> list:
-        """Per stream, the id of the last entry of the acknowledged prefix (batches in
-        publish order): what Consumer.ack may cover."""
-        last: dict[str, object] = {}
+        """Per stream, the ids of the acknowledged prefix (batches in publish order):
+        every entry JetStream confirmed up to the first it has not. Acks are per entry
+        (I43), so each one is given; nothing after a gap, which is republished."""
+        ids: list = []
         blocked: set[str] = set()
         for b in batches:
             acked = b.inflight.acked
@@ -584,10 +585,10 @@ class Forwarder:
                 if s in blocked:
                     continue
                 if acked[i]:
-                    last[s] = m.id
+                    ids.append(m.id)
                 else:
                     blocked.add(s)
-        return list(last.values())
+        return ids
 
     async def _subscribe_acks(self) -> None:
         """Route PubAcks (replies to ``<inbox>.<batch>.<i>``) to _on_ack. With our client
