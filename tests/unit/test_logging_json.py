@@ -17,6 +17,8 @@ import cometmp
 from cometmp.logging import SCHEMA, CometHandler, JSONFormatter
 from cometmp.tools import cli
 
+from conftest import run_python
+
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                       "log_record_v1")
 #: the keys every record has, in order (FORMAT.md §9)
@@ -174,3 +176,47 @@ def test_unknown_record_format_is_refused(data_dir):
     with pytest.raises(ValueError, match="unknown record format 'xml'"):
         CometHandler(data_dir, format="xml")
     assert not os.path.exists(data_dir)  # refused before anything was opened
+
+
+def test_a_registry_error_logged_while_looking_up_the_worker_does_not_recurse(data_dir):
+    # I50: the worker field asks the registry, and a registry it cannot read logs an error
+    # on the "cometmp" logger; when that logger's handler writes JSON records too, the
+    # lookup is re-entered on the same thread and must answer null instead of recursing.
+    # The damage is real: process_count 0 (outside 1..MAX) written into the shm object.
+    code = r'''
+import logging, os, struct, sys
+from cometmp import registry
+from cometmp.logging import CometHandler
+from cometmp.registry.table import CM_REG_OFF_EPOCH, CM_REG_OFF_PROCESS_COUNT
+from cometmp.supervisor import Supervisor
+
+root = sys.argv[1]
+sup = Supervisor(root, 1).start()
+registry.join(root, start_thread=False)
+h = CometHandler(root, format="json")
+for name in ("cometmp", "app"):
+    lg = logging.getLogger(name)
+    lg.handlers[:] = [h]; lg.propagate = False; lg.setLevel(logging.INFO)
+app = logging.getLogger("app")
+app.info("before damage")
+fd = os.open("/dev/shm/" + registry.shm_name(root).lstrip("/"), os.O_RDWR)
+count = os.pread(fd, 4, CM_REG_OFF_PROCESS_COUNT)
+epoch = struct.unpack("=Q", os.pread(fd, 8, CM_REG_OFF_EPOCH))[0]
+os.pwrite(fd, struct.pack("=I", 0), CM_REG_OFF_PROCESS_COUNT)
+os.pwrite(fd, struct.pack("=Q", epoch + 1), CM_REG_OFF_EPOCH)   # make members re-read
+app.info("after damage")
+os.pwrite(fd, count, CM_REG_OFF_PROCESS_COUNT)                   # repair, then leave cleanly
+os.close(fd)
+h.close()
+registry.leave()
+sup.close()
+'''
+    r = run_python(code, data_dir)
+    assert r.returncode == 0, r.stderr
+    assert "RecursionError" not in r.stderr and "Logging error" not in r.stderr, r.stderr
+    recs = _records(data_dir)
+    assert [(x["logger"], x["message"][:33], x["worker"]) for x in recs] == [
+        ("app", "before damage", 0),
+        ("cometmp", "cometmp: cannot read the registry", None),  # the re-entered lookup
+        ("app", "after damage", 0),  # the last good snapshot's slot
+    ]
