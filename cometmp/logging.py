@@ -193,7 +193,13 @@ class JSONFormatter(_stdlog.Formatter):
     ``bind()`` context, is merged into it).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None, style: str = "%",
+                 validate: bool = True, **kw) -> None:
+        # the stdlib's arguments, so dictConfig's {"class": ...} form (which passes them
+        # positionally) works too; the schema is fixed, so a format string is refused
+        if fmt is not None or datefmt is not None:
+            raise ValueError("JSONFormatter writes the fixed schema cometmp.log/1 "
+                             "(docs/FORMAT.md §9): it takes no format or datefmt")
         super().__init__()
         from .registry import worker_id  # imported here, never inside format()
 

@@ -220,3 +220,24 @@ sup.close()
         ("cometmp", "cometmp: cannot read the registry", None),  # the re-entered lookup
         ("app", "after damage", 0),  # the last good snapshot's slot
     ]
+
+
+def test_dictconfig_class_form_of_the_formatter_works_and_a_format_string_is_refused(data_dir):
+    cfg = {"version": 1, "disable_existing_loggers": False,
+           "formatters": {"j": {"class": "cometmp.logging.JSONFormatter"}},
+           "handlers": {"h": {"class": "cometmp.logging.CometHandler", "path": data_dir,
+                              "formatter": "j"}},
+           "loggers": {"test.cometmp.json.dictcls": {"handlers": ["h"], "level": "INFO",
+                                                     "propagate": False}}}
+    import logging.config
+
+    logging.config.dictConfig(cfg)
+    lg = logging.getLogger("test.cometmp.json.dictcls")
+    lg.info("via the class form")
+    for h in lg.handlers:
+        h.close()
+    lg.handlers[:] = []
+    (r,) = _records(data_dir)
+    assert r["schema"] == SCHEMA and r["message"] == "via the class form"
+    with pytest.raises(ValueError, match="fixed schema"):
+        JSONFormatter("%(message)s")
