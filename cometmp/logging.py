@@ -44,6 +44,7 @@ import logging as _stdlog
 import os
 import threading
 import time
+from typing import Any
 
 from . import paths
 
@@ -219,8 +220,9 @@ class JSONFormatter(_stdlog.Formatter):
         cached = self._second
         if cached[0] != sec:
             cached = self._second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-        out = {"schema": SCHEMA, "ts_ns": ts_ns, "ts": f"{cached[1]}.{ns // 1000:06d}Z",
-               "level": record.levelname, "levelno": record.levelno, "logger": record.name}
+        out: dict[str, Any] = {
+            "schema": SCHEMA, "ts_ns": ts_ns, "ts": f"{cached[1]}.{ns // 1000:06d}Z",
+            "level": record.levelname, "levelno": record.levelno, "logger": record.name}
         try:
             out["message"] = record.getMessage()
             error = None
