@@ -126,7 +126,7 @@ def test_loguru_sink_added_in_the_parent_before_fork_serves_every_worker(data_di
         sup.close()
     with cometmp.Client(data_dir, readonly=True) as c:
         recs = [json.loads(m.data) for m in c.scan("logs")]
-    assert recs[0]["message"] == "master before fork" and recs[0]["worker"] is None
+    assert recs[0]["message"] == "master before fork" and recs[0]["worker"] is None  # no slot
     assert recs[0]["pid"] == os.getpid()
     per_pid: dict[int, list[dict]] = {}
     for r in recs[1:]:

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 import cometmp
+from cometmp import registry
 from cometmp.logging import SCHEMA, CometHandler, JSONFormatter
 from cometmp.tools import cli
 
@@ -99,7 +100,7 @@ def test_json_records_read_back_with_scan_and_cometmp_tail(data_dir, capsys):
     recs = _records(data_dir)
     for r in recs:
         _check_schema(r)
-        assert r["pid"] == os.getpid() and r["worker"] is None  # no registry joined
+        assert r["pid"] == os.getpid() and r["worker"] == registry.worker_id()  # None: no slot
         assert r["thread"] == threading.current_thread().name
         assert r["thread_id"] == threading.get_ident()
         assert r["logger"] == "test.cometmp.json.tail"
