@@ -8,7 +8,15 @@ format ``%(message)s``. Wall time runs from the barrier's release until the last
 finishes (its handler closed). rec/s is aggregate: P*N / wall time. Every run is checked:
 the log must hold exactly P*N records afterwards.
 
+``cometmp (json)`` is the same handler with ``format="json"`` (one ``cometmp.log/1``
+object per record, docs/FORMAT.md §9; ~250 bytes instead of ~100), and ``loguru ->
+cometmp`` is ``logger.add(CometHandler(...), format="{message}")``: the cost of the JSON
+record and of loguru's front end, in the same interleaved run as the plain handler.
+``--format-only`` times just ``Formatter.format()`` per record in one process (plain
+``%(message)s`` vs JSON), the formatting cost without the append.
+
     .venv/bin/python benchmarks/bench_logging.py --procs 2 --records 100000
+    .venv/bin/python benchmarks/bench_logging.py --format-only --records 200000
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ MESSAGE = "x" * 80  # with "p<p> <i> " the formatted record is ~90-100 bytes
 
 
 def make_handler(kind: str, root: str) -> logging.Handler:
-    if kind == "cometmp":
+    if kind in ("cometmp", "cometmp (json)", "loguru -> cometmp"):
         from cometmp.logging import CometHandler
 
-        return CometHandler(os.path.join(root, "cometmp"), stream="logs")
+        return CometHandler(os.path.join(root, "cometmp"), stream="logs",
+                            format="json" if kind == "cometmp (json)" else None)
     if kind == "concurrent-log-handler":
         from concurrent_log_handler import ConcurrentRotatingFileHandler
 
@@ -44,7 +53,7 @@ def make_handler(kind: str, root: str) -> logging.Handler:
 
 
 def count_records(kind: str, root: str) -> int:
-    if kind == "cometmp":
+    if kind.startswith("cometmp") or kind.startswith("loguru"):
         import cometmp
 
         with cometmp.Client(os.path.join(root, "cometmp"), readonly=True) as c:
@@ -59,7 +68,20 @@ def count_records(kind: str, root: str) -> int:
 
 def child(kind: str, root: str, p: int, n: int, barrier, out) -> None:
     h = make_handler(kind, root)
-    h.setFormatter(logging.Formatter("%(message)s"))
+    if kind != "cometmp (json)":
+        h.setFormatter(logging.Formatter("%(message)s"))
+    if kind.startswith("loguru"):
+        from loguru import logger as lg
+
+        lg.remove()
+        lg.add(h, format="{message}")
+        barrier.wait()
+        t0 = time.perf_counter()
+        for i in range(n):
+            lg.info("p{} {} {}", p, i, MESSAGE)
+        lg.remove()  # closes h
+        out.put((p, time.perf_counter() - t0, time.time()))
+        return
     lg = logging.getLogger(f"bench.{p}")
     lg.handlers[:] = [h]
     lg.propagate = False
@@ -96,14 +118,51 @@ def run(kind: str, procs: int, n: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def format_only(n: int, repeat: int) -> dict:
+    """ns per ``format()`` of one record, plain vs JSON, interleaved, best of ``repeat``."""
+    from cometmp.logging import JSONFormatter
+
+    fmts = {"plain %(message)s": logging.Formatter("%(message)s"), "json": JSONFormatter()}
+    rec = logging.LogRecord("bench", logging.INFO, __file__, 1, "p%d %d %s", (0, 1, MESSAGE),
+                            None)
+    rec_extra = logging.LogRecord("bench", logging.INFO, __file__, 1, "p%d %d %s",
+                                  (0, 1, MESSAGE), None)
+    rec_extra.__dict__.update(request_id="r-123", user_id=42, path="/api/v1/items")
+    cases = {"plain %(message)s": (fmts["plain %(message)s"], rec), "json": (fmts["json"], rec),
+             "json + 3 extra fields": (fmts["json"], rec_extra)}
+    best = {k: float("inf") for k in cases}
+    for _ in range(repeat):
+        for name, (f, r) in cases.items():
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                f.format(r)
+            best[name] = min(best[name], (time.perf_counter_ns() - t0) / n)
+    return {"ns_per_format": best, "bytes": {k: len(f.format(r).encode()) for k, (f, r) in cases.items()},
+            "json_vs_plain": best["json"] / best["plain %(message)s"]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--records", type=int, default=100_000, help="records per process")
     ap.add_argument("--repeat", type=int, default=3, help="runs per handler; the best is kept")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--format-only", action="store_true",
+                    help="time Formatter.format() alone: plain vs JSON (one process)")
     args = ap.parse_args(argv)
-    kinds = ["cometmp", "concurrent-log-handler", "FileHandler (unsafe)"]
+    if args.format_only:
+        r = format_only(args.records, args.repeat)
+        if args.json:
+            json.dump(r, sys.stdout, indent=2)
+            print()
+            return 0
+        print(f"Formatter.format() per record, {args.records} records, best of {args.repeat}")
+        for k, v in r["ns_per_format"].items():
+            print(f"{k:<24} {v / 1000:>7.2f} us  {r['bytes'][k]:>4} bytes")
+        print(f"json / plain: {r['json_vs_plain']:.1f}x")
+        return 0
+    kinds = ["cometmp", "cometmp (json)", "loguru -> cometmp", "concurrent-log-handler",
+             "FileHandler (unsafe)"]
     best: dict[str, dict] = {}
     for _ in range(args.repeat):
         for kind in kinds:  # interleaved, so machine noise hits every handler alike
@@ -111,8 +170,11 @@ def main(argv=None) -> int:
             if kind not in best or r["rec_per_s"] > best[kind]["rec_per_s"]:
                 best[kind] = r
     ratio = best["cometmp"]["rec_per_s"] / best["concurrent-log-handler"]["rec_per_s"]
+    json_cost = best["cometmp (json)"]["us_per_rec"] / best["cometmp"]["us_per_rec"]
+    loguru_cost = best["loguru -> cometmp"]["us_per_rec"] / best["cometmp"]["us_per_rec"]
     if args.json:
-        json.dump({"results": list(best.values()), "cometmp_vs_concurrent_log_handler": ratio},
+        json.dump({"results": list(best.values()), "cometmp_vs_concurrent_log_handler": ratio,
+                   "json_vs_plain_us_per_rec": json_cost, "loguru_vs_logging_us_per_rec": loguru_cost},
                   sys.stdout, indent=2)
         print()
         return 0
@@ -122,6 +184,8 @@ def main(argv=None) -> int:
         per = " / ".join(f"{x:.1f}" for x in r["per_proc_us"])
         print(f"{r['handler']:<26} {r['rec_per_s']:>10,.0f} {r['us_per_rec']:>8.2f}  {per}")
     print(f"cometmp / concurrent-log-handler throughput: {ratio:.1f}x")
+    print(f"cometmp (json) / cometmp us per record: {json_cost:.2f}x; "
+          f"loguru -> cometmp / cometmp: {loguru_cost:.2f}x")
     return 0
 
 

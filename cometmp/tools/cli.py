@@ -265,8 +265,9 @@ def cmd_tail(args) -> int:
             recent.extend(client.list_recent(name, args.n) if args.n else [])
             positions[name] = client.length(name)
         recent.sort(key=lambda m: (m.timestamp_ns, m.id.stream, m.id.entry))
+        limit = 0 if args.full else RENDER_LIMIT
         for m in recent[-args.n:] if args.n else []:
-            _print_tail_line(m, len(names) > 1)
+            _print_tail_line(m, len(names) > 1, limit)
         sys.stdout.flush()
         if not args.follow:
             return EXIT_OK
@@ -279,16 +280,16 @@ def cmd_tail(args) -> int:
                         positions.setdefault(name, start)
                         continue
                     for m in client.scan(name, start):
-                        _print_tail_line(m, True)
+                        _print_tail_line(m, True, limit)
                         positions[name] = m.id.entry + 1
                 sys.stdout.flush()
         except KeyboardInterrupt:
             return EXIT_OK
 
 
-def _print_tail_line(m, with_stream: bool) -> None:
+def _print_tail_line(m, with_stream: bool, limit: int) -> None:
     prefix = f"{m.id.stream}#{m.id.entry} " if with_stream else f"#{m.id.entry} "
-    print(f"{_fmt_ts(m.timestamp_ns)} {prefix}{_render(bytes(m.data), RENDER_LIMIT)}")
+    print(f"{_fmt_ts(m.timestamp_ns)} {prefix}{_render(bytes(m.data), limit)}")
 
 
 def _print_problems(problems, limit: int | None = None) -> None:
@@ -513,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=10, metavar="N", help="entries to show (default 10)")
     sp.add_argument("-f", "--follow", action="store_true",
                     help="keep printing new entries (and new streams) until interrupted")
+    sp.add_argument("--full", action="store_true",
+                    help=f"whole payloads (default: the first {RENDER_LIMIT} characters), "
+                         "e.g. JSON log records")
     sp.add_argument("--interval", type=float, default=0.2, help=argparse.SUPPRESS)
     sp.set_defaults(func=cmd_tail)
 
