@@ -42,7 +42,11 @@ from .appmetrics import (
 )
 from .errors import CometError
 
-__all__ = ["PrometheusCollector", "enable_prometheus", "enabled_directory", "value_class"]
+__all__ = ["ENV_PROMETHEUS", "PrometheusCollector", "enable_from_environment",
+           "enable_prometheus", "enabled_directory", "value_class"]
+
+#: set to "1" to have the gunicorn and uWSGI integrations call enable_prometheus
+ENV_PROMETHEUS = "COMETMP_PROMETHEUS"
 
 _lock = threading.Lock()
 _table: Table | None = None
@@ -116,6 +120,24 @@ def enable_prometheus(directory: str | os.PathLike) -> None:
         table = Table.open(root, create=True)
         values.ValueClass = value_class(table)
         _table = table
+
+
+def enable_from_environment() -> str | None:
+    """The integrations' call (gunicorn's nworkers_changed/on_starting/post_fork, uWSGI's
+    import and postfork): with ``COMETMP_PROMETHEUS=1`` and a configured data directory
+    (cometmp.configure or ``COMETMP_DIR``), enable_prometheus on it and return it; else
+    None. Runs in the master before a preloaded app creates its metrics, and again in
+    each worker (idempotent)."""
+    if os.environ.get(ENV_PROMETHEUS, "") != "1":
+        return None
+    from .registry import configured_directory
+
+    directory = configured_directory()
+    if directory is None:
+        raise CometError(f"{ENV_PROMETHEUS}=1 but no data directory: set COMETMP_DIR or "
+                         "call cometmp.configure()")
+    enable_prometheus(directory)
+    return directory
 
 
 def enabled_directory() -> str | None:
