@@ -91,10 +91,10 @@ def test_gunicorn_workers_share_app_metrics_through_a_kill9_and_respawn(tmp_path
         victim = next(pid for pid in c.by_pid if pid in before)
         assert c.by_pid[victim] > 0
         os.kill(victim, signal.SIGKILL)          # between requests: all it answered counted
-        wait_until(lambda: len(srv.workers()) == 2 and victim not in srv.workers(), 60,
-                   "gunicorn respawning the killed worker")
-        respawned = set(srv.workers()) - before
-        assert len(respawned) == 1
+        now = wait_until(lambda: (lambda w: len(w) == 2 and victim not in w and w)(
+            set(srv.workers())), 60, "gunicorn respawning the killed worker")
+        respawned = now - before
+        assert len(respawned) == 1, (before, now, srv.log())
         # until the replacement has answered too
         wait_until(lambda: c.hit(5) and respawned & set(c.by_pid), 120,
                    "the replacement answering", interval=0)
