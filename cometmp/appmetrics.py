@@ -123,11 +123,16 @@ def column_label(column: int) -> str:
     return "unslotted" if column == UNSLOTTED else str(column)
 
 
-def _entry_index() -> int | None:
-    """The registry entry this process holds (its worker slot), without a lookup."""
-    from .registry import membership
+_membership = None        # cometmp.registry.membership, imported at the first Table.open
+_pid = os.getpid()        # this process's pid, kept by the fork hook below (no syscall per update)
 
-    return membership.entry_index()
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Table:
@@ -155,6 +160,7 @@ class Table:
         self._mine: set[int] = set()
         self._bound_col = -1
         self._bound_pid = 0
+        self._bound_entry: object = -1   # the membership entry index the column came from
         self._ticks = 0
 
     # -- opening ---------------------------------------------------------------------
@@ -165,6 +171,10 @@ class Table:
         when ``create``. FormatError for another version or a damaged header,
         StorageError (DiskFull) when it cannot be created, FileNotFoundError-derived
         StorageError when it does not exist and ``create`` is false."""
+        global _membership
+        if _membership is None:
+            from .registry import membership as _m
+            _membership = _m
         root = os.path.abspath(os.fspath(directory))
         path = paths.app_metrics_file(root)
         if create:
@@ -343,19 +353,23 @@ class Table:
 
     # -- columns (I45) ---------------------------------------------------------------
     def column(self) -> int:
-        """This process's column now: its registry entry, else UNSLOTTED; binds it at the
-        first use after a change (a fork, a join, a promotion)."""
-        idx = _entry_index()
-        col = UNSLOTTED if idx is None else idx
-        if col != self._bound_col or self._bound_pid != os.getpid():
-            self._bind(col)
-        return col
+        """This process's column now: its registry entry (membership.entry_index), else
+        UNSLOTTED; binds it at the first use after a change (a fork, a join, a promotion).
+        On every update, so it reads two attributes and compares: no call, no syscall."""
+        m = _membership._member
+        idx = None if m is None else m.index
+        if idx == self._bound_entry and self._bound_pid == _pid:
+            return self._bound_col
+        self._bind(UNSLOTTED if idx is None else idx)
+        self._bound_entry = idx
+        return self._bound_col
 
     def binder(self, column: int) -> tuple[int, int]:
         """(pid, start ticks) of the process that bound ``column`` last; (0, 0): never."""
         return BINDER.unpack_from(self._mm, CM_APM_BINDERS_OFF + column * CM_APM_BINDER_BYTES)
 
     def _bind(self, col: int) -> None:
+        """Caller: column(), when this process's entry or pid changed (I45)."""
         from .registry.table import is_alive, start_ticks
 
         pid = os.getpid()
@@ -381,6 +395,11 @@ class Table:
     @staticmethod
     def cell(row: int, col: int) -> int:
         return CM_APM_CELLS_OFF + row * CM_APM_ROW_BYTES + col * CM_APM_CELL_BYTES
+
+    @staticmethod
+    def row_offset(row: int) -> int:
+        """Byte offset of column 0 of ``row``: + column * CM_APM_CELL_BYTES is a cell."""
+        return CM_APM_CELLS_OFF + row * CM_APM_ROW_BYTES
 
     def _check(self, rc: int) -> None:
         if rc < 0:

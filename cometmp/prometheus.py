@@ -40,6 +40,7 @@ from .appmetrics import (
     Table,
     column_label,
 )
+from ._ffi import lib, raise_for
 from .errors import CometError
 
 __all__ = ["ENV_PROMETHEUS", "PrometheusCollector", "enable_from_environment",
@@ -63,13 +64,17 @@ def value_class(table: Table) -> type:
     """A prometheus_client ``ValueClass`` storing every value in ``table``. Used by
     enable_prometheus; tests make one per table."""
 
+    add, store = lib.cm_appmetrics_add, lib.cm_appmetrics_set
+    ptr, size, column = table._ptr, table.size, table.column
+
     class CometValue:
         """One prometheus_client value: a row of the table, in this process's column.
-        Thread safe (atomic cell updates, I44); fork safe (a child binds its own column)."""
+        Thread safe (atomic cell updates, I44); fork safe (a child binds its own column).
+        The update methods are the hot path: one column lookup and one C call."""
 
         _multiprocess = True
 
-        __slots__ = ("_row", "_params")
+        __slots__ = ("_row", "_base")
 
         def __init__(self, typ, metric_name, name, labelnames, labelvalues, help_text,
                      multiprocess_mode="", **kwargs):
@@ -78,16 +83,21 @@ def value_class(table: Table) -> type:
                 raise CometError(f"cometmp.metrics: prometheus_client value type {typ!r} of "
                                  f"{metric_name} is not stored in shared memory")
             mode = _MODE_BYTE.get(multiprocess_mode, 0) if kind == CM_APM_KIND_GAUGE else 0
-            self._params = (metric_name, name)
             self._row = table.row(kind, mode, _mmap_key(metric_name, name, labelnames,
                                                         labelvalues, help_text))
+            self._base = table.row_offset(self._row)
             table.touch(self._row)
 
         def inc(self, amount):
-            table.add(self._row, amount)
+            rc = add(ptr, size, self._base + column() * CM_APM_CELL_BYTES, amount)
+            if rc:
+                raise_for(rc, path=table.path)
 
         def set(self, value, timestamp=None):
-            table.set(self._row, value, timestamp or 0.0)
+            rc = store(ptr, size, self._base + column() * CM_APM_CELL_BYTES, value,
+                       timestamp or 0.0)
+            if rc:
+                raise_for(rc, path=table.path)
 
         def set_exemplar(self, exemplar):
             return   # as prometheus_client's multiprocess mode: no exemplars
