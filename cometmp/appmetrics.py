@@ -124,12 +124,14 @@ def column_label(column: int) -> str:
 
 
 _membership = None        # cometmp.registry.membership, imported at the first Table.open
+_create_lock = threading.Lock()
 _pid = os.getpid()        # this process's pid, kept by the fork hook below (no syscall per update)
 
 
 def _after_fork_in_child() -> None:
-    global _pid
+    global _pid, _create_lock
     _pid = os.getpid()
+    _create_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -211,10 +213,15 @@ class Table:
         """Create the table unless it exists: temp file reserved whole (I9) and
         initialised (magic last) -> fsync -> link(2) to the name (EEXIST: another process
         won, its file is whole) -> unlink the temp -> fsync the directory (CONVENTIONS 8)."""
+        with _create_lock:   # one creator per process: the temp name is per pid (I7)
+            Table._create_locked(path)
+
+    @staticmethod
+    def _create_locked(path: str) -> None:
         if os.path.exists(path):
             return
         parent, name = os.path.split(path)
-        tmp = os.path.join(parent, f"{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = os.path.join(parent, f"{name}.{os.getpid()}{paths.TMP_SUFFIX}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         try:
