@@ -51,26 +51,29 @@ def worker_life(directory: str, n: int, joined: int, go: int) -> None:
 
 
 def churn(directory: str, start: int, count: int) -> None:
-    """``count`` worker lives, two at a time (each a real process holding one of the two
-    slots while the other holds the other one)."""
+    """``count`` worker lives, two at a time: both take a slot (each a real process holding
+    one of the two while the other holds the other), then live and exit one after the
+    other, in order, so which exit is the last member's (and removes the registry) is the
+    same in every pair."""
     for pair in range(start, start + count, SLOTS):
         joined_r, joined_w = os.pipe()
-        go_r, go_w = os.pipe()
-        pids = {}
+        lives = []
         for n in range(pair, min(pair + SLOTS, start + count)):
+            go_r, go_w = os.pipe()
             pid = os.fork()
             if pid == 0:
                 worker_life(directory, n, joined_w, go_r)
-            pids[pid] = n
+            os.close(go_r)
+            lives.append((pid, n, go_w))
         os.close(joined_w)   # EOF once every child wrote (and closed) or died: never hangs
         try:
-            for _ in pids:
+            for _ in lives:
                 assert os.read(joined_r, 1) == b"j", "a worker died before taking a slot"
         finally:
-            os.write(go_w, b"g" * len(pids))
-            for fd in (joined_r, go_r, go_w):
-                os.close(fd)
-        for pid, n in pids.items():
+            os.close(joined_r)
+        for pid, n, go_w in lives:
+            os.write(go_w, b"g")
+            os.close(go_w)
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
             assert code == (-signal.SIGKILL if n % 3 == 0 else 0), (n, code)
@@ -101,6 +104,7 @@ def check_bounded_after(directory: str, restarts: int) -> None:
     after_10 = listing(directory)
     churn(directory, 10, restarts - 10)
     assert listing(directory) == after_10, "the directory or /dev/shm grew with restarts"
+    assert len(after_10[1]) <= 1, "at most the registry itself in /dev/shm"
     t = Table.open(directory, create=False, writable=False)
     try:
         assert sorted(c for c, _pid, _t in t.bound_columns()) == [0, 1], \
