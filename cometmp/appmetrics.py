@@ -43,6 +43,7 @@ import os
 import struct
 import threading
 import time
+from typing import Any
 
 from . import paths
 from ._ffi import ffi, lib, raise_for
@@ -123,7 +124,7 @@ def column_label(column: int) -> str:
     return "unslotted" if column == UNSLOTTED else str(column)
 
 
-_membership = None        # cometmp.registry.membership, imported at the first Table.open
+_membership: Any = None   # cometmp.registry.membership, imported at the first Table.open
 _create_lock = threading.Lock()
 _pid = os.getpid()        # this process's pid, kept by the fork hook below (no syscall per update)
 
@@ -149,7 +150,7 @@ class Table:
     def __init__(self, path: str, fd: int, mm: mmap.mmap, writable: bool):
         self.path = path
         self.writable = writable
-        self._mm = mm
+        self._mm: Any = mm
         self._ptr = ffi.from_buffer(mm) if writable else None
         self.size = len(mm)
         self._fd = fd
