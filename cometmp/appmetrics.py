@@ -2,9 +2,9 @@
 
 Runs in every process of a prefork pool that updates or scrapes application metrics
 (through cometmp.prometheus, the prometheus_client adapter); thread safe; fork aware.
-The layout is docs/FORMAT.md §9 and native/format.h ``CM_APM_*`` (this module mirrors
+The layout is docs/FORMAT.md §10 and native/format.h ``CM_APM_*`` (this module mirrors
 the constants, tests/unit/test_format_constants.py compares them); the lock-free cell
-updates are native/appmetrics.c. Invariants I43–I46 (docs/ARCHITECTURE.md §13).
+updates are native/appmetrics.c. Invariants I51–I54 (docs/ARCHITECTURE.md §13).
 
 Design
 ------
@@ -16,18 +16,18 @@ is one metric key — what prometheus_client's multiprocess mode keys a value by
 index this process holds (cometmp.registry, 0..255, the worker slot), or the one
 ``UNSLOTTED`` column shared by every process without a slot (the master, a script).
 
-- rows are appended, never removed, under an OFD write lock on byte 0 of the file (I43),
+- rows are appended, never removed, under an OFD write lock on byte 0 of the file (I51),
   and published by a release store of ``nkeys``; ``KEY_CAP`` rows at most, a full table
   raises MetricsTableFull naming the caps. A key is the same row in every process.
 - a cell is updated without a lock: add is a CAS loop on the double's 64 bits, set a
-  64-bit store (I44). Counters, histograms and summaries only ever *add*, so whichever
+  64-bit store (I52). Counters, histograms and summaries only ever *add*, so whichever
   process adds to a column — the worker that died, the one that replaced it in the slot,
   a worker that was promoted mid-way — every increment is counted exactly once: a new
   worker continues the cumulative cells of its slot (nothing lost, nothing doubled).
 - a column records who bound it last (pid and /proc start time, the registry's I21
   identity). A process binding a slot column whose previous binder is dead clears that
-  column's *gauge* cells first (I45): a dead worker's gauge is not the new one's. ``live*``
-  gauges skip columns whose binder is not alive (I46).
+  column's *gauge* cells first (I53): a dead worker's gauge is not the new one's. ``live*``
+  gauges skip columns whose binder is not alive (I54).
 
 So storage is one file of ``FILE_BYTES`` whatever the worker churn, and a scrape reads
 ``nkeys`` rows of the columns ever bound — bounded by the registry's 256 entries.
@@ -51,7 +51,7 @@ from .errors import CorruptRecord, FormatError, MetricsTableFull, os_error
 
 __all__ = ["GAUGE_MODES", "KINDS", "UNSLOTTED", "Key", "Table", "column_label"]
 
-# ---- layout: mirrors native/format.h (docs/FORMAT.md §9), native endian, fixed size ------
+# ---- layout: mirrors native/format.h (docs/FORMAT.md §10), native endian, fixed size ------
 CM_APM_MAGIC = 0x4D504D43  # b"CMPM"
 CM_APM_VERSION = 1
 CM_APM_KEY_CAP = 1024
@@ -144,7 +144,7 @@ class Table:
     Any thread of any process may call. The mapping is MAP_SHARED and stays valid in a
     forked child; the OFD lock's file description does not (a child shares its parent's),
     so each process opens its own for the lock (CONVENTIONS 10: ``pid`` records whose it
-    is), and a child binds its own column at its first update (I45).
+    is), and a child binds its own column at its first update (I53).
     """
 
     def __init__(self, path: str, fd: int, mm: mmap.mmap, writable: bool):
@@ -267,7 +267,7 @@ class Table:
             os.close(self._fd)
             self._fd = -1
 
-    # -- the key lock (I43) ------------------------------------------------------------
+    # -- the key lock (I51) ------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self):
         """Hold the key lock: this process's thread lock, then an OFD write lock on
@@ -330,7 +330,7 @@ class Table:
         self._seen = max(self._seen, n)
 
     def row(self, kind: int, mode: int, text: str) -> int:
-        """The row of key (kind, mode, text), appended if no process made it yet (I43).
+        """The row of key (kind, mode, text), appended if no process made it yet (I51).
         MetricsTableFull when the table has no room; nothing is written then."""
         k = (kind, mode, text)
         r = self._rows.get(k)
@@ -349,7 +349,7 @@ class Table:
                     f"metrics table {self.path} is full: {n} of {CM_APM_KEY_CAP} keys, "
                     f"{used} of {CM_APM_TEXT_CAP} key-text bytes used; no room for "
                     f"{text[:120]} ({len(raw)} bytes). Use fewer label values or buckets")
-            # I43: text, then the key record, then publish nkeys (release, in C)
+            # I51: text, then the key record, then publish nkeys (release, in C)
             self._mm[CM_APM_TEXT_OFF + used:CM_APM_TEXT_OFF + used + len(raw)] = raw
             struct.pack_into("=I", self._mm, CM_APM_OFF_TEXT_USED, used + len(raw))
             KEY.pack_into(self._mm, CM_APM_KEYS_OFF + n * CM_APM_KEY_BYTES, used, len(raw),
@@ -359,7 +359,7 @@ class Table:
             self._seen = n + 1
             return n
 
-    # -- columns (I45) ---------------------------------------------------------------
+    # -- columns (I53) ---------------------------------------------------------------
     def column(self) -> int:
         """This process's column now: its registry entry (membership.entry_index), else
         UNSLOTTED; binds it at the first use after a change (a fork, a join, a promotion).
@@ -377,7 +377,7 @@ class Table:
         return BINDER.unpack_from(self._mm, CM_APM_BINDERS_OFF + column * CM_APM_BINDER_BYTES)
 
     def _bind(self, col: int) -> None:
-        """Caller: column(), when this process's entry or pid changed (I45)."""
+        """Caller: column(), when this process's entry or pid changed (I53)."""
         from .registry.table import is_alive, start_ticks
 
         pid = os.getpid()
@@ -388,7 +388,7 @@ class Table:
             bpid, bticks = self.binder(col)
             if (bpid, bticks) != (pid, self._ticks):
                 if col != UNSLOTTED and bpid and not is_alive(bpid, bticks):
-                    # I45: the dead binder's gauges are not this process's
+                    # I53: the dead binder's gauges are not this process's
                     for (kind, _m, _t), row in self._rows.items():
                         if kind == CM_APM_KIND_GAUGE:
                             self._check(lib.cm_appmetrics_clear(self._ptr, self.size,
@@ -399,7 +399,7 @@ class Table:
                 self._check(lib.cm_appmetrics_add(self._ptr, self.size, self.cell(row, col), 0.0))
             self._bound_col, self._bound_pid = col, pid
 
-    # -- cells (I44) -----------------------------------------------------------------
+    # -- cells (I52) -----------------------------------------------------------------
     @staticmethod
     def cell(row: int, col: int) -> int:
         return CM_APM_CELLS_OFF + row * CM_APM_ROW_BYTES + col * CM_APM_CELL_BYTES

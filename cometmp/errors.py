@@ -242,7 +242,7 @@ class MembershipError(CometError):
 class MetricsTableFull(CometError):
     """A new prometheus_client metric child (a name and label values, or a histogram
     bucket) does not fit the application metrics table DIR/metrics/app (cometmp.appmetrics,
-    FORMAT.md §9): its CM_APM_KEY_CAP rows or its key-text area are used up. Raised where
+    FORMAT.md §10): its CM_APM_KEY_CAP rows or its key-text area are used up. Raised where
     the child is created (``Counter(...)``, ``.labels(...)``); nothing was written. The
     message names the file and both caps."""
 

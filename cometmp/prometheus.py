@@ -11,7 +11,7 @@ live::
     registry.register(cometmp.metrics.PrometheusCollector(DIR))
     generate_latest(registry)
 
-Values are cells of ``DIR/metrics/app`` (cometmp.appmetrics, FORMAT.md §9) indexed by
+Values are cells of ``DIR/metrics/app`` (cometmp.appmetrics, FORMAT.md §10) indexed by
 (metric key, worker column) instead of one ``<type>_<pid>.db`` file per process, so the
 directory and /dev/shm hold the same after 1,000 worker restarts as after 10, and a
 scrape reads one mapping. The collector aggregates exactly like prometheus_client's
@@ -69,7 +69,7 @@ def value_class(table: Table) -> type:
 
     class CometValue:
         """One prometheus_client value: a row of the table, in this process's column.
-        Thread safe (atomic cell updates, I44); fork safe (a child binds its own column).
+        Thread safe (atomic cell updates, I52); fork safe (a child binds its own column).
         The update methods are the hot path: one column lookup and one C call."""
 
         _multiprocess = True
@@ -164,7 +164,7 @@ class PrometheusCollector:
     aggregates per kind and gauge mode as ``MultiProcessCollector`` does. Counters,
     histograms and summaries sum over every column ever bound (dead workers included: their
     increments are never lost); ``live*`` gauges skip columns whose last binder is dead
-    (I46). A directory without a table yields nothing.
+    (I54). A directory without a table yields nothing.
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -186,14 +186,14 @@ class PrometheusCollector:
     def samples(self) -> list[tuple[appmetrics.Key, str, float, float]]:
         """(key, pid label, value, stamp) of every present cell, as MultiProcessCollector's
         ``_read_metrics`` would see them: a gauge cell of a dead binder is left out for
-        ``live*`` modes (I46)."""
+        ``live*`` modes (I54)."""
         from .registry.table import is_alive
 
         t = self._open()
         if t is None:
             return []
         n = t.nkeys()
-        while len(self._keys) < n:   # rows are append-only (I43): parse each once
+        while len(self._keys) < n:   # rows are append-only (I51): parse each once
             row = len(self._keys)
             kind, mode, text = t.key(row)
             self._keys.append(appmetrics.Key(row, appmetrics.KIND_NAMES[kind],

@@ -1,11 +1,11 @@
 /* appmetrics.c - the application metrics table DIR/metrics/app: its
  * initialisation, check, and the lock-free cell updates.
  *
- * Layout in native/format.h (CM_APM_*) and docs/FORMAT.md §9; the Python side
+ * Layout in native/format.h (CM_APM_*) and docs/FORMAT.md §10; the Python side
  * is cometmp/appmetrics.py, which maps the file MAP_SHARED, appends keys under
- * an OFD lock (I43) and calls these for every update of a value. Who may
+ * an OFD lock (I51) and calls these for every update of a value. Who may
  * call: any process and thread holding a mapping of the whole file; no lock
- * is needed for the cell functions (I44).
+ * is needed for the cell functions (I52).
  *
  * Why CAS on a 64-bit word: a prometheus_client value is a double that many
  * threads of a process, and after a slot changes hands more than one process,
@@ -75,7 +75,7 @@ int cm_appmetrics_check(const void *base, uint64_t size) {
     return CM_OK;
 }
 
-/* I44: value += amount as one CAS on the double's 64 bits; marks the cell present. */
+/* I52: value += amount as one CAS on the double's 64 bits; marks the cell present. */
 int cm_appmetrics_add(void *base, uint64_t size, uint64_t cell, double amount) {
     if (cell_bad(size, cell))
         return cm_fail(CM_E_ARG, 0, "metrics cell offset %llu outside the table",
@@ -94,7 +94,7 @@ int cm_appmetrics_add(void *base, uint64_t size, uint64_t cell, double amount) {
     return CM_OK;
 }
 
-/* I44: value = v, stamp = s (a mostrecent gauge's time), each one 64-bit store. */
+/* I52: value = v, stamp = s (a mostrecent gauge's time), each one 64-bit store. */
 int cm_appmetrics_set(void *base, uint64_t size, uint64_t cell, double value, double stamp) {
     if (cell_bad(size, cell))
         return cm_fail(CM_E_ARG, 0, "metrics cell offset %llu outside the table",
@@ -110,7 +110,7 @@ int cm_appmetrics_set(void *base, uint64_t size, uint64_t cell, double value, do
     return CM_OK;
 }
 
-/* Clears a cell (value, stamp, present): a dead binder's gauge (I45). Caller holds the key lock. */
+/* Clears a cell (value, stamp, present): a dead binder's gauge (I53). Caller holds the key lock. */
 int cm_appmetrics_clear(void *base, uint64_t size, uint64_t cell) {
     if (cell_bad(size, cell))
         return cm_fail(CM_E_ARG, 0, "metrics cell offset %llu outside the table",
@@ -126,7 +126,7 @@ uint32_t cm_appmetrics_nkeys(const void *base) {
     return __atomic_load_n(&((const cm_apm_header *)base)->nkeys, __ATOMIC_ACQUIRE);
 }
 
-/* I43: publish rows [0, nkeys) after their key record and text are written. Caller holds the key lock. */
+/* I51: publish rows [0, nkeys) after their key record and text are written. Caller holds the key lock. */
 void cm_appmetrics_publish(void *base, uint32_t nkeys) {
     __atomic_store_n(&((cm_apm_header *)base)->nkeys, nkeys, __ATOMIC_RELEASE);
 }

@@ -223,7 +223,7 @@ uint64_t cm_registry_bump_epoch(void *base);
 int64_t cm_fs_type(const char *path);
 
 /* appmetrics.c: the application metrics table DIR/metrics/app (layout in
- * native/format.h CM_APM_*, FORMAT.md §9; cometmp/appmetrics.py). The caller
+ * native/format.h CM_APM_*, FORMAT.md §10; cometmp/appmetrics.py). The caller
  * maps the whole file; `cell` is a byte offset of a cell inside it. */
 int  cm_appmetrics_init(void *base, uint64_t size, int64_t now_ns);
 int  cm_appmetrics_check(const void *base, uint64_t size);

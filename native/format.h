@@ -570,13 +570,13 @@ _Static_assert(offsetof(cm_reg_entry, flags) == CM_REGE_OFF_FLAGS, "entry flags"
 _Static_assert(sizeof(cm_registry) == CM_REG_BYTES, "registry size");
 
 /* ---- application metrics table: DIR/metrics/app (native endian) -------- */
-/* FORMAT.md §9. prometheus_client values of every worker (cometmp.appmetrics,
+/* FORMAT.md §10. prometheus_client values of every worker (cometmp.appmetrics,
  * native/appmetrics.c): one row per metric key (kind, mode, mmap_key JSON),
  * one 24-byte cell per (row, column); a column is a registry entry index
  * (0..CM_REG_MAX_ENTRIES-1) or CM_APM_UNSLOTTED for processes without one.
  * Fixed size, reserved whole at creation (I9), so no store into it can fault.
- * Keys are appended under an OFD write lock on byte 0 (I43); cells are
- * updated lock-free by atomic CAS adds and stores (I44).
+ * Keys are appended under an OFD write lock on byte 0 (I51); cells are
+ * updated lock-free by atomic CAS adds and stores (I52).
  *
  *   header   magic(4) version(2) header_bytes(2) file_bytes(8) key_cap(4)
  *            columns(4) text_cap(4) nkeys(4) text_used(4) reserved(4)
@@ -634,7 +634,7 @@ typedef struct cm_apm_header {
     uint32_t key_cap;           /* 16 */
     uint32_t columns;           /* 20 */
     uint32_t text_cap;          /* 24 */
-    uint32_t nkeys;             /* 28  rows published (release store, I43) */
+    uint32_t nkeys;             /* 28  rows published (release store, I51) */
     uint32_t text_used;         /* 32 */
     uint32_t reserved0;         /* 36 */
     int64_t  created_ns;        /* 40  CLOCK_REALTIME */

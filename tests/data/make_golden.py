@@ -38,7 +38,7 @@ The native-endian images are those of the reference ABI (x86-64 glibc, layouts.j
 ABI the tests that hand them to the C core skip. ``pick_shard_v1.json`` pins
 pick_shard(key, count) for all versions.
 
-``app_metrics_v1/table.json`` describes the application metrics table (§9, version 1):
+``app_metrics_v1/table.json`` describes the application metrics table (§10, version 1):
 its binders, keys and cells; ``app_metrics_v1/metrics/app.sparse.json`` is the file
 (6 602 752 bytes, sparse: its non-zero byte runs), built from cometmp/appmetrics.py's
 constants and structs.
@@ -333,7 +333,7 @@ def build_all_v2() -> dict[str, bytes]:
 
 
 def app_metrics_chunks(desc: dict) -> dict[int, bytes]:
-    """{offset: bytes} of the metrics table described by ``desc`` (FORMAT.md §9)."""
+    """{offset: bytes} of the metrics table described by ``desc`` (FORMAT.md §10)."""
     chunks: dict[int, bytes] = {}
     text = bytearray()
     keys = bytearray()

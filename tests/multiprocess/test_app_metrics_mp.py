@@ -146,7 +146,7 @@ def test_a_replacement_continues_the_killed_workers_slot_without_loss_or_double_
     assert lat[("app_latency_sum", (("route", "r"),))] == sum(
         0.125 + 0.5 * (i + 1) + 3.0 + 8.0 * i for i in runs)
     assert only(got, "app_size")[("app_size_count", ())] == len(runs)
-    # gauges: slot 1 shows the replacement's value, once (the dead worker's was cleared, I45)
+    # gauges: slot 1 shows the replacement's value, once (the dead worker's was cleared, I53)
     g = only(got, "app_g_all")
     assert g[("app_g_all", (("kind", "x"), ("pid", "1")))] == 10 * victim.index + 0.25
     assert sum(1 for (_n, lb) in g if dict(lb)["kind"] == "x") == 3

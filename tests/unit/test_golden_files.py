@@ -375,9 +375,9 @@ def test_golden_registry_key_names_the_registry_and_is_what_the_writer_writes(tm
 
 
 def test_golden_app_metrics_table_is_accepted_by_c_and_scraped_as_described(tmp_path):
-    """FORMAT.md §9 version 1: the frozen table passes cm_appmetrics_check, its keys decode,
+    """FORMAT.md §10 version 1: the frozen table passes cm_appmetrics_check, its keys decode,
     PrometheusCollector aggregates it to the described samples (every binder is dead: the
-    livesum gauge is dropped, I46), and the C cell add continues a golden cell."""
+    livesum gauge is dropped, I54), and the C cell add continues a golden cell."""
     pytest.importorskip("prometheus_client")
     from prometheus_client import CollectorRegistry
 
