@@ -29,6 +29,8 @@
      |                                           offset (the ack window); names stream + entry
      +-- MembershipError                         a group's member table is full (64 live
      |                                           members) or a member's patterns overflow
+     +-- MetricsTableFull                        the application metrics table (metrics/app)
+     |                                           has no room for another key; names the caps
      +-- StopProcessing                          raised by a Consumer.process() handler: stop,
                                                  leaving the current batch unacknowledged
 
@@ -85,6 +87,7 @@ __all__ = [
     "FormatError",
     "InvalidPath",
     "MembershipError",
+    "MetricsTableFull",
     "OS_ERRORS",
     "ReadOnlyError",
     "RegistryError",
@@ -247,6 +250,14 @@ class MembershipError(CometError):
     """A Consumer cannot join its group's live membership (cometmp.members, FORMAT.md
     §7.1): the group already has CM_MMB_MEMBER_CAP live members, or the patterns this
     member reads do not fit its record. The message names the members file and group."""
+
+
+class MetricsTableFull(CometError):
+    """A new prometheus_client metric child (a name and label values, or a histogram
+    bucket) does not fit the application metrics table DIR/metrics/app (cometmp.appmetrics,
+    FORMAT.md §10): its CM_APM_KEY_CAP rows or its key-text area are used up. Raised where
+    the child is created (``Counter(...)``, ``.labels(...)``); nothing was written. The
+    message names the file and both caps."""
 
 
 class StopProcessing(CometError):

@@ -16,6 +16,11 @@ Three ways to get them::
     from prometheus_client import REGISTRY     # in a gunicorn app: any worker may serve
     REGISTRY.register(cometmp.metrics.CometCollector(DIR))   # /metrics, all see everything
 
+Application metrics (the app's own prometheus_client Counter/Gauge/Histogram/Summary,
+shared by every worker through cometmp shared memory) are cometmp.prometheus, re-exported
+here: ``enable_prometheus(DIR)`` before the app creates metrics, ``PrometheusCollector(DIR)``
+in the scraping process.
+
 Metrics (label ``stream``, plus ``family``/``shard`` for a family's shard streams):
 
 - ``cometmp_<counter>_total`` for every state-page counter (``cometmp.format.COUNTERS``):
@@ -40,7 +45,10 @@ from dataclasses import dataclass, field
 from . import paths
 from .format import COUNTERS
 
-__all__ = ["CometCollector", "MetricFamily", "collect", "families"]
+from .prometheus import PrometheusCollector, enable_prometheus
+
+__all__ = ["CometCollector", "MetricFamily", "PrometheusCollector", "collect",
+           "enable_prometheus", "families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -11,6 +11,7 @@ Layout of a data directory (docs/FORMAT.md, "Directory layout")::
         <20-digit base entry>.seg          segments, named by their first entry number
         <20-digit base entry>.idx          sparse index of that segment
       consumers/offsets                    consumer groups and their offsets (cometmp.offsets)
+      metrics/app                          application metrics of every worker (cometmp.appmetrics)
 
 Opening (docs/ARCHITECTURE.md I30, I31): nothing below a data directory is opened through a
 symbolic link, and whatever the umask, files are created 0600 and directories 0700. In
@@ -44,14 +45,16 @@ CONSUMERS = "consumers"                  # DIR/consumers/offsets: consumer-group
 OFFSETS = "offsets"
 MEMBERS = "members"                      # DIR/consumers/members: live group members
 WINDOWS = "windows"                      # DIR/consumers/windows: per-(group, stream) ack windows
+METRICS = "metrics"                      # DIR/metrics/app: application metrics (FORMAT.md §10)
+APP_METRICS = "app"
 BASE_DIGITS = 20
 SHARD_INFIX = ":shard:"
 
 FILE_MODE = 0o600   # I31
 DIR_MODE = 0o700    # I31
 #: trailing components of a path that lie inside the data directory, per file kind
-IN_ROOT = 1         # cometmp.json, registry.key, families/, streams/, consumers/
-IN_SUBDIR = 2       # families/<prefix>.json, consumers/offsets, streams/<stream>
+IN_ROOT = 1         # cometmp.json, registry.key, families/, streams/, consumers/, metrics/
+IN_SUBDIR = 2       # families/<prefix>.json, consumers/offsets, metrics/app, streams/<stream>
 IN_STREAM = 3       # streams/<stream>/{state,<base>.seg,<base>.idx}
 
 MAX_NAME_BYTES = lib.CM_NAME_MAX_BYTES   # native/names.c holds the rule
@@ -124,6 +127,11 @@ def stream_dir(root: str, stream: str) -> str:
     return os.path.join(root, STREAMS, stream)
 
 
+def app_metrics_file(root: str) -> str:
+    """DIR/metrics/app, the application metrics table (cometmp.appmetrics)."""
+    return os.path.join(root, METRICS, APP_METRICS)
+
+
 def family_file(root: str, prefix: str) -> str:
     return os.path.join(root, FAMILIES, prefix + ".json")
 
@@ -171,7 +179,8 @@ def remove_dead_temp_files(root: str) -> list[str]:
     writer process is gone (I7); returns the paths removed. Stream directories are cleaned
     by the C core when a writer opens them."""
     removed = []
-    for d in (root, os.path.join(root, FAMILIES), os.path.join(root, CONSUMERS)):
+    for d in (root, os.path.join(root, FAMILIES), os.path.join(root, CONSUMERS),
+              os.path.join(root, METRICS)):
         if d != root and not is_real_dir(d):
             continue   # I30: never delete inside a planted link's target
         try:

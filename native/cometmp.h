@@ -222,6 +222,17 @@ void cm_registry_unlock(void *base);
 uint64_t cm_registry_bump_epoch(void *base);
 int64_t cm_fs_type(const char *path);
 
+/* appmetrics.c: the application metrics table DIR/metrics/app (layout in
+ * native/format.h CM_APM_*, FORMAT.md §10; cometmp/appmetrics.py). The caller
+ * maps the whole file; `cell` is a byte offset of a cell inside it. */
+int  cm_appmetrics_init(void *base, uint64_t size, int64_t now_ns);
+int  cm_appmetrics_check(const void *base, uint64_t size);
+int  cm_appmetrics_add(void *base, uint64_t size, uint64_t cell, double amount);
+int  cm_appmetrics_set(void *base, uint64_t size, uint64_t cell, double value, double stamp);
+int  cm_appmetrics_clear(void *base, uint64_t size, uint64_t cell);
+uint32_t cm_appmetrics_nkeys(const void *base);
+void cm_appmetrics_publish(void *base, uint32_t nkeys);
+
 /* notify.c: sleep until a writer publishes (issue 4). `state` is a stream's
  * state page mapped read-write (the waiter counts itself in `waiters`).
  * 1: the sequence moved (or a signal: re-check); 0: timed out; < 0: error.

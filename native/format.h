@@ -569,4 +569,101 @@ _Static_assert(offsetof(cm_reg_entry, last_pid) == CM_REGE_OFF_LAST_PID, "entry 
 _Static_assert(offsetof(cm_reg_entry, flags) == CM_REGE_OFF_FLAGS, "entry flags");
 _Static_assert(sizeof(cm_registry) == CM_REG_BYTES, "registry size");
 
+/* ---- application metrics table: DIR/metrics/app (native endian) -------- */
+/* FORMAT.md §10. prometheus_client values of every worker (cometmp.appmetrics,
+ * native/appmetrics.c): one row per metric key (kind, mode, mmap_key JSON),
+ * one 24-byte cell per (row, column); a column is a registry entry index
+ * (0..CM_REG_MAX_ENTRIES-1) or CM_APM_UNSLOTTED for processes without one.
+ * Fixed size, reserved whole at creation (I9), so no store into it can fault.
+ * Keys are appended under an OFD write lock on byte 0 (I51); cells are
+ * updated lock-free by atomic CAS adds and stores (I52).
+ *
+ *   header   magic(4) version(2) header_bytes(2) file_bytes(8) key_cap(4)
+ *            columns(4) text_cap(4) nkeys(4) text_used(4) reserved(4)
+ *            created_ns(8) reserved(16) = 64
+ *   binders  columns x { pid(4) pad(4) start_ticks(8) }  who last bound each column
+ *   keys     key_cap x { text_off(4) text_len(4) kind(1) mode(1) pad(6) }  at CM_APM_KEYS_OFF
+ *   text     text_cap bytes of key JSON, appended                         at CM_APM_TEXT_OFF
+ *   cells    key_cap x columns x { value(f64) stamp(f64) present(4) pad(4) } at CM_APM_CELLS_OFF
+ */
+#define CM_APM_MAGIC            0x4D504D43u /* "CMPM" on LE hosts */
+#define CM_APM_VERSION          1
+#define CM_APM_KEY_CAP          1024        /* rows: metric children x samples (buckets) */
+#define CM_APM_COLUMNS          (CM_REG_MAX_ENTRIES + 1)
+#define CM_APM_UNSLOTTED        CM_REG_MAX_ENTRIES   /* the column of slot-less processes */
+#define CM_APM_TEXT_CAP         (256 * 1024)
+#define CM_APM_HEADER_BYTES     64
+#define CM_APM_BINDER_BYTES     16
+#define CM_APM_KEY_BYTES        16
+#define CM_APM_CELL_BYTES       24
+#define CM_APM_ROW_BYTES        (CM_APM_COLUMNS * CM_APM_CELL_BYTES)
+#define CM_APM_BINDERS_OFF      CM_APM_HEADER_BYTES
+#define CM_APM_KEYS_OFF         8192        /* binders end at 64 + 257 x 16 = 4 176 */
+#define CM_APM_TEXT_OFF         (CM_APM_KEYS_OFF + CM_APM_KEY_CAP * CM_APM_KEY_BYTES)
+#define CM_APM_CELLS_OFF        (CM_APM_TEXT_OFF + CM_APM_TEXT_CAP)
+#define CM_APM_FILE_BYTES       (CM_APM_CELLS_OFF + (uint64_t)CM_APM_KEY_CAP * CM_APM_ROW_BYTES)
+#define CM_APM_KIND_COUNTER     1
+#define CM_APM_KIND_GAUGE       2
+#define CM_APM_KIND_HISTOGRAM   3
+#define CM_APM_KIND_SUMMARY     4
+#define CM_APM_OFF_MAGIC        0
+#define CM_APM_OFF_VERSION      (CM_APM_OFF_MAGIC + 4)
+#define CM_APM_OFF_HEADER_BYTES (CM_APM_OFF_VERSION + 2)
+#define CM_APM_OFF_FILE_BYTES   (CM_APM_OFF_HEADER_BYTES + 2)
+#define CM_APM_OFF_KEY_CAP      (CM_APM_OFF_FILE_BYTES + 8)
+#define CM_APM_OFF_COLUMNS      (CM_APM_OFF_KEY_CAP + 4)
+#define CM_APM_OFF_TEXT_CAP     (CM_APM_OFF_COLUMNS + 4)
+#define CM_APM_OFF_NKEYS        (CM_APM_OFF_TEXT_CAP + 4)
+#define CM_APM_OFF_TEXT_USED    (CM_APM_OFF_NKEYS + 4)
+#define CM_APM_OFF_CREATED      (CM_APM_OFF_TEXT_USED + 4 + 4)          /* + reserved(4) */
+#define CM_APM_B_PID            0
+#define CM_APM_B_START          (CM_APM_B_PID + 4 + 4)                  /* + pad(4) */
+#define CM_APM_K_TEXT_OFF       0
+#define CM_APM_K_TEXT_LEN       (CM_APM_K_TEXT_OFF + 4)
+#define CM_APM_K_KIND           (CM_APM_K_TEXT_LEN + 4)
+#define CM_APM_K_MODE           (CM_APM_K_KIND + 1)
+#define CM_APM_C_VALUE          0
+#define CM_APM_C_STAMP          (CM_APM_C_VALUE + 8)
+#define CM_APM_C_PRESENT        (CM_APM_C_STAMP + 8)
+
+typedef struct cm_apm_header {
+    uint32_t magic;             /* 0   CM_APM_MAGIC, stored last by the creator */
+    uint16_t version;           /* 4   CM_APM_VERSION */
+    uint16_t header_bytes;      /* 6   CM_APM_HEADER_BYTES */
+    uint64_t file_bytes;        /* 8   CM_APM_FILE_BYTES */
+    uint32_t key_cap;           /* 16 */
+    uint32_t columns;           /* 20 */
+    uint32_t text_cap;          /* 24 */
+    uint32_t nkeys;             /* 28  rows published (release store, I51) */
+    uint32_t text_used;         /* 32 */
+    uint32_t reserved0;         /* 36 */
+    int64_t  created_ns;        /* 40  CLOCK_REALTIME */
+    uint8_t  reserved[16];      /* 48 */
+} cm_apm_header;
+typedef struct cm_apm_binder { int32_t pid; uint32_t pad; uint64_t start_ticks; } cm_apm_binder;
+typedef struct cm_apm_key {
+    uint32_t text_off; uint32_t text_len; uint8_t kind; uint8_t mode; uint8_t pad[6];
+} cm_apm_key;
+typedef struct cm_apm_cell { double value; double stamp; uint32_t present; uint32_t pad; } cm_apm_cell;
+_Static_assert(sizeof(cm_apm_header) == CM_APM_HEADER_BYTES, "metrics header size");
+_Static_assert(offsetof(cm_apm_header, file_bytes) == CM_APM_OFF_FILE_BYTES, "apm file_bytes");
+_Static_assert(offsetof(cm_apm_header, key_cap) == CM_APM_OFF_KEY_CAP, "apm key_cap");
+_Static_assert(offsetof(cm_apm_header, columns) == CM_APM_OFF_COLUMNS, "apm columns");
+_Static_assert(offsetof(cm_apm_header, text_cap) == CM_APM_OFF_TEXT_CAP, "apm text_cap");
+_Static_assert(offsetof(cm_apm_header, nkeys) == CM_APM_OFF_NKEYS, "apm nkeys");
+_Static_assert(offsetof(cm_apm_header, text_used) == CM_APM_OFF_TEXT_USED, "apm text_used");
+_Static_assert(offsetof(cm_apm_header, created_ns) == CM_APM_OFF_CREATED, "apm created_ns");
+_Static_assert(sizeof(cm_apm_binder) == CM_APM_BINDER_BYTES, "binder size");
+_Static_assert(offsetof(cm_apm_binder, start_ticks) == CM_APM_B_START, "binder start_ticks");
+_Static_assert(sizeof(cm_apm_key) == CM_APM_KEY_BYTES, "key record size");
+_Static_assert(offsetof(cm_apm_key, kind) == CM_APM_K_KIND, "key kind");
+_Static_assert(offsetof(cm_apm_key, mode) == CM_APM_K_MODE, "key mode");
+_Static_assert(sizeof(cm_apm_cell) == CM_APM_CELL_BYTES, "cell size");
+_Static_assert(offsetof(cm_apm_cell, stamp) == CM_APM_C_STAMP, "cell stamp");
+_Static_assert(offsetof(cm_apm_cell, present) == CM_APM_C_PRESENT, "cell present");
+_Static_assert(CM_APM_BINDERS_OFF + CM_APM_COLUMNS * CM_APM_BINDER_BYTES <= CM_APM_KEYS_OFF,
+               "binders fit before the key table");
+_Static_assert(CM_APM_CELLS_OFF % 4096 == 0, "cells start on a page");
+_Static_assert(CM_APM_FILE_BYTES == 6602752, "metrics table is 6 602 752 bytes");
+
 #endif /* CM_FORMAT_H */

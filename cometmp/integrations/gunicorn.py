@@ -14,9 +14,11 @@ Which process each hook runs in (docs/INTEGRATIONS.md):
 hook                   process     what cometmp does
 =====================  ==========  =================================================
 ``nworkers_changed``   master      start the Supervisor (first call, old=None); set
-                                   processCount on TTIN/TTOU/HUP
+                                   processCount on TTIN/TTOU/HUP; COMETMP_PROMETHEUS=1:
+                                   enable_prometheus (before a --preload app loads)
 ``on_starting``        master      start the Supervisor if nworkers_changed did not
-``post_fork``          worker      join the registry: take a slot (or wait for one)
+``post_fork``          worker      join the registry: take a slot (or wait for one);
+                                   COMETMP_PROMETHEUS=1: enable_prometheus
 ``worker_exit``        worker      leave: the slot becomes VACANT for the replacement
                        (master)    (if gunicorn calls it in the master: report death)
 ``child_exit``         master      report the death (also SIGKILL/OOM/timeout)
@@ -35,6 +37,7 @@ import logging
 import os
 
 from .. import registry
+from ..prometheus import enable_from_environment
 from ..supervisor import Supervisor
 
 __all__ = ["child_exit", "nworkers_changed", "on_exit", "on_starting", "post_fork", "worker_exit"]
@@ -82,8 +85,18 @@ def _master_supervisor(server, count: int | None = None) -> Supervisor | None:
 
 
 @_guard
+def _prometheus(server):
+    """COMETMP_PROMETHEUS=1: prometheus_client values into the data directory (either
+    process; its own guard, so a failure here never stops the registry's hooks)."""
+    enable_from_environment()
+
+
+@_guard
 def nworkers_changed(server, new_value, old_value):
-    """Master: gunicorn's worker count changed (startup: old_value None; TTIN/TTOU)."""
+    """Master: gunicorn's worker count changed (startup: old_value None; TTIN/TTOU).
+    At startup it runs before a --preload app is imported: metrics enabled here."""
+    if old_value is None:
+        _prometheus(server)
     sup = _master_supervisor(server, new_value)
     if sup is not None and old_value is not None and new_value:
         sup.set_process_count(int(new_value))
@@ -92,12 +105,14 @@ def nworkers_changed(server, new_value, old_value):
 @_guard
 def on_starting(server):
     """Master: before listeners; creates (or rebuilds a stale) registry."""
+    _prometheus(server)
     _master_supervisor(server)
 
 
 @_guard
 def post_fork(server, worker):
     """Worker, right after fork: take a slot. Failure: this worker runs standalone."""
+    _prometheus(server)
     registry.join()
 
 

@@ -18,6 +18,10 @@ the workers (docs/INTEGRATIONS.md):
 - ``uwsgi.atexit`` (graceful exit, reload, cheaper): leave; the last worker to leave
   unlinks the registry.
 
+With ``COMETMP_PROMETHEUS=1`` (env) the import (in the master, before the app is loaded
+without lazy-apps) and every ``postfork`` call cometmp.metrics.enable_prometheus on the
+data directory: the app's prometheus_client metrics live in its shared table.
+
 Works with ``lazy-apps`` on and off (imported in a worker, it joins at once). A failure
 is logged and leaves that worker standalone; it never stops uWSGI. Importing this
 module outside uWSGI does nothing.
@@ -29,6 +33,7 @@ import logging
 import os
 
 from .. import registry
+from ..prometheus import enable_from_environment
 
 __all__ = ["install", "postfork", "atexit"]
 
@@ -41,6 +46,7 @@ def postfork() -> None:
     try:
         import uwsgi
 
+        _prometheus()
         wid = int(uwsgi.worker_id())
         if wid <= 0:  # mule, spooler, master: standalone
             return
@@ -48,6 +54,14 @@ def postfork() -> None:
     except Exception as e:  # noqa: BLE001 - never break uWSGI
         log.error("cometmp: uWSGI postfork in pid %d failed; worker runs standalone: %r",
                   os.getpid(), e)
+
+
+def _prometheus() -> None:
+    """COMETMP_PROMETHEUS=1: enable_prometheus on the data directory (logged, never raised)."""
+    try:
+        enable_from_environment()
+    except Exception as e:  # noqa: BLE001 - never break uWSGI
+        log.error("cometmp: %s=1 in pid %d: %r", "COMETMP_PROMETHEUS", os.getpid(), e)
 
 
 def atexit() -> None:
@@ -85,6 +99,7 @@ def install() -> None:
         if prev_atexit is not None:
             prev_atexit()
     uwsgi.atexit = chained_atexit
+    _prometheus()   # in the master before the app is loaded (no lazy-apps)
     if int(uwsgi.worker_id()) > 0:  # imported inside a worker (lazy-apps): join now
         postfork()
 

@@ -129,6 +129,16 @@ def worker_id() -> int | None:
     return m.index
 
 
+def entry_index() -> int | None:
+    """The registry entry this process holds (its slot, or a waiting entry >= processCount),
+    as of the member thread's last look; None when it is not a member. No lock, no lookup,
+    no system call: cometmp.appmetrics calls it on every metric update to pick its column.
+    A fork clears the membership in the child (_at_fork_child), so a child never reports
+    its parent's entry."""
+    m = _member
+    return None if m is None else m.index
+
+
 def join(directory: str | os.PathLike | None = None, key: int | None = None,
          create_count: int | None = None, start_thread: bool = True) -> int | None:
     """Register this process as a worker of ``directory`` (default: configured_directory()).

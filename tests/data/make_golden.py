@@ -37,6 +37,11 @@ The native-endian images are those of the reference ABI (x86-64 glibc, layouts.j
 "abi"): their fingerprints fold in sizeof(pthread_mutex_t) and pointer size, so on another
 ABI the tests that hand them to the C core skip. ``pick_shard_v1.json`` pins
 pick_shard(key, count) for all versions.
+
+``app_metrics_v1/table.json`` describes the application metrics table (§10, version 1):
+its binders, keys and cells; ``app_metrics_v1/metrics/app.sparse.json`` is the file
+(6 602 752 bytes, sparse: its non-zero byte runs), built from cometmp/appmetrics.py's
+constants and structs.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from cometmp import format as fmt  # noqa: E402
+from cometmp import appmetrics as apm  # noqa: E402  (layout constants only)
 from cometmp import members as mmb  # noqa: E402  (layout constants only)
 from cometmp import offsets as ofs  # noqa: E402  (layout constants only)
 from cometmp.registry import table as reg  # noqa: E402  (layout constants only)
 
 V1 = os.path.join(HERE, "format_v1")
 V2 = os.path.join(HERE, "format_v2")
+APM_V1 = os.path.join(HERE, "app_metrics_v1")
 
 
 def build_segments(desc: dict) -> dict[str, bytes]:
@@ -325,9 +332,41 @@ def build_all_v2() -> dict[str, bytes]:
     return {**build_segments(desc), **{k: v for k, v in layouts.items() if k.startswith(stream_dir)}}
 
 
+def app_metrics_chunks(desc: dict) -> dict[int, bytes]:
+    """{offset: bytes} of the metrics table described by ``desc`` (FORMAT.md §10)."""
+    chunks: dict[int, bytes] = {}
+    text = bytearray()
+    keys = bytearray()
+    for k in desc["keys"]:
+        raw = json.dumps(k["key"], sort_keys=True).encode()
+        keys += apm.KEY.pack(len(text), len(raw), apm.KINDS[k["kind"]], apm.GAUGE_MODES.index(k["mode"]))
+        text += raw
+        row = len(keys) // apm.CM_APM_KEY_BYTES - 1
+        for col, (value, stamp) in k["cells"].items():
+            chunks[apm.Table.cell(row, int(col))] = apm.CELL.pack(value, stamp, 1)
+    chunks[0] = apm.HEADER.pack(apm.CM_APM_MAGIC, apm.CM_APM_VERSION, apm.CM_APM_HEADER_BYTES,
+                                apm.CM_APM_FILE_BYTES, apm.CM_APM_KEY_CAP, apm.CM_APM_COLUMNS,
+                                apm.CM_APM_TEXT_CAP, len(desc["keys"]), len(text), 0,
+                                desc["created_ns"])
+    for b in desc["binders"]:
+        chunks[apm.CM_APM_BINDERS_OFF + b["column"] * apm.CM_APM_BINDER_BYTES] = apm.BINDER.pack(
+            b["pid"], b["start_ticks"])
+    chunks[apm.CM_APM_KEYS_OFF] = bytes(keys)
+    chunks[apm.CM_APM_TEXT_OFF] = bytes(text)
+    return chunks
+
+
+def build_app_metrics_v1() -> dict[str, bytes]:
+    with open(os.path.join(APM_V1, "table.json")) as f:
+        desc = json.load(f)
+    return {"metrics/app.sparse.json": json_file(
+        sparse_description(app_metrics_chunks(desc), apm.CM_APM_FILE_BYTES))}
+
+
 def main() -> int:
     files = {os.path.join(V1, rel): data for rel, data in build_all_v1().items()}
     files.update({os.path.join(V2, rel): data for rel, data in build_all_v2().items()})
+    files.update({os.path.join(APM_V1, rel): data for rel, data in build_app_metrics_v1().items()})
     check = "--check" in sys.argv
     bad = 0
     for path, data in files.items():

@@ -1,8 +1,9 @@
 """Every layout's Python mirror agrees with native/format.h, through one C table.
 
-cm_format_constants() (native/format.c) lists every constant of the seven layouts: segment,
+cm_format_constants() (native/format.c) lists every constant of the eight layouts: segment,
 record, index, state page (cometmp/format.py), consumer offsets file (cometmp/offsets.py),
-consumer members file (cometmp/members.py) and worker registry (cometmp/registry/table.py). Each C constant must have an equal Python
+consumer members file (cometmp/members.py), worker registry (cometmp/registry/table.py) and
+application metrics table (cometmp/appmetrics.py). Each C constant must have an equal Python
 constant in the module that mirrors its layout, and each Python CM_* constant of those
 modules must be known to C.
 """
@@ -14,11 +15,11 @@ import struct
 import cometmp
 from cometmp import _ffi
 from cometmp import format as fmt
-from cometmp import members, offsets
+from cometmp import appmetrics, members, offsets
 from cometmp.registry import table
 
 #: the Python module mirroring each layout, by constant-name prefix
-MIRRORS = [("CM_OFS_", offsets), ("CM_MMB_", members), ("CM_REGE_", table), ("CM_REGM_", table), ("CM_REG_", table),
+MIRRORS = [("CM_APM_", appmetrics), ("CM_OFS_", offsets), ("CM_MMB_", members), ("CM_REGE_", table), ("CM_REGM_", table), ("CM_REG_", table),
            ("CM_", fmt)]
 
 
@@ -35,10 +36,10 @@ def python_constants() -> dict[str, int]:
     return out
 
 
-def test_the_one_table_covers_all_seven_layouts():
+def test_the_one_table_covers_all_eight_layouts():
     c = _ffi.format_constants()
     for prefix in ("CM_SEG_", "CM_REC_", "CM_IDX_", "CM_IDXE_", "CM_STATE_", "CM_CTR_",
-                   "CM_OFS_", "CM_MMB_", "CM_REG_", "CM_REGE_", "CM_REGM_"):
+                   "CM_OFS_", "CM_MMB_", "CM_REG_", "CM_REGE_", "CM_REGM_", "CM_APM_"):
         assert any(n.startswith(prefix) for n in c), prefix
     assert len(c) == len(set(c)) > 150
 

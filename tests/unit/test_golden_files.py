@@ -372,3 +372,46 @@ def test_golden_registry_key_names_the_registry_and_is_what_the_writer_writes(tm
     assert key.read_key(root) == secret
     with open(os.path.join(V1, "registry.key"), "rb") as f:
         assert key.encode(secret) == f.read()
+
+
+def test_golden_app_metrics_table_is_accepted_by_c_and_scraped_as_described(tmp_path):
+    """FORMAT.md §10 version 1: the frozen table passes cm_appmetrics_check, its keys decode,
+    PrometheusCollector aggregates it to the described samples (every binder is dead: the
+    livesum gauge is dropped, I54), and the C cell add continues a golden cell."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    from cometmp.appmetrics import Table
+    from cometmp.prometheus import PrometheusCollector
+
+    mg = load_make_golden()
+    with open(os.path.join(DATA, "app_metrics_v1", "table.json")) as f:
+        desc = json.load(f)
+    with open(os.path.join(DATA, "app_metrics_v1", "metrics", "app.sparse.json")) as f:
+        sparse = json.load(f)
+    assert sparse == json.loads(mg.build_app_metrics_v1()["metrics/app.sparse.json"])
+    root = tmp_path / "data"
+    os.makedirs(root / "metrics", mode=0o700)
+    mg.materialize_sparse(sparse, str(root / "metrics" / "app"))
+    os.chmod(root / "metrics" / "app", 0o600)
+
+    t = Table.open(root, create=False)
+    try:
+        assert t.nkeys() == len(desc["keys"])
+        for row, k in enumerate(desc["keys"]):
+            kind, mode, text = t.key(row)
+            assert text == json.dumps(k["key"], sort_keys=True) and mode == \
+                ("", "all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
+                 "mostrecent", "livemostrecent").index(k["mode"])
+        assert [(c, pid) for c, pid, _t in t.bound_columns()] == [
+            (b["column"], b["pid"]) for b in desc["binders"]]
+        reg = CollectorRegistry()
+        reg.register(PrometheusCollector(root))
+        got = sorted((s.name, sorted(s.labels.items()), s.value)
+                     for m in reg.collect() for s in m.samples)
+        assert got == sorted((n, sorted(lb.items()), v) for n, lb, v in desc["expect"])
+        # the C core adds to a golden cell in place (row 0, column 1: 4.5)
+        assert lib.cm_appmetrics_add(t._ptr, t.size, t.cell(0, 1), 0.5) == 0
+        assert t.read_cell(0, 1) == (5.0, 0.0, 1)
+    finally:
+        t.close()
