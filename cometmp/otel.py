@@ -68,7 +68,7 @@ log = logging.getLogger("cometmp")
 #: the environment variable naming the data directory when the SDK creates the exporter
 DIR_ENV = "COMETMP_DIR"
 #: shards of a family this creates (an existing family keeps its count)
-DEFAULT_SHARDS = 16
+DEFAULT_SHARDS = 8
 
 
 class _Appender:

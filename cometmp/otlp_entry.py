@@ -1,4 +1,4 @@
-"""The OTLP entry: how a span or log export is stored in a cometmp stream (FORMAT.md §14).
+"""The OTLP entry: how a span or log export is stored in a cometmp stream (FORMAT.md §9).
 
 Who may call: the exporters (cometmp.otel, writing), the OTLP forwarder
 (cometmp.otlp_forwarder, reading), anyone reading an ``otel:`` stream. Needs only the

@@ -9,7 +9,7 @@ How it ships (docs/INTEGRATIONS.md "OpenTelemetry" has the operator's view):
 
 * It reads up to ``batch_size`` entries and turns them, in read order, into OTLP requests:
   consecutive entries of one signal are joined (``b"".join`` of their bodies is one
-  ``Export*ServiceRequest``, FORMAT.md §14) while the request stays within
+  ``Export*ServiceRequest``, FORMAT.md §9, OTLP entries) while the request stays within
   ``max_request_bytes``; an entry larger than that alone is one request.
 * One request is in flight at a time (I49): ``POST <endpoint>/v1/traces`` or ``/v1/logs``,
   ``Content-Type: application/x-protobuf``. After a 2xx the entries of that request are

@@ -19,7 +19,8 @@ ENGINE = {"cometmp._ffi", "cometmp.errors", "cometmp.config", "cometmp.paths",
           "cometmp.cursor", "cometmp.failpoint", "cometmp.waiting"}
 #: the prefork runtime and the tools, which the engine must not know
 RUNTIME_PREFIXES = ("cometmp.registry", "cometmp.supervisor", "cometmp.integrations")
-TOOL_PREFIXES = ("cometmp.tools", "cometmp.metrics", "cometmp.forwarder", "cometmp.logging")
+TOOL_PREFIXES = ("cometmp.tools", "cometmp.metrics", "cometmp.forwarder", "cometmp.logging",
+                 "cometmp.forwarding", "cometmp.otel", "cometmp.otlp_entry", "cometmp.otlp_forwarder")
 
 
 def _modules() -> dict[str, str]:
