@@ -9,7 +9,10 @@ Side by side in one run (the machine is noisy: compare the ratios, not the figur
   pipeline with no queue, one HTTP POST per span (lost when the collector is down);
 * ``otlp-http batch``: BatchSpanProcessor(OTLPSpanExporter), the SDK's default: the request
   pays only the enqueue, a background thread exports (lost on kill -9 / fork: issue 12);
-* ``no processor``: the SDK's own cost of a span, the floor of all three.
+* ``encode only``: SimpleSpanProcessor with an exporter that only runs the SDK's OTLP
+  encoder (``encode_spans(...).SerializeToString()``) and drops the bytes: what cometmp
+  pays before its append;
+* ``no processor``: the SDK's own cost of a span, the floor of all of them.
 
 Then ``forward``: N spans already in the log, ``OtlpForwarder`` ships them to the same
 collector (catch-up, spans/s, requests of up to 512 entries), the collector in this
@@ -58,6 +61,18 @@ def _collector():
     return srv, f"http://127.0.0.1:{srv.server_address[1]}"
 
 
+def _encode_only():
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class EncodeOnly(SpanExporter):
+        def export(self, spans):
+            encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+    return EncodeOnly()
+
+
 def _per_span_us(processor, n: int) -> float:
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -92,10 +107,11 @@ def main(argv=None) -> int:
 
     srv, url = _collector()
     tmp = tempfile.mkdtemp(prefix="cometmp-bench-otel-")
-    runs: dict[str, list[float]] = {"no processor": [], "cometmp": [], "otlp-http simple": [],
-                                    "otlp-http batch": []}
+    runs: dict[str, list[float]] = {"no processor": [], "encode only": [], "cometmp": [],
+                                    "otlp-http simple": [], "otlp-http batch": []}
     for r in range(args.repeat):           # interleaved, so drift hits every peer alike
         runs["no processor"].append(_per_span_us(None, args.spans))
+        runs["encode only"].append(_per_span_us(SimpleSpanProcessor(_encode_only()), args.spans))
         runs["cometmp"].append(_per_span_us(
             SimpleSpanProcessor(SpanExporter(os.path.join(tmp, f"d{r}"))), args.spans))
         runs["otlp-http simple"].append(_per_span_us(
