@@ -22,7 +22,16 @@ pytest.importorskip("opentelemetry.proto")
 
 import cometmp  # noqa: E402
 from conftest import child_env, wait_until  # noqa: E402
-from harness import GUNICORN, VENV_BIN, Server, free_port, get, server_env  # noqa: E402
+from harness import (  # noqa: E402
+    GUNICORN,
+    REPO,
+    UWSGI,
+    VENV_BIN,
+    Server,
+    free_port,
+    get,
+    server_env,
+)
 from otlp_collector import Collector  # noqa: E402
 
 from cometmp import deadletter, otlp_entry  # noqa: E402
@@ -253,3 +262,41 @@ def test_retryable_answers_are_retried_and_a_refused_request_is_dead_lettered(tm
     assert refused_ids | arrived == set(first) | set(rest)
     assert not refused_ids & arrived
     assert col.duplicates() == 0
+
+
+@pytest.mark.skipif(not os.path.exists(UWSGI), reason="uwsgi not installed")
+def test_uwsgi_without_lazy_apps_exports_from_workers_through_the_masters_exporter(
+        tmp_path, procs):
+    """The SDK and the exporter are made (and used once) in the uWSGI master at import; the
+    forked workers' spans, including those of workers kill -9ed right after answering,
+    all arrive."""
+    col = _collector(procs)
+    data_dir = str(tmp_path / "data")
+    port = free_port()
+    srv = Server([UWSGI, "--master", "--processes", "2", "--http-socket", f"127.0.0.1:{port}",
+                  "--virtualenv", os.path.join(REPO, ".venv"), "--pythonpath", APPS,
+                  "--module", "otel_code_app:app", "--die-on-term", "--enable-threads",
+                  "--worker-reload-mercy", "3", "--reload-mercy", "3"],
+                 server_env(data_dir), APPS, port, str(tmp_path / "uwsgi.log"))
+    procs.append(srv)
+    srv.wait_ready(workers=2)
+    fw = _forwarder(procs, data_dir, col, tmp_path)
+    answered, killed = {}, set()
+    for i in range(40):
+        try:
+            status, body = get(port, "/work?spans=2", timeout=10)
+        except OSError:
+            continue
+        if status != 200:
+            continue
+        pid, trace_id, n = body.decode().split()
+        answered[trace_id] = int(n)
+        if i % 8 == 3:
+            os.kill(int(pid), signal.SIGKILL)
+            killed.add(trace_id)
+    assert len(answered) >= 30 and len(killed) >= 3
+    expected = {(t, name) for t in answered for name in ("handle", "step-0")}
+    wait_until(lambda: expected <= {(t, n) for t, _s, n in col.spans()} or None, 120,
+               f"all {len(expected)} spans of {len(answered)} answered requests")
+    assert [n for _t, _s, n in col.spans()].count("master-import") == 1
+    assert fw.sigterm()["dead_lettered"] == 0
