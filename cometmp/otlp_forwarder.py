@@ -15,7 +15,8 @@ How it ships (docs/INTEGRATIONS.md "OpenTelemetry" has the operator's view):
   ``Content-Type: application/x-protobuf``. After a 2xx the entries of that request are
   acked at once (I47), so a ``kill -9`` of the forwarder resends at most the one request
   it had in flight (the collector answered, the ack had not been stored yet).
-* 429, 502, 503, 504, a timeout or a connection error: the same request is sent again
+* A keep-alive connection the server closed while idle is reopened and the request sent
+  once more at once (not a retry). 429, 502, 503, 504, a timeout or a connection error: the same request is sent again
   after an exponential backoff (``backoff_initial`` doubling to ``backoff_max``, each wait
   drawn uniformly from [½, 1] of the step) or after the server's ``Retry-After``
   (seconds, at most ``backoff_max``). Nothing is read meanwhile; the log keeps buffering.
@@ -245,17 +246,28 @@ class OtlpForwarder(BaseForwarder):
 
     def _post_blocking(self, path: str, body: bytes):
         """Runs in the request's thread; the loop does not touch ``self._conn`` meanwhile."""
-        conn = self._conn
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._url.scheme == "https" else http.client.HTTPConnection
-            conn = self._conn = cls(self._url.hostname, self._url.port, timeout=self.timeout)
-        try:
-            conn.request("POST", path, body=body, headers=self.headers)
-            resp = conn.getresponse()
-            text = resp.read(64 << 10)
-        except BaseException:
-            conn.close()
-            raise
+        reused = self._conn is not None
+        while True:
+            conn = self._conn
+            if conn is None:
+                cls = http.client.HTTPSConnection if self._url.scheme == "https" \
+                    else http.client.HTTPConnection
+                conn = self._conn = cls(self._url.hostname or "", self._url.port,
+                                        timeout=self.timeout)
+            try:
+                conn.request("POST", path, body=body, headers=self.headers)
+                resp = conn.getresponse()
+                text = resp.read(64 << 10)
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._conn = None
+                if not reused:
+                    raise
+                reused = False   # the server closed an idle keep-alive connection: once more now
+            except BaseException:
+                conn.close()
+                raise
         if resp.will_close:
             conn.close()
             self._conn = None
