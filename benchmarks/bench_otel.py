@@ -3,7 +3,7 @@
 Side by side in one run (the machine is noisy: compare the ratios, not the figures):
 
 * ``cometmp``: SimpleSpanProcessor(cometmp.otel.SpanExporter): encode + one append, in
-  the request's thread (durable at return: I48);
+  the request's thread (durable at return: I56);
 * ``otlp-http simple``: SimpleSpanProcessor(OTLPSpanExporter) of
   opentelemetry-exporter-otlp-proto-http to a local stdlib collector: the only stock
   pipeline with no queue, one HTTP POST per span (lost when the collector is down);

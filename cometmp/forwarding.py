@@ -12,7 +12,7 @@ loop below is the only place that reads, advances offsets and stops:
   (``_start``), keeping up to ``window`` batches in flight;
 * it waits until the sink confirmed the oldest batch (``_complete``: the broker's PubAcks,
   the collector's 2xx) and only then acks, per stream, the confirmed prefix of the batch
-  (I47: an offset never passes an entry its sink did not confirm). A sink may also ack
+  (I55: an offset never passes an entry its sink did not confirm). A sink may also ack
   part of a batch earlier (``_ack_confirmed``: the OTLP sink acks after every request);
 * a stop (``stop()``, SIGTERM/SIGINT under ``run_forever``) gives the batches in flight a
   moment (``_grace``), acks what was confirmed and nothing after a gap, and closes.
@@ -198,7 +198,7 @@ class BaseForwarder:
 
     def _ack_confirmed(self, batch, unit_done: bool = True) -> None:
         """Ack, per stream, the confirmed prefix of ``batch``; the sink calls this after
-        each confirmed unit (I47), the loop once more when the whole batch is confirmed.
+        each confirmed unit (I55), the loop once more when the whole batch is confirmed.
         ``unit_done``: this call ends a confirmed unit (counted; the failpoint's clock)."""
         if unit_done:
             self.stats.batches += 1

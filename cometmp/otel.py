@@ -9,7 +9,7 @@ exporters are meant for the SDK's *simple* processors, which call ``export`` in 
 thread that ended the span; each call appends one OTLP entry (cometmp.otlp_entry: the
 serialized ``ExportTraceServiceRequest``/``ExportLogsServiceRequest`` behind a 6-byte
 header) to the family ``otel:spans`` / ``otel:logs``, and returns once it is in the page
-cache (I48). No thread, no queue: a worker ``kill -9``ed right after answering has lost
+cache (I56). No thread, no queue: a worker ``kill -9``ed right after answering has lost
 nothing. ``cometmp forward DIR --otlp URL`` ships the entries (cometmp.otlp_forwarder)::
 
     from opentelemetry.sdk.trace import TracerProvider
@@ -106,7 +106,7 @@ class _Appender:
             lg = self._log if self._pid == os.getpid() else None
             if lg is None:
                 lg = self._open()
-            lg.append(otlp_entry.encode(self.signal, body))   # I48: in the log on return
+            lg.append(otlp_entry.encode(self.signal, body))   # I56: in the log on return
             return True
         except Exception as e:  # noqa: BLE001 - never into the application (module doc)
             self._failures += 1

@@ -1,4 +1,4 @@
-"""The OTLP entry: how a span or log export is stored in a cometmp stream (FORMAT.md §9).
+"""The OTLP entry: how a span or log export is stored in a cometmp stream (FORMAT.md §11).
 
 Who may call: the exporters (cometmp.otel, writing), the OTLP forwarder
 (cometmp.otlp_forwarder, reading), anyone reading an ``otel:`` stream. Needs only the
@@ -14,7 +14,7 @@ where ``body`` is the serialized ``ExportTraceServiceRequest`` (signal 1) or
 exporter would POST it. Both messages are ``repeated Resource{Spans,Logs} = 1``, and
 protobuf merges concatenated messages by concatenating their repeated fields, so the
 bodies of many entries joined back to back are one valid request holding all their
-spans: the forwarder builds a request by ``b"".join`` (I49).
+spans: the forwarder builds a request by ``b"".join`` (I57).
 
 Streams: exporters append to the families ``otel:spans`` and ``otel:logs``
 (``otel:spans:shard:0000`` ...), each worker to the shards it owns (every shard round

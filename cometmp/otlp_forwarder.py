@@ -9,11 +9,11 @@ How it ships (docs/INTEGRATIONS.md "OpenTelemetry" has the operator's view):
 
 * It reads up to ``batch_size`` entries and turns them, in read order, into OTLP requests:
   consecutive entries of one signal are joined (``b"".join`` of their bodies is one
-  ``Export*ServiceRequest``, FORMAT.md §9, OTLP entries) while the request stays within
+  ``Export*ServiceRequest``, FORMAT.md §11, OTLP entries) while the request stays within
   ``max_request_bytes``; an entry larger than that alone is one request.
-* One request is in flight at a time (I49): ``POST <endpoint>/v1/traces`` or ``/v1/logs``,
+* One request is in flight at a time (I57): ``POST <endpoint>/v1/traces`` or ``/v1/logs``,
   ``Content-Type: application/x-protobuf``. After a 2xx the entries of that request are
-  acked at once (I47), so a ``kill -9`` of the forwarder resends at most the one request
+  acked at once (I55), so a ``kill -9`` of the forwarder resends at most the one request
   it had in flight (the collector answered, the ack had not been stored yet).
 * A keep-alive connection the server closed while idle is reopened and the request sent
   once more at once (not a retry). 429, 502, 503, 504, a timeout or a connection error: the same request is sent again
@@ -129,7 +129,7 @@ class OtlpForwarder(BaseForwarder):
         self.stats.connected = False
 
     async def _complete(self, window) -> bool:
-        """Ship the oldest batch request by request (one in flight, I49), committing each
+        """Ship the oldest batch request by request (one in flight, I57), committing each
         after its 2xx. False if stop() came first (the confirmed prefix stays acked)."""
         batch = window[0]
         pending: list[int] = []          # indexes of the request being built
@@ -198,7 +198,7 @@ class OtlpForwarder(BaseForwarder):
     def _commit(self, batch: _Batch, idx: list[int]) -> None:
         for i in idx:
             batch.acked[i] = 1
-        self._ack_confirmed(batch)   # I47: the entries of this request, now
+        self._ack_confirmed(batch)   # I55: the entries of this request, now
 
     def _dead_letter(self, batch: _Batch, idx: list[int], error: BaseException) -> None:
         """Put entries the collector will never take in the group's dead-letter stream,

@@ -151,7 +151,7 @@ def test_the_entry_header_is_checked_and_names_what_is_wrong():
 
 
 def test_golden_otlp_entry_v1_reads():
-    """tests/data/otlp_entry_v1.bin: one span entry written by version 1 (FORMAT.md §9, OTLP entries)."""
+    """tests/data/otlp_entry_v1.bin: one span entry written by version 1 (FORMAT.md §11, OTLP entries)."""
     with open(os.path.join(DATA, "otlp_entry_v1.bin"), "rb") as f:
         raw = f.read()
     sig, body = otlp_entry.decode(raw)
