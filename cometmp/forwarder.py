@@ -52,10 +52,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
-from collections import deque
-from dataclasses import dataclass, field
+
+from .forwarding import BaseForwarder, ForwarderStats, group_name
 
 __all__ = ["Forwarder", "ForwarderStats", "group_name"]
 
@@ -65,41 +64,12 @@ log = logging.getLogger("cometmp")
 DEFAULT_DUPLICATE_WINDOW = 120.0
 #: bytes of HPUB commands handed to the client per write
 _SEND_CHUNK = 256 * 1024
-#: named crash point for tests (tests/integration/test_forwarder.py):
-#: COMETMP_FAILPOINT=forward.before_offset_ack:<n> kills the process with SIGKILL after
-#: JetStream acknowledged its n-th batch and before the group's offsets move
-_FAILPOINT = int(os.environ.get("COMETMP_FAILPOINT", "").partition("forward.before_offset_ack:")[2] or 0)
-
-
-def group_name(js_stream: str) -> str:
-    """The consumer group a forwarder to JetStream stream ``js_stream`` reads as. It lives
-    in the data directory's offsets file, so it is per (directory, stream)."""
-    return f"forward:{js_stream}"
 
 
 def _subject_token(stream: str) -> str:
     # stream names are [A-Za-z0-9_.:-]; "." splits subject tokens, which is fine (and
     # useful for wildcards) except at the end, where it would leave an empty token
     return stream[:-1] + "_" if stream.endswith(".") else stream
-
-
-@dataclass
-class ForwarderStats:
-    """Counters of one Forwarder (read them from any thread; updated by its loop)."""
-
-    forwarded: int = 0          # entries JetStream acknowledged (stored or duplicate)
-    duplicates: int = 0         # of which JetStream reported as duplicates
-    republished: int = 0        # publishes repeated after a timeout or reconnect
-    batches: int = 0
-    errors: int = 0             # JetStream error replies
-    dropped: int = 0            # entries the hard retention cap deleted before forwarding
-    reconnects: int = 0
-    connected: bool = False
-    started: float = field(default_factory=time.monotonic)
-    last_error: str | None = None
-
-    def rate(self) -> float:
-        return self.forwarded / max(1e-9, time.monotonic() - self.started)
 
 
 def _client_class():
@@ -149,12 +119,17 @@ class _Batch:
     """A batch in the publish window: its entries, their HPUB commands and ack state."""
 
     __slots__ = ("msgs", "inflight", "cmds", "sizes")
+    counts_as_unit = True   # the loop's ack of a whole batch ends one confirmed unit
 
     def __init__(self, msgs, inflight: _Inflight, cmds: list[bytes], sizes: list[int]):
         self.msgs, self.inflight, self.cmds, self.sizes = msgs, inflight, cmds, sizes
 
+    @property
+    def acked(self) -> bytearray:
+        return self.inflight.acked
 
-class Forwarder:
+
+class Forwarder(BaseForwarder):
     """Forward the streams of ``path`` matching ``pattern`` to JetStream stream ``stream``.
 
     Runs in one asyncio task (``await fw.run()``) or a thread/process of its own
@@ -184,31 +159,18 @@ class Forwarder:
         if duplicate_window < DEFAULT_DUPLICATE_WINDOW:
             raise ValueError(f"duplicate_window must be >= {DEFAULT_DUPLICATE_WINDOW:.0f} s, "
                              f"not {duplicate_window!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, not {batch_size!r}")
-        self.path = os.path.abspath(os.fspath(path)) if path is not None else client.path
+        super().__init__(path, pattern, group or group_name(stream), batch_size=batch_size,
+                         window=window, config=config, client=client, on_progress=on_progress,
+                         progress_interval=progress_interval)
         self.nats_url = nats_url
         self.stream = stream
-        self.pattern = pattern
         self.subject_prefix = subject_prefix or f"cometmp.{stream}"
-        self.group = group or group_name(stream)
         self.source = source
-        self.batch_size = int(batch_size)
-        self.window = max(1, int(window))
         self.ack_timeout = float(ack_timeout)
         self.duplicate_window = float(duplicate_window)
         self.create_stream = create_stream
         self.timestamp_header = bool(timestamp_header)
-        self.config = config
         self.connect_options = dict(connect_options or {})
-        self.on_progress = on_progress
-        self.progress_interval = progress_interval
-        self.stats = ForwarderStats()
-        self._client = client
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._stop_requested = False
-        self._wake: asyncio.Event | None = None
         self._nc = None
         self._js = None
         self._inbox = ""
@@ -216,108 +178,26 @@ class Forwarder:
         self._batch_no = 0
         self._need_stream = True
         self._subjects: dict[str, bytes] = {}
-        self._last_progress = 0.0
 
-    # ---- control -------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the forwarder to stop; safe from any thread and from signal handlers."""
-        self._stop_requested = True
-        loop, ev = self._loop, self._stop
-        if loop is not None and ev is not None:
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:  # loop already closed
-                pass
+    # ---- the sink's part of the loop (cometmp.forwarding) --------------------------------
+    def describe(self) -> str:
+        return f"JetStream stream {self.stream} at {self.nats_url}"
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop_requested
+    def _claimed(self, client) -> None:
+        if self.source is None:  # the first read() claimed the group
+            self.source = self._default_source(client)
 
-    def run_forever(self) -> None:
-        """Run until stop() or SIGTERM/SIGINT (signal handlers only in the main thread)."""
-        asyncio.run(self._run_with_signals())
+    async def _open(self) -> bool:
+        if not await self._connect():
+            return False
+        await self._subscribe_acks()
+        return True
 
-    async def _run_with_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
-            except (ValueError, RuntimeError):  # not the main thread
-                pass
-        try:
-            await self.run()
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+    async def _close(self) -> None:
+        await self._close_nats()
 
-    # ---- main loop -----------------------------------------------------------------------
-    async def run(self) -> None:
-        """Forward until stop() is called. Raises only on bad configuration."""
-        from .client import Client
-        from .consumer import Consumer
-
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
-        if self._stop_requested:
-            self._stop.set()
-        self.stats.started = time.monotonic()
-        own_client = self._client is None
-        client = self._client if self._client is not None else Client(self.path, config=self.config)
-        if client.readonly:
-            raise ValueError("the forwarder acknowledges offsets: it needs a writable Client")
-        consumer = Consumer(client, group=self.group, on_drop=self._on_drop)
-        try:
-            if not await self._connect():
-                return
-            await self._subscribe_acks()
-            log.info("cometmp: forwarding %s (%r) to JetStream stream %s at %s as group %r",
-                     self.path, self.pattern, self.stream, self.nats_url, self.group)
-            window: deque[_Batch] = deque()  # batches published, oldest first
-            while not self._stop.is_set():
-                if len(window) < self.window:
-                    batch = consumer.read(self.pattern, self.batch_size, timeout=0)
-                    if self.source is None:  # the first read() claimed the group
-                        self.source = self._default_source(client)
-                    if not len(batch) and not window:
-                        self._progress()
-                        # block in a thread so the loop keeps serving the connection; a
-                        # short timeout bounds the delay of stop()
-                        batch = await asyncio.to_thread(consumer.read, self.pattern,
-                                                        self.batch_size, 0.2)
-                    if len(batch):
-                        window.append(await self._start(list(batch)))
-                        if len(window) < self.window:
-                            continue
-                if not window or not await self._complete(window):
-                    continue
-                done = window.popleft()
-                del self._inflight[done.inflight.number]
-                self.stats.batches += 1
-                if _FAILPOINT and self.stats.batches >= _FAILPOINT:
-                    os.kill(os.getpid(), signal.SIGKILL)  # tests: JetStream acked, offsets not
-                consumer.ack(*self._acked_prefixes([done]))
-                self._progress()
-            if window:  # stopping: PubAcks on their way get a moment, then ack what we have
-                await self._grace(window)
-                ids = self._acked_prefixes(window)
-                if ids:
-                    consumer.ack(*ids)
-        finally:
-            await self._close_nats()
-            consumer.close()
-            if own_client:
-                client.close()
-            self._progress(force=True)
-
-    def _on_drop(self, stream: str, first: int, end: int) -> None:
-        """The hard retention cap deleted entries before they were forwarded: say which."""
-        self.stats.dropped += end - first
-        log.error("cometmp: forwarder: entries [%d, %d) of %s were deleted by the hard "
-                  "retention cap before they could be forwarded to %s", first, end, stream,
-                  self.stream)
+    def _finished(self, batch: "_Batch") -> None:
+        del self._inflight[batch.inflight.number]
 
     def _default_source(self, client) -> str:
         """Hex creation time (ns) of this forwarder's group: stable for the directory's
@@ -328,17 +208,6 @@ class Forwarder:
             if g["name"] == self.group:
                 return f"{g['created_ns']:x}"
         raise RuntimeError(f"consumer group {self.group!r} was not created in {self.path}")
-
-    def _progress(self, force: bool = False) -> None:
-        if self.on_progress is None:
-            return
-        now = time.monotonic()
-        if force or now - self._last_progress >= self.progress_interval:
-            self._last_progress = now
-            try:
-                self.on_progress(self.stats)
-            except Exception:  # a progress display must never stop forwarding
-                log.exception("cometmp: forwarder progress callback failed")
 
     # ---- NATS connection -----------------------------------------------------------------
     async def _connect(self) -> bool:
@@ -440,12 +309,6 @@ class Forwarder:
                     log.debug("cometmp: forwarder: JetStream not ready: %s", e)
             await self._sleep(0.1)
         return False
-
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
 
     # ---- publishing ----------------------------------------------------------------------
     def _subject(self, stream: str) -> bytes:
@@ -570,25 +433,6 @@ class Forwarder:
                 and self._nc.is_connected and not self._wake.is_set():
             log.debug("cometmp: forwarder: %d PubAcks missing after %.1f s; re-publishing",
                       inflight.remaining, self.ack_timeout)
-
-    @staticmethod
-    def _acked_prefixes(batches) -> list:
-        """Per stream, the ids of the acknowledged prefix (batches in publish order):
-        every entry JetStream confirmed up to the first it has not. Acks are per entry
-        (I43), so each one is given; nothing after a gap, which is republished."""
-        ids: list = []
-        blocked: set[str] = set()
-        for b in batches:
-            acked = b.inflight.acked
-            for i, m in enumerate(b.msgs):
-                s = m.id.stream
-                if s in blocked:
-                    continue
-                if acked[i]:
-                    ids.append(m.id)
-                else:
-                    blocked.add(s)
-        return ids
 
     async def _subscribe_acks(self) -> None:
         """Route PubAcks (replies to ``<inbox>.<batch>.<i>``) to _on_ack. With our client

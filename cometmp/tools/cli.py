@@ -382,6 +382,12 @@ def cmd_metrics(args) -> int:
 
 def cmd_forward(args) -> int:
     """Runs until SIGTERM/SIGINT (exit 0); progress on stderr when it is a terminal."""
+    if (args.nats is None) == (args.otlp is None):
+        raise UsageError("forward needs exactly one sink: --nats URL --stream NAME, or --otlp URL")
+    if args.otlp is not None:
+        return _forward_otlp(args)
+    if args.stream is None:
+        raise UsageError("forward --nats needs --stream NAME (the JetStream stream)")
     try:
         import nats  # noqa: F401
     except ImportError:
@@ -399,7 +405,8 @@ def cmd_forward(args) -> int:
             sys.stderr.flush()
 
     try:
-        fw = Forwarder(root, args.nats, args.stream, args.pattern, batch_size=args.batch_size,
+        fw = Forwarder(root, args.nats, args.stream, args.pattern or "*",
+                       batch_size=args.batch_size or 4000,
                        subject_prefix=args.subject_prefix, duplicate_window=args.duplicate_window,
                        timestamp_header=args.timestamp_header, on_progress=show)
     except ValueError as e:
@@ -418,6 +425,43 @@ def cmd_forward(args) -> int:
         print(f"forwarded {st.forwarded} entries to JetStream stream {fw.stream} "
               f"({st.duplicates} duplicates absorbed, {st.republished} re-published, "
               f"{st.reconnects} reconnects) as group {fw.group!r}")
+    return EXIT_OK
+
+
+def _forward_otlp(args) -> int:
+    """``forward DIR --otlp URL``: the OTLP/HTTP sink (stdlib only)."""
+    from .. import otlp_entry
+    from ..otlp_forwarder import OtlpForwarder
+
+    root = _data_dir(args.dir)
+    tty = sys.stderr.isatty()
+
+    def show(st) -> None:
+        if tty:
+            state = "connected" if st.connected else "RETRYING (collector unreachable)"
+            sys.stderr.write(f"\rforward: {st.forwarded} entries ({st.rate():,.0f}/s), "
+                             f"{st.batches} requests, {st.retries} retries, {state}   ")
+            sys.stderr.flush()
+
+    try:
+        fw = OtlpForwarder(root, args.otlp, args.pattern or otlp_entry.PATTERN,
+                           batch_size=args.batch_size or 512,
+                           max_request_bytes=args.max_request_bytes, on_progress=show)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    fw.run_forever()
+    if tty:
+        sys.stderr.write("\n")
+    st = fw.stats
+    doc = {"forwarded": st.forwarded, "requests": st.batches, "retries": st.retries,
+           "republished": st.republished, "errors": st.errors,
+           "dead_lettered": st.dead_lettered, "dropped": st.dropped, "group": fw.group,
+           "endpoint": fw.endpoint}
+    if args.json:
+        _emit_json(doc)
+    else:
+        print(f"forwarded {st.forwarded} entries in {st.batches} requests to {fw.endpoint} "
+              f"({st.retries} retries, {st.dead_lettered} dead-lettered) as group {fw.group!r}")
     return EXIT_OK
 
 
@@ -549,19 +593,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON document")
     sp.set_defaults(func=cmd_metrics)
 
-    sp = add("forward", "forward every entry to a NATS JetStream stream, exactly once, until "
-                        "SIGTERM/SIGINT")
+    sp = add("forward", "forward every entry to a NATS JetStream stream (exactly once) or OTLP "
+                        "entries to an OTLP/HTTP collector, until SIGTERM/SIGINT")
     sp.add_argument("dir", metavar="DIR", help="data directory")
-    sp.add_argument("pattern", metavar="PATTERN", nargs="?", default="*",
+    sp.add_argument("pattern", metavar="PATTERN", nargs="?", default=None,
                     help='fnmatch pattern of streams to forward, also streams created later '
-                         '(default "*")')
-    sp.add_argument("--nats", required=True, metavar="URL", help="NATS server, e.g. nats://127.0.0.1:4222")
-    sp.add_argument("--stream", required=True, metavar="NAME",
-                    help="JetStream stream (created if missing); the consumer group is forward:NAME")
+                         '(default "*", with --otlp "otel:*")')
+    sp.add_argument("--nats", default=None, metavar="URL", help="NATS server, e.g. nats://127.0.0.1:4222")
+    sp.add_argument("--stream", default=None, metavar="NAME",
+                    help="with --nats: JetStream stream (created if missing); the consumer group "
+                         "is forward:NAME")
+    sp.add_argument("--otlp", default=None, metavar="URL",
+                    help="OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 (POSTs to /v1/traces "
+                         "and /v1/logs); the consumer group is forward:otlp")
+    sp.add_argument("--max-request-bytes", type=int, default=4 << 20, metavar="B",
+                    help="with --otlp: largest request body built from several entries "
+                         "(default 4 MiB)")
     sp.add_argument("--subject-prefix", default=None, metavar="P",
                     help="entries go to subject P.<stream> (default cometmp.NAME)")
-    sp.add_argument("--batch-size", type=int, default=4000, metavar="K",
-                    help="entries published per pipelined batch (default 4000)")
+    sp.add_argument("--batch-size", type=int, default=None, metavar="K",
+                    help="entries read per batch (default 4000 for NATS, pipelined; 512 for OTLP)")
     sp.add_argument("--duplicate-window", type=float, default=120.0, metavar="S",
                     help="duplicate window of a stream this creates, seconds (>= 120)")
     sp.add_argument("--timestamp-header", action="store_true",

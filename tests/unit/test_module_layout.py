@@ -21,7 +21,8 @@ ENGINE = {"cometmp._ffi", "cometmp.errors", "cometmp.config", "cometmp.paths",
 #: the prefork runtime and the tools, which the engine must not know
 RUNTIME_PREFIXES = ("cometmp.registry", "cometmp.supervisor", "cometmp.integrations")
 TOOL_PREFIXES = ("cometmp.tools", "cometmp.metrics", "cometmp.forwarder", "cometmp.logging",
-                 "cometmp.appmetrics", "cometmp.prometheus")
+                 "cometmp.appmetrics", "cometmp.prometheus",
+                 "cometmp.forwarding", "cometmp.otel", "cometmp.otlp_entry", "cometmp.otlp_forwarder")
 
 
 def _modules() -> dict[str, str]:
