@@ -24,18 +24,28 @@ The work (the same on both sides, every run in a fresh data directory / stream k
 
 The members are started, the group settles (cometmp: every shard held by the member the
 assignment gives it; Redis: every member has returned from its first XREADGROUP), then
-the producer starts; time runs from the producer's first append to the moment every
-entry has been acked (the earliest ``A`` of each seq, the latest over seqs).
+the producer starts; time runs from the producer's first append (backlog runs: from the
+moment the paused members are let go) to the moment every entry has been acked (the
+earliest ``A`` of each seq, the latest over seqs). Per run the members' time on a CPU and
+waiting for one (/proc/PID/schedstat) is reported per batch: on this shared machine the
+run queue, not the queue under test, often bounds the figures.
 
 Runs, in each of ``--rounds`` rounds (order alternated per round):
 
 * ``throughput``  2 members, no handler work: entries/s end to end, cometmp and Redis,
   ratio cometmp / Redis per round.
+* ``drain``       the same with the members paused (still members) while the producer
+  appends everything, then let go: the group's own rate, and the producer's alone.
 * ``io``          a handler that sleeps 1 ms per batch (I/O-bound work), 1 member and 2
-  members, both systems: 2 / 1 per round (issue 11 item 5 targets >= 1.8x for cometmp).
-* ``kill``        2 members with the 1 ms handler; once ``KILL_AT`` of the entries are
-  processed one member is ``kill -9``ed: time until the first and the last entry it had
-  delivered but not acked are delivered again to the survivor.
+  members, both systems, draining a backlog like ``drain``: 2 / 1 per round (issue 11
+  item 5 targets >= 1.8x for cometmp). Beside them a ``control``: the same handler and
+  bookkeeping in 1 and 2 processes with no queue at all (each builds its own batches),
+  whose 2 / 1 is what the shared machine allowed at that moment.
+* ``kill``        2 members with the 1 ms handler, draining a backlog; once ``KILL_AT`` of
+  the entries are processed one member is frozen (SIGSTOP) and, if its last record is a
+  ``D`` (it holds a delivered, unacked batch), ``kill -9``ed, else let go and tried at the
+  next poll: time from the kill until the first and the last entry it held are delivered
+  again to the survivor.
 
 Accounting, per run, from every record of every member (exactly once means both 0):
 ``lost`` = seqs never processed, ``duplicated`` = processings beyond the first of a seq,
@@ -240,6 +250,15 @@ class _Tail:
 
 # ------------------------------------------------------------------------- one run
 
+def _state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (/proc/PID/stat; "T": stopped), None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _schedstat(pid: int) -> tuple[int, int] | None:
     """(ns on a CPU, ns runnable but waiting for one) of ``pid``'s main thread so far
     (/proc/PID/schedstat); None once it is gone or without schedstats."""
@@ -352,6 +371,8 @@ class _Run:
                 open(log + ".pause", "w").close()
             _wait(self._held, f"the {self.system} members to pause", SETTLE_TIMEOUT_S)
         self.t0 = self.t_start = time.monotonic()
+        if not self.backlog:
+            self.sched0 = [_schedstat(p.pid) for p in self.procs]
         if self.system == "cometmp":
             append_many = self.log.append_many
             for i in range(0, n, BATCH):
@@ -364,32 +385,45 @@ class _Run:
                 pipe.execute()
         self.t_produced = time.monotonic()
         if self.backlog:
+            self.sched0 = [_schedstat(p.pid) for p in self.procs]
             self.t0 = time.monotonic()
             for log in self.logs:
                 os.unlink(log + ".pause")
-        self.sched0 = [_schedstat(p.pid) for p in self.procs]
         tails = [_Tail(log) for log in self.logs]
-        victim_last = None
         seen = bytearray(n)
         done = 0
+        victim_last = None
+
+        def absorb(i: int) -> None:
+            nonlocal done, victim_last
+            for k, _t, seqs in tails[i].new():
+                if i == 0:
+                    victim_last = k
+                if k == b"P":
+                    for s in seqs:
+                        if s < n and not seen[s]:
+                            seen[s] = 1
+                            done += 1
+
         # generous: the slowest run here (1 member, 1 ms per 100) is ~1/100 ms per entry
         deadline = time.monotonic() + 60.0 + n / 500
         while done < n:
-            for i, t in enumerate(tails):
-                for k, _t, seqs in t.new():
-                    if i == 0:
-                        victim_last = k
-                    if k == b"P":
-                        for s in seqs:
-                            if s < n and not seen[s]:
-                                seen[s] = 1
-                                done += 1
-            # killed while it holds a delivered, unacked batch (in its handler's 1 ms)
-            if self.kill and self.t_kill is None and done >= KILL_AT * n and victim_last == b"D":
-                self.victim = 0
-                os.kill(self.procs[0].pid, signal.SIGKILL)
-                self.t_kill = time.monotonic()
-                self.procs[0].wait()
+            for i in range(len(tails)):
+                absorb(i)
+            if self.kill and self.t_kill is None and done >= KILL_AT * n:
+                # kill -9 while it holds a delivered, unprocessed, unacked batch: frozen
+                # first, so its last record cannot change between the look and the kill
+                victim = self.procs[0].pid
+                os.kill(victim, signal.SIGSTOP)
+                _wait(lambda: _state(victim) in ("T", None), "the member to stop", 30.0)
+                absorb(0)
+                if victim_last == b"D":
+                    os.kill(victim, signal.SIGKILL)
+                    self.t_kill = time.monotonic()
+                    self.victim = 0
+                    self.procs[0].wait()
+                else:
+                    os.kill(victim, signal.SIGCONT)
             if time.monotonic() > deadline:
                 self.timed_out = True
                 break
@@ -504,8 +538,8 @@ class _Run:
         times = sorted(again.values())
         return {"killed": True, "unacked_at_kill": len(unacked), "redelivered": len(again),
                 "last_delivery_to_kill_s": tk - last_d if last_d is not None else None,
-                # acked by the victim in the instant between XACK/ack() returning and its
-                # "A" record: the group has them acked, nothing is owed (not lost)
+                # acked by the victim but never redelivered (a kill between the ack and its
+                # "A" record; the victim is frozen first and killed only after a "D", so 0)
                 "acked_unrecorded": len(unacked) - len(again),
                 "kill_to_first_redelivered_s": times[0] - tk if times else None,
                 "kill_to_all_redelivered_s": times[-1] - tk if times else None}
@@ -549,6 +583,7 @@ def run(args, root: str, out=None) -> dict:
         for r in range(rounds):
             order = systems if r % 2 == 0 else systems[::-1]
             plan = [(s, "throughput", 2, 0.0, False, False) for s in order]
+            plan += [(s, "drain", 2, 0.0, False, True) for s in order]
             sizes = (1, 2) if r % 2 == 0 else (2, 1)
             plan += [(s, f"io_{m}", m, WORK_S, False, True) for s in [*order, "control"]
                      for m in sizes]
@@ -587,6 +622,9 @@ def _summarize(runs, systems, n, rounds, redis_desc, skipped) -> dict:
     for s in systems:
         summary[s] = {
             "throughput_entries_per_s": med(f"{s}_throughput", "entries_per_s"),
+            "drain_entries_per_s": med(f"{s}_drain", "entries_per_s"),
+            "producer_entries_per_s": _median([n / x["producer_seconds"]
+                                               for x in runs.get(f"{s}_drain", [])]),
             "io_1_member_entries_per_s": med(f"{s}_io_1", "entries_per_s"),
             "io_2_members_entries_per_s": med(f"{s}_io_2", "entries_per_s"),
             "io_scaling_2_over_1": same_round(f"{s}_io_2", f"{s}_io_1"),
@@ -614,6 +652,7 @@ def _summarize(runs, systems, n, rounds, redis_desc, skipped) -> dict:
     if "redis" in systems:
         ratios["throughput_cometmp_over_redis"] = same_round("cometmp_throughput",
                                                              "redis_throughput")
+        ratios["drain_cometmp_over_redis"] = same_round("cometmp_drain", "redis_drain")
     io = summary["cometmp"]["io_scaling_2_over_1"]["median"]
     targets = [{"name": "2 members vs 1, 1 ms per batch of 100 (cometmp)",
                 "target": f">= {TARGET_IO_SCALING}x", "measured": io, "unit": "x",
@@ -650,6 +689,10 @@ def print_report(doc: dict) -> None:
         print(f"  | {label} | " + " | ".join(cells) + " |")
 
     row("2 members, no work: entries/s end to end", "throughput_entries_per_s", "{:,.0f}".format)
+    row("  the producer alone (appends in batches of 100): entries/s", "producer_entries_per_s",
+        "{:,.0f}".format)
+    row("  the group alone, draining a backlog: entries/s", "drain_entries_per_s",
+        "{:,.0f}".format)
     row("1 ms per batch, 1 member: entries/s", "io_1_member_entries_per_s", "{:,.0f}".format)
     row("1 ms per batch, 2 members: entries/s", "io_2_members_entries_per_s", "{:,.0f}".format)
     row("2 members / 1 (same-round median)", "io_scaling_2_over_1", "{:.2f}x".format)

@@ -1,7 +1,8 @@
 """cometmp bench --scenario groups (cometmp/tools/bench_groups.py) runs small, end to end, with
 real member processes, a real kill -9 and, when installed, a real redis-server: its JSON
-document has the figures it promises, every entry is accounted for (cometmp loses none,
-duplicates at most the one batch the killed member held), and nothing is left running.
+document has the figures it promises, every entry is accounted for (nothing lost, cometmp
+duplicates nothing: the killed member dies holding a batch it has not processed), and
+nothing is left running.
 Speed is never asserted (the machine is shared); docs/PERFORMANCE.md has the figures."""
 
 import contextlib
@@ -31,7 +32,7 @@ def _children():
 
 REDIS = importlib.util.find_spec("redis") is not None and shutil.which("redis-server") is not None
 ENTRIES = 4000
-RUNS = ("throughput", "io_1", "io_2", "kill")
+RUNS = ("throughput", "drain", "io_1", "io_2", "kill")
 
 
 def _finite(x):
@@ -66,6 +67,7 @@ def test_every_run_of_every_system_is_in_the_document_with_its_figures(doc):
             assert _finite(r["entries_per_s"]) and r["entries_per_s"] > 0, (s, what)
             assert r["members"] == (1 if what == "io_1" else 2)
             assert r["backlog"] is (what != "throughput")
+            assert r["producer_seconds"] > 0
             assert r["members_cpu_ms_per_batch"] > 0
         assert set(doc["summary"][s]) >= {"throughput_entries_per_s", "io_scaling_2_over_1",
                                           "kill_to_all_redelivered_s", "lost", "duplicated"}
@@ -85,10 +87,9 @@ def test_cometmp_loses_nothing_serves_nothing_wrong_and_duplicates_only_the_kill
             (r,) = doc["runs"][f"{s}_{what}"]
             assert r["wrong"] == 0, (s, what)
             assert sum(r["processed_per_member"]) == ENTRIES + r["duplicated"], (s, what)
-            if s == "cometmp":
-                assert r["lost"] == 0, what
-            # only a member killed between processing and acking causes duplicates
-            assert r["duplicated"] <= (bench_groups.BATCH if what == "kill" else 0), (s, what)
+            assert r["lost"] == 0, (s, what)
+            if s == "cometmp":   # the victim dies before processing what it holds
+                assert r["duplicated"] == 0, what
     assert doc["summary"]["cometmp"]["lost"] == 0
 
 
@@ -98,8 +99,7 @@ def test_the_killed_members_unacked_entries_are_redelivered_to_the_survivor(doc)
         assert k["killed"] is True, s
         # the victim is killed inside its handler, holding one delivered batch
         assert 0 < k["unacked_at_kill"] <= bench_groups.BATCH, s
-        assert k["redelivered"] + k["acked_unrecorded"] == k["unacked_at_kill"], s
-        assert k["redelivered"] > 0, s
+        assert k["redelivered"] == k["unacked_at_kill"] and k["acked_unrecorded"] == 0, s
         assert 0 <= k["kill_to_first_redelivered_s"] <= k["kill_to_all_redelivered_s"], s
     if REDIS:   # Redis cannot see the death: it waits for XAUTOCLAIM's min-idle-time,
         (k,) = doc["runs"]["redis_kill"]   # counted from the victim's last delivery
