@@ -433,7 +433,11 @@ class Consumer:
         if m is None:
             m = self._membership = members.Membership(self.root, self.group)
         if m.due(time.monotonic()) or pattern not in m.patterns:
-            m.refresh(g, pattern, [c.name for c in cursors],
+            pats = m.patterns if pattern in m.patterns else [*m.patterns, pattern]
+            # I41c balances over every stream of every pattern this member reads
+            names = [c.name for c in cursors] if pats == [pattern] else \
+                sorted(set().union(*(self._match(p) for p in pats)))
+            m.refresh(g, pattern, names,
                       slot_of=lambda name: self._store.slot(g, name, create=True),
                       unacked=lambda name: name in self._cursors and self._unacked(self._cursors[name]),
                       claimed=self._claimed)

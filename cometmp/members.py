@@ -27,14 +27,15 @@ a record is written with state FREE first and stored LIVE last, so a holder kill
 half-way leaves at worst a FREE record or a claim owned by a dead member, which the
 next holder treats as free.
 
-Assignment (I41c): a stream goes to the live member with the highest rendezvous (HRW)
-weight ``blake2b(member_id, stream)`` among the members whose patterns match it,
-computed identically by every member from the same table. It is sticky: a leave moves
-only the leaver's streams, a join takes about 1/n of them, a stream created later is
-placed like any other. A member *reads only streams it has claimed* (I41d): it claims a
-stream when HRW gives it to it and the claim is released, belongs to a dead member, or
-is stale (another group id); it gives up a stream HRW no longer gives it only once
-nothing it delivered there is unacknowledged (Consumer._unacked), so the new owner,
+Assignment (I41c): rendezvous (HRW) weights ``blake2b(member_id, stream)`` with bounded
+loads (``assign``): among the streams the same live members' patterns match, each member
+gets floor(n/k) or ceil(n/k), the heavier pairs first, computed identically by every
+member from the same table. It is sticky: a leave moves the leaver's streams plus the
+few a changed bound displaces, a join takes its share (about 1/n) and a few more, a
+stream created later is placed like any other. A member *reads only streams it has
+claimed* (I41d): it claims a stream when the assignment gives it to it and the claim is
+released, belongs to a dead member, or is stale (another group id); it gives up a stream
+the assignment no longer gives it only once nothing it delivered there is unacknowledged (Consumer._unacked), so the new owner,
 resuming from the group's acked offset, never delivers what the old owner still holds.
 A dead member's streams resume from the acked offset: what it read but had not acked is
 redelivered.
@@ -135,23 +136,44 @@ def hrw_weight(member_id: int, stream: str) -> int:
     return int.from_bytes(h.digest(), "little")
 
 
-def hrw_owner(stream: str, members: dict[int, tuple[str, ...]],
-              cache: dict | None = None) -> int:
-    """The member id HRW gives ``stream`` among ``members`` ({id: patterns}) whose
-    patterns match it; 0 if none does."""
-    best, best_w = 0, -1
-    for mid, pats in members.items():
-        if not any(fnmatch.fnmatchcase(stream, p) for p in pats):
-            continue
-        if cache is not None:
-            w = cache.get((mid, stream))
-            if w is None:
-                w = cache[(mid, stream)] = hrw_weight(mid, stream)
-        else:
-            w = hrw_weight(mid, stream)
-        if w > best_w:
-            best, best_w = mid, w
-    return best
+def assign(streams, members: dict[int, tuple[str, ...]],
+           cache: dict | None = None) -> dict[str, int]:
+    """{stream: member id} for ``streams`` among ``members`` ({id: patterns}): rendezvous
+    weights with bounded loads (I41c). Streams are taken by class, a class being the
+    streams matched by the same set of members (its candidates); within a class of n
+    streams and k candidates every (weight, member, stream) pair is visited from the
+    heaviest down and a stream goes to the first member of its pairs that holds fewer
+    than ceil(n / k), so each candidate holds floor(n/k) or ceil(n/k) of the class.
+    Plain HRW (each stream to its heaviest member) gives 1 and 7 of 8 shards to two
+    members as easily as 4 and 4 (with member ids 1 and 2 it does, and 2 members then
+    drain at 8/7 the speed of one). A stream no member matches is left out.
+    Deterministic: every member computes the same answer from the same table and
+    listing. ``cache`` memoizes weights ({(member id, stream): weight})."""
+    classes: dict[tuple[int, ...], list[str]] = {}
+    for s in streams:
+        cand = tuple(sorted(mid for mid, pats in members.items()
+                            if any(fnmatch.fnmatchcase(s, p) for p in pats)))
+        if cand:
+            classes.setdefault(cand, []).append(s)
+
+    def weight(mid: int, s: str) -> int:
+        if cache is None:
+            return hrw_weight(mid, s)
+        w = cache.get((mid, s))
+        if w is None:
+            w = cache[(mid, s)] = hrw_weight(mid, s)
+        return w
+
+    out: dict[str, int] = {}
+    for cand, names in classes.items():
+        cap = -(-len(names) // len(cand))
+        load = dict.fromkeys(cand, 0)
+        for _w, mid, s in sorted(((weight(mid, s), mid, s) for s in names for mid in cand),
+                                 reverse=True):
+            if s not in out and load[mid] < cap:
+                out[s] = mid
+                load[mid] += 1
+    return out
 
 
 @dataclass
@@ -327,7 +349,7 @@ class Membership:
     other members. Joins at the first ``refresh()``; ``leave()`` releases everything.
 
     ``held`` maps each claimed stream to (offsets slot, claim epoch); ``leaving`` holds
-    the claimed streams HRW now gives another member (delivered-but-unacked entries keep
+    the claimed streams the assignment now gives another member (delivered-but-unacked entries keep
     them here). ``version`` changes whenever the set of streams to read changes."""
 
     def __init__(self, root: str, group: str):
@@ -344,6 +366,7 @@ class Membership:
         self.next_refresh = 0.0
         self.live: dict[int, tuple[str, ...]] = {}
         self._weights: dict = {}
+        self._owners: tuple | None = None   # ((names, live), assign() of them)
         self._slots: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -450,10 +473,12 @@ class Membership:
 
     def refresh(self, g, pattern: str, names: list[str], slot_of: Callable[[str], int],
                 unacked: Callable[[str], bool], claimed: Callable[[str], None]) -> None:
-        """Join if needed, reap dead members, claim what HRW gives this member and is free,
-        release what it no longer gives once ``unacked(name)`` is False. ``claimed(name)``
-        is called for each new claim: the caller restarts that stream from the acked
-        offset. Caller: Consumer.read(), at most every REFRESH seconds."""
+        """Join if needed, reap dead members, claim what ``assign`` gives this member and
+        is free, release what it no longer gives once ``unacked(name)`` is False.
+        ``names`` are every stream matching this member's patterns (all of them, so the
+        bounded loads of I41c are counted over the same streams by every member).
+        ``claimed(name)`` is called for each new claim: the caller restarts that stream
+        from the acked offset. Caller: Consumer.read(), at most every REFRESH seconds."""
         with self._lock:
             if self._closed:
                 raise ClosedError(f"consumer {self.group_name!r} is closed")
@@ -510,6 +535,10 @@ class Membership:
         if live.keys() != self.live.keys():
             self._weights.clear()
         self.live = live
+        key = (tuple(names), tuple(sorted(live.items())))
+        if self._owners is None or self._owners[0] != key:   # I41c, recomputed on change
+            self._owners = (key, assign(names, live, self._weights))
+        owners = self._owners[1]
         now = time.time_ns()
         for name in list(self.held):
             slot, epoch = self.held[name]
@@ -518,7 +547,7 @@ class Membership:
                 self.leaving.discard(name)
                 changed = True
                 continue
-            if hrw_owner(name, live, self._weights) == me:
+            if owners.get(name) == me:
                 if name in self.leaving:
                     self.leaving.discard(name)
                     changed = True
@@ -533,7 +562,7 @@ class Membership:
             self.leaving.discard(name)
             changed = True
         for name in names:
-            if name in self.held or hrw_owner(name, live, self._weights) != me:
+            if name in self.held or owners.get(name) != me:
                 continue
             slot = self._slots.get(name)
             if slot is None:

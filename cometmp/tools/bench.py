@@ -47,6 +47,11 @@ cometmp's background prefault thread). A ``control`` run of the same harness cal
 ``len(payload)`` instead of appending: its scaling is what the (shared) machine gave two
 CPU-bound processes at that moment, the ceiling for cometmp's figure.
 
+``groups`` scenario (cometmp/tools/bench_groups.py): a consumer group of 2 member processes
+against Redis Streams consumer groups on the same work (entries/s end to end; 2 members vs 1
+with a 1 ms-per-batch handler, beside a no-queue control; kill -9 of a member -> its unacked
+entries redelivered; every entry accounted for); ``--entries`` per run (default 200,000).
+
 Targets (issue 2) are printed as PASS/MISS from the figures of this run; nothing is
 hard-coded except Comet's published-on-this-machine reference numbers, which are labelled.
 Exit status: 0 after a completed run (also when a target is missed), 1 with ``--check`` when
@@ -875,7 +880,8 @@ def _print_targets(targets: list[dict]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cometmp bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup", "sustained", "async"),
+    p.add_argument("--scenario", choices=("single", "multiproc", "wakeup", "sustained", "async",
+                                            "groups"),
                    default="single",
                    help="single: append/append_many vs SQLite and logging (default); "
                         "multiproc: aggregate rate of N forked writers; "
@@ -883,13 +889,16 @@ def _parser() -> argparse.ArgumentParser:
                         "sustained: every append's latency under rotation and retention "
                         "(cometmp/tools/bench_sustained.py); "
                         "async: read_async and gevent waits beside the blocking read "
-                        "(cometmp/tools/bench_async.py)")
+                        "(cometmp/tools/bench_async.py); "
+                        "groups: a consumer group of member processes beside Redis Streams "
+                        "consumer groups (cometmp/tools/bench_groups.py)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds in all: 20,000 entries, one round")
     p.add_argument("--json", action="store_true", help="print exactly one JSON document")
     p.add_argument("--entries", type=int, default=None,
                    help="cometmp appends per workload and round (default 1,000,000; "
-                        "peers get 1/50 of it; multiproc: per process)")
+                        "peers get 1/50 of it; multiproc: per process; groups: per run, "
+                        "default 200,000)")
     p.add_argument("--sampled", type=int, default=200000,
                    help="calls timed one by one for the sampled percentiles (default 200,000)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick 1)")
@@ -927,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
     global PREFAULT
     PREFAULT = args.prefault
     if args.entries is None:
-        args.entries = 20000 if args.quick else 1_000_000
+        big = 200_000 if args.scenario == "groups" else 1_000_000
+        args.entries = 20000 if args.quick else big
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.entries < 1000 or args.rounds < 1 or args.sampled < 0:
@@ -954,6 +964,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.scenario == "async":
             from . import bench_async
             doc = bench_async.run(args, root)
+        elif args.scenario == "groups":
+            from . import bench_groups
+            doc = bench_groups.run(args, root)
         else:
             doc = _run_single(args, root)
     finally:
@@ -977,6 +990,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.scenario == "async":
             from . import bench_async
             bench_async.print_report(doc)
+        elif args.scenario == "groups":
+            from . import bench_groups
+            bench_groups.print_report(doc)
         else:
             {"multiproc": _print_multiproc, "sustained": bench_sustained.print_doc}.get(
                 args.scenario, _print_single)(doc)

@@ -106,7 +106,8 @@ def _fill(client, n: int) -> None:
 
 
 def _hrw_split(root: str) -> dict[int, set[str]]:
-    """{pid: streams} as HRW gives them over the live members in the members file."""
+    """{pid: streams} as the assignment (HRW with bounded loads, I41c) gives them over the
+    live members in the members file."""
     with cometmp.Client(root, readonly=True) as c:
         gid = next(g["id"] for g in c.consumer_groups() if g["name"] == "g")
         names = _streams(c)
@@ -114,8 +115,8 @@ def _hrw_split(root: str) -> dict[int, set[str]]:
     live = {r.member_id: r.patterns for r in recs}
     out: dict[int, set[str]] = {r.pid: set() for r in recs}
     pid_of = {r.member_id: r.pid for r in recs}
-    for n in names:
-        out[pid_of[members.hrw_owner(n, live)]].add(n)
+    for n, mid in members.assign(names, live).items():
+        out[pid_of[mid]].add(n)
     return out
 
 

@@ -115,7 +115,8 @@ def test_a_stream_created_later_goes_to_exactly_one_member(client):
 
     (hit,) = wait_until(delivered, BOUND, "the new stream to be delivered")
     recs = {r.member_id: r.patterns for r in _live(client.path)}
-    assert hit[0]._membership.member_id == members.hrw_owner("s9", recs)
+    names = [f"s{k}" for k in range(2)] + ["s9"]
+    assert hit[0]._membership.member_id == members.assign(names, recs)["s9"]
 
 
 def test_the_65th_member_of_a_group_raises_membership_error_naming_file_and_group(client):
@@ -176,3 +177,62 @@ def test_a_member_of_a_group_deleted_under_it_joins_the_group_claimed_again(clie
     recs = members.group_members(client.path)
     assert [r.member_id for r in recs.get(old.id, []) if r.live] == []   # left the old table
     assert [r.member_id for r in recs[a._membership.group_ref.id] if r.live] == [a._membership.member_id]
+
+
+# ---- the assignment: rendezvous weights with bounded loads (I41c) -------------------------
+
+SHARDS8 = [f"g:shard:{n:04d}" for n in range(8)]
+
+
+def _loads(owners):
+    out: dict[int, int] = {}
+    for mid in owners.values():
+        out[mid] = out.get(mid, 0) + 1
+    return out
+
+
+def test_two_members_get_four_of_eight_shards_each_where_plain_hrw_gives_one_and_seven():
+    plain = {s: max((1, 2), key=lambda m: members.hrw_weight(m, s)) for s in SHARDS8}
+    assert sorted(_loads(plain).values()) == [1, 7]        # why 2 members scaled 8/7, not 2
+    owners = members.assign(SHARDS8, {1: ("g:*",), 2: ("g:*",)})
+    assert set(owners) == set(SHARDS8) and _loads(owners) == {1: 4, 2: 4}
+    three = members.assign(SHARDS8, {1: ("g:*",), 2: ("g:*",), 3: ("g:*",)})
+    assert sorted(_loads(three).values()) == [2, 3, 3]
+    assert members.assign(list(reversed(SHARDS8)), {2: ("g:*",), 1: ("g:*",)}) == owners
+
+
+def test_the_bound_holds_within_each_set_of_members_whose_patterns_match():
+    streams = [f"a{k}" for k in range(6)] + [f"b{k}" for k in range(4)] + ["zzz"]
+    owners = members.assign(streams, {1: ("a*",), 2: ("*",), 3: ("a*", "b*")})
+    a = _loads({s: m for s, m in owners.items() if s.startswith("a")})
+    b = _loads({s: m for s, m in owners.items() if s.startswith("b")})
+    assert a == {1: 2, 2: 2, 3: 2}                          # 6 streams, 3 candidates
+    assert b == {2: 2, 3: 2}                                # member 1 does not match b*
+    assert owners["zzz"] == 2                               # only member 2 matches it
+    assert "nobody" not in members.assign(["nobody"], {1: ("a*",)})
+
+
+def test_a_join_moves_the_joiners_share_and_few_more():
+    streams = [f"s:shard:{n:04d}" for n in range(64)]
+    four = members.assign(streams, {m: ("s:*",) for m in (1, 2, 3, 4)})
+    five = members.assign(streams, {m: ("s:*",) for m in (1, 2, 3, 4, 5)})
+    assert sorted(_loads(five).values()) == [12, 13, 13, 13, 13]
+    moved = [s for s in streams if four[s] != five[s]]
+    to_joiner = [s for s in moved if five[s] == 5]
+    assert len(moved) - len(to_joiner) <= len(streams) // 8   # sticky: not a reshuffle
+
+
+def test_two_consumers_of_one_family_hold_four_shards_each(client):
+    lg = client.log("g", 8)   # member ids 1 and 2: plain HRW would give them 1 and 7
+    for s in lg.streams:
+        client.append(s, [b"x"])
+    a = cometmp.Consumer(client, group="g")
+    b = cometmp.Consumer(client, group="g")
+
+    def step():
+        for c in (a, b):
+            c.ack(c.read("g:*", max_messages=100, timeout=0.02))
+        return len(a.assigned()) == 4 and len(b.assigned()) == 4
+    wait_until(step, BOUND, "the two members to hold 4 shards each")
+    assert {a._membership.member_id, b._membership.member_id} == {1, 2}
+    assert set(a.assigned()) | set(b.assigned()) == set(lg.streams)
