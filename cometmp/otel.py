@@ -64,6 +64,9 @@ except ImportError:  # pragma: no cover - older SDKs
 __all__ = ["DEFAULT_SHARDS", "DIR_ENV", "Configurator", "LogExporter", "SpanExporter"]
 
 log = logging.getLogger("cometmp")
+#: the name prefix of the SDK's batch processors' worker threads (OtelBatchSpanRecordProcessor,
+#: OtelBatchLogRecordProcessor in opentelemetry-sdk 1.45)
+_SDK_BATCH_THREAD = "OtelBatch"
 
 #: the environment variable naming the data directory when the SDK creates the exporter
 DIR_ENV = "COMETMP_DIR"
@@ -97,11 +100,22 @@ class _Appender:
         self._pid = os.getpid()
         self._failures = 0
         self._closed = False
+        self._warned_batch = False
 
     def append(self, body: bytes) -> bool:
         """Append one entry; False (logged once, then every 1000th) if it failed."""
         if self._closed:
             return False
+        if not self._warned_batch and threading.current_thread().name.startswith(_SDK_BATCH_THREAD):
+            # the SDK's batch processor calls us from its thread: what waits in its queue
+            # dies with the process, the loss this exporter exists to prevent. Said once,
+            # loudly, because the SDK's auto-configuration does this unless told otherwise.
+            self._warned_batch = True
+            log.warning("cometmp.otel: the %s exporter runs inside the OpenTelemetry SDK's "
+                        "batch processor (thread %s): what waits in its in-memory queue is lost "
+                        "when the worker dies. Set OTEL_PYTHON_CONFIGURATOR=cometmp with "
+                        "opentelemetry-instrument, or wrap the exporter in a Simple*Processor",
+                        self.family, threading.current_thread().name)
         try:
             lg = self._log if self._pid == os.getpid() else None
             if lg is None:

@@ -24,7 +24,7 @@ import cometmp  # noqa: E402
 from cometmp import otlp_entry  # noqa: E402
 from cometmp.errors import ConfigError, FormatError  # noqa: E402
 from cometmp.otel import LogExporter, SpanExporter  # noqa: E402
-from conftest import child_env  # noqa: E402
+from conftest import child_env, wait_until  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 VENV_BIN = os.path.join(os.path.dirname(os.path.dirname(DATA)), ".venv", "bin")
@@ -61,6 +61,29 @@ def test_each_ended_span_is_one_otlp_entry_in_the_log_when_end_returns_and_no_th
     with cometmp.Client(data_dir) as c:
         assert c.family_shards(otlp_entry.SPANS_FAMILY) == 4
     provider.shutdown()
+
+
+def test_an_exporter_inside_the_sdks_batch_processor_warns_once_that_its_queue_is_lossy(
+        data_dir, caplog):
+    """OTEL_TRACES_EXPORTER=cometmp without the configurator gets the SDK's batch processor
+    (a thread and an in-memory queue): the spans still arrive, but the user is told once."""
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(SpanExporter(data_dir, shards=1),
+                                                   schedule_delay_millis=20))
+    tracer = provider.get_tracer("t")
+    with caplog.at_level(logging.WARNING, logger="cometmp"):
+        for i in range(3):
+            with tracer.start_as_current_span(f"op-{i}"):
+                pass
+            # the processor's own thread exports (force_flush would export in this one)
+            wait_until(lambda: len(_entries(data_dir, "otel:spans:*")) > i, 30,
+                       f"the batch processor's thread to export span {i}")
+    provider.shutdown()
+    warned = [r for r in caplog.records if "batch processor" in r.getMessage()]
+    assert len(warned) == 1 and "OTEL_PYTHON_CONFIGURATOR=cometmp" in warned[0].getMessage()
+    assert sorted(_span_names(_entries(data_dir, "otel:spans:*"))) == [f"op-{i}" for i in range(3)]
 
 
 def test_log_records_are_appended_as_otlp_log_entries(data_dir):
