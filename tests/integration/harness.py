@@ -132,10 +132,14 @@ def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 class Load:
     """Threads sending /append requests, each with a unique id; some keyed, some not.
-    Records the ids answered 200 (and never retries, so an id is sent once)."""
+    Records the ids answered 200 (and never retries, so an id is sent once). ``path``: a
+    template for other apps' routes (``"/log?{rid}"``: the id only); ``count``: requests
+    per thread, then the thread ends (``join()``), instead of running until ``stop()``."""
 
-    def __init__(self, port: int, threads: int = 4, tag: str = "r"):
+    def __init__(self, port: int, threads: int = 4, tag: str = "r", path: str | None = None,
+                 count: int | None = None):
         self.port = port
+        self.path, self.count = path, count
         self.ok: set[str] = set()
         self.sent = 0
         self.failed = 0
@@ -151,9 +155,12 @@ class Load:
 
     def _run(self, tag: str) -> None:
         n = 0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and (self.count is None or n < self.count):
             rid = f"{tag}-{n}"
-            q = f"/append?id={rid}" + (f"&key=k{n % 97}" if n % 3 == 0 else "")
+            if self.path is not None:
+                q = self.path.format(rid=rid)
+            else:
+                q = f"/append?id={rid}" + (f"&key=k{n % 97}" if n % 3 == 0 else "")
             n += 1
             try:
                 status, _ = get(self.port, q, timeout=5.0)
@@ -169,8 +176,11 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
+        self.join(10)
+
+    def join(self, timeout: float) -> None:
         for t in self._threads:
-            t.join(10)
+            t.join(timeout)
 
 
 def log_counts(data_dir: str, prefix: str = "requests") -> dict[str, int]:

@@ -10,14 +10,13 @@ import json
 import os
 import signal
 import sys
-import threading
 
 import pytest
 
 import cometmp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import GUNICORN, Server, free_port, get, server_env  # noqa: E402
+from harness import GUNICORN, Load, Server, free_port, get, server_env  # noqa: E402
 from conftest import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.exists(GUNICORN), reason="gunicorn not installed")
@@ -49,30 +48,14 @@ def test_loguru_sink_added_in_the_master_logs_every_answered_request_once(tmp_pa
                   "app:app"], server_env(root), str(tmp_path), port, str(tmp_path / "gunicorn.log"))
     try:
         srv.wait_ready(workers=3)
-        answered: list[str] = []
-        lock = threading.Lock()
-
-        def load(tag: str) -> None:
-            for i in range(200):
-                rid = f"{tag}-{i}"
-                try:
-                    status, _ = get(port, f"/log?{rid}", timeout=5)
-                except (OSError, http.client.HTTPException):
-                    continue  # the worker serving it was killed: not acknowledged
-                if status == 200:
-                    with lock:
-                        answered.append(rid)
-
-        threads = [threading.Thread(target=load, args=(t,)) for t in "abc"]
-        for t in threads:
-            t.start()
+        load = Load(port, threads=3, tag="t", path="/log?{rid}", count=200).start()
+        answered = load.ok
         wait_until(lambda: len(answered) >= 150, 60, "150 answered requests before the kill",
                    interval=0.005)
         first = srv.workers()
         victim = first[0]
         os.kill(victim, signal.SIGKILL)  # mid-load; gunicorn respawns it
-        for t in threads:
-            t.join(120)
+        load.join(120)
         extra = iter(range(10_000))
 
         def replacement_answered() -> bool:  # one more request, until a new worker answers
@@ -82,7 +65,7 @@ def test_loguru_sink_added_in_the_master_logs_every_answered_request_once(tmp_pa
             except (OSError, http.client.HTTPException):
                 return False
             if status == 200:
-                answered.append(rid)
+                answered.add(rid)
             return status == 200 and int(body) not in first
         wait_until(replacement_answered, 60, "the replacement worker answering")
     finally:

@@ -5,11 +5,9 @@ the whole directory, in agreement with ``cometmp stats``."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import sys
-import threading
 import time
 
 import pytest
@@ -19,7 +17,7 @@ import cometmp
 from cometmp.stats import directory_stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import GUNICORN, Server, free_port, get, server_env  # noqa: E402
+from harness import GUNICORN, Load, Server, free_port, get, server_env  # noqa: E402
 from conftest import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.exists(GUNICORN), reason="gunicorn not installed")
@@ -60,29 +58,13 @@ def test_handler_and_collector_in_every_gunicorn_worker(tmp_path):
                  str(tmp_path / "gunicorn.log"))
     try:
         srv.wait_ready(workers=3)
-        answered: list[str] = []
-        lock = threading.Lock()
-
-        def load(tag: str) -> None:
-            for i in range(250):
-                rid = f"{tag}-{i}"
-                try:
-                    status, _ = get(port, f"/log?{rid}", timeout=5)
-                except (OSError, http.client.HTTPException):
-                    continue  # the worker serving it was killed: not acknowledged
-                if status == 200:
-                    with lock:
-                        answered.append(rid)
-
-        threads = [threading.Thread(target=load, args=(t,)) for t in "abc"]
-        for t in threads:
-            t.start()
+        load = Load(port, threads=3, tag="t", path="/log?{rid}", count=250).start()
+        answered = load.ok
         wait_until(lambda: len(answered) >= 200, 60, "200 answered requests before the kill",
                    interval=0.005)
         victim = srv.workers()[0]
         os.kill(victim, signal.SIGKILL)  # mid-load; gunicorn respawns it
-        for t in threads:
-            t.join(60)
+        load.join(60)
 
         with cometmp.Client(root, readonly=True) as c:
             lines = [m.data.decode() for m in c.scan("logs")]
