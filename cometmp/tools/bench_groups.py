@@ -42,10 +42,11 @@ Runs, in each of ``--rounds`` rounds (order alternated per round):
   bookkeeping in 1 and 2 processes with no queue at all (each builds its own batches),
   whose 2 / 1 is what the shared machine allowed at that moment.
 * ``kill``        2 members with the 1 ms handler, draining a backlog; once ``KILL_AT`` of
-  the entries are processed one member is frozen (SIGSTOP) and, if its last record is a
-  ``D`` (it holds a delivered, unacked batch), ``kill -9``ed, else let go and tried at the
-  next poll: time from the kill until the first and the last entry it held are delivered
-  again to the survivor.
+  the entries are processed one member is told (a ``.hold`` file) to stop right after its
+  next delivery; it records ``K`` there, holding a delivered, unprocessed, unacked batch,
+  and is ``kill -9``ed: time from the kill until the first and the last entry it held are
+  delivered again to the survivor. (An earlier version froze the member at a poll and
+  killed it only if its last record was a ``D``, and under load could miss every time.)
 
 Accounting, per run, from every record of every member (exactly once means both 0):
 ``lost`` = seqs never processed, ``duplicated`` = processings beyond the first of a seq,
@@ -113,9 +114,17 @@ def member_main(argv: list[str] | None = None) -> None:
     def rec(k: bytes, seqs=()) -> None:
         os.write(fd, _REC.pack(k, time.monotonic(), len(seqs)) + bytes(seqs))
 
+    hold = log + ".hold"
+
     def handle(payloads) -> array:
         seqs, wrong = _check(payloads)
         rec(b"D", seqs)
+        if os.path.exists(hold):
+            # the bench's kill target: it now holds a delivered, unprocessed, unacked
+            # batch, says so (K) and waits here for its kill -9
+            rec(b"K")
+            while True:
+                time.sleep(1)
         if wrong:
             rec(b"W", array("Q", [wrong]))
         if work_s:
@@ -249,15 +258,6 @@ class _Tail:
 
 
 # ------------------------------------------------------------------------- one run
-
-def _state(pid: int) -> str | None:
-    """The one-letter state of ``pid`` (/proc/PID/stat; "T": stopped), None once gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
 
 def _schedstat(pid: int) -> tuple[int, int] | None:
     """(ns on a CPU, ns runnable but waiting for one) of ``pid``'s main thread so far
@@ -410,20 +410,16 @@ class _Run:
         while done < n:
             for i in range(len(tails)):
                 absorb(i)
-            if self.kill and self.t_kill is None and done >= KILL_AT * n:
-                # kill -9 while it holds a delivered, unprocessed, unacked batch: frozen
-                # first, so its last record cannot change between the look and the kill
-                victim = self.procs[0].pid
-                os.kill(victim, signal.SIGSTOP)
-                _wait(lambda: _state(victim) in ("T", None), "the member to stop", 30.0)
-                absorb(0)
-                if victim_last == b"D":
-                    os.kill(victim, signal.SIGKILL)
-                    self.t_kill = time.monotonic()
-                    self.victim = 0
-                    self.procs[0].wait()
-                else:
-                    os.kill(victim, signal.SIGCONT)
+            if self.kill and self.t_kill is None and done >= KILL_AT * n and \
+                    not os.path.exists(self.logs[0] + ".hold"):
+                # ask member 0 to stop right after its next delivery: it then holds a
+                # delivered, unprocessed, unacked batch and records K (member_main)
+                open(self.logs[0] + ".hold", "w").close()
+            if self.kill and self.t_kill is None and victim_last == b"K":
+                os.kill(self.procs[0].pid, signal.SIGKILL)   # kill -9 while it holds it
+                self.t_kill = time.monotonic()
+                self.victim = 0
+                self.procs[0].wait()
             if time.monotonic() > deadline:
                 self.timed_out = True
                 break
@@ -539,7 +535,7 @@ class _Run:
         return {"killed": True, "unacked_at_kill": len(unacked), "redelivered": len(again),
                 "last_delivery_to_kill_s": tk - last_d if last_d is not None else None,
                 # acked by the victim but never redelivered (a kill between the ack and its
-                # "A" record; the victim is frozen first and killed only after a "D", so 0)
+                # "A" record; the victim is killed only while it waits after a "D", so 0)
                 "acked_unrecorded": len(unacked) - len(again),
                 "kill_to_first_redelivered_s": times[0] - tk if times else None,
                 "kill_to_all_redelivered_s": times[-1] - tk if times else None}
@@ -610,7 +606,7 @@ def run(args, root: str, out=None) -> dict:
 
 def _summarize(runs, systems, n, rounds, redis_desc, skipped) -> dict:
     def med(key, field):
-        return _median([x[field] for x in runs.get(key, [])])
+        return _median([x.get(field) for x in runs.get(key, [])])   # None: not killed
 
     def same_round(a, b, field="entries_per_s"):
         pa = {x["round"]: x[field] for x in runs.get(a, [])}
