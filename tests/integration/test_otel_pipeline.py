@@ -90,6 +90,15 @@ def _collector(procs) -> Collector:
     return c
 
 
+def _group_lag(root: str, group: str = "forward:otlp") -> int | None:
+    """Entries of the forwarder's group not acked yet (None: no such group yet)."""
+    with cometmp.Client(root, readonly=True) as c:
+        for g in c.consumer_groups():
+            if g["name"] == group:
+                return sum(st["lag"] for st in g["streams"].values())
+    return None
+
+
 def _forwarder(procs, root, col, tmp_path, *extra, failpoint="") -> OtlpForwarderProcess:
     f = OtlpForwarderProcess(root, col.url, str(tmp_path / "forwarder.log"), *extra,
                              failpoint=failpoint)
@@ -167,6 +176,10 @@ def test_every_span_of_every_answered_request_arrives_through_worker_kill9s_and_
     col.stop()                    # the collector goes away ...
     outage.set()
     wait_until(lambda: during_outage[0] >= 40, 120, "40 requests answered during the outage")
+    # the forwarder has tried and failed at least once (its WARNING on stderr) before the
+    # collector comes back: otherwise a slow machine can ride out the outage unseen
+    wait_until(lambda: b"retrying in" in open(tmp_path / "forwarder.log", "rb").read(), 120,
+               "the forwarder to see the outage and schedule a retry")
     outage.clear()
     col.start()                   # ... and comes back on the same port
     for t in threads:
@@ -203,6 +216,9 @@ def test_forwarder_kill9_after_a_2xx_resends_at_most_that_one_request(tmp_path, 
     fw2 = _forwarder(procs, data_dir, col, tmp_path, "--batch-size", "10")
     want = set(ids)
     wait_until(lambda: want <= {(t, s) for t, s, _n in col.spans()}, 120, "all 100 spans")
+    # the last request's 2xx reaches the forwarder after the collector counted its spans:
+    # stop it only once its group has acked everything, so its stats are final
+    wait_until(lambda: _group_lag(data_dir) == 0, 120, "the forwarder to ack every entry")
     stats = fw2.sigterm()
     got = Counter(col.spans())
     twice = Counter({k: v - 1 for k, v in got.items() if v > 1})
