@@ -43,8 +43,10 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
+from functools import wraps
 
 from . import failpoint, paths
 from ._ffi import lib
@@ -117,6 +119,21 @@ def _pack_copy(group_id: int, resets: int, st: WindowState) -> bytes:
     return bytes(body)
 
 
+
+def _closed_is_closed(fn):
+    """A close() in another thread unmaps the file under a load/store in flight: the
+    mapping then raises ValueError; that is ClosedError, never a bare ValueError (L4)."""
+    @wraps(fn)
+    def call(self, *args, **kw):
+        try:
+            return fn(self, *args, **kw)
+        except ValueError:
+            if self._mm is None:
+                raise ClosedError(f"windows file {self.path} is closed") from None
+            raise
+    return call
+
+
 class WindowFile:
     """Handle on the windows file of one data directory. Not thread safe (a Consumer's).
 
@@ -128,6 +145,7 @@ class WindowFile:
         self.path = windows_path(root)
         self.writable = writable
         self._fd = -1
+        self._io = threading.Lock()   # the fd is not closed under a syscall on it (L2)
         self._mm: mmap.mmap | None = None
         self._pid = 0
         self._reserved: set[int] = set()
@@ -180,6 +198,7 @@ class WindowFile:
         return self._mm
 
     # ---- reading ------------------------------------------------------------------------
+    @_closed_is_closed
     def load(self, slot: int, group_id: int, resets: int) -> WindowState | None:
         """The current window of ``slot`` when it belongs to (group_id, resets), else None
         (an empty window). CorruptRecord if the current copy fails its crc32c."""
@@ -220,13 +239,17 @@ class WindowFile:
     def _lock(self, rec: int, kind: int) -> None:
         arg = paths.FLOCK.pack(kind, os.SEEK_SET, rec, CM_WIN_RECORD_BYTES, 0)
         if kind == fcntl.F_UNLCK:
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, arg)
+            with self._io:
+                if self._fd >= 0:       # closed meanwhile: closing the fd released it
+                    fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, arg)
             return
         deadline = time.monotonic() + LOCK_TIMEOUT
         delay = 0.0001
         while True:
             try:
-                fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, arg)
+                with self._io:
+                    self._open_fd()
+                    fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, arg)
                 return
             except (BlockingIOError, PermissionError):
                 if time.monotonic() > deadline:
@@ -240,11 +263,13 @@ class WindowFile:
         """I9: the record's blocks exist before anything is stored through the mapping."""
         if slot in self._reserved:
             return
-        with os_errors(self.path, "allocate window record"):
+        with self._io, os_errors(self.path, "allocate window record"):
+            self._open_fd()
             failpoint.fail("window.fallocate", self.path)
             os.posix_fallocate(self._fd, rec, CM_WIN_RECORD_BYTES)
         self._reserved.add(slot)
 
+    @_closed_is_closed
     def store(self, slot: int, group_id: int, resets: int, st: WindowState,
               reset_delivered: bool = False) -> None:
         """Make ``st`` the current window of ``slot`` (I44: other copy, crc last, then
@@ -287,10 +312,17 @@ class WindowFile:
         _U64.pack_into(mm, CM_WIN_HEADER_BYTES + slot * CM_WIN_RECORD_BYTES
                        + CM_WIN_OFF_DELIVERED, end)
 
+    def _open_fd(self) -> None:
+        """Caller holds ``_io``. ClosedError once close() ran (never a syscall on a closed
+        or reused descriptor)."""
+        if self._fd < 0:
+            raise ClosedError(f"windows file {self.path} is closed")
+
     def close(self) -> None:
         mm, self._mm = self._mm, None
         if mm is not None:
             mm.close()
-        fd, self._fd = self._fd, -1
+        with self._io:
+            fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
