@@ -986,16 +986,13 @@ class Consumer:
             acked = self._store.next(slot) if slot is not None else None
             if self.ephemeral and c.local_next is not None:
                 acked = max(acked or 0, c.local_next)
-            beyond = 0
+            st = None
             if slot is not None and g is not None and (self.ephemeral or c.flight.loaded or
                                                        os.path.exists(window.windows_path(self.root))):
                 st = self._window_file().load(slot, g.id, self._store.resets(slot))
-                if st is not None:   # I43: the acked set is the prefix and the window's bits
-                    acked = max(acked or 0, st.base)
-                    beyond = sum(1 for e in st.acked if e >= acked)
             if acked is None:
                 acked = c.oldest()
-            out[name] = max(0, c.committed() - c.retained_from(acked) - beyond)
+            out[name] = window.unacked(c.committed(), c.retained_from(acked), st)
         return out
 
     def position(self, stream: str) -> int | None:
@@ -1229,37 +1226,45 @@ def consumer_groups(client) -> list[dict]:
     finally:
         store.close()
     member_recs = members.group_members(client.path)
-    out = []
-    for g in groups:
-        streams = {}
-        names = set(g.slots)
-        for p in g.patterns:
-            names.update(client.streams(p))
-        for name in sorted(names):
-            slot = g.slots.get(name)
-            try:
-                length = client.length(name)
-                first = client.first_entry(name)
-            except (StreamNotFound, CometError):
-                continue
-            acked = slot.next if slot is not None and slot.next is not None else None
-            streams[name] = {
-                "acked": acked,
-                "length": length,
-                "lag": length - max(acked if acked is not None else first, first),
-                "dropped": slot.dropped if slot is not None else 0,
-                "acked_ns": slot.acked_ns if slot is not None else 0,
-            }
-        by_slot = {si.index: name for name, si in g.slots.items()}
-        out.append({"name": g.name, "id": g.id, "created_ns": g.created_ns,
-                    "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams,
-                    "members": [
-                        {"id": r.member_id, "pid": r.pid, "live": r.live,
-                         "streams": sorted(by_slot[x] for x in r.claims if x in by_slot),
-                         "patterns": list(r.patterns), "joined_ns": r.joined_ns,
-                         "seen_ns": r.seen_ns}
-                        for r in member_recs.get(g.id, [])]})
-    return out
+    windows = WindowFile(client.path, writable=False) if groups else None
+    try:
+        return [_group_summary(client, g, windows, member_recs.get(g.id, [])) for g in groups]
+    finally:
+        if windows is not None:
+            windows.close()
+
+
+def _group_summary(client, g, windows: WindowFile, member_recs: list) -> dict:
+    """consumer_groups' entry for one group (the lag rule: cometmp.window.unacked)."""
+    streams = {}
+    names = set(g.slots)
+    for p in g.patterns:
+        names.update(client.streams(p))
+    for name in sorted(names):
+        slot = g.slots.get(name)
+        try:
+            length = client.length(name)
+            first = client.first_entry(name)
+        except (StreamNotFound, CometError):
+            continue
+        acked = slot.next if slot is not None and slot.next is not None else None
+        st = windows.load(slot.index, g.id, slot.resets) if slot is not None else None
+        streams[name] = {
+            "acked": acked,
+            "length": length,
+            "lag": window.unacked(length, max(acked if acked is not None else first, first), st),
+            "dropped": slot.dropped if slot is not None else 0,
+            "acked_ns": slot.acked_ns if slot is not None else 0,
+        }
+    by_slot = {si.index: name for name, si in g.slots.items()}
+    return {"name": g.name, "id": g.id, "created_ns": g.created_ns,
+            "active_ns": g.active_ns, "patterns": g.patterns, "streams": streams,
+            "members": [
+                {"id": r.member_id, "pid": r.pid, "live": r.live,
+                 "streams": sorted(by_slot[x] for x in r.claims if x in by_slot),
+                 "patterns": list(r.patterns), "joined_ns": r.joined_ns,
+                 "seen_ns": r.seen_ns}
+                for r in member_recs]}
 
 
 def delete_consumer_group(client, group: str) -> bool:

@@ -38,6 +38,7 @@ Metrics (label ``stream``, plus ``family``/``shard`` for a family's shard stream
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -163,12 +164,30 @@ def _consumer_families(root: str, streams: dict) -> list[MetricFamily]:
             finally:
                 store.close()
     except Exception:  # an unreadable offsets file must not break the stream metrics
-        import logging
-
         logging.getLogger("cometmp").warning("cometmp.metrics: cannot read consumer offsets of %s",
                                              root, exc_info=True)
         return [groups_fam, lag, dropped]
     groups_fam.add({}, len(groups))
+    from .errors import CometError
+    from .window import WindowFile
+
+    try:
+        windows = WindowFile(root, writable=False) if groups else None
+    except CometError as e:   # an unreadable windows file: no lag figures rather than wrong ones
+        logging.getLogger("cometmp").warning("cometmp.metrics: %s", e)
+        return [groups_fam, lag, dropped]
+    try:
+        _add_group_lags(groups, streams, windows, lag, dropped)
+    finally:
+        if windows is not None:
+            windows.close()
+    return [groups_fam, lag, dropped]
+
+
+def _add_group_lags(groups, streams: dict, windows, lag: MetricFamily, dropped: MetricFamily) -> None:
+    from .errors import CometError
+    from .window import unacked
+
     for g in groups:
         names = set(g.slots) | {n for n in streams
                                 if any(fnmatch.fnmatchcase(n, p) for p in g.patterns)}
@@ -179,10 +198,14 @@ def _consumer_families(root: str, streams: dict) -> list[MetricFamily]:
             slot = g.slots.get(name)
             start = s["first_entry"] if slot is None or slot.next is None else slot.next
             labels = {"group": g.name, "stream": name}
-            lag.add(labels, max(0, s["length"] - max(start, s["first_entry"])))
+            try:
+                st = windows.load(slot.index, g.id, slot.resets) if slot is not None else None
+            except CometError as e:   # a damaged window: no lag figure rather than a wrong one
+                logging.getLogger("cometmp").warning("cometmp.metrics: %s", e)
+            else:
+                lag.add(labels, unacked(s["length"], max(start, s["first_entry"]), st))
             if slot is not None:
                 dropped.add(labels, slot.dropped)
-    return [groups_fam, lag, dropped]
 
 
 # ------------------------------------------------------------------------ text exposition

@@ -100,6 +100,18 @@ class WindowState:
     delivered: int = 0
 
 
+def unacked(length: int, start: int, st: WindowState | None) -> int:
+    """Entries of a stream the group has not acknowledged (its lag): ``start`` is the
+    first entry it still owes by its committed offset (the slot's ``next``, or the oldest
+    retained entry before its first ack; never below the oldest retained), ``length`` the
+    stream's length and ``st`` its window (None: empty). The acknowledged set is I43's:
+    the prefix up to ``max(start, st.base)`` and the window's bits beyond it. The one
+    rule behind Consumer.lag, Client.consumer_groups and cometmp.metrics."""
+    lo = start if st is None else max(start, st.base)
+    beyond = 0 if st is None else sum(1 for e in st.acked if lo <= e < length)
+    return max(0, length - lo - beyond)
+
+
 def _pack_copy(group_id: int, resets: int, st: WindowState) -> bytes:
     body = bytearray(CM_WIN_COPY_BYTES)
     base = st.base

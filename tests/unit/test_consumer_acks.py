@@ -67,6 +67,27 @@ def test_acks_in_random_order_commit_the_contiguous_prefix_and_the_rest_is_not_r
     assert entries(again) == sorted(set(range(300)) - acked)   # exactly the unacked ones
 
 
+def test_every_lag_report_counts_acks_beyond_the_committed_offset(client, data_dir):
+    """Consumer.lag, consumer_groups() (what `cometmp groups` prints) and the
+    cometmp_consumer_lag metric all apply I43: entries acked out of order are not lag."""
+    from cometmp import metrics
+
+    fill(client, 100)
+    con = cometmp.Consumer(client, group="g")
+    b = con.read("t:*", max_messages=100, timeout=0)
+    con.ack(*[m for m in b if m.id.entry % 3])       # 66 acked, the committed prefix is 0
+    want = 100 - 66
+    assert con.lag("t:*") == {S: want}
+    (g,) = client.consumer_groups()
+    assert g["streams"][S]["acked"] == 0 and g["streams"][S]["lag"] == want
+    lag = [v for fam in metrics.families(data_dir) if fam.name == "cometmp_consumer_lag"
+           for _labels, v in fam.samples]
+    assert lag == [want]
+    con.close()
+    with cometmp.Client(data_dir, readonly=True) as ro:   # a readonly inspector sees the same
+        assert ro.consumer_groups()[0]["streams"][S]["lag"] == want
+
+
 def test_nack_with_a_delay_redelivers_after_the_delay_with_deliveries_2(client):
     fill(client, 5)
     con = cometmp.Consumer(client, group="g")
