@@ -301,8 +301,8 @@ class Consumer:
         ``delivered`` of a dead holder carry over (I46). A writable consumer then owns the
         record (an empty window for a new owner, ``delivered`` zeroed)."""
         f = c.flight
-        f.loaded = True
         if c.slot is None or g is None:
+            f.loaded = True
             return
         win = self._window_file()
         st = win.load(c.slot, g.id, c.resets)
@@ -327,6 +327,9 @@ class Consumer:
             win.store(c.slot, g.id, c.resets, WindowState(c.acked, f.acked, f.counts),
                       reset_delivered=True)
             f.marked = 0
+        # only now: a load that raised (the windows file not created, a record not
+        # allocated, its switch failed) is done again by the next read, never skipped
+        f.loaded = True
 
     def _store_window(self, c: Cursor, g: GroupRef | None) -> None:
         """Make ``c.flight``'s acks beyond the offset and counts durable (I44), before
@@ -555,7 +558,7 @@ class Consumer:
             budget -= got
             if c.pos > f.marked and c.slot is not None and not self.ephemeral:
                 f.marked = c.pos   # I46: the window's ``delivered`` follows this reader
-                self._windows.mark_delivered(c.slot, c.pos)
+                self._window_file().mark_delivered(c.slot, c.pos)
 
     @staticmethod
     def _sidx(batch: Batch, c: Cursor) -> int:

@@ -374,16 +374,20 @@ def create_file_once(path: str, data: bytes, inside: int = IN_ROOT,
     every other one reads the winner's complete file; nobody ever sees a partial one, and
     an existing file (or a link planted at the name, I30) is never replaced. ``size``:
     extend the file to that many bytes (holes) before it gets its name."""
+    from . import failpoint
+
     dfd, parent, name = _parent_fd(path, inside)
     try:
         tmp = _write_temp(dfd, parent, name, data, point, size)
         try:
+            failpoint.fail(point + ".link", path)
             os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
             created = True
         except FileExistsError:
             created = False
         finally:
             os.unlink(tmp, dir_fd=dfd)
+        failpoint.fail(point + ".dir_fsync", parent)
         os.fsync(dfd)
         return created
     finally:

@@ -58,8 +58,11 @@ PATH_POINTS = {
     "recovery-header": [("recover.header_repair", "none")],
     "group": [("offsets.create", "none"), ("offsets.truncate", "none"), ("offsets.write", "none"),
               ("offsets.fsync", "none"), ("offsets.rename", "none"),
-              ("members.create", "none"), ("members.write", "none"), ("members.fsync", "none")],
+              ("members.create", "none"), ("members.write", "none"), ("members.fsync", "none"),
+              ("members.link", "none"), ("members.dir_fsync", "none")],
     "ack": [("offsets.open", "none"), ("offsets.map", "none")],
+    "ack-window": [(f"window.{step}", "none") for step in
+                   ("create", "write", "fsync", "link", "dir_fsync", "fallocate", "switch")],
     "retention": [("retention.rename", "none"), ("retention.unlink_index", "none"),
                   ("retention.unlink_segment", "none")],
     "marker": [("json.create", "none"), ("json.write", "none"), ("json.fsync", "none"),

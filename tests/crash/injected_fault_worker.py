@@ -21,6 +21,7 @@ Scenarios (the path each point is on; docs/ARCHITECTURE.md §4.2):
   recovery-header  reopen after a torn tail and a damaged segment header
   group          a consumer group created where no offsets file exists yet
   ack            a second consumer of an existing group (offsets file opened, mapped)
+  ack-window     out-of-order acks of a new group (windows file created, copies switched)
   retention      max_shard_bytes retention over five sealed segments
   marker         a new data directory: marker, family file, stream (flock)
   readonly       reads of a closed stream by a readonly client (state page, segments, indexes)
@@ -250,6 +251,54 @@ def s_group(case: Case, second: bool = False) -> None:
     case.reopen_appends()
 
 
+#: ack-window: the acks made, in this order (out of order, so the window is written; [0]
+#: and [2] then move the committed prefix)
+WINDOW_ACKS = [[1, 3, 5], [7, 8], [0], [2], [10, 12, 14], [4, 6, 9], [11]]
+
+
+def s_ack_window(case: Case) -> None:
+    """Out-of-order acks of a new group under the point (the windows file created on the
+    first read, each ack's copy written and switched, I43/I44), then a restart of the
+    group: no entry whose ack returned comes back, every entry never acked does, and
+    the group drains to nothing after acking them."""
+    case.fill(20)
+    with cometmp.Client(case.root, config=config()) as c:
+        con = cometmp.Consumer(c, group="g")
+        got: list = []
+        if not case.attempt("first read of a group", lambda: got.extend(
+                con.read("rot:shard:*", max_messages=20, timeout=0))):
+            got = list(con.read("rot:shard:*", max_messages=20, timeout=0))
+        ids = {m.id.entry: m.id for m in got}
+        if sorted(ids) != list(range(20)):
+            raise Bad(f"the first read delivered {sorted(ids)} of 0..19")
+        landed = set()
+        for grp in WINDOW_ACKS:
+            if case.attempt(f"ack {grp}", lambda: con.ack(*[ids[e] for e in grp])):
+                landed |= set(grp)
+        con.close()
+        con = cometmp.Consumer(c, group="g")      # the group restarted: what is durable
+        again = []
+        while True:
+            b = con.read("rot:shard:*", timeout=0)
+            if not len(b):
+                break
+            again += [m.id.entry for m in b]
+            con.ack(b)
+        con.close()
+        if set(again) & landed:
+            raise Bad(f"redelivered {sorted(set(again) & landed)}, whose acks returned")
+        never = set(range(20)) - {e for grp in WINDOW_ACKS for e in grp}
+        if not never <= set(again):
+            raise Bad(f"never acked yet not redelivered: {sorted(never - set(again))}")
+        if len(again) != len(set(again)):
+            raise Bad(f"redelivered twice: {again}")
+        con = cometmp.Consumer(c, group="g")
+        if len(con.read("rot:shard:*", timeout=0)):
+            raise Bad("the group's acks after the faults were lost")
+        con.close()
+    case.reopen_appends()
+
+
 def s_retention(case: Case) -> None:
     cfg = config(max_shard_bytes=int(1.5 * MiB))
     case.fill(60, 90_000, cfg=config())
@@ -384,6 +433,7 @@ SCENARIOS = {
     "create": s_create, "recovery": s_recovery,
     "recovery-header": lambda c: s_recovery(c, True),
     "group": s_group, "ack": lambda c: s_group(c, True), "retention": s_retention,
+    "ack-window": s_ack_window,
 }
 
 
