@@ -47,7 +47,7 @@ from typing import Any
 
 from . import paths
 from ._ffi import ffi, lib, raise_for
-from .errors import CorruptRecord, FormatError, MetricsTableFull, os_error
+from .errors import CorruptRecord, FormatError, MetricsTableFull, ReadOnlyError, os_error
 
 __all__ = ["GAUGE_MODES", "KINDS", "UNSLOTTED", "Key", "Table", "column_label"]
 
@@ -125,14 +125,12 @@ def column_label(column: int) -> str:
 
 
 _membership: Any = None   # cometmp.registry.membership, imported at the first Table.open
-_create_lock = threading.Lock()
 _pid = os.getpid()        # this process's pid, kept by the fork hook below (no syscall per update)
 
 
 def _after_fork_in_child() -> None:
-    global _pid, _create_lock
+    global _pid
     _pid = os.getpid()
-    _create_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -211,50 +209,21 @@ class Table:
 
     @staticmethod
     def _create(path: str) -> None:
-        """Create the table unless it exists: temp file reserved whole (I9) and
-        initialised (magic last) -> fsync -> link(2) to the name (EEXIST: another process
-        won, its file is whole) -> unlink the temp -> fsync the directory (CONVENTIONS 8)."""
-        with _create_lock:   # one creator per process: the temp name is per pid (I7)
-            Table._create_locked(path)
-
-    @staticmethod
-    def _create_locked(path: str) -> None:
+        """Create the table unless it exists (paths.create_file_once, CONVENTIONS 8, I7):
+        the header initialised (magic included) in a temp file reserved whole (I9),
+        fsynced, linked to the name (EEXIST: another process won, its file is whole), the
+        directory fsynced. Failpoints ``appmetrics.create/.write/.fallocate/.fsync/.link/
+        .dir_fsync``."""
         if os.path.exists(path):
             return
-        parent, name = os.path.split(path)
-        tmp = os.path.join(parent, f"{name}.{os.getpid()}{paths.TMP_SUFFIX}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        image = bytearray(CM_APM_FILE_BYTES)
+        lib.cm_appmetrics_init(ffi.from_buffer(image), CM_APM_FILE_BYTES, time.time_ns())
         try:
-            fd = paths.open_nofollow(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, paths.IN_SUBDIR)
+            paths.create_file_once(path, bytes(image[:CM_APM_KEYS_OFF]), paths.IN_SUBDIR,
+                                   size=CM_APM_FILE_BYTES, point="appmetrics", reserve=True)
         except OSError as e:
-            raise os_error(e, tmp, "create the metrics table") from e
-        try:
-            try:
-                os.posix_fallocate(fd, 0, CM_APM_FILE_BYTES)   # I9
-                mm = mmap.mmap(fd, CM_APM_FILE_BYTES)
-                try:
-                    lib.cm_appmetrics_init(ffi.from_buffer(mm), CM_APM_FILE_BYTES, time.time_ns())
-                    mm.flush()
-                finally:
-                    mm.close()
-                os.fsync(fd)
-                try:
-                    os.link(tmp, path, follow_symlinks=False)
-                except FileExistsError:
-                    pass
-                dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            except OSError as e:
-                raise os_error(e, path, f"create the metrics table ({CM_APM_FILE_BYTES} "
-                               "bytes)") from e
-        finally:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            raise os_error(e, path, f"create the metrics table ({CM_APM_FILE_BYTES} "
+                           "bytes)") from e
 
     def close(self) -> None:
         """Unmap. Values created on this table must not be used afterwards."""
@@ -379,6 +348,11 @@ class Table:
     def _bind(self, col: int) -> None:
         """Caller: column(), when this process's entry or pid changed (I53)."""
         from .registry.table import is_alive, start_ticks
+
+        if not self.writable:   # a column is bound under the key lock, a write lock
+            raise ReadOnlyError(f"metrics table {self.path} is open read-only: this process "
+                                "has no column to update or read (the collector reads every "
+                                "column: read_cell, bound_columns)")
 
         pid = os.getpid()
         if self._bound_pid != pid:

@@ -30,6 +30,7 @@ import os
 import re
 import stat
 import struct
+import threading
 
 from ._ffi import lib
 
@@ -306,8 +307,22 @@ def _parent_fd(path: str, inside: int) -> tuple[int, str, str]:
     return dfd, parent, name
 
 
+#: the temp name is per process (``<file>.<pid>.tmp``, which remove_dead_temp_files
+#: judges by its pid), so one thread of the process at a time writes and names a temp
+#: file: two threads sharing one would link or rename each other's half-written file
+_temp_lock = threading.Lock()
+
+
+def _new_temp_lock() -> None:
+    global _temp_lock
+    _temp_lock = threading.Lock()   # a child of fork() holds no thread's lock
+
+
+os.register_at_fork(after_in_child=_new_temp_lock)
+
+
 def _write_temp(dfd: int, parent: str, name: str, data: bytes, point: str,
-                size: int | None = None) -> str:
+                size: int | None = None, reserve: bool = False) -> str:
     """Write ``data`` to the temp file ``<name>.<pid>.tmp`` below ``dfd`` (0600, I31; owned
     as I32 says; never through a link, I30) and fsync it; a failure unlinks it. Returns
     the temp file's name. ``point``: the failpoint prefix (``.create``, ``.write``,
@@ -329,7 +344,10 @@ def _write_temp(dfd: int, parent: str, name: str, data: bytes, point: str,
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        if size is not None:
+        if size is not None and reserve:   # I9: every block exists before it is mapped
+            failpoint.fail(point + ".fallocate", tmp_path)
+            os.posix_fallocate(fd, 0, size)
+        elif size is not None:
             os.ftruncate(fd, size)   # a fixed-size sparse file, complete before it has a name
         failpoint.fail(point + ".fsync", tmp_path)
         os.fsync(fd)
@@ -351,13 +369,14 @@ def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT, point: str 
 
     dfd, parent, name = _parent_fd(path, inside)
     try:
-        tmp = _write_temp(dfd, parent, name, data, point)
-        try:
-            failpoint.fail(point + ".rename", path)
-            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except BaseException:
-            os.unlink(tmp, dir_fd=dfd)
-            raise
+        with _temp_lock:
+            tmp = _write_temp(dfd, parent, name, data, point)
+            try:
+                failpoint.fail(point + ".rename", path)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=dfd)
+                raise
         failpoint.fail(point + ".dir_fsync", parent)
         os.fsync(dfd)
     finally:
@@ -365,7 +384,7 @@ def write_file_atomic(path: str, data: bytes, inside: int = IN_ROOT, point: str 
 
 
 def create_file_once(path: str, data: bytes, inside: int = IN_ROOT,
-                     size: int | None = None, point: str = "json") -> bool:
+                     size: int | None = None, point: str = "json", reserve: bool = False) -> bool:
     """Create ``path`` holding ``data`` unless it exists; True if this call created it.
 
     Crash-safe and race-free (CONVENTIONS 8, I7): temp (0600, I31) -> fsync -> link(2) to
@@ -373,20 +392,23 @@ def create_file_once(path: str, data: bytes, inside: int = IN_ROOT,
     name exists, so of several processes creating the file at once exactly one wins and
     every other one reads the winner's complete file; nobody ever sees a partial one, and
     an existing file (or a link planted at the name, I30) is never replaced. ``size``:
-    extend the file to that many bytes (holes) before it gets its name."""
+    extend the file to that many bytes before it gets its name: holes, or with
+    ``reserve`` every block allocated (``posix_fallocate``, I9; failpoint
+    ``<point>.fallocate``)."""
     from . import failpoint
 
     dfd, parent, name = _parent_fd(path, inside)
     try:
-        tmp = _write_temp(dfd, parent, name, data, point, size)
-        try:
-            failpoint.fail(point + ".link", path)
-            os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
-            created = True
-        except FileExistsError:
-            created = False
-        finally:
-            os.unlink(tmp, dir_fd=dfd)
+        with _temp_lock:
+            tmp = _write_temp(dfd, parent, name, data, point, size, reserve)
+            try:
+                failpoint.fail(point + ".link", path)
+                os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+                created = True
+            except FileExistsError:
+                created = False
+            finally:
+                os.unlink(tmp, dir_fd=dfd)
         failpoint.fail(point + ".dir_fsync", parent)
         os.fsync(dfd)
         return created

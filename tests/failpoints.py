@@ -61,6 +61,8 @@ PATH_POINTS = {
               ("members.create", "none"), ("members.write", "none"), ("members.fsync", "none"),
               ("members.link", "none"), ("members.dir_fsync", "none")],
     "ack": [("offsets.open", "none"), ("offsets.map", "none")],
+    "app-metrics": [(f"appmetrics.{step}", "none") for step in
+                    ("create", "write", "fallocate", "fsync", "link", "dir_fsync")],
     "ack-window": [(f"window.{step}", "none") for step in
                    ("create", "write", "fsync", "link", "dir_fsync", "fallocate", "switch")],
     "retention": [("retention.rename", "none"), ("retention.unlink_index", "none"),

@@ -22,6 +22,7 @@ Scenarios (the path each point is on; docs/ARCHITECTURE.md §4.2):
   group          a consumer group created where no offsets file exists yet
   ack            a second consumer of an existing group (offsets file opened, mapped)
   ack-window     out-of-order acks of a new group (windows file created, copies switched)
+  app-metrics    the application metrics table created (reserved whole, linked into place)
   retention      max_shard_bytes retention over five sealed segments
   marker         a new data directory: marker, family file, stream (flock)
   readonly       reads of a closed stream by a readonly client (state page, segments, indexes)
@@ -299,6 +300,39 @@ def s_ack_window(case: Case) -> None:
     case.reopen_appends()
 
 
+def s_app_metrics(case: Case) -> None:
+    """The application metrics table created under the point (metrics/app, FORMAT §10: a
+    temp file reserved whole, linked into place): the error leaves no file at the name and
+    no temp file, the next open creates it, and a counter's value survives a reopen. The
+    log beside it is untouched (check_reopen)."""
+    from cometmp import appmetrics
+
+    case.fill(5)
+    path = paths.app_metrics_file(case.root)
+    got: list = []
+    if not case.attempt("create the metrics table", lambda: got.append(appmetrics.Table.open(case.root))):
+        if os.path.exists(path):
+            try:
+                appmetrics.Table.open(case.root, create=False).close()
+            except cometmp.CometError as e:
+                raise Bad(f"a failed creation left a table that does not open: {e}") from e
+        left = [f for f in os.listdir(os.path.dirname(path)) if f.endswith(paths.TMP_SUFFIX)]
+        if left:
+            raise Bad(f"temp files left after the failed creation: {left}")
+        got.append(appmetrics.Table.open(case.root))
+    t = got[0]
+    row = t.row(appmetrics.KINDS["counter"], 0, "requests_total\n{}")
+    t.add(row, 3.0)
+    t.close()
+    t = appmetrics.Table.open(case.root, create=False)
+    try:
+        if t.get(row) != 3.0:
+            raise Bad(f"the counter reads {t.get(row)} after a reopen, 3.0 was added")
+    finally:
+        t.close()
+    case.reopen_appends()
+
+
 def s_retention(case: Case) -> None:
     cfg = config(max_shard_bytes=int(1.5 * MiB))
     case.fill(60, 90_000, cfg=config())
@@ -433,7 +467,7 @@ SCENARIOS = {
     "create": s_create, "recovery": s_recovery,
     "recovery-header": lambda c: s_recovery(c, True),
     "group": s_group, "ack": lambda c: s_group(c, True), "retention": s_retention,
-    "ack-window": s_ack_window,
+    "ack-window": s_ack_window, "app-metrics": s_app_metrics,
 }
 
 

@@ -29,7 +29,7 @@ from prometheus_client import values as pc_values  # noqa: E402
 
 from cometmp import appmetrics  # noqa: E402
 from cometmp.appmetrics import Table  # noqa: E402
-from cometmp.errors import CometError, CorruptRecord, FormatError, MetricsTableFull  # noqa: E402
+from cometmp.errors import CometError, CorruptRecord, FormatError, MetricsTableFull, ReadOnlyError  # noqa: E402
 from cometmp.prometheus import PrometheusCollector, value_class  # noqa: E402
 
 
@@ -256,3 +256,17 @@ def test_enable_prometheus_is_idempotent_and_refuses_a_second_directory(tmp_path
     assert "refused:" in r.stdout and "already stores" in r.stdout
     assert scrape(tmp_path / "a") == {("made_after_total", ()): 3.0}
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_a_read_only_table_refuses_this_process_column_with_read_only_error(tmp_path):
+    t = Table.open(tmp_path / "data")
+    row = t.row(appmetrics.KINDS["counter"], 0, "c\n{}")
+    t.add(row, 2.0)
+    t.close()
+    ro = Table.open(tmp_path / "data", create=False, writable=False)
+    try:
+        with pytest.raises(ReadOnlyError, match="read-only"):
+            ro.get(row)
+        assert sum(ro.read_cell(row, col)[0] for col, _pid, _t in ro.bound_columns()) == 2.0
+    finally:
+        ro.close()
