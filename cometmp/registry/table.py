@@ -712,21 +712,31 @@ class Registry:
         return bool(used) or time.time_ns() - created >= young * 1e9
 
 
-def _remove_dead_drafts(name: str) -> None:
-    """Remove the drafts (Registry.create, I24a) of ``name`` whose creator process is
-    gone: a creator killed before it published leaves one behind."""
+def dead_drafts(name: str) -> list[str]:
+    """The drafts (Registry.create, I24a) of registry ``name`` whose creator process is
+    gone (a creator killed before it published leaves one behind), as /dev/shm names.
+    A draft of a live creator is not listed: it may be at work."""
     prefix = name.lstrip("/") + "."
     try:
         entries = os.listdir(SHM_DIR)
     except OSError:
-        return
-    for entry in entries:
+        return []
+    out = []
+    for entry in sorted(entries):
         if not (entry.startswith(prefix) and entry.endswith(".draft")):
             continue
         pid = entry[len(prefix):].split(".")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):   # else its creator may be at work
-            with contextlib.suppress(posix_ipc.ExistentialError):
-                posix_ipc.unlink_shared_memory("/" + entry)
+        if pid.isdigit() and not pid_alive(int(pid)):
+            out.append("/" + entry)
+    return out
+
+
+def _remove_dead_drafts(name: str) -> None:
+    """Remove dead_drafts(name): done by the next creator (the next server start);
+    ``cometmp status`` lists them until then."""
+    for draft in dead_drafts(name):
+        with contextlib.suppress(posix_ipc.ExistentialError):
+            posix_ipc.unlink_shared_memory(draft)
 
 
 def in_use_or_young(directory: str | os.PathLike, young: float = 2.0) -> bool:

@@ -12,7 +12,8 @@ Document: ``directory``, ``registry`` (shm name or null), ``version``, ``process
 ``state``, ``alive``, ``heartbeat_age_s``, ``shards``), ``unowned_shards``, ``masters``
 (``master_pid``, ``alive``), ``stale`` (true when every master and worker of the
 registry is dead: left over by a server that died uncleanly, rebuilt at the next start,
-I24). Only ``slots`` items carry a ``pid`` key. ``shards`` are
+I24), ``dead_drafts`` (/dev/shm names of half-made registries whose creator died before
+publishing, I24a; removed at the next start). Only ``slots`` items carry a ``pid`` key. ``shards`` are
 shard numbers: a worker owns shard ``s`` of every family that has more than ``s`` shards
 (the ownership function does not depend on the family's size).
 """
@@ -52,12 +53,13 @@ def registry_status(directory: str | os.PathLike) -> dict:
     families = _families(directory)
     doc: dict = {"directory": directory, "registry": None, "version": None, "process_count": 0,
                  "epoch": None, "families": families, "slots": [], "unowned_shards": [],
-                 "masters": [], "stale": False}
+                 "masters": [], "stale": False, "dead_drafts": []}
     try:
         reg = Registry.attach(directory)
     except ForeignRegistry:
         raise   # I33, I33a: a key or object someone else may control is reported, not hidden
     except RegistryError:
+        doc["dead_drafts"] = _dead_drafts(directory)
         return doc
     try:
         try:
@@ -92,16 +94,33 @@ def registry_status(directory: str | os.PathLike) -> dict:
             "masters": [{"master_pid": pid, "alive": is_alive(pid, t)}
                         for _i, pid, t in reg.masters() if pid],
             "stale": reg.abandoned(),
+            "dead_drafts": _dead_drafts(directory),
         })
         return doc
     finally:
         reg.close()
 
 
+def _dead_drafts(directory: str) -> list[str]:
+    from ..registry.key import read_key
+    from ..registry.table import dead_drafts, shm_name
+
+    if read_key(directory) is None:
+        return []        # no key, so no registry name anyone could have drafted
+    return dead_drafts(shm_name(directory))
+
+
+def _drafts_line(doc: dict) -> str:
+    d = doc.get("dead_drafts") or []
+    return (f"  LEFTOVER: {len(d)} half-made registr{'y' if len(d) == 1 else 'ies'} of a creator "
+            f"that died before publishing ({', '.join(d)}); the next start removes "
+            f"{'it' if len(d) == 1 else 'them'}\n") if d else ""
+
+
 def render_status(doc: dict) -> str:
     """Human-readable form of registry_status()."""
     if doc["registry"] is None:
-        return f"{doc['directory']}: no registry (no server running)\n"
+        return f"{doc['directory']}: no registry (no server running)\n" + _drafts_line(doc)
     lines = [f"{doc['directory']}: registry {doc['registry']} v{doc['version']}, "
              f"processCount {doc['process_count']}, epoch {doc['epoch']}"]
     for s in doc["slots"]:
@@ -116,4 +135,4 @@ def render_status(doc: dict) -> str:
     if doc.get("stale"):
         lines.append("  STALE: every master and worker of this registry is dead (a server that "
                      "died uncleanly); the next start rebuilds it")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _drafts_line(doc)

@@ -60,6 +60,11 @@ def test_a_creator_killed_before_publishing_leaves_nothing_at_the_name_and_joine
     name = registry.shm_name(d)
     assert not os.path.exists("/dev/shm" + name), "a half-made registry is visible at the name"
     assert len(drafts(name)) == 1, drafts(name)          # what the killed creator left
+    from cometmp.tools.status import registry_status, render_status
+
+    doc = registry_status(d)                              # shown until the next start
+    assert doc["registry"] is None and doc["dead_drafts"] == ["/" + drafts(name)[0]]
+    assert "LEFTOVER: 1 half-made registry" in render_status(doc)
     joiners = [subprocess.Popen([sys.executable, "-c", JOINER, d, str(k)], env=child_env(),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for k in range(2)]
@@ -68,9 +73,8 @@ def test_a_creator_killed_before_publishing_leaves_nothing_at_the_name_and_joine
         assert sorted(int(w) for w, _n in lines) == [0, 1], lines
         assert {n for _w, n in lines} == {name}
         assert drafts(name) == [], "the dead creator's draft was not removed"
-        from cometmp.tools.status import registry_status
-
         doc = registry_status(d)
+        assert doc["dead_drafts"] == []
         assert sorted(s["pid"] for s in doc["slots"] if s["alive"]) == \
             sorted(j.pid for j in joiners)
     finally:
