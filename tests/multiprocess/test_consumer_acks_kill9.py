@@ -48,11 +48,14 @@ def test_random_order_acks_then_kill9_redeliver_exactly_the_unacked_with_deliver
     seed = random.randrange(1 << 30)
     print("seed", seed)
     rng = random.Random(seed)
+    with_redelivery = 0
     for trial in range(4):
         root = str(tmp_path / f"t{trial}")
         with cometmp.Client(root) as c:
             c.log("t", shards=1).append_many([b"e%d" % i for i in range(N)])
-        stop_after = rng.randrange(5, N - 5)
+        # at least N/2 acks left when the kill is sent: with only a few left, a loaded
+        # machine let the acker finish them all before the kill landed (nothing to redeliver)
+        stop_after = rng.randrange(5, N // 2)
         p, r = _acker(root, seed + trial)
         buf = b""
         acked: set[int] = set()
@@ -88,10 +91,12 @@ def test_random_order_acks_then_kill9_redeliver_exactly_the_unacked_with_deliver
             # the ack in flight at the kill may have landed (old or new state, I44)
             missing = set(range(N)) - acked - set(redone)
             assert len(missing) <= 1, f"trial {trial}: {sorted(missing)} neither acked nor redelivered"
-            assert set(redone.values()) == {2}, f"trial {trial}: deliveries {set(redone.values())}"
+            assert set(redone.values()) <= {2}, f"trial {trial}: deliveries {set(redone.values())}"
+            with_redelivery += bool(redone)
             con.ack(*got)
             assert con.lag("t:*") == {"t:shard:0000": 0}
             con.close()
+    assert with_redelivery, "every kill came after the last ack: nothing was redelivered"
 
 
 def test_two_members_acking_out_of_order_and_a_kill9_lose_nothing_and_redeliver_no_acked_entry(
