@@ -1237,7 +1237,7 @@ def consumer_groups(client) -> list[dict]:
             windows.close()
 
 
-def _group_summary(client, g, windows: WindowFile, member_recs: list) -> dict:
+def _group_summary(client, g, windows: WindowFile | None, member_recs: list) -> dict:
     """consumer_groups' entry for one group (the lag rule: cometmp.window.unacked)."""
     streams = {}
     names = set(g.slots)
@@ -1251,7 +1251,8 @@ def _group_summary(client, g, windows: WindowFile, member_recs: list) -> dict:
         except (StreamNotFound, CometError):
             continue
         acked = slot.next if slot is not None and slot.next is not None else None
-        st = windows.load(slot.index, g.id, slot.resets) if slot is not None else None
+        st = windows.load(slot.index, g.id, slot.resets) \
+            if slot is not None and windows is not None else None
         streams[name] = {
             "acked": acked,
             "length": length,
