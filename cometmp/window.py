@@ -78,6 +78,7 @@ assert CM_WIN_COPY_OFF + 2 * CM_WIN_COPY_BYTES <= CM_WIN_RECORD_BYTES
 HEADER = struct.Struct("<IHHIIIIq")
 _COPY_HEAD = struct.Struct("<QQQIH2x")   # group_id resets base crc32c ncounts
 _U32 = struct.Struct("<I")
+_ZERO_COPY = bytes(CM_WIN_COPY_BYTES)
 _U64 = struct.Struct("<Q")
 _COUNT = struct.Struct("<HH")
 #: how long an update waits for another holder of the record's lock (a window lock is
@@ -228,13 +229,17 @@ class WindowFile:
             delivered = _U64.unpack_from(mm, rec + CM_WIN_OFF_DELIVERED)[0]
         except (ValueError, TypeError):
             raise ClosedError(f"windows file {self.path} is closed") from None
+        if raw == _ZERO_COPY:
+            return None        # never written: an empty window
         gid, rs, base, crc, ncounts = _COPY_HEAD.unpack_from(raw, 0)
-        if gid != group_id or rs != resets:
-            return None
+        # the crc before the owner: a flipped bit of group_id or resets must not pass as
+        # "another owner's window" (an empty one: acks beyond the offset redelivered)
         _U32.pack_into(raw, CM_WIN_C_CRC, 0)
         if lib.cm_crc32c(0, bytes(raw), CM_WIN_COPY_BYTES) != crc or ncounts > CM_WIN_COUNTS_MAX:
             raise CorruptRecord(f"{self.path}: window record {slot} copy {active} fails its "
                                 f"crc32c (offset {off}); its acks cannot be trusted")
+        if gid != group_id or rs != resets:
+            return None
         mask = int.from_bytes(raw[CM_WIN_C_ACKED:CM_WIN_C_COUNTS], "little")
         acked = set()
         while mask:
