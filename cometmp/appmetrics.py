@@ -47,7 +47,7 @@ from typing import Any
 
 from . import paths
 from ._ffi import ffi, lib, raise_for
-from .errors import CorruptRecord, FormatError, MetricsTableFull, ReadOnlyError, os_error
+from .errors import ClosedError, CorruptRecord, FormatError, MetricsTableFull, ReadOnlyError, os_error
 
 __all__ = ["GAUGE_MODES", "KINDS", "UNSLOTTED", "Key", "Table", "column_label"]
 
@@ -226,15 +226,17 @@ class Table:
                            "bytes)") from e
 
     def close(self) -> None:
-        """Unmap. Values created on this table must not be used afterwards."""
+        """Unmap. Values created on this table raise ClosedError afterwards (a call in
+        flight in another thread finishes on the still-exported mapping)."""
         if self._mm is not None:
             self._ptr = None
             with contextlib.suppress(BufferError):
                 self._mm.close()
             self._mm = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._tlock:   # not under a bind's fcntl on it (L2)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     # -- the key lock (I51) ------------------------------------------------------------
     @contextlib.contextmanager
@@ -245,6 +247,8 @@ class Table:
         if self.pid != os.getpid():
             self._after_fork()
         with self._tlock:
+            if self._fd < 0:
+                raise self._closed_error()
             lk = paths.FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
             fcntl.fcntl(self._fd, fcntl.F_OFD_SETLKW, lk)
             try:
@@ -357,6 +361,8 @@ class Table:
         pid = os.getpid()
         if self._bound_pid != pid:
             self._ticks = start_ticks(pid)
+        if self._mm is None:
+            raise self._closed_error()
         with self._locked():
             self._learn()
             bpid, bticks = self.binder(col)
@@ -393,20 +399,38 @@ class Table:
         self._check(lib.cm_appmetrics_add(self._ptr, self.size,
                                           self.cell(row, self.column()), 0.0))
 
+    # After close() every call below raises ClosedError (L4): the pointer and mapping are
+    # read into a local first, so a close() in another thread between the check and the
+    # call leaves the mapping exported (its close fails with BufferError) until the call
+    # returns, and it is unmapped after.
     def add(self, row: int, amount: float) -> None:
-        self._check(lib.cm_appmetrics_add(self._ptr, self.size,
-                                          self.cell(row, self.column()), amount))
+        p = self._ptr
+        if p is None:
+            raise self._closed_error()
+        self._check(lib.cm_appmetrics_add(p, self.size, self.cell(row, self.column()), amount))
 
     def set(self, row: int, value: float, stamp: float = 0.0) -> None:
-        self._check(lib.cm_appmetrics_set(self._ptr, self.size,
-                                          self.cell(row, self.column()), value, stamp))
+        p = self._ptr
+        if p is None:
+            raise self._closed_error()
+        self._check(lib.cm_appmetrics_set(p, self.size, self.cell(row, self.column()),
+                                          value, stamp))
 
     def get(self, row: int) -> float:
-        return CELL.unpack_from(self._mm, self.cell(row, self.column()))[0]
+        return self.read_cell(row, self.column())[0]
 
     def read_cell(self, row: int, col: int) -> tuple[float, float, int]:
         """(value, stamp, present) of one cell, for readers."""
-        return CELL.unpack_from(self._mm, self.cell(row, col))
+        mm = self._mm
+        if mm is None:
+            raise self._closed_error()
+        try:
+            return CELL.unpack_from(mm, self.cell(row, col))
+        except ValueError:   # closed under us: mmap.close() succeeded (nothing exported)
+            raise self._closed_error() from None
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"metrics table {self.path} is closed")
 
     def bound_columns(self) -> list[tuple[int, int, int]]:
         """(column, pid, start ticks) of every column some process ever bound."""

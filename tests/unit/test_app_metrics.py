@@ -270,3 +270,37 @@ def test_a_read_only_table_refuses_this_process_column_with_read_only_error(tmp_
         assert sum(ro.read_cell(row, col)[0] for col, _pid, _t in ro.bound_columns()) == 2.0
     finally:
         ro.close()
+
+
+def test_close_racing_updates_in_other_threads_gives_closed_error_never_a_crash(tmp_path):
+    from cometmp.errors import ClosedError
+
+    for trial in range(20):
+        t = Table.open(tmp_path / f"d{trial}")
+        row = t.row(appmetrics.KINDS["counter"], 0, "c\n{}")
+        t.add(row, 1.0)
+        go, errors, done = threading.Barrier(3), [], []
+
+        def hammer(op):
+            go.wait()
+            try:
+                while True:
+                    op()
+            except ClosedError:
+                done.append(op)
+            except Exception as e:   # noqa: BLE001 - anything else is the finding
+                errors.append(repr(e))
+
+        ts = [threading.Thread(target=hammer, args=(lambda: t.add(row, 1.0),)),
+              threading.Thread(target=hammer, args=(lambda: t.get(row),))]
+        for th in ts:
+            th.start()
+        go.wait()
+        t.close()
+        for th in ts:
+            th.join(30)
+        assert not errors, f"trial {trial}: {errors}"
+        assert len(done) == 2, f"trial {trial}: a thread did not stop with ClosedError"
+    for op in (lambda: t.add(row, 1.0), lambda: t.set(row, 2.0), lambda: t.get(row)):
+        with pytest.raises(ClosedError, match="is closed"):
+            op()
