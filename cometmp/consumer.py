@@ -757,9 +757,9 @@ class Consumer:
         kept in the group's ack window (I43) and never delivered again. All or nothing
         (E5): an id past the stream's end (EntryNotFound) or CM_WIN_ENTRIES or more past
         the offset (AckWindowFull) acks nothing."""
+        self._check()     # ClosedError once closed, also for no ids (L4)
         if not ids:
             return
-        self._check()
         if len(ids) == 1 and type(ids[0]) is Batch and not self.ephemeral and self._ack_batch(ids[0]):
             return
         runs: dict[str, tuple[int, int]] = {}    # stream -> one contiguous [lo, hi)
@@ -898,9 +898,9 @@ class Consumer:
         delivered ``max_deliveries`` times goes to the dead-letter stream now and is
         acked (I48). Acked entries are ignored. The delay is this process's: an entry
         whose consumer dies is delivered again by the next holder without waiting."""
+        self._check()
         if not ids:
             return
-        self._check()
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
         text = None if error is None else (

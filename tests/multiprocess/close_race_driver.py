@@ -180,6 +180,48 @@ def race_consumer(rng: random.Random, d: str) -> None:
     expect_closed(con.read, "ev:*", 1, 0)
 
 
+def race_acks(rng: random.Random, d: str) -> None:
+    """Consumer.close() while threads ack out of order (the window's update), nack with a
+    delay, list pending entries and the assignment, and read redeliveries (ack_wait)."""
+    c = cometmp.Client(d, config())
+    lg = c.log("ev", shards=2)
+    lg.append_many([b"m%d" % i for i in range(200)])
+    con = cometmp.Consumer(c, "g", ack_wait=rng.choice([0.001, 0.01, 1.0]), max_deliveries=4)
+    out = Outcomes()
+    lock = threading.Lock()          # one Consumer per thread is the contract for read/ack
+    seen: list = []
+
+    def consume():
+        with lock:
+            b = con.read("ev:*", 32, timeout=rng.choice([0, 0.001, 0.01]))
+            msgs = list(b)
+            rng.shuffle(msgs)
+            half = len(msgs) // 2
+            if msgs[:half]:
+                con.ack(*msgs[:half])                          # out of order: the window
+            if msgs[half:]:
+                con.nack(*msgs[half:], delay=rng.choice([0.0, 0.001]))
+            seen.append(len(msgs))
+
+    def inspect():
+        with lock:
+            con.pending("ev:*")
+            con.assigned()
+            con.lag("ev:*")
+
+    ts = [out.thread(consume), out.thread(inspect)]
+    time.sleep(rng.uniform(0, 0.02))
+    con.close()
+    if rng.random() < 0.5:
+        c.close()
+    join(ts)
+    c.close()
+    out.check()
+    expect_closed(con.ack)
+    expect_closed(con.pending, "ev:*")
+    expect_closed(con.nack)
+
+
 def race_batches(rng: random.Random, d: str) -> None:
     """async for over Consumer.batches(): cancelled (or not), then the consumer closed."""
     c = cometmp.Client(d, config())

@@ -26,6 +26,7 @@ DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "close_race_dr
 #: iterations per race in the default run (~500 in all: about a minute on 2 busy cores;
 #: the soak variant runs 20 times as many)
 RACES = {
+    "acks": 40,
     "append": 40,
     "scan_after_close": 100,
     "scan": 80,
