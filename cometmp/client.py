@@ -32,6 +32,7 @@ from .errors import (
     ConfigError,
     DataDirectoryNotFound,
     FormatError,
+    InvalidArgument,
     InvalidPath,
     ReadOnlyError,
     ShardCountMismatch,
@@ -490,7 +491,7 @@ class Client:
         """
         paths.validate_stream_name(prefix, "family prefix")
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
-            raise ValueError(f"shards must be an int between 1 and {MAX_SHARDS}, not {shards!r}")
+            raise InvalidArgument(f"shards must be an int between 1 and {MAX_SHARDS}, not {shards!r}")
         paths.validate_stream_name(paths.shard_stream(prefix, shards - 1))
         with self._lock:
             self._check_writable()
@@ -535,7 +536,7 @@ class Client:
         """
         paths.validate_stream_name(stream)
         if isinstance(payloads, str):
-            raise TypeError("payload must be bytes-like, not str (encode it, e.g. s.encode())")
+            raise InvalidArgument("payload must be bytes-like, not str (encode it, e.g. s.encode())")
         if isinstance(payloads, (bytes, bytearray, memoryview)):
             payloads = [payloads]
         with self._lock:

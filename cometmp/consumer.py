@@ -56,9 +56,11 @@ from .errors import (
     DeadLetterWarning,
     EntriesDropped,
     EntryNotFound,
+    InvalidArgument,
     ReadOnlyError,
     StopProcessing,
     StreamNotFound,
+    check_seconds,
     os_errors,
 )
 from .offsets import GroupRef, OffsetStore, validate_group_name
@@ -140,11 +142,9 @@ class Consumer:
         client._check_open()
         if max_deliveries is not None and (not isinstance(max_deliveries, int)
                                            or isinstance(max_deliveries, bool) or max_deliveries < 1):
-            raise ValueError(f"max_deliveries must be None or an int >= 1, not {max_deliveries!r}")
-        if ack_wait is not None and not ack_wait > 0:
-            raise ValueError(f"ack_wait must be None or > 0 seconds, not {ack_wait!r}")
+            raise InvalidArgument(f"max_deliveries must be None or an int >= 1, not {max_deliveries!r}")
         self.max_deliveries = max_deliveries
-        self.ack_wait = None if ack_wait is None else float(ack_wait)
+        self.ack_wait = check_seconds("ack_wait", ack_wait, positive=True)
         self._windows: WindowFile | None = None
         self._due: set[Cursor] = set()   # cursors with entries to deliver again (nack, ack_wait)
         self.client = client
@@ -376,14 +376,13 @@ class Consumer:
         """
         self._check()
         if not isinstance(max_messages, int) or max_messages <= 0:
-            raise ValueError(f"max_messages must be a positive int, not {max_messages!r}")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+            raise InvalidArgument(f"max_messages must be a positive int, not {max_messages!r}")
+        check_seconds("timeout", timeout)
         if assignment is not None:
-            i, n = assignment
+            i, n = assignment if isinstance(assignment, (tuple, list)) and len(assignment) == 2 else (-1, 0)
             if not (isinstance(n, int) and n > 0 and isinstance(i, int) and 0 <= i < n):
-                raise ValueError(f"assignment must be (index, count) with 0 <= index < count, "
-                                 f"not {assignment!r}")
+                raise InvalidArgument(f"assignment must be (index, count) with 0 <= index < count, "
+                                      f"not {assignment!r}")
         zc = self.zero_copy if zero_copy is None else bool(zero_copy)
         if self._pending:
             self._deliver_drops()
@@ -786,7 +785,7 @@ class Consumer:
             try:
                 stream, entry = x.stream, x.entry
             except AttributeError:
-                raise TypeError(f"ack() takes MessageIDs, StreamMessages or Batches, not "
+                raise InvalidArgument(f"ack() takes MessageIDs, StreamMessages or Batches, not "
                                 f"{type(x).__name__}") from None
             if not isinstance(entry, int) or isinstance(entry, bool) or entry < 0:
                 raise EntryNotFound(f"ack of entry {entry!r} of stream {stream!r}: entry "
@@ -901,8 +900,7 @@ class Consumer:
         self._check()
         if not ids:
             return
-        if not delay >= 0:
-            raise ValueError(f"delay must be >= 0 seconds, not {delay!r}")
+        delay = check_seconds("delay", delay, none=False)
         text = None if error is None else (
             error if isinstance(error, str) else f"{type(error).__name__}: {error}")
         due = time.monotonic() + float(delay)
@@ -918,7 +916,7 @@ class Consumer:
             try:
                 by_stream.setdefault(x.stream, set()).add(x.entry)
             except AttributeError:
-                raise TypeError(f"nack() takes MessageIDs, StreamMessages or Batches, not "
+                raise InvalidArgument(f"nack() takes MessageIDs, StreamMessages or Batches, not "
                                 f"{type(x).__name__}") from None
         for stream, entries in by_stream.items():   # checked before anything changes
             c = self._cursors.get(stream)
@@ -1011,7 +1009,7 @@ class Consumer:
         processes pick the new offset up at their next read. Returns {stream: offset}."""
         self._check()
         if (entry is None) == (timestamp_ns is None):
-            raise ValueError("reset_offset takes exactly one of entry or timestamp_ns")
+            raise InvalidArgument("reset_offset takes exactly one of entry or timestamp_ns")
         if self.ephemeral:
             raise ReadOnlyError(f"client for {self.root} was opened readonly=True")
         g = self._ensure_group(stream)

@@ -7,6 +7,8 @@
      +-- BadGroupName         (also ValueError)  a consumer group name fails validation
      +-- ConfigError          (also ValueError)  a Config field or combination out of range
      +-- InvalidPath          (also ValueError)  an empty data-directory path (or one with NUL)
+     +-- InvalidArgument      (also ValueError,  an argument of a call out of range or of the
+     |                         TypeError)        wrong type; names the argument
      +-- ShardCountMismatch   (also ValueError)  a family reopened with another shard count
      +-- EntryTooLarge        (also ValueError)  payload above config.storage.max_entry_bytes
      +-- EntryNotFound        (also KeyError)    no such entry (never written, or retained away)
@@ -85,6 +87,7 @@ __all__ = [
     "EntryNotFound",
     "EntryTooLarge",
     "FormatError",
+    "InvalidArgument",
     "InvalidPath",
     "MembershipError",
     "MetricsTableFull",
@@ -209,6 +212,28 @@ class ShardNotOwned(CometError):
 
 class ConfigError(CometError, ValueError):
     """A Config field, or a combination of fields, is out of range; names the field(s)."""
+
+
+class InvalidArgument(CometError, ValueError, TypeError):
+    """An argument of a call is out of range (a negative timeout, max_deliveries 0) or of
+    the wrong type (a str where seconds or ids are expected); the message names the
+    argument and the value. Both builtin bases, so ``except ValueError`` and ``except
+    TypeError`` written for either kind of mistake keep catching it."""
+
+
+def check_seconds(name: str, value, *, positive: bool = False, none: bool = True) -> float | None:
+    """``value`` as seconds (a real number, not bool, not NaN, >= 0 or with ``positive``
+    > 0; None when ``none``), else InvalidArgument naming ``name``. The one rule for every
+    timeout, delay and wait of the API."""
+    if value is None and none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (value > 0 if positive else value >= 0)
+    if not ok:
+        want = "> 0" if positive else ">= 0"
+        raise InvalidArgument(f"{name} must be {'None or ' if none else ''}a number of seconds "
+                              f"{want}, not {value!r}")
+    return float(value)
 
 
 class InvalidPath(CometError, ValueError):

@@ -43,6 +43,7 @@ import time
 from typing import Any, Callable
 
 from ._ffi import ffi, lib
+from .errors import check_seconds
 from .format import CM_STATE_BYTES, CM_STATE_OFF_NOTIFY_SEQ
 
 __all__ = ["Waiter", "closed_of", "cooperative", "kick", "read_async", "stats", "wait_green"]
@@ -335,8 +336,7 @@ async def read_async(consumer, pattern: str, max_messages: int, timeout: float |
                      zero_copy: bool | None, assignment) -> Any:
     """``Consumer.read_async``: read() with ``timeout=0`` in the loop's thread, and in
     between, await the waiter thread's word that a stream moved (or the slice ended)."""
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+    check_seconds("timeout", timeout)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else time.monotonic() + timeout
     # the first read validates the arguments and claims the group (I14)

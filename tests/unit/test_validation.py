@@ -6,6 +6,8 @@ import logging
 import mmap
 import os
 
+import re
+
 import pytest
 
 import cometmp
@@ -398,3 +400,36 @@ def test_the_offsets_file_itself_refuses_names_python_refuses(tmp_path):
         assert lib.cm_offsets_slot(store._h, idx[0], gid[0], bad, len(bad), 1, slot) == lib.CM_E_ARG
     assert lib.cm_offsets_slot(store._h, idx[0], gid[0], b"ok", 2, 1, slot) == 0
     store.close()
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda c, con, b: cometmp.Consumer(c, "g2", max_deliveries=0), "max_deliveries"),
+    (lambda c, con, b: cometmp.Consumer(c, "g2", max_deliveries="3"), "max_deliveries"),
+    (lambda c, con, b: cometmp.Consumer(c, "g2", ack_wait="1"), "ack_wait"),
+    (lambda c, con, b: cometmp.Consumer(c, "g2", ack_wait=float("nan")), "ack_wait"),
+    (lambda c, con, b: cometmp.Consumer(c, "g2", ack_wait=True), "ack_wait"),
+    (lambda c, con, b: con.read("t:*", timeout="1"), "timeout"),
+    (lambda c, con, b: con.read("t:*", timeout=float("nan")), "timeout"),
+    (lambda c, con, b: con.read("t:*", timeout=-0.5), "timeout"),
+    (lambda c, con, b: con.read("t:*", max_messages=0), "max_messages"),
+    (lambda c, con, b: con.read("t:*", assignment=3), "assignment"),
+    (lambda c, con, b: con.read("t:*", assignment=(1, 1)), "assignment"),
+    (lambda c, con, b: con.nack(b[0], delay="1"), "delay"),
+    (lambda c, con, b: con.nack(b[0], delay=float("nan")), "delay"),
+    (lambda c, con, b: con.nack(b[0], delay=-1), "delay"),
+    (lambda c, con, b: con.ack("not an id"), "ack()"),
+    (lambda c, con, b: con.nack(7), "nack()"),
+    (lambda c, con, b: c.log("f", shards=0), "shards"),
+    (lambda c, con, b: c.append("s", "text"), "payload"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_call_arguments_raise_invalid_argument_naming_the_argument(tmp_path, call, name):
+    with cometmp.Client(str(tmp_path / "d"), config=small_config()) as c:
+        c.log("t", shards=1).append_many([b"a", b"b"])
+        con = cometmp.Consumer(c, "g")
+        b = con.read("t:*", timeout=0)
+        with pytest.raises(cometmp.InvalidArgument, match=re.escape(name)) as ei:
+            call(c, con, b)
+        assert isinstance(ei.value, ValueError) and isinstance(ei.value, TypeError)
+        assert [m.id.entry for m in con.read("t:*", timeout=0)] == []   # nothing changed
+        con.ack(b)
+        con.close()
