@@ -151,7 +151,7 @@ class Consumer:
         self.group = group
         self.zero_copy = bool(zero_copy)
         self.on_drop = on_drop
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = check_seconds("poll_interval", poll_interval, positive=True, none=False)
         self.root = client.path
         self.ephemeral = bool(client.readonly)
         self._gen = _fork_generation()   # I10's counter: bumped in every forked child
@@ -1059,9 +1059,13 @@ class Consumer:
         after each ack. Streams created while it runs are picked up within
         ``poll_interval`` (or sooner when their writers publish).
         """
+        wait = check_seconds("poll_interval", poll_interval, none=False)
+        check_seconds("backoff", backoff, none=False)
+        check_seconds("max_backoff", max_backoff, none=False)
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise InvalidArgument(f"max_retries must be an int >= 0, not {max_retries!r}")
         done = 0
-        wait = max(0.0, float(poll_interval))
-        limit = max(1, int(max_retries) + 1)
+        limit = max_retries + 1
         while stop is None or not stop.is_set():
             batch = self.read(stream, batch_size, timeout=wait, assignment=assignment)
             if not len(batch):
