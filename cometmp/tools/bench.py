@@ -442,16 +442,9 @@ def _config():
 
 
 def _prefault_stats() -> dict:
-    """This process's prefault-thread counts (native/prealloc.c), zeros on a core without
-    them (a baseline build being compared)."""
-    from cometmp._ffi import ffi, lib
-
-    keys = ("requests", "bytes_populated", "failures", "thread_cpu_ns")
-    if not hasattr(lib, "cm_prefault_stats"):
-        return dict.fromkeys(keys, 0)
-    st = ffi.new("cm_prefault_stats_t *")
-    lib.cm_prefault_stats(st)
-    return {k: int(getattr(st, k)) for k in keys}
+    """This process's prefault-thread counts (cometmp.prealloc.stats)."""
+    from cometmp import prealloc
+    return prealloc.stats()
 
 
 def _mp_child(root: str, index: int, entries: int, mode: str, ready_w: int, go_r: int,

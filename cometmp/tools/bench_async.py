@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 _STAMP = struct.Struct("<q")
@@ -147,20 +148,25 @@ def _wake(root: str, samples: int, rounds: int, rng: random.Random) -> dict:
 # ---- stall: the event loop beside read_async -----------------------------------------------
 
 class _GcClock:
-    """Total wall time spent in the cyclic garbage collector (``gc.callbacks``), in ns:
-    a step that contained a collection is charged to the interpreter, not to cometmp."""
+    """Thread CPU time the entering thread spent in the cyclic garbage collector
+    (``gc.callbacks``), in ns: the same clock as the steps' own, and only collections
+    run by that thread (one the waiter thread runs is not inside the loop's step)."""
 
     def __init__(self):
         self.total = 0
         self._t0 = 0
+        self._owner = 0
 
     def __call__(self, phase, info):
+        if threading.get_ident() != self._owner:
+            return
         if phase == "start":
-            self._t0 = time.perf_counter_ns()
+            self._t0 = time.thread_time_ns()
         else:
-            self.total += time.perf_counter_ns() - self._t0
+            self.total += time.thread_time_ns() - self._t0
 
     def __enter__(self):
+        self._owner = threading.get_ident()
         gc.callbacks.append(self)
         return self
 
@@ -209,12 +215,12 @@ def _prefault_drain(limit: float = 30.0) -> dict:
     """Wait until this process's prefault thread has finished what is queued: no request
     completed for 0.2 s (one takes ~10 ms here). Returns what it did since the process
     started and how long the wait took."""
-    from .bench import _prefault_stats
+    from cometmp.prealloc import stats
     t0 = time.monotonic()
-    last, since = _prefault_stats(), time.monotonic()
+    last, since = stats(), time.monotonic()
     while time.monotonic() - since < 0.2 and time.monotonic() - t0 < limit:
         time.sleep(0.02)
-        now = _prefault_stats()
+        now = stats()
         if now["requests"] != last["requests"]:
             last, since = now, time.monotonic()
     return {"waited_s": time.monotonic() - t0, "requests": last["requests"],
@@ -313,7 +319,7 @@ def _stall(root: str, readers: int, seconds: float, rng: random.Random, slices: 
             "step_cpu_less_gc_us": {"max": max(max(0, c - g) for c, g in zip(step_cpu, step_gc))
                                     / 1e3},
             "steps_with_gc": sum(1 for g in step_gc if g),
-            # the five longest steps: (thread CPU us, GC wall us inside it)
+            # the five longest steps: (thread CPU us, GC thread CPU us inside it)
             "longest_steps_us": [[c / 1e3, g / 1e3] for c, g in
                                  sorted(zip(step_cpu, step_gc), reverse=True)[:5]],
             "steps_over_1ms": sum(1 for c in step_cpu if c > 1_000_000),

@@ -17,7 +17,7 @@ ENGINE = {"cometmp._ffi", "cometmp.errors", "cometmp.config", "cometmp.paths",
           "cometmp.shard", "cometmp.client", "cometmp.offsets", "cometmp.members", "cometmp.window",
           "cometmp.pending", "cometmp.consumer",
           "cometmp.deadletter", "cometmp.retention", "cometmp.ownership", "cometmp.stats",
-          "cometmp.cursor", "cometmp.failpoint", "cometmp.waiting"}
+          "cometmp.cursor", "cometmp.failpoint", "cometmp.waiting", "cometmp.prealloc"}
 #: the prefork runtime and the tools, which the engine must not know
 RUNTIME_PREFIXES = ("cometmp.registry", "cometmp.supervisor", "cometmp.integrations")
 TOOL_PREFIXES = ("cometmp.tools", "cometmp.metrics", "cometmp.forwarder", "cometmp.logging",
