@@ -214,30 +214,36 @@ class WindowFile:
     @_closed_is_closed
     def load(self, slot: int, group_id: int, resets: int) -> WindowState | None:
         """The current window of ``slot`` when it belongs to (group_id, resets), else None
-        (an empty window). CorruptRecord if the current copy fails its crc32c."""
+        (an empty window). CorruptRecord if the current copy fails its crc32c.
+
+        The first read takes no lock. A store in another process may rewrite the copy
+        being read (two stores bring the writer back to it), so a copy that fails its
+        crc is read again under the record's OFD read lock, which no store holds at the
+        same time (I44); only a failure there is damage."""
         mm = self._map()
         if mm is None:
             return None
         rec = CM_WIN_HEADER_BYTES + slot * CM_WIN_RECORD_BYTES
-        try:
-            active = _U32.unpack_from(mm, rec + CM_WIN_OFF_ACTIVE)[0]
-            if active > 1:
-                raise CorruptRecord(f"{self.path}: window record {slot}: active copy {active} "
-                                    f"is not 0 or 1 (offset {rec})")
-            off = rec + CM_WIN_COPY_OFF + active * CM_WIN_COPY_BYTES
-            raw = bytearray(mm[off:off + CM_WIN_COPY_BYTES])
-            delivered = _U64.unpack_from(mm, rec + CM_WIN_OFF_DELIVERED)[0]
-        except (ValueError, TypeError):
-            raise ClosedError(f"windows file {self.path} is closed") from None
-        if raw == _ZERO_COPY:
+        got = self._read_copy(mm, slot, rec)
+        if got is None:
+            try:
+                self._lock(rec, fcntl.F_RDLCK)
+            except OSError as e:
+                raise os_error(e, self.path, "lock window record") from e
+            try:
+                got = self._read_copy(mm, slot, rec)
+            finally:
+                self._lock(rec, fcntl.F_UNLCK)
+            if got is None:
+                active = _U32.unpack_from(mm, rec + CM_WIN_OFF_ACTIVE)[0]
+                raise CorruptRecord(f"{self.path}: window record {slot} copy {active} fails "
+                                    f"its crc32c (offset "
+                                    f"{rec + CM_WIN_COPY_OFF + active * CM_WIN_COPY_BYTES}); "
+                                    f"its acks cannot be trusted")
+        raw, delivered = got
+        if raw is None:
             return None        # never written: an empty window
         gid, rs, base, crc, ncounts = _COPY_HEAD.unpack_from(raw, 0)
-        # the crc before the owner: a flipped bit of group_id or resets must not pass as
-        # "another owner's window" (an empty one: acks beyond the offset redelivered)
-        _U32.pack_into(raw, CM_WIN_C_CRC, 0)
-        if lib.cm_crc32c(0, bytes(raw), CM_WIN_COPY_BYTES) != crc or ncounts > CM_WIN_COUNTS_MAX:
-            raise CorruptRecord(f"{self.path}: window record {slot} copy {active} fails its "
-                                f"crc32c (offset {off}); its acks cannot be trusted")
         if gid != group_id or rs != resets:
             return None
         mask = int.from_bytes(raw[CM_WIN_C_ACKED:CM_WIN_C_COUNTS], "little")
@@ -251,6 +257,31 @@ class WindowFile:
             k, n = _COUNT.unpack_from(raw, CM_WIN_C_COUNTS + 4 * i)
             counts[base + k] = n
         return WindowState(base, acked, counts, delivered)
+
+    def _read_copy(self, mm: mmap.mmap, slot: int, rec: int):
+        """``(copy, delivered)`` of the record's active copy, ``(None, delivered)`` for a
+        never-written (all-zero) one, None when the copy fails its crc32c (torn by a
+        concurrent store, or damaged). The crc before the owner: a flipped bit of
+        group_id or resets must not pass as "another owner's window" (an empty one:
+        acks beyond the offset redelivered)."""
+        try:
+            active = _U32.unpack_from(mm, rec + CM_WIN_OFF_ACTIVE)[0]
+            if active > 1:
+                raise CorruptRecord(f"{self.path}: window record {slot}: active copy {active} "
+                                    f"is not 0 or 1 (offset {rec})")
+            off = rec + CM_WIN_COPY_OFF + active * CM_WIN_COPY_BYTES
+            raw = bytearray(mm[off:off + CM_WIN_COPY_BYTES])
+            delivered = _U64.unpack_from(mm, rec + CM_WIN_OFF_DELIVERED)[0]
+        except (ValueError, TypeError):
+            raise ClosedError(f"windows file {self.path} is closed") from None
+        if raw == _ZERO_COPY:
+            return None, delivered
+        crc, ncounts = _COPY_HEAD.unpack_from(raw, 0)[3:5]
+        _U32.pack_into(raw, CM_WIN_C_CRC, 0)
+        if lib.cm_crc32c(0, bytes(raw), CM_WIN_COPY_BYTES) != crc or ncounts > CM_WIN_COUNTS_MAX:
+            return None
+        _U32.pack_into(raw, CM_WIN_C_CRC, crc)
+        return raw, delivered
 
     # ---- writing ------------------------------------------------------------------------
     def _lock(self, rec: int, kind: int) -> None:

@@ -88,3 +88,62 @@ def test_a_file_of_another_size_or_magic_is_a_format_error(tmp_path):
     os.truncate(path, 4096)
     with pytest.raises(cometmp.FormatError, match="4096 bytes"):
         W.WindowFile(root, writable=False)
+
+
+def test_a_copy_torn_by_a_store_in_flight_is_read_again_under_the_lock_not_reported_corrupt(
+        tmp_path):
+    # A lock-free load (cometmp groups, the lag metric, a new owner) can read the copy a
+    # store in another process is rewriting. Here the store in flight is made by hand: the
+    # record's OFD write lock held through another open file description, the current
+    # copy half rewritten (its crc no longer matches), then finished and unlocked. The
+    # load must wait for the lock and return the finished window, never CorruptRecord.
+    import fcntl
+    import threading
+
+    from cometmp import paths
+
+    root = str(tmp_path)
+    path = _materialize(root)
+    rec3 = W.CM_WIN_HEADER_BYTES + 3 * W.CM_WIN_RECORD_BYTES
+    off = rec3 + W.CM_WIN_COPY_OFF + W.CM_WIN_COPY_BYTES   # record 3's current copy (1)
+    new = W._pack_copy(7, 1, W.WindowState(100, {101, 102, 105, 4195}, {100: 3, 101: 2}))
+    writer = os.open(path, os.O_RDWR)
+    lock = paths.FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, rec3, W.CM_WIN_RECORD_BYTES, 0)
+    fcntl.fcntl(writer, fcntl.F_OFD_SETLK, lock)
+    os.pwrite(writer, new[W.CM_WIN_C_ACKED:], off + W.CM_WIN_C_ACKED)   # the body, not the crc
+    wf = W.WindowFile(root, writable=False)
+    asking = threading.Event()
+    real_lock = wf._lock
+
+    def observed_lock(rec, kind):     # the real lock, and a signal that it was asked for
+        if kind == fcntl.F_RDLCK:
+            asking.set()
+        return real_lock(rec, kind)
+
+    wf._lock = observed_lock
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(_load_or_error(wf, 3, 7, 1)))
+    try:
+        reader.start()
+        # the reader has read the torn copy once it asks for the record's read lock
+        assert asking.wait(30) or not reader.is_alive(), "the load never asked for the lock"
+        assert asking.is_set(), f"the load did not wait for the store: {got}"
+        os.pwrite(writer, new[:W.CM_WIN_C_ACKED], off)                  # the head and crc last
+        fcntl.fcntl(writer, fcntl.F_OFD_SETLK,
+                    paths.FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, rec3, W.CM_WIN_RECORD_BYTES, 0))
+        reader.join(30)
+        assert not reader.is_alive()
+        st = got[0]
+        assert not isinstance(st, Exception), st
+        assert (st.base, st.acked) == (100, {101, 102, 105, 4195})
+    finally:
+        os.close(writer)
+        reader.join(30)
+        wf.close()
+
+
+def _load_or_error(wf, *args):
+    try:
+        return wf.load(*args)
+    except Exception as e:  # noqa: BLE001 - handed to the test thread
+        return e
