@@ -154,6 +154,7 @@ class Table:
         self._fd = fd
         self.pid = os.getpid()
         self._tlock = threading.Lock()
+        self._closed = False
         #: (kind, mode, text) -> row, for the rows this process has seen
         self._rows: dict[tuple[int, int, str], int] = {}
         self._seen = 0
@@ -226,17 +227,38 @@ class Table:
                            "bytes)") from e
 
     def close(self) -> None:
-        """Unmap. Values created on this table raise ClosedError afterwards (a call in
-        flight in another thread finishes on the still-exported mapping)."""
-        if self._mm is not None:
+        """Unmap. Values created on this table raise ClosedError afterwards (a lock-free
+        add/set/get in flight in another thread finishes on the still-exported mapping).
+        Under the thread lock, so never under a row's creation or a column's bind, which
+        use the mapping and the fd under it (L2, L4)."""
+        if self.pid != os.getpid():
+            # a forked child: the parent's lock may be held by a thread that does not
+            # exist here
+            self._tlock = threading.Lock()
+        with self._tlock:
+            self._closed = True
             self._ptr = None
-            with contextlib.suppress(BufferError):
-                self._mm.close()
-            self._mm = None
-        with self._tlock:   # not under a bind's fcntl on it (L2)
+            mm, self._mm = self._mm, None
+            if mm is not None:
+                with contextlib.suppress(BufferError):
+                    mm.close()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+    def _map(self) -> Any:
+        """The mapping, or ClosedError once close() ran (never a TypeError on None)."""
+        mm = self._mm
+        if mm is None:
+            raise self._closed_error()
+        return mm
+
+    def _unusable(self) -> Exception:
+        """Why this process cannot update the table: closed, or opened read-only."""
+        if not self._closed and not self.writable:
+            return ReadOnlyError(f"metrics table {self.path} is open read-only: values "
+                                 "cannot be updated through it")
+        return self._closed_error()
 
     # -- the key lock (I51) ------------------------------------------------------------
     @contextlib.contextmanager
@@ -244,6 +266,8 @@ class Table:
         """Hold the key lock: this process's thread lock, then an OFD write lock on
         byte 0 through a file description of this process (released by the kernel if
         the holder dies, so a kill -9 mid-append never blocks the others)."""
+        if self._closed:
+            raise self._closed_error()
         if self.pid != os.getpid():
             self._after_fork()
         with self._tlock:
@@ -269,7 +293,7 @@ class Table:
 
     # -- rows ------------------------------------------------------------------------
     def nkeys(self) -> int:
-        n = struct.unpack_from("=I", self._mm, CM_APM_OFF_NKEYS)[0]
+        n = struct.unpack_from("=I", self._map(), CM_APM_OFF_NKEYS)[0]
         if n > CM_APM_KEY_CAP:
             raise CorruptRecord(f"metrics table {self.path}: nkeys {n} at offset "
                                 f"{CM_APM_OFF_NKEYS} above the cap {CM_APM_KEY_CAP}",
@@ -280,8 +304,9 @@ class Table:
         """(kind, mode, text) of a published row; CorruptRecord naming the offset if its
         record points outside the text written."""
         off = CM_APM_KEYS_OFF + row * CM_APM_KEY_BYTES
-        toff, tlen, kind, mode = KEY.unpack_from(self._mm, off)
-        used = struct.unpack_from("=I", self._mm, CM_APM_OFF_TEXT_USED)[0]
+        mm = self._map()
+        toff, tlen, kind, mode = KEY.unpack_from(mm, off)
+        used = struct.unpack_from("=I", mm, CM_APM_OFF_TEXT_USED)[0]
         if toff + tlen > min(used, CM_APM_TEXT_CAP) or kind not in KIND_NAMES or \
                 mode >= len(GAUGE_MODES):
             raise CorruptRecord(f"metrics table {self.path}: key record {row} at offset {off} "
@@ -289,7 +314,7 @@ class Table:
                                 self.path, off)
         start = CM_APM_TEXT_OFF + toff
         try:
-            text = bytes(self._mm[start:start + tlen]).decode("utf-8")
+            text = bytes(mm[start:start + tlen]).decode("utf-8")
         except UnicodeDecodeError:
             raise CorruptRecord(f"metrics table {self.path}: key text of row {row} at "
                                 f"offset {start} is not UTF-8", self.path, start) from None
@@ -310,6 +335,8 @@ class Table:
         if r is not None:
             return r
         raw = text.encode("utf-8")
+        if not self.writable:   # a row is appended under the key lock, a write lock
+            raise self._unusable()
         with self._locked():
             self._learn()
             r = self._rows.get(k)
@@ -347,7 +374,7 @@ class Table:
 
     def binder(self, column: int) -> tuple[int, int]:
         """(pid, start ticks) of the process that bound ``column`` last; (0, 0): never."""
-        return BINDER.unpack_from(self._mm, CM_APM_BINDERS_OFF + column * CM_APM_BINDER_BYTES)
+        return BINDER.unpack_from(self._map(), CM_APM_BINDERS_OFF + column * CM_APM_BINDER_BYTES)
 
     def _bind(self, col: int) -> None:
         """Caller: column(), when this process's entry or pid changed (I53)."""
@@ -361,9 +388,7 @@ class Table:
         pid = os.getpid()
         if self._bound_pid != pid:
             self._ticks = start_ticks(pid)
-        if self._mm is None:
-            raise self._closed_error()
-        with self._locked():
+        with self._locked():   # close() takes the same lock: the mapping stays while here
             self._learn()
             bpid, bticks = self.binder(col)
             if (bpid, bticks) != (pid, self._ticks):
@@ -395,9 +420,11 @@ class Table:
 
     def touch(self, row: int) -> None:
         """A value of ``row`` was created in this process: present in its column from now."""
+        p = self._ptr
+        if p is None:
+            raise self._unusable()
         self._mine.add(row)
-        self._check(lib.cm_appmetrics_add(self._ptr, self.size,
-                                          self.cell(row, self.column()), 0.0))
+        self._check(lib.cm_appmetrics_add(p, self.size, self.cell(row, self.column()), 0.0))
 
     # After close() every call below raises ClosedError (L4): the pointer and mapping are
     # read into a local first, so a close() in another thread between the check and the
@@ -406,13 +433,13 @@ class Table:
     def add(self, row: int, amount: float) -> None:
         p = self._ptr
         if p is None:
-            raise self._closed_error()
+            raise self._unusable()
         self._check(lib.cm_appmetrics_add(p, self.size, self.cell(row, self.column()), amount))
 
     def set(self, row: int, value: float, stamp: float = 0.0) -> None:
         p = self._ptr
         if p is None:
-            raise self._closed_error()
+            raise self._unusable()
         self._check(lib.cm_appmetrics_set(p, self.size, self.cell(row, self.column()),
                                           value, stamp))
 
@@ -435,7 +462,7 @@ class Table:
     def bound_columns(self) -> list[tuple[int, int, int]]:
         """(column, pid, start ticks) of every column some process ever bound."""
         out = []
-        raw = memoryview(self._mm)[CM_APM_BINDERS_OFF:
+        raw = memoryview(self._map())[CM_APM_BINDERS_OFF:
                                    CM_APM_BINDERS_OFF + CM_APM_COLUMNS * CM_APM_BINDER_BYTES]
         for col, (pid, ticks) in enumerate(BINDER.iter_unpack(raw)):
             if pid:
@@ -446,5 +473,5 @@ class Table:
     def row_cells(self, row: int) -> memoryview:
         """The raw cells of ``row`` (CM_APM_ROW_BYTES bytes; the caller releases it)."""
         start = CM_APM_CELLS_OFF + row * CM_APM_ROW_BYTES
-        return memoryview(self._mm)[start:start + CM_APM_ROW_BYTES]
+        return memoryview(self._map())[start:start + CM_APM_ROW_BYTES]
 

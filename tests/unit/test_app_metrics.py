@@ -304,3 +304,71 @@ def test_close_racing_updates_in_other_threads_gives_closed_error_never_a_crash(
     for op in (lambda: t.add(row, 1.0), lambda: t.set(row, 2.0), lambda: t.get(row)):
         with pytest.raises(ClosedError, match="is closed"):
             op()
+
+
+def test_close_racing_new_metrics_and_readers_gives_closed_error_never_a_crash(tmp_path):
+    # Creating a metric's row (the key lock, then stores into the mapping), marking it
+    # present (touch), and the collector's readers (nkeys, key, bound_columns, row_cells)
+    # against close() in another thread: ClosedError, never TypeError/ValueError on a
+    # mapping that close() set to None or unmapped.
+    from cometmp.errors import ClosedError
+
+    kind = appmetrics.KINDS["counter"]
+    for trial in range(20):
+        t = Table.open(tmp_path / f"d{trial}")
+        t.add(t.row(kind, 0, "seed\n{}"), 1.0)
+        go, errors, done = threading.Barrier(4), [], []
+        names = iter(range(10 ** 9))
+
+        def new_metric():
+            r = t.row(kind, 0, f"m{next(names) % 900}\n{{}}")
+            t.touch(r)
+
+        def readers():
+            for r in range(t.nkeys()):
+                t.key(r)
+                t.row_cells(r).release()
+            t.bound_columns()
+
+        def hammer(op):
+            go.wait()
+            try:
+                while True:
+                    op()
+            except ClosedError:
+                done.append(op)
+            except Exception as e:   # noqa: BLE001 - anything else is the finding
+                errors.append(repr(e))
+
+        ts = [threading.Thread(target=hammer, args=(op,))
+              for op in (new_metric, readers, lambda: t.add(0, 1.0))]
+        for th in ts:
+            th.start()
+        go.wait()
+        t.close()
+        for th in ts:
+            th.join(30)
+        assert not errors, f"trial {trial}: {errors}"
+        assert len(done) == 3, f"trial {trial}: a thread did not stop with ClosedError"
+    for op in (lambda: t.row(kind, 0, "late\n{}"), lambda: t.touch(0), t.nkeys,
+               lambda: t.key(0), t.bound_columns, lambda: t.row_cells(0), lambda: t.binder(0)):
+        with pytest.raises(ClosedError, match="is closed"):
+            op()
+
+
+def test_updates_through_a_read_only_table_raise_read_only_error_not_closed(tmp_path):
+    from cometmp.errors import ReadOnlyError
+
+    t = Table.open(tmp_path)
+    row = t.row(appmetrics.KINDS["counter"], 0, "c\n{}")
+    t.add(row, 1.0)
+    ro = Table.open(tmp_path, create=False, writable=False)
+    try:
+        for op in (lambda: ro.add(row, 1.0), lambda: ro.set(row, 2.0), lambda: ro.touch(row),
+                   lambda: ro.row(appmetrics.KINDS["counter"], 0, "new\n{}")):
+            with pytest.raises(ReadOnlyError, match="read-only"):
+                op()
+        assert ro.nkeys() == 1          # nothing was written through it
+    finally:
+        ro.close()
+        t.close()
