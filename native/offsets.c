@@ -97,10 +97,30 @@ static int init_file(int fd) {
     return 0;
 }
 
+/* The temp name is per process (<name>.<pid>.tmp, which the Python side's
+ * remove_dead_temp_files judges by its pid), so one thread of the process at a
+ * time builds it: two threads sharing it truncated and renamed each other's
+ * file (5 of 6 concurrent first opens failed with ENOENT from the rename, and a
+ * late header write could land on the live file). Reset in a forked child,
+ * which holds no thread's lock. */
+static pthread_mutex_t create_mu = PTHREAD_MUTEX_INITIALIZER;
+static void create_mu_child(void) { pthread_mutex_init(&create_mu, NULL); }
+__attribute__((constructor))
+static void offsets_init(void) { pthread_atfork(NULL, NULL, create_mu_child); }
+
+static int create_file_locked(int dirfd, const char *dir, const char *name);
+
 /* I7: build the file under a private temp name, then link it into place
  * without replacing: when two processes race, the first rename wins and the
  * loser opens the winner's file. */
 static int create_file(int dirfd, const char *dir, const char *name) {
+    pthread_mutex_lock(&create_mu);
+    int rc = create_file_locked(dirfd, dir, name);
+    pthread_mutex_unlock(&create_mu);
+    return rc;
+}
+
+static int create_file_locked(int dirfd, const char *dir, const char *name) {
     char tmp[300];
     snprintf(tmp, sizeof tmp, "%s.%d.tmp", name, (int)getpid());
     int fd = CM_FAILPOINT_ERRNO("offsets.create") ? -1 :

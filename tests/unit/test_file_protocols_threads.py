@@ -1,5 +1,6 @@
-"""The temp-file protocols (paths.create_file_once, paths.write_file_atomic; CONVENTIONS 8,
-I7) from several threads of one process at once: the temp name is per process
+"""The temp-file protocols (paths.create_file_once, paths.write_file_atomic, and the C
+core's creation of the offsets file, native/offsets.c; CONVENTIONS 8, I7) from several
+threads of one process at once: the temp name is per process
 (``<file>.<pid>.tmp``), so the threads must not share one temp file: each call succeeds,
 exactly one creator wins, and the file is always whole."""
 
@@ -60,3 +61,25 @@ def test_threads_replacing_one_file_at_once_all_succeed_and_it_is_one_of_theirs(
         with open(path, "rb") as f:
             assert f.read() in data
         assert os.listdir(d) == ["f.json"], "a temp file was left"
+
+
+def test_threads_opening_a_fresh_offsets_file_at_once_all_succeed_and_share_one_file(tmp_path):
+    # what happens when several threads each make their first Consumer of a new data
+    # directory: the C core creates consumers/offsets under offsets.<pid>.tmp; before it
+    # serialised that per process, 295 of 300 such trials failed (ENOENT from the rename)
+    from cometmp.offsets import OffsetStore
+
+    for trial in range(30):
+        root = tmp_path / str(trial)
+        (root / paths.CONSUMERS).mkdir(parents=True, mode=0o700)
+        results, errors = run_together(lambda i: OffsetStore(str(root), True), n=6)
+        try:
+            assert not errors, f"trial {trial}: {errors}"
+            # one file: a group made through one store is the same group through the others
+            g = results[0].group("g", create=True)
+            assert {r.group("g", create=False).id for r in results} == {g.id}
+            assert os.listdir(root / paths.CONSUMERS) == ["offsets"], "a temp file was left"
+        finally:
+            for s in results:
+                if s is not None:
+                    s.close()
