@@ -898,9 +898,9 @@ class Consumer:
         acked (I48). Acked entries are ignored. The delay is this process's: an entry
         whose consumer dies is delivered again by the next holder without waiting."""
         self._check()
+        delay = check_seconds("delay", delay, none=False)
         if not ids:
             return
-        delay = check_seconds("delay", delay, none=False)
         text = None if error is None else (
             error if isinstance(error, str) else f"{type(error).__name__}: {error}")
         due = time.monotonic() + float(delay)

@@ -229,11 +229,14 @@ def check_seconds(name: str, value, *, positive: bool = False, none: bool = True
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
         (value > 0 if positive else value >= 0)
-    if not ok:
-        want = "> 0" if positive else ">= 0"
-        raise InvalidArgument(f"{name} must be {'None or ' if none else ''}a number of seconds "
-                              f"{want}, not {value!r}")
-    return float(value)
+    if ok:
+        try:
+            return float(value)
+        except OverflowError:   # an int beyond a float's range (10**400)
+            pass
+    want = "> 0" if positive else ">= 0"
+    raise InvalidArgument(f"{name} must be {'None or ' if none else ''}a number of seconds "
+                          f"{want}, not {value!r:.80}")
 
 
 class InvalidPath(CometError, ValueError):

@@ -190,17 +190,18 @@ def race_acks(rng: random.Random, d: str) -> None:
     out = Outcomes()
     lock = threading.Lock()          # one Consumer per thread is the contract for read/ack
     seen: list = []
+    trng = random.Random(rng.randrange(1 << 30))   # the thread's own: the seed replays it
 
     def consume():
         with lock:
-            b = con.read("ev:*", 32, timeout=rng.choice([0, 0.001, 0.01]))
+            b = con.read("ev:*", 32, timeout=trng.choice([0, 0.001, 0.01]))
             msgs = list(b)
-            rng.shuffle(msgs)
+            trng.shuffle(msgs)
             half = len(msgs) // 2
             if msgs[:half]:
                 con.ack(*msgs[:half])                          # out of order: the window
             if msgs[half:]:
-                con.nack(*msgs[half:], delay=rng.choice([0.0, 0.001]))
+                con.nack(*msgs[half:], delay=trng.choice([0.0, 0.001]))
             seen.append(len(msgs))
 
     def inspect():

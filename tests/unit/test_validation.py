@@ -415,12 +415,14 @@ def test_the_offsets_file_itself_refuses_names_python_refuses(tmp_path):
     (lambda c, con, b: con.read("t:*", timeout="1"), "timeout"),
     (lambda c, con, b: con.read("t:*", timeout=float("nan")), "timeout"),
     (lambda c, con, b: con.read("t:*", timeout=-0.5), "timeout"),
+    (lambda c, con, b: con.read("t:*", timeout=10 ** 400), "timeout"),   # beyond a float
     (lambda c, con, b: con.read("t:*", max_messages=0), "max_messages"),
     (lambda c, con, b: con.read("t:*", assignment=3), "assignment"),
     (lambda c, con, b: con.read("t:*", assignment=(1, 1)), "assignment"),
     (lambda c, con, b: con.nack(b[0], delay="1"), "delay"),
     (lambda c, con, b: con.nack(b[0], delay=float("nan")), "delay"),
     (lambda c, con, b: con.nack(b[0], delay=-1), "delay"),
+    (lambda c, con, b: con.nack(delay=-1), "delay"),     # checked with no ids too
     (lambda c, con, b: con.ack("not an id"), "ack()"),
     (lambda c, con, b: con.nack(7), "nack()"),
     (lambda c, con, b: c.log("f", shards=0), "shards"),
