@@ -272,6 +272,34 @@ def test_a_read_only_table_refuses_this_process_column_with_read_only_error(tmp_
         ro.close()
 
 
+def _close_under(t, ops) -> tuple[list, int]:
+    """Each op in a loop on its own thread, then ``t.close()`` from this one: returns the
+    exceptions other than ClosedError (the findings) and how many threads stopped with
+    ClosedError."""
+    from cometmp.errors import ClosedError
+
+    go, errors, done = threading.Barrier(len(ops) + 1), [], []
+
+    def hammer(op):
+        go.wait()
+        try:
+            while True:
+                op()
+        except ClosedError:
+            done.append(op)
+        except Exception as e:   # noqa: BLE001 - anything else is the finding
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=hammer, args=(op,)) for op in ops]
+    for th in ts:
+        th.start()
+    go.wait()
+    t.close()
+    for th in ts:
+        th.join(30)
+    return errors, len(done)
+
+
 def test_close_racing_updates_in_other_threads_gives_closed_error_never_a_crash(tmp_path):
     from cometmp.errors import ClosedError
 
@@ -279,28 +307,9 @@ def test_close_racing_updates_in_other_threads_gives_closed_error_never_a_crash(
         t = Table.open(tmp_path / f"d{trial}")
         row = t.row(appmetrics.KINDS["counter"], 0, "c\n{}")
         t.add(row, 1.0)
-        go, errors, done = threading.Barrier(3), [], []
-
-        def hammer(op):
-            go.wait()
-            try:
-                while True:
-                    op()
-            except ClosedError:
-                done.append(op)
-            except Exception as e:   # noqa: BLE001 - anything else is the finding
-                errors.append(repr(e))
-
-        ts = [threading.Thread(target=hammer, args=(lambda: t.add(row, 1.0),)),
-              threading.Thread(target=hammer, args=(lambda: t.get(row),))]
-        for th in ts:
-            th.start()
-        go.wait()
-        t.close()
-        for th in ts:
-            th.join(30)
+        errors, stopped = _close_under(t, [lambda: t.add(row, 1.0), lambda: t.get(row)])
         assert not errors, f"trial {trial}: {errors}"
-        assert len(done) == 2, f"trial {trial}: a thread did not stop with ClosedError"
+        assert stopped == 2, f"trial {trial}: a thread did not stop with ClosedError"
     for op in (lambda: t.add(row, 1.0), lambda: t.set(row, 2.0), lambda: t.get(row)):
         with pytest.raises(ClosedError, match="is closed"):
             op()
@@ -317,7 +326,6 @@ def test_close_racing_new_metrics_and_readers_gives_closed_error_never_a_crash(t
     for trial in range(20):
         t = Table.open(tmp_path / f"d{trial}")
         t.add(t.row(kind, 0, "seed\n{}"), 1.0)
-        go, errors, done = threading.Barrier(4), [], []
         names = iter(range(10 ** 9))
 
         def new_metric():
@@ -330,26 +338,9 @@ def test_close_racing_new_metrics_and_readers_gives_closed_error_never_a_crash(t
                 t.row_cells(r).release()
             t.bound_columns()
 
-        def hammer(op):
-            go.wait()
-            try:
-                while True:
-                    op()
-            except ClosedError:
-                done.append(op)
-            except Exception as e:   # noqa: BLE001 - anything else is the finding
-                errors.append(repr(e))
-
-        ts = [threading.Thread(target=hammer, args=(op,))
-              for op in (new_metric, readers, lambda: t.add(0, 1.0))]
-        for th in ts:
-            th.start()
-        go.wait()
-        t.close()
-        for th in ts:
-            th.join(30)
+        errors, stopped = _close_under(t, [new_metric, readers, lambda: t.add(0, 1.0)])
         assert not errors, f"trial {trial}: {errors}"
-        assert len(done) == 3, f"trial {trial}: a thread did not stop with ClosedError"
+        assert stopped == 3, f"trial {trial}: a thread did not stop with ClosedError"
     for op in (lambda: t.row(kind, 0, "late\n{}"), lambda: t.touch(0), t.nkeys,
                lambda: t.key(0), t.bound_columns, lambda: t.row_cells(0), lambda: t.binder(0)):
         with pytest.raises(ClosedError, match="is closed"):
