@@ -246,6 +246,13 @@ class Consumer:
             c = Cursor(self.root, name, rw_state=not self.ephemeral)
             self._cursors[name] = c
             self._wait_cache = None
+            if self._closed:
+                # close() in another thread set _closed before it cleared the cursors:
+                # either it closed this one or it is ours to close (idempotent); never a
+                # mapping left open after close (L4)
+                self._cursors.pop(name, None)
+                c.close()
+                self._check()
         return c
 
     def _slot(self, c: Cursor, g: GroupRef | None) -> int | None:
@@ -441,7 +448,7 @@ class Consumer:
                 sorted(set().union(*(self._match(p) for p in pats)))
             m.refresh(g, pattern, names,
                       slot_of=lambda name: self._store.slot(g, name, create=True),
-                      unacked=lambda name: name in self._cursors and self._unacked(self._cursors[name]),
+                      unacked=self._unacked_of,
                       claimed=self._claimed)
         cache = self._owned_cache
         if cache is not None and cache[0] is cursors and cache[1] == m.version:
@@ -918,14 +925,17 @@ class Consumer:
             except AttributeError:
                 raise InvalidArgument(f"nack() takes MessageIDs, StreamMessages or Batches, not "
                                 f"{type(x).__name__}") from None
+        cursors = {}
         for stream, entries in by_stream.items():   # checked before anything changes
             c = self._cursors.get(stream)
             if c is None or c.pos is None or max(entries) >= c.pos:
+                self._check()   # a close() in another thread cleared the cursors: ClosedError
                 raise EntryNotFound(f"nack of entry {max(entries)} of stream {stream!r}, which "
                                     "this consumer has not delivered; nothing was nacked")
+            cursors[stream] = c
         g = self._ensure_group(None)
         for stream, entries in by_stream.items():
-            c = self._cursors[stream]
+            c = cursors[stream]
             f = c.flight
             give = []
             for e in sorted(entries):
@@ -1172,6 +1182,10 @@ class Consumer:
                 yield batch
 
     # ---- lifecycle -----------------------------------------------------------------------
+    def _unacked_of(self, name: str) -> bool:
+        c = self._cursors.get(name)    # one lookup: a close() elsewhere may clear the dict
+        return c is not None and self._unacked(c)
+
     def close(self) -> None:
         """Release mappings. Offsets stay in the file; the group stays until deleted.
 

@@ -230,3 +230,26 @@ def test_entries_a_departed_reader_left_unacked_come_back_counted_or_dead_letter
         (0, 2, b"m0"), (2, 2, b"m2"), (3, 2, b"m3")]
     strict.ack(got)
     assert strict.lag("t:*") == {S: 0}
+
+
+def test_a_nack_that_a_close_in_another_thread_overtakes_raises_closed_error(client):
+    # The interleaving the close race found (tests/multiprocess/test_close_races.py,
+    # "acks"): close() lands after nack() passed its closed check and before it looks its
+    # entries up, so the cursors are gone. That is ClosedError (L4), not EntryNotFound
+    # ("not delivered"), which would tell the caller its own ids were wrong.
+    fill(client, 10)
+    con = cometmp.Consumer(client, "g")
+    b = con.read("t:*", 10, timeout=0)
+    assert len(b) == 10
+    real_check = con._check
+    calls = []
+
+    def check_then_closed_elsewhere():
+        real_check()
+        if not calls:
+            calls.append(1)
+            con.close()          # what another thread's close() does at this instant
+
+    con._check = check_then_closed_elsewhere
+    with pytest.raises(cometmp.ClosedError):
+        con.nack(*list(b)[5:])
