@@ -175,8 +175,12 @@ def test_a_registry_removed_from_dev_shm_while_serving_is_recreated_and_rejoined
         doc = wait_owned(srv.data_dir, srv, timeout=15)
         print(f"{variant}: owned again {time.monotonic() - t0:.2f} s after the removal")
         assert os.stat(shm).st_ino != inode and doc["process_count"] == 3
+        # every worker takes its slot again (every shard's owner can be settled while
+        # another worker is still rejoining: wait for that slot, not for ownership)
+        victim = wait_until(lambda: (s := _slot(srv.data_dir, 1))["alive"]
+                            and s["pid"] in srv.workers() and s, 15,
+                            "worker 1 back in its slot of the new registry")
         # a worker started after the removal joins the new registry as well
-        victim = next(s for s in doc["slots"] if s["process_id"] == 1)
         os.kill(victim["pid"], signal.SIGKILL)
         wait_owned(srv.data_dir, srv, timeout=15)
         assert get(srv.port, "/append?id=after")[0] == 200
