@@ -441,18 +441,13 @@ def _config():
     return cfg
 
 
-def _prefault_stats() -> dict:
-    """This process's prefault-thread counts (cometmp.prealloc.stats)."""
-    from cometmp import prealloc
-    return prealloc.stats()
-
-
 def _mp_child(root: str, index: int, entries: int, mode: str, ready_w: int, go_r: int,
               result_w: int) -> None:
     """Runs in a forked child: open its own client, wait for the barrier, append."""
     code = 0
     try:
         import cometmp
+        from cometmp import prealloc
 
         with cometmp.Client(root, config=_config()) as client:
             lg = client.log(f"bench:mp:p{index}", shards=1)
@@ -474,7 +469,7 @@ def _mp_child(root: str, index: int, entries: int, mode: str, ready_w: int, go_r
             os.read(go_r, 1)
             ru0 = resource.getrusage(resource.RUSAGE_SELF)
             rt0 = resource.getrusage(resource.RUSAGE_THREAD)
-            pf0 = _prefault_stats()
+            pf0 = prealloc.stats()
             th0 = time.thread_time_ns()
             t0 = time.perf_counter_ns()
             if mode in ("single", "control"):
@@ -486,7 +481,7 @@ def _mp_child(root: str, index: int, entries: int, mode: str, ready_w: int, go_r
             dt = time.perf_counter_ns() - t0
             th = time.thread_time_ns() - th0
             rt = resource.getrusage(resource.RUSAGE_THREAD)
-            pf = {k: v - pf0[k] for k, v in _prefault_stats().items()}
+            pf = {k: v - pf0[k] for k, v in prealloc.stats().items()}
             ru = resource.getrusage(resource.RUSAGE_SELF)
             cpu = (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime)
             n = entries if mode in ("single", "control") else entries // BATCH * BATCH

@@ -177,10 +177,11 @@ class _GcClock:
 class _Steps:
     """Awaits a coroutine while timing each of its synchronous steps (resume -> next
     suspension): exactly the time it holds the event loop. Wall and thread-CPU time per
-    step, in ns, appended to ``wall`` and ``cpu``; with ``gcs`` (a list) and ``clock``
-    (a _GcClock), the garbage collector's share of each step too."""
+    step, in ns, appended to ``wall`` and ``cpu``, and the garbage collector's share of
+    it (``clock``, a _GcClock) to ``gcs``."""
 
-    def __init__(self, coro, wall: list[int], cpu: list[int], gcs=None, clock=None):
+    def __init__(self, coro, wall: list[int], cpu: list[int], gcs: list[int],
+                 clock: _GcClock):
         self.coro, self.wall, self.cpu = coro, wall, cpu
         self.gcs, self.clock = gcs, clock
 
@@ -191,19 +192,17 @@ class _Steps:
         send, exc = None, None
         while True:
             w0, c0 = pc(), tt()
-            g0 = clock.total if clock is not None else 0
+            g0 = clock.total
             try:
                 y = it.throw(exc) if exc is not None else it.send(send)
             except StopIteration as e:
                 self.wall.append(pc() - w0)
                 self.cpu.append(tt() - c0)
-                if clock is not None:
-                    gcs.append(clock.total - g0)
+                gcs.append(clock.total - g0)
                 return e.value
             self.wall.append(pc() - w0)
             self.cpu.append(tt() - c0)
-            if clock is not None:
-                gcs.append(clock.total - g0)
+            gcs.append(clock.total - g0)
             send, exc = None, None
             try:
                 send = yield y

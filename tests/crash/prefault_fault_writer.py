@@ -23,7 +23,7 @@ failpoints.bootstrap(so)
 import json  # noqa: E402
 
 import cometmp  # noqa: E402
-from cometmp._ffi import ffi, lib  # noqa: E402
+from cometmp import prealloc  # noqa: E402
 
 
 def payload(rng, i):
@@ -40,10 +40,9 @@ with cometmp.Client(root, config=cfg) as c:
     for i in range(6000):            # ~6 MiB: six rotations, ~50 prefault requests
         assert lg.append(payload(rng, i)).entry == i
         os.pwrite(acked, b"%08d" % (i + 1), 0)
-    st = ffi.new("cm_prefault_stats_t *")
-    lib.cm_prefault_stats(st)
-    res = {"requests": st.requests, "failures": st.failures,
-           "populated": st.bytes_populated}
+    st = prealloc.stats()
+    res = {"requests": st["requests"], "failures": st["failures"],
+           "populated": st["bytes_populated"]}
     os.environ.pop("COMETMP_FAILPOINT")
     for j in range(10):               # and once it heals
         assert lg.append(payload(rng, 6000 + j)).entry == 6000 + j

@@ -253,3 +253,15 @@ def test_a_nack_that_a_close_in_another_thread_overtakes_raises_closed_error(cli
     con._check = check_then_closed_elsewhere
     with pytest.raises(cometmp.ClosedError):
         con.nack(*list(b)[5:])
+
+
+def test_a_cursor_made_while_a_close_runs_is_closed_not_left_mapped(client):
+    # close() sets the closed flag, then closes and clears the cursors; a call in another
+    # thread that had passed its own check may still be making a cursor. That cursor is
+    # closed and ClosedError raised, so no state page stays mapped after close (L4).
+    fill(client, 3)
+    con = cometmp.Consumer(client, "g")
+    con.close()
+    with pytest.raises(cometmp.ClosedError):
+        con._cursor(S)          # what that call in the other thread does next
+    assert con._cursors == {}

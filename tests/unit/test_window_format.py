@@ -147,3 +147,31 @@ def _load_or_error(wf, *args):
         return wf.load(*args)
     except Exception as e:  # noqa: BLE001 - handed to the test thread
         return e
+
+
+def test_a_torn_copy_whose_store_never_finishes_is_a_storage_error_after_the_bound(
+        tmp_path, monkeypatch):
+    # The read lock of the re-read is bounded like a store's (LOCK_TIMEOUT): a copy that
+    # fails its crc while another description holds the record's write lock and never
+    # lets go is StorageError naming the file, not a hang and not CorruptRecord.
+    import fcntl
+
+    from cometmp import paths
+
+    monkeypatch.setattr(W, "LOCK_TIMEOUT", 0.2)
+    root = str(tmp_path)
+    path = _materialize(root)
+    rec3 = W.CM_WIN_HEADER_BYTES + 3 * W.CM_WIN_RECORD_BYTES
+    off = rec3 + W.CM_WIN_COPY_OFF + W.CM_WIN_COPY_BYTES
+    holder = os.open(path, os.O_RDWR)
+    fcntl.fcntl(holder, fcntl.F_OFD_SETLK,
+                paths.FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, rec3, W.CM_WIN_RECORD_BYTES, 0))
+    os.pwrite(holder, b"\xff" * 16, off + W.CM_WIN_C_ACKED)     # a store half done
+    wf = W.WindowFile(root, writable=False)
+    try:
+        with pytest.raises(cometmp.StorageError, match=rf"{path}.*stayed locked") as ei:
+            wf.load(3, 7, 1)
+        assert not isinstance(ei.value, cometmp.CorruptRecord)
+    finally:
+        wf.close()
+        os.close(holder)
