@@ -249,6 +249,46 @@ def _damage_suites_walkers_agree(request):
                     assert_walkers_agree(path, buf)
 
 
+#: registry objects a test's directories left in /dev/shm (nodeid, name), removed by
+#: _no_registry_left_behind and listed at the end of the run
+REGISTRIES_LEFT: list[tuple[str, str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_registry_left_behind(request):
+    """After every test that used ``tmp_path``: a registry shm object belonging to a data
+    directory under it (one with a registry key) is removed, so a test that kills a whole
+    server on purpose (a stale registry is the product's documented leftover, I24) does not
+    leave 16 KiB in /dev/shm per run; each one is listed in the run's summary."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    root = str(request.getfixturevalue("tmp_path"))
+    yield
+    from cometmp import registry
+    for dirpath, dirs, files in os.walk(root):
+        if paths.REGISTRY_KEY in files:
+            try:
+                name = registry.shm_name(dirpath)
+            except (cometmp.CometError, OSError):
+                continue
+            shm = "/dev/shm/" + name.lstrip("/")
+            if os.path.exists(shm):
+                REGISTRIES_LEFT.append((request.node.nodeid, name))
+                try:
+                    os.unlink(shm)
+                except OSError:
+                    pass
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REGISTRIES_LEFT:
+        terminalreporter.write_line(f"registry objects left in /dev/shm by tests (removed): "
+                                    f"{len(REGISTRIES_LEFT)}")
+        for nodeid, name in REGISTRIES_LEFT:
+            terminalreporter.write_line(f"  {nodeid}: {name}")
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """Mount a real tmpfs; ``tmpfs(opts)`` returns its path. Unmounted afterwards."""

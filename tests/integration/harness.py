@@ -210,11 +210,17 @@ def status(data_dir: str) -> dict:
 
 
 def ownership_problems(doc: dict, live_pids: set[int]) -> list[str]:
-    """Why ``doc`` does not show every shard owned by exactly one live worker (or [])."""
+    """Why ``doc`` does not show every shard owned by exactly one live worker and every
+    live worker in a slot (or []). Both: while one worker is still joining, the workers
+    that have joined can own every shard (its slot's shards are re-owned), so shard
+    ownership alone settles before the table is whole (a loaded run saw a uvicorn table
+    with one of its two workers)."""
     width = max(doc["families"].values(), default=0)
     problems = []
     if doc["registry"] is None:
         return ["no registry"]
+    slotted = {sl["pid"] for sl in doc["slots"] if sl["alive"]}
+    problems += [f"worker {pid} has no slot" for pid in sorted(live_pids - slotted)]
     for s in range(width):
         owners = [sl for sl in doc["slots"] if s in sl["shards"]]
         if len(owners) != 1:
@@ -225,8 +231,9 @@ def ownership_problems(doc: dict, live_pids: set[int]) -> list[str]:
 
 
 def wait_owned(data_dir: str, server: Server, timeout: float = 30.0) -> dict:
-    """Until every shard is owned by exactly one live worker (each poll runs ``cometmp
-    status``, a process start: the bound is for a loaded machine)."""
+    """Until every shard is owned by exactly one live worker and every live worker holds a
+    slot (each poll runs ``cometmp status``, a process start: the bound is for a loaded
+    machine)."""
     deadline = time.monotonic() + timeout
     while True:
         doc = status(data_dir)
