@@ -42,14 +42,15 @@ class StorageConfig:
     durability: str = "none"
     fsync_every_writes: int = 1000
     fsync_every_seconds: float = 1.0
-    #: Disk blocks are reserved (fallocate) and prefaulted this far ahead of the tail, so
-    #: appends never fault on a hole and a full disk is seen before any byte is written.
+    #: Disk blocks are reserved (fallocate) and prefaulted ahead of the tail, so appends
+    #: never fault on a hole and a full disk is seen before any byte is written. The
+    #: headroom ramps with what a stream writes: 64 KiB for a new one, doubling up to two to
+    #: four chunks of this size, so a stream that takes a few entries costs 64 KiB.
     preallocate_bytes: int = 1 * MiB
-    #: Prefault the preallocated pages from a background thread (one per process), so an
-    #: append rarely takes a page fault itself. The thread works only while a core is idle
-    #: (fewer runnable tasks than CPUs); when every core is busy, as with one writing worker
-    #: per core, it leaves the pages to the appenders, so the default serves one process and
-    #: N busy ones alike (docs/PERFORMANCE.md, "Prefault policy"). False: never prefault.
+    #: Prefault the reserved pages from a background thread (one per process), so an append
+    #: rarely takes a page fault itself. It populates every range the appenders queue: a
+    #: policy that left the pages to the appenders while no core was idle measured slower
+    #: (docs/PERFORMANCE.md, "Prefault policy"). False: never prefault.
     prefault: bool = True
 
 

@@ -63,7 +63,15 @@ struct cm_shard {
     uint64_t idx_cap;
     uint32_t idx_interval;
     int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
+    uint64_t ahead;             /* headroom ensure_alloc() keeps: the ramp (below) */
 };
+
+/* The headroom ramp's bounds (ensure_alloc): from 64 KiB up to four alloc_chunks. */
+static uint64_t ahead_max(const cm_shard *s) { return 4 * (uint64_t)s->opt.alloc_chunk; }
+static uint64_t ahead_min(const cm_shard *s) {
+    uint64_t m = 64 * 1024, max = ahead_max(s);
+    return m < max ? m : max;
+}
 
 /* I16: the kernel boot id of the last writer open. A state page written before
  * a reboot may be older than the segment bytes that reached the disk (the page
@@ -97,6 +105,21 @@ static uint64_t unmap_active(cm_shard *s) {
     s->seg_cap = s->idx_cap = 0;
     s->seg_base = UINT64_MAX;
     return ticket;
+}
+
+/* No read-around for the pages appends will store into. A fault on a page that is not
+ * in the page cache reads around it (filemap_fault: read_ahead_kb, 8 MiB on this
+ * machine's disk), and the holes and unwritten extents past the tail read as zeros
+ * without I/O but still cost a fresh page each: the first store into a new segment
+ * took 1.5-2.8 ms, whichever thread faulted first (the appender or the prefault
+ * thread; docs/PERFORMANCE.md "Read-around on the append path"). MADV_RANDOM on the
+ * pages past the tail makes each fault allocate only its own page (~10 us measured).
+ * The written part keeps the default advice: recovery's scan of a segment read from
+ * disk after a reboot wants read-around. Best effort: a failure only costs speed. */
+static void advise_appends(cm_shard *s) {
+    uint64_t from = round_up(s->st->tail, 4096);
+    if (s->seg_map && from < s->seg_cap)
+        madvise(s->seg_map + from, s->seg_cap - from, MADV_RANDOM);
 }
 
 /* Map the index of the active segment, creating it when missing or unusable.
@@ -489,7 +512,8 @@ static int drop_rotation_leftover(cm_shard *s, uint64_t max_base, uint64_t prev_
 /* Validate and repair the active segment's tail. Caller holds the lock
  * (and, at open, the directory flock). state_fresh: the state page was
  * just (re)initialised and carries nothing to trust. */
-static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_report *rep) {
+static int recover_files_locked(cm_shard *s, int state_fresh, int at_open,
+                                cm_open_report *rep) {
     cm_state *st = s->st;
     uint64_t min_base, max_base, prev_base;
     int count;
@@ -517,7 +541,8 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         uint64_t cap = s->opt.segment_bytes;
         int fd;
         /* a stream with no segment left gets a new identity (FORMAT.md §2.1) */
-        rc = cm_segment_create(s->dirfd, s->dir, base, cap, s->opt.alloc_chunk,
+        uint64_t first = ahead_min(s) < cap ? ahead_min(s) : cap;  /* the ramp's start */
+        rc = cm_segment_create(s->dirfd, s->dir, base, cap, first,
                                s->opt.stream_crc, cm_new_stream_id(),
                                s->opt.durability != CM_DURABILITY_NONE, &fd);
         if (rc < 0) return rc;
@@ -529,7 +554,7 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         st->committed = base;
         st->first_entry = base;
         st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;
-        st->alloc_end = s->opt.alloc_chunk < cap ? s->opt.alloc_chunk : cap;
+        st->alloc_end = first;
         st->idx_count = 0;
         st->idx_last_off = 0;
         pthread_once(&boot_once, read_boot_id);
@@ -680,6 +705,13 @@ static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_rep
         return cm_fail(CM_E_IO, errno, "fsync %s/%020llu.seg after zeroing its torn tail",
                        s->dir, (unsigned long long)B);
     return CM_OK;
+}
+
+/* Recovery (recover_files_locked), then the append advice for the active segment. */
+static int recover_locked(cm_shard *s, int state_fresh, int at_open, cm_open_report *rep) {
+    int rc = recover_files_locked(s, state_fresh, at_open, rep);
+    if (rc == CM_OK) advise_appends(s);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- locking */
@@ -927,17 +959,25 @@ void cm_shard_unref(cm_shard *s) {
 /* ---------------------------------------------------------------- append */
 
 /* Make sure [alloc_end, end) is allocated on disk before we store into the
- * mapping: a store into a hole on a full disk would be SIGBUS (I9). We keep
- * two to four alloc_chunks allocated past the write position and let the
+ * mapping: a store into a hole on a full disk would be SIGBUS (I9). Past the
+ * write position we keep between half and all of `ahead` allocated and let the
  * prefault thread (prealloc.c) map it in before we get there.
+ *
+ * The headroom ramps like readahead's window: a handle starts at ahead_min()
+ * and doubles `ahead` at every extension up to four alloc_chunks. So a stream
+ * that takes a few entries reserves and prefaults 64 KiB, not four chunks (a
+ * family of 16 shards with one entry each used to cost 80 MiB of disk and 64 MiB
+ * of zero pages written back; docs/PERFORMANCE.md "Many small streams"), while a
+ * busy one reaches full headroom within its first few MiB. A rotation keeps the
+ * handle's `ahead`: a stream that filled a segment is busy.
  * Only a failure to allocate the bytes needed now is an error. */
 static int ensure_alloc(cm_shard *s, uint64_t end) {
     cm_state *st = s->st;
-    uint64_t chunk = s->opt.alloc_chunk;
-    if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + 2 * chunk <= st->alloc_end))
+    uint64_t ahead = s->ahead ? s->ahead : ahead_min(s);
+    if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + ahead / 2 <= st->alloc_end))
         return CM_OK;
     uint64_t from = st->alloc_end & ~4095ull;
-    uint64_t to = round_up(end, 4096) + 4 * chunk;
+    uint64_t to = round_up(end, 4096) + ahead;
     if (to > s->seg_cap) to = s->seg_cap;
     int e = CM_FAILPOINT("append.alloc");
     if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
@@ -954,6 +994,7 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     if (s->opt.prefault)
         cm_prealloc_populate(s->seg_map + warm, to - warm);
     st->alloc_end = to;
+    s->ahead = 2 * ahead < ahead_max(s) ? 2 * ahead : ahead_max(s);
     return CM_OK;
 }
 
@@ -998,7 +1039,8 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     if (CM_SEG_HEADER_BYTES + frame > cap)   /* an oversized entry gets its own segment */
         cap = round_up(CM_SEG_HEADER_BYTES + frame, 4096);
     int durable = s->opt.durability != CM_DURABILITY_NONE;
-    uint64_t pre = round_up(CM_SEG_HEADER_BYTES + frame, 4096) + s->opt.alloc_chunk;
+    uint64_t ahead = s->ahead ? s->ahead : ahead_min(s), chunk = s->opt.alloc_chunk;
+    uint64_t pre = round_up(CM_SEG_HEADER_BYTES + frame, 4096) + (ahead < chunk ? ahead : chunk);
     if (pre > cap) pre = cap;
     char seg[64], tmp[80], idx[64];
     cm_segment_name(seg, sizeof seg, base, ".seg");
@@ -1056,7 +1098,12 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     }
     /* 5. commit: the handle and the state follow the files. A crash before this
        point is repaired by recover_locked(): it adopts the new (empty) segment,
-       whose base is exactly where the older one ends. */
+       whose base is exactly where the older one ends. The new segment's first pages
+       are queued for the prefault thread before the old mapping's munmap: that munmap
+       holds this process's mmap lock for writing, and appends faulting on new pages
+       the thread had not reached waited for it right after every rotation. */
+    if (s->opt.prefault)
+        cm_prealloc_populate(map, pre);
     unmap_active(s);
     s->seg_fd = fd; s->seg_map = map; s->seg_cap = cap; s->seg_base = base;
     cm_segment_key(map, cap, base, &s->seg_key);
@@ -1071,10 +1118,9 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;
     st->alloc_end = pre;
     st->active_base = base;
+    advise_appends(s);
     st->rotate_pending = 0;
     st->counters[CM_CTR_ROTATIONS]++;
-    if (s->opt.prefault)
-        cm_prealloc_populate(s->seg_map, pre);
     return CM_OK;
 
 drop_visible:
@@ -1164,6 +1210,7 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
         /* another process rotated (or replaced an empty active segment) */
         rc = map_active(s, st->active_base, NULL);
         if (rc < 0) goto out;
+        advise_appends(s);
     }
     if (st->rotate_pending && n > 0) {
         /* I1: a failed rotation left a newer segment at `committed`; the older
@@ -1260,8 +1307,10 @@ static int sync_entered(cm_shard *s) {
         return cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
     int rc = lock_shard(s, 0);
     if (rc < 0) return rc;
-    if (s->seg_base != s->st->active_base || s->seg_gen != s->st->active_gen)
+    if (s->seg_base != s->st->active_base || s->seg_gen != s->st->active_gen) {
         rc = map_active(s, s->st->active_base, NULL);
+        if (rc == CM_OK) advise_appends(s);
+    }
     if (rc == CM_OK) rc = sync_locked(s);
     unlock_shard(s);
     return rc;
