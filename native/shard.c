@@ -966,7 +966,7 @@ void cm_shard_unref(cm_shard *s) {
  * The headroom ramps like readahead's window: a handle starts at ahead_min()
  * and doubles `ahead` at every extension up to four alloc_chunks. So a stream
  * that takes a few entries reserves and prefaults 64 KiB, not four chunks (a
- * family of 16 shards with one entry each used to cost 80 MiB of disk and 64 MiB
+ * family of 16 shards with one entry each used to cost 66 MiB of disk and 48 MiB
  * of zero pages written back; docs/PERFORMANCE.md "Many small streams"), while a
  * busy one reaches full headroom within its first few MiB. A rotation keeps the
  * handle's `ahead`: a stream that filled a segment is busy.
