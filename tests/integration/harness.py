@@ -74,8 +74,10 @@ class Server:
 
         From each process's own /proc/<pid>/stat (its parent and state), not from the
         master's task/*/children list, which the kernel documents as unreliable while
-        children exit and fork: a read during a respawn can miss a live worker."""
-        return children_of(self.pid)
+        children exit and fork: a read during a respawn can miss a live worker.
+        multiprocessing's own helpers (uvicorn's supervisor starts a resource tracker)
+        are not workers and are left out."""
+        return [p for p in children_of(self.pid) if not _mp_helper(p)]
 
     def send(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -102,6 +104,16 @@ class Server:
         with open(self.log_path, "rb") as f:
             text = f.read().decode("utf-8", "replace")
         return text[-tail:] if tail else text
+
+
+def _mp_helper(pid: int) -> bool:
+    """A process multiprocessing runs for itself (resource tracker, forkserver)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return b"multiprocessing.resource_tracker" in cmd or b"multiprocessing.forkserver" in cmd
 
 
 def children_of(parent: int) -> list[int]:
