@@ -82,7 +82,10 @@ class Server:
     def send(self, sig: int) -> None:
         os.kill(self.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 45.0) -> int | None:
+        """Signal the server and wait for it to exit; after ``timeout`` (a bound above
+        the servers' own grace periods: uWSGI's mercy in these tests, 15 s, and
+        gunicorn's graceful_timeout, 30 s) SIGKILL its whole session."""
         if self.proc.poll() is None:
             try:
                 os.kill(self.pid, sig)
