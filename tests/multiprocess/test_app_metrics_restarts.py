@@ -118,6 +118,13 @@ def check_bounded_after(directory: str, restarts: int) -> None:
     assert got[("churn_seconds_count", ())] == restarts
     assert ("churn_live", ()) not in got, "no worker is alive: live gauges show none"
     assert {dict(lb)["pid"] for (name, lb) in got if name == "churn_all"} <= {"0", "1"}
+    # the last life was a kill -9 (life 99 of 100, 999 of 1,000), so nobody removed the
+    # registry: the next worker to join uses it, and leaving gracefully as its only live
+    # member removes it (I24), so the test leaves nothing in /dev/shm
+    n = restarts if restarts % 3 else restarts + 1   # a life that leaves gracefully
+    churn(directory, n, 1)
+    assert listing(directory)[1] == [], "a graceful leave of the only live member " \
+        "removes the registry a killed member left"
 
 
 def test_100_restarts_leave_the_directory_and_shm_as_10_did(tmp_path):
