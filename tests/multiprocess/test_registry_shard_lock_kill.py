@@ -1,19 +1,28 @@
 """A writer kill -9'ed while it holds a shard's lock mid-record never wedges the shard.
 
-Large records (4 MiB) keep the writer inside the lock most of the time, so the kill
-usually lands mid-memcpy. Another process's append must then proceed within a bounded
+The real C writer appends large records (4 MiB), and the test kills it once the stream's
+state page shows it mid-record: ``reserve_end`` past the published ``tail`` (I4), which the
+writer sets under the lock, after reserving the blocks and before filling the frames, and
+clears when it publishes. Another process's append must then proceed within a bounded
 time (EOWNERDEAD -> repair of the torn tail -> consistent, I5), and afterwards every
-record in the stream is whole: the torn one is gone, nothing is corrupt.
+record in the stream is whole: the torn one is gone, nothing is corrupt. (The kill used to
+land after a random delay and "usually" mid-memcpy; on a loaded machine 30 such kills once
+tore no record. tests/crash/test_lock_owner_death.py does the same with a scripted owner.)
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import signal
+import struct
 import time
 
+from conftest import stream_path
+
 import cometmp
+from cometmp import format as fmt
 
 MiB = 1024 * 1024
 RECORD = 4 * MiB
@@ -43,13 +52,30 @@ def _writer(data_dir: str, ready_w: int, tag: int) -> None:
         os._exit(1)
 
 
+def mid_record(data_dir: str, timeout: float) -> bool:
+    """Spin until the writer has declared bytes past the published tail (I4: it holds the
+    lock and is filling frames). False if that was not seen within ``timeout``."""
+    with open(os.path.join(stream_path(data_dir, "big:shard:0000"), "state"), "rb") as f:
+        st = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tail, = struct.unpack_from("=Q", st, fmt.CM_STATE_OFF_TAIL)
+            reserve, = struct.unpack_from("=Q", st, fmt.CM_STATE_OFF_RESERVE_END)
+            if reserve > tail:
+                return True
+        return False
+    finally:
+        st.close()
+
+
 def test_a_writer_killed_inside_the_shard_lock_is_repaired_and_others_proceed(tmp_path):
     data_dir = str(tmp_path / "log")
     rng = random.Random(7)
     with cometmp.Client(data_dir, _config()) as c:
         lg = c.log("big", 1)
         waits = []
-        for i in range(30):  # until a kill has torn a record (usually the first few)
+        for i in range(30):  # until a kill has torn a record (at least 6 kills)
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
@@ -58,7 +84,8 @@ def test_a_writer_killed_inside_the_shard_lock_is_repaired_and_others_proceed(tm
             os.close(w)
             assert os.read(r, 1) == b"x"
             os.close(r)
-            time.sleep(rng.uniform(0.002, 0.03))
+            time.sleep(rng.uniform(0.0, 0.01))   # a different record each time
+            mid_record(data_dir, timeout=10.0)   # then inside the lock, mid-record
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             t0 = time.monotonic()
@@ -67,6 +94,8 @@ def test_a_writer_killed_inside_the_shard_lock_is_repaired_and_others_proceed(tm
             stats = c.stats()["streams"]["big:shard:0000"]["counters"]
             if i >= 5 and stats["lock_recoveries"] and stats["bytes_dropped"]:
                 break
+    print(f"{len(waits)} kills: {stats['lock_recoveries']} inside the lock, "
+          f"{stats['bytes_dropped']} bytes of torn records dropped")
     assert max(waits) < 2.0, waits
     # the kill landed inside the lock at least once (the state shows the repair)
     assert stats["lock_recoveries"] >= 1, stats
