@@ -42,13 +42,14 @@
 #endif
 
 #define QUEUE 256
-/* Populate in steps of 8 pages. MADV_POPULATE_WRITE holds the process's mmap lock for
-   reading for a whole step, and every mmap/munmap of the process (a rotation maps the
-   new segment and index on the appending thread) waits for the step in flight.
-   Per page the populate costs the same from 32 KiB to 256 KiB steps; a step's wall time
-   is what grows, and with it the wait of a concurrent mmap (benchmarks/populate_steps.py,
+/* Populate in steps so an unmap never waits long. MADV_POPULATE_WRITE holds the
+   process's mmap lock for reading for a whole step, and an mmap/munmap on another thread
+   (a rotation maps the new segment and index on the appending thread) waits for the
+   step in flight. Smaller steps cut that wait (32 KiB: a concurrent mmap's p99 about
+   half of 256 KiB's) but cost the populate more CPU per page (20-55 % at 32 KiB), on
+   every page of every stream, so the step stays at 256 KiB (benchmarks/populate_steps.py,
    docs/PERFORMANCE.md "Populate steps and the rotation's mmap lock"). */
-#define STEP (32u * 1024u)
+#define STEP (256u * 1024u)
 
 enum { REQ_POPULATE = 1, REQ_UNMAP = 2 };
 struct req { int kind; uint8_t *addr; size_t len; };
