@@ -12,7 +12,8 @@
  * same work.
  *
  * Lifetime rule: the thread touches the appender's mapping, so a segment
- * mapping is never unmapped directly while the thread runs; cm_prealloc_unmap()
+ * mapping is never unmapped directly while the thread runs (the writer hands it its
+ * index mappings too, to keep their munmaps off the appending thread); cm_prealloc_unmap()
  * drops the populate requests still queued for it (populating a mapping that is
  * going away is wasted work, and would keep dirtying its file after a close) and
  * queues the munmap behind the one in progress (FIFO order). It returns a ticket;

@@ -95,13 +95,13 @@ static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * t
 
 /* ---------------------------------------------------------------- mapping */
 
-/* Returns the prefault thread's ticket for the segment's munmap (cm_prealloc_wait).
- * Both munmaps go to the prefault thread (the index's first, so the segment's ticket
- * covers it): a munmap takes the process's mmap lock for writing, so on the appending
- * thread it waited for the populate step in flight, in every rotation. */
+/* Returns the prefault thread's ticket for the last munmap queued (cm_prealloc_wait;
+ * FIFO, so it covers both). Both munmaps go to the prefault thread: a munmap takes the
+ * process's mmap lock for writing, so on the appending thread it waited for the
+ * populate step in flight, in every rotation. */
 static uint64_t unmap_active(cm_shard *s) {
-    if (s->idx_map) cm_prealloc_unmap(s->idx_map, s->idx_cap);
-    uint64_t ticket = s->seg_map ? cm_prealloc_unmap(s->seg_map, s->seg_cap) : 0;
+    uint64_t ticket = s->idx_map ? cm_prealloc_unmap(s->idx_map, s->idx_cap) : 0;
+    if (s->seg_map) ticket = cm_prealloc_unmap(s->seg_map, s->seg_cap);
     if (s->seg_fd >= 0) close(s->seg_fd);
     if (s->idx_fd >= 0) close(s->idx_fd);
     s->seg_map = NULL; s->seg_fd = -1; s->idx_map = NULL; s->idx_fd = -1;

@@ -23,6 +23,7 @@ from conftest import stream_path
 
 import cometmp
 from cometmp import format as fmt
+from cometmp import paths
 
 MiB = 1024 * 1024
 RECORD = 4 * MiB
@@ -52,10 +53,11 @@ def _writer(data_dir: str, ready_w: int, tag: int) -> None:
         os._exit(1)
 
 
-def mid_record(data_dir: str, timeout: float) -> bool:
+def wait_mid_record(data_dir: str, timeout: float) -> None:
     """Spin until the writer has declared bytes past the published tail (I4: it holds the
-    lock and is filling frames). False if that was not seen within ``timeout``."""
-    with open(os.path.join(stream_path(data_dir, "big:shard:0000"), "state"), "rb") as f:
+    lock and is filling frames), or ``timeout`` passed: the kill follows either way, and
+    the final ``bytes_dropped`` check says whether any kill landed mid-record."""
+    with open(os.path.join(stream_path(data_dir, "big:shard:0000"), paths.STATE), "rb") as f:
         st = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
     try:
         deadline = time.monotonic() + timeout
@@ -63,8 +65,7 @@ def mid_record(data_dir: str, timeout: float) -> bool:
             tail, = struct.unpack_from("=Q", st, fmt.CM_STATE_OFF_TAIL)
             reserve, = struct.unpack_from("=Q", st, fmt.CM_STATE_OFF_RESERVE_END)
             if reserve > tail:
-                return True
-        return False
+                return
     finally:
         st.close()
 
@@ -85,7 +86,7 @@ def test_a_writer_killed_inside_the_shard_lock_is_repaired_and_others_proceed(tm
             assert os.read(r, 1) == b"x"
             os.close(r)
             time.sleep(rng.uniform(0.0, 0.01))   # a different record each time
-            mid_record(data_dir, timeout=10.0)   # then inside the lock, mid-record
+            wait_mid_record(data_dir, timeout=10.0)   # then inside the lock, mid-record
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             t0 = time.monotonic()
