@@ -113,6 +113,7 @@ COUNTERS = {
     "contended": 11,
     "clock_clamps": 12,
     "disk_full": 13,
+    "spare_rotations": 14,
 }
 CM_CTR_APPENDS = 0
 CM_CTR_BYTES = 1
@@ -128,6 +129,7 @@ CM_CTR_LOCK_RECOVERIES = 10
 CM_CTR_CONTENDED = 11
 CM_CTR_CLOCK_CLAMPS = 12
 CM_CTR_DISK_FULL = 13
+CM_CTR_SPARE_ROTATIONS = 14
 
 _SEG_HDR = struct.Struct("<IHHQQqIQ16xI")
 _REC_HDR = struct.Struct("<IIqI")

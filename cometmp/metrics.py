@@ -26,7 +26,7 @@ Metrics (label ``stream``, plus ``family``/``shard`` for a family's shard stream
 - ``cometmp_<counter>_total`` for every state-page counter (``cometmp.format.COUNTERS``):
   appends, bytes, rotations, recoveries, bytes_dropped, corrupt_records, fsyncs,
   retention_segments, retention_bytes, compressed, lock_recoveries, contended,
-  clock_clamps, disk_full. The values are exactly ``cometmp stats``' counters.
+  clock_clamps, disk_full, spare_rotations. The values are exactly ``cometmp stats``' counters.
 - gauges ``cometmp_stream_length`` (next entry number), ``cometmp_stream_first_entry``,
   ``cometmp_stream_entries`` (retained), ``cometmp_stream_segments``,
   ``cometmp_stream_disk_bytes``, ``cometmp_stream_state_ok``; ``cometmp_family_shards``.
@@ -69,6 +69,7 @@ COUNTER_HELP = {
     "contended": "Writer-lock acquisitions that had to wait.",
     "clock_clamps": "Timestamps raised because the clock stepped back.",
     "disk_full": "Segment allocations that failed with ENOSPC/EDQUOT.",
+    "spare_rotations": "Rotations that took a segment made ahead of need.",
 }
 
 

@@ -137,6 +137,15 @@ class Writer:
         out["counters"] = {k: int(snap.counters[v]) for k, v in COUNTERS.items()}
         return out
 
+    def spare(self) -> str:
+        """This process's next segment for the stream, made ahead of need by its prefault
+        thread (native/spare.c): "none" (not asked for yet, or taken by a rotation),
+        "building", "ready" or "failed" (the next rotation creates its files itself)."""
+        rc = lib.cm_shard_spare(self.handle)
+        if rc < 0:
+            raise_for(rc, path=self.directory)
+        return ("none", "building", "ready", "failed")[rc]
+
     def ref(self):
         """What Appender.set_handle takes: a buffer over the head (magic) of the cm_shard;
         the appender takes its own reference from it (L3). No address is a Python int."""

@@ -20,6 +20,7 @@
 #include "pyapi.h"        /* Python.h, and what differs under the limited API */
 #include <stdint.h>
 #include <stddef.h>
+#include <stdio.h>
 #include "cometmp.h"
 #include "internal.h"
 

@@ -88,6 +88,12 @@ int  cm_sync(cm_shard *s);
 int  cm_shard_snapshot(cm_shard *s, cm_snapshot *out);
 int  cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry);
 int  cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta);
+/* this process's next segment, made ahead of need (native/spare.c) */
+#define CM_SHARD_SPARE_NONE 0
+#define CM_SHARD_SPARE_BUILDING 1
+#define CM_SHARD_SPARE_READY 2
+#define CM_SHARD_SPARE_FAILED 3
+int  cm_shard_spare(cm_shard *s);
 
 /* segment.c: stateless record parsing over a mapped segment (map starts at the
  * segment header, offset 0).

@@ -213,7 +213,8 @@ _Static_assert(sizeof(cm_state) == CM_STATE_BYTES, "state is one page");
 #define CM_CTR_CONTENDED        11
 #define CM_CTR_CLOCK_CLAMPS     12
 #define CM_CTR_DISK_FULL        13
-_Static_assert(CM_CTR_DISK_FULL < CM_STATE_COUNTERS, "counter slots fit the table");
+#define CM_CTR_SPARE_ROTATIONS  14
+_Static_assert(CM_CTR_SPARE_ROTATIONS < CM_STATE_COUNTERS, "counter slots fit the table");
 
 /* ---- consumer offsets file: DIR/consumers/offsets (native endian) ------ */
 /* FORMAT.md §7. One shared mapping per data directory, fixed size, sparse:

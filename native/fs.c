@@ -114,3 +114,26 @@ int cm_fs_open_dir(const char *dir, int inside, int create) {
     }
     return fd;
 }
+
+/* An unnamed file in `dirfd` (O_TMPFILE), mode 0600 and adopted like any file
+ * created here (I31, I32): it has no name to follow or to leave behind; a crash
+ * frees it. -1 with errno when the filesystem has no O_TMPFILE. */
+int cm_fs_tmpfile(int dirfd) {
+    int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0 && (fchmod(fd, 0600) != 0 || adopt(dirfd, fd) != 0)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* Give the unnamed file `fd` (cm_fs_tmpfile) the name `name` in `dirfd`. Never
+ * replaces a file: EEXIST when the name is taken. Through /proc/self/fd, which
+ * needs no privilege (AT_EMPTY_PATH would). 0 or -1 (errno). */
+int cm_fs_link_tmpfile(int fd, int dirfd, const char *name) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, path, dirfd, name, AT_SYMLINK_FOLLOW);
+}

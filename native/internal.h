@@ -74,6 +74,8 @@ uint64_t cm_zero_range(uint8_t *map, uint64_t from, uint64_t to);
 int  cm_fs_openat(int dirfd, const char *name, int flags, mode_t mode);
 int  cm_fs_fail(int err, int dirfd, const char *dir, const char *name, const char *verb);
 int  cm_fs_open_dir(const char *dir, int inside, int create);
+int  cm_fs_tmpfile(int dirfd);
+int  cm_fs_link_tmpfile(int fd, int dirfd, const char *name);
 
 /* index.c */
 void cm_index_header_init(uint8_t *h, uint64_t base, uint32_t interval);
@@ -85,6 +87,24 @@ int  cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_cap
 void cm_prealloc_populate(uint8_t *addr, size_t len);
 uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len);
 void cm_prealloc_wait(uint64_t ticket);
+uint64_t cm_prealloc_call(void (*fn)(void *), void *arg);
+size_t cm_prealloc_populate_here(uint8_t *addr, size_t len);
+
+/* spare.c: the next segment's files, made ahead on the prefault thread */
+enum { CM_SPARE_PENDING = 0, CM_SPARE_READY = 1, CM_SPARE_FAILED = 2, CM_SPARE_ABANDONED = 3 };
+typedef struct cm_spare {
+    int state;                  /* CM_SPARE_*, atomic (the lifetime rule in spare.c) */
+    int dirfd;                  /* a dup of the stream directory's */
+    uint64_t cap, icap, pre;    /* segment size, index size, blocks preallocated */
+    int populate;
+    int fd, ifd;                /* unnamed (O_TMPFILE) segment and index */
+    uint8_t *map, *imap;
+    uint64_t ticket;            /* the build's, for cm_prealloc_wait() */
+} cm_spare;
+cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate);
+int  cm_spare_state(const cm_spare *sp);
+uint64_t cm_spare_drop(cm_spare *sp);
+void cm_spare_taken(cm_spare *sp);
 
 /* state.c */
 int  cm_state_init(cm_state *st);

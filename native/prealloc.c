@@ -52,15 +52,15 @@
    docs/PERFORMANCE.md "Populate steps and the rotation's mmap lock"). */
 #define STEP (256u * 1024u)
 
-enum { REQ_POPULATE = 1, REQ_UNMAP = 2 };
-struct req { int kind; uint8_t *addr; size_t len; };
+enum { REQ_POPULATE = 1, REQ_UNMAP = 2, REQ_CALL = 3 };
+struct req { int kind; uint8_t *addr; size_t len; void (*fn)(void *); void *arg; };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t space = PTHREAD_COND_INITIALIZER;
 static struct req queue[QUEUE];
 static int qhead, qlen;
-static uint64_t unmaps_queued, unmaps_done; /* tickets of REQ_UNMAP, FIFO */
+static uint64_t tickets_queued, tickets_done; /* tickets of REQ_UNMAP and REQ_CALL, FIFO */
 static pthread_cond_t unmapped = PTHREAD_COND_INITIALIZER;
 static uint64_t thread_gen; /* fork generation whose thread runs; 0 = none */
 /* cm_prefault_stats(): this process's counts since its thread started (under mu) */
@@ -69,6 +69,20 @@ static uint64_t thread_cpu_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* Populate [addr, addr+len) on the calling thread, STEP bytes at a time; the bytes
+ * done (less than len when a step failed). Only the prefault thread calls it. */
+size_t cm_prealloc_populate_here(uint8_t *addr, size_t len) {
+    size_t done = 0;
+    for (size_t off = 0; off < len; off += STEP) {
+        size_t n = len - off < STEP ? len - off : STEP;
+        if (CM_FAILPOINT_ERRNO("prefault.populate") ||
+            madvise(addr + off, n, MADV_POPULATE_WRITE) != 0)
+            break;
+        done += n;
+    }
+    return done;
 }
 
 static void *warm_main(void *arg) {
@@ -86,7 +100,13 @@ static void *warm_main(void *arg) {
         if (r.kind == REQ_UNMAP) {
             munmap(r.addr, r.len);
             pthread_mutex_lock(&mu);
-            unmaps_done++;
+            tickets_done++;
+            pthread_cond_broadcast(&unmapped);
+            pthread_mutex_unlock(&mu);
+        } else if (r.kind == REQ_CALL) {
+            r.fn(r.arg);
+            pthread_mutex_lock(&mu);
+            tickets_done++;
             pthread_cond_broadcast(&unmapped);
             pthread_mutex_unlock(&mu);
         } else {
@@ -94,17 +114,8 @@ static void *warm_main(void *arg) {
                when no core was idle (reading /proc/loadavg) measured worse at two
                processes (demand faults cost the appender more CPU than this bulk
                populate saves; docs/PERFORMANCE.md "Prefault policy") and was removed. */
-            size_t done = 0;
-            int failed = 0;
-            for (size_t off = 0; off < r.len; off += STEP) {
-                size_t n = r.len - off < STEP ? r.len - off : STEP;
-                if (CM_FAILPOINT_ERRNO("prefault.populate") ||
-                    madvise(r.addr + off, n, MADV_POPULATE_WRITE) != 0) {
-                    failed = 1;   /* the appender faults the rest itself */
-                    break;
-                }
-                done += n;
-            }
+            size_t done = cm_prealloc_populate_here(r.addr, r.len);
+            int failed = done < r.len;   /* the appender faults the rest itself */
             pthread_mutex_lock(&mu);
             if (thread_gen == gen) {
                 stats.requests++;
@@ -127,7 +138,7 @@ static void after_fork_child(void) {
     pthread_cond_init(&space, NULL);
     pthread_cond_init(&unmapped, NULL);
     qhead = qlen = 0;
-    unmaps_queued = unmaps_done = 0;
+    tickets_queued = tickets_done = 0;
     thread_gen = 0;
     memset(&stats, 0, sizeof stats);
 }
@@ -157,11 +168,27 @@ void cm_prealloc_populate(uint8_t *addr, size_t len) {
     if (!len) return;
     pthread_mutex_lock(&mu);
     if (ensure_thread() && qlen < QUEUE) {
-        queue[(qhead + qlen) % QUEUE] = (struct req){REQ_POPULATE, addr, len};
+        queue[(qhead + qlen) % QUEUE] = (struct req){REQ_POPULATE, addr, len, NULL, NULL};
         qlen++;
         pthread_cond_signal(&work);
     }
     pthread_mutex_unlock(&mu);
+}
+
+/* Run fn(arg) on the thread, after the requests queued before it. Returns a ticket
+ * for cm_prealloc_wait() (returns once fn has returned), or 0 if nothing was queued
+ * (no thread, or the queue is full): the caller does without. */
+uint64_t cm_prealloc_call(void (*fn)(void *), void *arg) {
+    uint64_t ticket = 0;
+    pthread_mutex_lock(&mu);
+    if (ensure_thread() && qlen < QUEUE) {
+        queue[(qhead + qlen) % QUEUE] = (struct req){REQ_CALL, NULL, 0, fn, arg};
+        qlen++;
+        ticket = ++tickets_queued;
+        pthread_cond_signal(&work);
+    }
+    pthread_mutex_unlock(&mu);
+    return ticket;
 }
 
 /* Caller holds mu. Removes the queued populate requests inside [addr, addr+len). */
@@ -189,19 +216,20 @@ uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len) {
     drop_populates(addr, len);
     while (qlen == QUEUE)
         pthread_cond_wait(&space, &mu);
-    queue[(qhead + qlen) % QUEUE] = (struct req){REQ_UNMAP, addr, len};
+    queue[(qhead + qlen) % QUEUE] = (struct req){REQ_UNMAP, addr, len, NULL, NULL};
     qlen++;
-    uint64_t ticket = ++unmaps_queued;
+    uint64_t ticket = ++tickets_queued;
     pthread_cond_signal(&work);
     pthread_mutex_unlock(&mu);
     return ticket;
 }
 
-/* Wait until the munmap of `ticket` ran (at most one populate step, STEP bytes). */
+/* Wait until the munmap or call of `ticket` ran (behind at most one populate step,
+ * STEP bytes, and the requests queued before it). */
 void cm_prealloc_wait(uint64_t ticket) {
     if (!ticket) return;
     pthread_mutex_lock(&mu);
-    while (unmaps_done < ticket && thread_gen == cm_fork_generation())
+    while (tickets_done < ticket && thread_gen == cm_fork_generation())
         pthread_cond_wait(&unmapped, &mu);
     pthread_mutex_unlock(&mu);
 }

@@ -64,6 +64,8 @@ struct cm_shard {
     uint32_t idx_interval;
     int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
     uint64_t ahead;             /* headroom ensure_alloc() keeps: the ramp (below) */
+    cm_spare *spare;            /* the next segment's files, made ahead (spare.c) */
+    uint64_t spare_at;          /* the tail past which an append asks for one */
 };
 
 /* The headroom ramp's bounds (ensure_alloc): from 64 KiB up to four alloc_chunks. */
@@ -107,6 +109,7 @@ static uint64_t unmap_active(cm_shard *s) {
     s->seg_map = NULL; s->seg_fd = -1; s->idx_map = NULL; s->idx_fd = -1;
     s->seg_cap = s->idx_cap = 0;
     s->seg_base = UINT64_MAX;
+    s->spare_at = UINT64_MAX;
     return ticket;
 }
 
@@ -210,6 +213,7 @@ static int map_active(cm_shard *s, uint64_t base, int *idx_fresh) {
     s->seg_fd = fd; s->seg_map = m; s->seg_cap = size; s->seg_base = base;
     cm_segment_key(m, size, base, &s->seg_key);
     s->seg_gen = s->st ? s->st->active_gen : 0;
+    s->spare_at = size / 2;
     int fresh;
     rc = map_index(s, base, &fresh);
     if (rc < 0) { unmap_active(s); return rc; }
@@ -928,13 +932,16 @@ fail:
 
 /* Release fds and mappings. Runs once, when no call is in flight (L2). */
 static void release(cm_shard *s) {
+    uint64_t spare_ticket = cm_spare_drop(s->spare);
+    s->spare = NULL;
     uint64_t ticket = unmap_active(s);
+    if (spare_ticket > ticket) ticket = spare_ticket;
     if (s->st) munmap(s->st, CM_STATE_BYTES);
     s->st = NULL;
     if (s->state_fd >= 0) close(s->state_fd);   /* releases our LOCK_SH */
     if (s->dirfd > 0) close(s->dirfd);
     s->state_fd = s->dirfd = -1;
-    cm_prealloc_wait(ticket);   /* no prefault touches this stream's files after close */
+    cm_prealloc_wait(ticket);   /* no prefault or spare touches this stream's files after close */
 }
 
 /* L2: later calls fail with CM_E_CLOSED; waits for the calls in flight (the
@@ -1035,6 +1042,34 @@ static uint64_t stream_id_for_next(cm_shard *s) {
     return id ? id : cm_new_stream_id();
 }
 
+/* The spare (spare.c) this rotation can take, or NULL. One still being built
+ * stays for a later rotation; one that failed is dropped (the next half-full segment
+ * asks again). The failpoint stands for a spare lost in any way: the rotation then
+ * creates its files itself. Caller holds the lock. */
+static cm_spare *take_spare(cm_shard *s, uint64_t cap) {
+    cm_spare *sp = s->spare;
+    if (!sp || s->st->rotate_pending) return NULL;  /* a retry renames over what is left */
+    int state = cm_spare_state(sp);
+    if (state == CM_SPARE_PENDING) return NULL;
+    if (state == CM_SPARE_READY && sp->cap != cap) return NULL;   /* an oversized entry's */
+    s->spare = NULL;
+    if (state != CM_SPARE_READY || CM_FAILPOINT("rotate.spare") ||
+        sp->icap != cm_index_capacity(cap, s->opt.index_interval)) {
+        cm_spare_drop(sp);
+        return NULL;
+    }
+    return sp;
+}
+
+/* Name the spare's index: an index is inert without its segment, so one a crashed
+ * rotation left under the name is replaced (as the synchronous path's rename does). */
+static int link_index(cm_shard *s, int ifd, const char *idx) {
+    if (cm_fs_link_tmpfile(ifd, s->dirfd, idx) == 0) return 0;
+    if (errno != EEXIST) return errno;
+    unlinkat(s->dirfd, idx, 0);
+    return cm_fs_link_tmpfile(ifd, s->dirfd, idx) == 0 ? 0 : errno;
+}
+
 static int rotate_locked(cm_shard *s, uint64_t frame) {
     cm_state *st = s->st;
     uint64_t base = st->committed;
@@ -1055,37 +1090,65 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
         if (e) return cm_fail(CM_E_IO, e, "fsync %s/%020llu.seg", s->dir,
                               (unsigned long long)s->seg_base);
     }
-    /* 1. the index (renamed in; inert until its segment exists) */
     int fd = -1, ifd = -1;
-    if ((e = CM_FAILPOINT("rotate.index_create")) != 0)
-        return cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, idx);
-    rc = cm_index_create(s->dirfd, s->dir, base, cap, s->opt.index_interval, durable, &ifd);
-    if (rc < 0) return rc;
-    /* 2. the segment as a temp file: size, first blocks, header, [fdatasync] (I7, I9) */
-    if ((e = CM_FAILPOINT("rotate.segment_create")) != 0)
-        rc = cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, tmp);
-    else
-        rc = cm_segment_create_tmp(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc,
-                                   stream_id_for_next(s), durable, &fd);
-    if (rc < 0) goto drop_index;
-    /* 3. both mappings, still invisible */
     uint64_t icap = cm_index_capacity(cap, s->opt.index_interval);
     uint8_t *map = MAP_FAILED, *imap = MAP_FAILED;
-    if ((e = CM_FAILPOINT("rotate.map")) == 0) {
-        map = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (map != MAP_FAILED)
-            imap = mmap(NULL, icap, PROT_READ | PROT_WRITE, MAP_SHARED, ifd, 0);
-        if (imap == MAP_FAILED) e = errno;
+    int populated = 0;
+    cm_spare *sp = take_spare(s, cap);
+    int spare = sp != NULL;
+    if (spare) {
+        /* 1-3 from the spare: both files exist, sized, their first blocks allocated
+           and mapped; the headers go into the mappings, then the index is named */
+        fd = sp->fd; ifd = sp->ifd; map = sp->map; imap = sp->imap;
+        pre = sp->pre;   /* what it allocated (I9): ensure_alloc reserves the frame's rest */
+        populated = sp->populate;
+        cm_spare_taken(sp);
+        cm_index_header_init(imap, base, s->opt.index_interval);
+        cm_segment_header_init(map, base, cap, s->opt.stream_crc, stream_id_for_next(s));
+        if ((e = CM_FAILPOINT("rotate.index_create")) == 0)
+            e = durable && fdatasync(ifd) != 0 ? errno : link_index(s, ifd, idx);
+        if (e) {
+            rc = cm_fail(CM_E_IO, e, "create %s/%s", s->dir, idx);
+            goto drop_tmp;
+        }
+        if ((e = CM_FAILPOINT("rotate.segment_create")) == 0 && durable && fdatasync(fd) != 0)
+            e = errno;
+        if (e) {
+            rc = cm_fail(CM_E_IO, e, "fsync the new %s/%s", s->dir, seg);
+            goto drop_tmp;
+        }
+    } else {
+        /* 1. the index (renamed in; inert until its segment exists) */
+        if ((e = CM_FAILPOINT("rotate.index_create")) != 0)
+            return cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, idx);
+        rc = cm_index_create(s->dirfd, s->dir, base, cap, s->opt.index_interval, durable, &ifd);
+        if (rc < 0) return rc;
+        /* 2. the segment as a temp file: size, first blocks, header, [fdatasync] (I7, I9) */
+        if ((e = CM_FAILPOINT("rotate.segment_create")) != 0)
+            rc = cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, tmp);
+        else
+            rc = cm_segment_create_tmp(s->dirfd, s->dir, base, cap, pre, s->opt.stream_crc,
+                                       stream_id_for_next(s), durable, &fd);
+        if (rc < 0) goto drop_index;
+        /* 3. both mappings, still invisible */
+        if ((e = CM_FAILPOINT("rotate.map")) == 0) {
+            map = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (map != MAP_FAILED)
+                imap = mmap(NULL, icap, PROT_READ | PROT_WRITE, MAP_SHARED, ifd, 0);
+            if (imap == MAP_FAILED) e = errno;
+        }
+        if (e) {
+            rc = cm_fail(CM_E_IO, e, "map %s/%s", s->dir, tmp);
+            goto drop_tmp;
+        }
     }
-    if (e) {
-        rc = cm_fail(CM_E_IO, e, "map %s/%s", s->dir, tmp);
-        goto drop_tmp;
-    }
-    /* 4. visible: rename in, then [fsync the directory] */
-    if ((e = CM_FAILPOINT("rotate.rename")) == 0 && renameat(s->dirfd, tmp, s->dirfd, seg) != 0)
+    /* 4. visible: rename in (a spare: link, which never replaces a file), then
+       [fsync the directory] */
+    if ((e = CM_FAILPOINT("rotate.rename")) == 0 &&
+        (spare ? cm_fs_link_tmpfile(fd, s->dirfd, seg) : renameat(s->dirfd, tmp, s->dirfd, seg)) != 0)
         e = errno;
     if (e) {
-        rc = cm_fail(CM_E_IO, e, "rename %s/%s", s->dir, tmp);
+        rc = cm_fail(CM_E_IO, e, "%s %s/%s", spare ? "link" : "rename", s->dir, spare ? seg : tmp);
         goto drop_tmp;
     }
     if (durable) {
@@ -1104,8 +1167,9 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
        whose base is exactly where the older one ends. The new segment's first pages
        are queued for the prefault thread before the old mapping's munmap: that munmap
        holds this process's mmap lock for writing, and appends faulting on new pages
-       the thread had not reached waited for it right after every rotation. */
-    if (s->opt.prefault)
+       the thread had not reached waited for it right after every rotation. A spare's
+       were faulted in when it was built. */
+    if (s->opt.prefault && !populated)
         cm_prealloc_populate(map, pre);
     unmap_active(s);
     s->seg_fd = fd; s->seg_map = map; s->seg_cap = cap; s->seg_base = base;
@@ -1113,6 +1177,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     close(ifd);  /* the mapping keeps the file (see map_index) */
     s->idx_fd = -1; s->idx_map = imap; s->idx_cap = icap;
     s->idx_interval = s->opt.index_interval;
+    s->spare_at = cap / 2;
     if (!durable) s->sealed_unsynced = 1;
     st->active_gen++;
     s->seg_gen = st->active_gen;
@@ -1121,9 +1186,11 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     st->tail = st->reserve_end = CM_SEG_HEADER_BYTES;
     st->alloc_end = pre;
     st->active_base = base;
-    advise_appends(s);
+    if (!spare)   /* a spare was advised when it was built: madvise takes the mmap lock */
+        advise_appends(s);
     st->rotate_pending = 0;
     st->counters[CM_CTR_ROTATIONS]++;
+    if (spare) st->counters[CM_CTR_SPARE_ROTATIONS]++;
     return CM_OK;
 
 drop_visible:
@@ -1147,7 +1214,7 @@ drop_tmp:
     if (map != MAP_FAILED) munmap(map, cap);
     if (imap != MAP_FAILED) munmap(imap, icap);
     close(fd);
-    unlinkat(s->dirfd, tmp, 0);
+    if (!spare) unlinkat(s->dirfd, tmp, 0);   /* a spare's file has no name to remove */
 drop_index:
     close(ifd);
     if (st->rotate_pending) {
@@ -1194,6 +1261,20 @@ static int sync_locked(cm_shard *s) {
     }
     s->st->counters[CM_CTR_FSYNCS]++;
     return CM_OK;
+}
+
+/* Half-way through a segment, ask the prefault thread for the next one's files
+ * (spare.c), once per segment: a spare not taken yet (another process rotated)
+ * still serves. Caller holds the lock. */
+static void request_spare(cm_shard *s) {
+    s->spare_at = UINT64_MAX;
+    if (s->spare) return;
+    /* the whole headroom this stream keeps (ensure_alloc): the appends after the
+       rotation then need no fallocate until they are `ahead / 2` into the segment */
+    uint64_t cap = s->opt.segment_bytes;
+    uint64_t pre = round_up(CM_SEG_HEADER_BYTES, 4096) + (s->ahead ? s->ahead : ahead_min(s));
+    s->spare = cm_spare_request(s->dirfd, cap, cm_index_capacity(cap, s->opt.index_interval),
+                                pre, s->opt.prefault);
 }
 
 static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,
@@ -1278,6 +1359,8 @@ static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *
     st->last_ts = ts;
     if (s->opt.durability == CM_DURABILITY_ALWAYS)
         rc = sync_locked(s);
+    if (__builtin_expect(st->tail >= s->spare_at, 0))
+        request_spare(s);
 out:
     st->counters[CM_CTR_APPENDS] += done;
     st->counters[CM_CTR_BYTES] += bytes;
@@ -1364,6 +1447,26 @@ int cm_shard_snapshot(cm_shard *s, cm_snapshot *out) {
     int rc = cm_enter(&s->life, "stream");
     if (rc < 0) return rc;
     rc = shard_snapshot_entered(s, out);
+    cm_leave(&s->life);
+    return rc;
+}
+
+/* This process's spare for the stream (spare.c): CM_SPARE_NONE (none asked for, or
+ * taken), _BUILDING, _READY or _FAILED. Takes the lock: a rotation frees the spare
+ * it takes. */
+int cm_shard_spare(cm_shard *s) {
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    if (s->gen != cm_fork_generation()) {
+        rc = cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
+    } else if ((rc = lock_shard(s, 0)) >= 0) {
+        int st = s->spare ? cm_spare_state(s->spare) : -1;
+        rc = st == CM_SPARE_PENDING ? CM_SHARD_SPARE_BUILDING :
+             st == CM_SPARE_READY ? CM_SHARD_SPARE_READY :
+             st == CM_SPARE_FAILED ? CM_SHARD_SPARE_FAILED : CM_SHARD_SPARE_NONE;
+        unlock_shard(s);
+    }
     cm_leave(&s->life);
     return rc;
 }

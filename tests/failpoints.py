@@ -29,6 +29,23 @@ NATIVE = pathlib.Path(__file__).resolve().parent.parent / "native"
 ROTATION_POINTS = ("rotate.seal_fsync", "rotate.index_create", "rotate.segment_create", "rotate.map",
                    "rotate.rename", "rotate.fsync", "rotate.after_segment_create", "rotate.remove")
 
+#: the spare's points (native/spare.c, shard.c take_spare): they take the spare away, so the
+#: rotation creates its files itself; never an error (crash/test_rotation_faults.py)
+SPARE_POINTS = ("spare.create", "rotate.spare")
+#: a spec part that takes every spare away, and the points only a rotation without one
+#: reaches (it creates its files: cm_index_create, cm_segment_create_tmp, the mmaps); a
+#: case of one of these points adds the part, so its rotations really go that way
+SYNC_ROTATION = "rotate.spare:1:EIO:1000000000"
+SYNC_ROTATION_POINTS = frozenset({
+    "rotate.map", "segment.create", "segment.truncate", "segment.fallocate", "segment.write",
+    "segment.fsync", "index.create", "index.fallocate", "index.write", "index.fsync",
+    "index.rename"})
+
+
+def on_sync_rotation(spec: str) -> str:
+    """`spec`, plus SYNC_ROTATION when its point is only on that path."""
+    return f"{spec},{SYNC_ROTATION}" if spec.split(":")[0] in SYNC_ROTATION_POINTS else spec
+
 #: the steps of paths.write_file_atomic, each a point under the caller's prefix
 PERSIST_STEPS = ("create", "write", "fsync", "rename", "dir_fsync")
 

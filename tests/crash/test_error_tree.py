@@ -24,6 +24,7 @@ import cometmp
 from cometmp.errors import OS_ERRORS, os_error
 from cometmp.tools import verify
 
+import failpoints
 from conftest import child_env, small_config, use_up_blocks, use_up_inodes
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,9 +253,6 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def failpoint_core():
-    sys.path.insert(0, TESTS)
-    import failpoints
-
     return failpoints.build()
 
 
@@ -268,7 +266,8 @@ def test_injected_core_failures_carry_class_errno_and_stream_path(tmp_path, fail
                                                                   point, err, cls):
     root = str(tmp_path / "log")
     p = subprocess.run([sys.executable, "-c", FAILPOINT_CHILD, TESTS, failpoint_core, root,
-                        f"{point}:1:{err}"], env=child_env(), capture_output=True, text=True,
+                        failpoints.on_sync_rotation(f"{point}:1:{err}")], env=child_env(),
+                       capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])

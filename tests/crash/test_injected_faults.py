@@ -40,7 +40,8 @@ def fp_core() -> str:
 
 
 def cases(scenario: str, ks=(1,), runs=(1,)) -> list[list]:
-    return [[f"{point}:{k}:{err}:{n * failpoints.RUN_LENGTH.get(point, 1)}", err, dur]
+    return [[failpoints.on_sync_rotation(f"{point}:{k}:{err}:{n * failpoints.RUN_LENGTH.get(point, 1)}"),
+             err, dur]
             for point, dur in failpoints.PATH_POINTS[scenario]
             for err in ("ENOSPC", "EIO") for k in ks for n in runs]
 

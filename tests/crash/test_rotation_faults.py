@@ -31,6 +31,7 @@ from test_disk_full import small_fs  # noqa: F401  (fixture)
 STREAM = "rot:shard:0000"
 WRITER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rotation_fault_writer.py")
 DURABLE_ONLY = ("rotate.seal_fsync", "rotate.fsync")
+SYNC_ONLY = ("rotate.map",)
 
 
 def cases():
@@ -45,7 +46,11 @@ def cases():
                             f"rotate.remove:1:{err}:{times}")
                 else:
                     spec = f"{point}:{k}:{err}:{times}"
-                yield pytest.param(spec, durability, k * 100 + times, id=f"{spec}-{durability}")
+                # both ways of making the new files (ARCHITECTURE.md §4.1): taken from a
+                # spare made ahead, or created by the rotation; mapping is the latter's only
+                for path in ("sync",) if point in SYNC_ONLY else ("spare", "sync"):
+                    yield pytest.param(spec, durability, k * 100 + times, path,
+                                       id=f"{spec}-{durability}-{path}")
 
 
 @pytest.fixture(scope="module")
@@ -82,26 +87,46 @@ def check_log(root: str, acked: dict[int, list], cfg: cometmp.Config, oracle: bo
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("spec,durability,seed", list(cases()))
-def test_failed_rotation_loses_and_reuses_nothing(fp_core, spec, durability, seed):
+@pytest.mark.parametrize("spec,durability,seed,path", list(cases()))
+def test_failed_rotation_loses_and_reuses_nothing(fp_core, spec, durability, seed, path):
     # in /dev/shm when there is one: ~8 MiB per case, and the oracle pass over it is slow
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
-        run_writer(fp_core, d, spec, durability, seed)
+        res = run_writer(fp_core, d, spec, durability, seed, path)
+    counters = res["counters"]
+    if path == "sync":
+        assert counters["spare_rotations"] == 0, counters
+    else:
+        assert counters["spare_rotations"] >= 1, counters
 
 
-def run_writer(fp_core: str, tmp: str, spec: str, durability: str, seed: int) -> None:
+@pytest.mark.parametrize("err", ["ENOSPC", "EIO"])
+def test_a_spare_that_cannot_be_built_leaves_the_rotation_to_create_its_files(fp_core, err):
+    """The prefault thread fails every spare it builds: no append sees an error, every
+    rotation creates its own files, and the log is whole (a spare is headroom, spare.c)."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
+        res = run_writer(fp_core, d, f"spare.create:1:{err}:1000000000", "none", 7,
+                         "spare", expect_errors=False)
+    assert not res["errors"], res["errors"][:3]
+    assert res["counters"]["rotations"] >= 5 and res["counters"]["spare_rotations"] == 0, \
+        res["counters"]
+
+
+def run_writer(fp_core: str, tmp: str, spec: str, durability: str, seed: int, path: str,
+               expect_errors: bool = True) -> dict:
     root, out = os.path.join(tmp, "log"), os.path.join(tmp, "acked.json")
-    args = [fp_core, root, spec, durability, str(seed), out]
+    args = [fp_core, root, spec, durability, str(seed), out, path]
     print("replay:", sys.executable, WRITER, *args)
     p = subprocess.run([sys.executable, WRITER, *args], env=child_env(), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     with open(out) as f:
         res = json.load(f)
-    assert res["errors"], f"the failpoint {spec} never fired"
-    print(f"{len(res['errors'])} failed appends, {len(res['acked'])} acknowledged")
+    assert res["errors"] or not expect_errors, f"the failpoint {spec} never fired"
+    print(f"{len(res['errors'])} failed appends, {len(res['acked'])} acknowledged, "
+          f"counters {res['counters']}")
     cfg = small_config(preallocate_bytes=64 * 1024, durability=durability)
     check_log(root, {int(e): d for e, d in res["acked"].items()}, cfg, oracle=False)
+    return res
 
 
 @pytest.mark.parametrize("free_kib", [900, 1150, 1400, 1700])

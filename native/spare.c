@@ -1,0 +1,140 @@
+/* spare.c - the next segment and its index, made ahead of need, off the append path
+ * (etcd's wal file pipeline).
+ *
+ * A rotation that creates its files itself (shard.c rotate_locked, the synchronous
+ * path) opens, sizes, preallocates and maps two files on the appending thread: 180-420 us
+ * at the median under sustained load here, and when one of those calls sleeps on the
+ * filesystem the caller then waits for a core behind the other runnable threads -
+ * 3-4 ms, the longest calls of a sustained run (docs/PERFORMANCE.md "The file pipeline").
+ * So when a stream's active segment is half full, the appending process queues a spare
+ * on its prefault thread (prealloc.c): two unnamed files (O_TMPFILE, fs.c) sized,
+ * preallocated and mapped, the segment's first blocks faulted in. The rotation then only
+ * stores the two headers into those mappings and names the files (linkat: never replaces
+ * a file); the rest of the transaction is unchanged (ARCHITECTURE.md §4.1).
+ *
+ * A spare has no name until a rotation gives it one, so a crash at any point leaves
+ * nothing to clean up: the kernel frees an unnamed file with its last fd. It is
+ * headroom only: a spare that failed (full disk, no O_TMPFILE, no /proc) or is not
+ * ready yet leaves the rotation to the synchronous path, which reports any error.
+ *
+ * Lifetime: the shard owns its spare (s->spare, changed under the stream lock); the
+ * thread builds it and then moves `state` from PENDING to READY or FAILED. The shard lets
+ * go with cm_spare_drop(): PENDING -> ABANDONED, and the thread, finding that, frees it;
+ * a spare that already finished is freed by the shard. Whoever moves the state last frees,
+ * so the two never both do. A forked child never builds one (its requests are dropped,
+ * prealloc.c) and never frees a spare whose build is in the parent's thread.
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#include "cometmp.h"
+#include "internal.h"
+#include "failpoint.h"
+
+/* set by the thread when this system cannot name an unnamed file (no O_TMPFILE on the
+   filesystem, no /proc): this process stops asking for spares */
+static int unsupported;
+
+static void destroy(cm_spare *sp) {
+    if (sp->map && sp->map != MAP_FAILED) munmap(sp->map, sp->cap);
+    if (sp->imap && sp->imap != MAP_FAILED) munmap(sp->imap, sp->icap);
+    if (sp->fd >= 0) close(sp->fd);
+    if (sp->ifd >= 0) close(sp->ifd);
+    if (sp->dirfd >= 0) close(sp->dirfd);
+    free(sp);
+}
+
+static int build(cm_spare *sp) {
+    if (CM_FAILPOINT_ERRNO("spare.create")) return -1;
+    sp->fd = cm_fs_tmpfile(sp->dirfd);
+    if (sp->fd < 0) {
+        if (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)
+            __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", sp->fd);
+    if (access(path, F_OK) != 0) {      /* cm_fs_link_tmpfile could not name it */
+        __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
+    /* the segment: its full size (a hole) and its first blocks (I9) */
+    if (ftruncate(sp->fd, (off_t)sp->cap) != 0 ||
+        posix_fallocate(sp->fd, 0, (off_t)sp->pre) != 0)
+        return -1;
+    sp->ifd = cm_fs_tmpfile(sp->dirfd);
+    if (sp->ifd < 0 || posix_fallocate(sp->ifd, 0, (off_t)sp->icap) != 0)
+        return -1;
+    sp->map = mmap(NULL, sp->cap, PROT_READ | PROT_WRITE, MAP_SHARED, sp->fd, 0);
+    if (sp->map == MAP_FAILED) return -1;
+    sp->imap = mmap(NULL, sp->icap, PROT_READ | PROT_WRITE, MAP_SHARED, sp->ifd, 0);
+    if (sp->imap == MAP_FAILED) return -1;
+    madvise(sp->map, sp->cap, MADV_RANDOM);   /* no read-around (shard.c advise_appends) */
+    if (sp->populate) {
+        /* both headers' pages and the segment's first blocks: the rotation and the
+           appends after it store into pages already there. Best effort. */
+        cm_prealloc_populate_here(sp->map, sp->pre);
+        cm_prealloc_populate_here(sp->imap, sp->icap < 4096 ? sp->icap : 4096);
+    }
+    return 0;
+}
+
+/* Runs on the prefault thread. */
+static void make(void *arg) {
+    cm_spare *sp = arg;
+    int to = __atomic_load_n(&sp->state, __ATOMIC_ACQUIRE) == CM_SPARE_ABANDONED ? -1 :
+             build(sp) == 0 ? CM_SPARE_READY : CM_SPARE_FAILED;
+    int expect = CM_SPARE_PENDING;
+    if (to < 0 || !__atomic_compare_exchange_n(&sp->state, &expect, to, 0,
+                                               __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        destroy(sp);   /* the shard let go while it was being built */
+}
+
+cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate) {
+    if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED)) return NULL;
+    cm_spare *sp = calloc(1, sizeof *sp);
+    if (!sp) return NULL;
+    sp->state = CM_SPARE_PENDING;
+    sp->fd = sp->ifd = -1;
+    sp->cap = cap; sp->icap = icap; sp->pre = pre < cap ? pre : cap;
+    sp->populate = populate;
+    sp->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);   /* the shard may close its own first */
+    if (sp->dirfd < 0 || (sp->ticket = cm_prealloc_call(make, sp)) == 0) {
+        if (sp->dirfd >= 0) close(sp->dirfd);
+        free(sp);
+        return NULL;
+    }
+    return sp;
+}
+
+int cm_spare_state(const cm_spare *sp) {
+    return __atomic_load_n(&sp->state, __ATOMIC_ACQUIRE);
+}
+
+/* The owner lets go. Returns the ticket to wait for (cm_prealloc_wait) before the
+ * spare's files are surely closed, 0 when they already are. */
+uint64_t cm_spare_drop(cm_spare *sp) {
+    if (!sp) return 0;
+    uint64_t ticket = sp->ticket;   /* read first: once abandoned, sp is the thread's */
+    int expect = CM_SPARE_PENDING;
+    if (__atomic_compare_exchange_n(&sp->state, &expect, CM_SPARE_ABANDONED, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return ticket;      /* the thread frees it (in a forked child nobody does: the
+                               build is the parent's thread's; the child's copy stays) */
+    destroy(sp);
+    return 0;
+}
+
+void cm_spare_taken(cm_spare *sp) {
+    /* the rotation took the files and mappings; free the rest */
+    sp->fd = sp->ifd = -1;
+    sp->map = sp->imap = NULL;
+    destroy(sp);
+}
