@@ -238,8 +238,9 @@ def _epoch_callback(ref: "weakref.ref[Log]"):
 
 
 #: file descriptors one open writer holds (native/shard.c: directory, state page with
-#: its shared flock, active segment; the index is mapped without keeping its fd)
-WRITER_FDS = 3
+#: its shared flock, active segment; the index is mapped without keeping its fd) and the
+#: two of its spare, the next segment and index made ahead (native/spare.c)
+WRITER_FDS = 5
 
 
 def writer_budget() -> int:

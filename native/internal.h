@@ -96,12 +96,14 @@ typedef struct cm_spare {
     int state;                  /* CM_SPARE_*, atomic (the lifetime rule in spare.c) */
     int dirfd;                  /* a dup of the stream directory's */
     uint64_t cap, icap, pre;    /* segment size, index size, blocks preallocated */
-    int populate;
+    int populate, durable;
     int fd, ifd;                /* unnamed (O_TMPFILE) segment and index */
     uint8_t *map, *imap;
     uint64_t ticket;            /* the build's, for cm_prealloc_wait() */
+    uint64_t gen;               /* fork generation that asked for it (I10) */
 } cm_spare;
-cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate);
+cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate,
+                           int durable);
 int  cm_spare_state(const cm_spare *sp);
 uint64_t cm_spare_drop(cm_spare *sp);
 void cm_spare_taken(cm_spare *sp);

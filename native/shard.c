@@ -991,6 +991,14 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     if (to > s->seg_cap) to = s->seg_cap;
     int e = CM_FAILPOINT("append.alloc");
     if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    if ((e == ENOSPC || e == EDQUOT) && s->spare && end > st->alloc_end) {
+        /* a full disk: the spare's blocks are this stream's to give back (a spare is
+           headroom), then try once more */
+        cm_prealloc_wait(cm_spare_drop(s->spare));
+        s->spare = NULL;
+        e = CM_FAILPOINT("append.alloc");
+        if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    }
     if (e != 0) {
         if (end <= st->alloc_end) return CM_OK; /* headroom only: retry at the next append */
         st->counters[CM_CTR_DISK_FULL]++;
@@ -1048,7 +1056,10 @@ static uint64_t stream_id_for_next(cm_shard *s) {
  * creates its files itself. Caller holds the lock. */
 static cm_spare *take_spare(cm_shard *s, uint64_t cap) {
     cm_spare *sp = s->spare;
-    if (!sp || s->st->rotate_pending) return NULL;  /* a retry renames over what is left */
+    /* a retry renames over what is left, and an empty active segment (one with another
+       writer's segment size that an entry did not fit) is replaced by the rename at its
+       base: linkat never replaces a file, so both take the synchronous path */
+    if (!sp || s->st->rotate_pending || s->st->committed == s->st->active_base) return NULL;
     int state = cm_spare_state(sp);
     if (state == CM_SPARE_PENDING) return NULL;
     if (state == CM_SPARE_READY && sp->cap != cap) return NULL;   /* an oversized entry's */
@@ -1093,7 +1104,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
     int fd = -1, ifd = -1;
     uint64_t icap = cm_index_capacity(cap, s->opt.index_interval);
     uint8_t *map = MAP_FAILED, *imap = MAP_FAILED;
-    int populated = 0;
+    int populated = 0, idx_named = 0;
     cm_spare *sp = take_spare(s, cap);
     int spare = sp != NULL;
     if (spare) {
@@ -1111,6 +1122,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
             rc = cm_fail(CM_E_IO, e, "create %s/%s", s->dir, idx);
             goto drop_tmp;
         }
+        idx_named = 1;
         if ((e = CM_FAILPOINT("rotate.segment_create")) == 0 && durable && fdatasync(fd) != 0)
             e = errno;
         if (e) {
@@ -1123,6 +1135,7 @@ static int rotate_locked(cm_shard *s, uint64_t frame) {
             return cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, idx);
         rc = cm_index_create(s->dirfd, s->dir, base, cap, s->opt.index_interval, durable, &ifd);
         if (rc < 0) return rc;
+        idx_named = 1;
         /* 2. the segment as a temp file: size, first blocks, header, [fdatasync] (I7, I9) */
         if ((e = CM_FAILPOINT("rotate.segment_create")) != 0)
             rc = cm_fail(CM_E_IO, e, "create %s/%s (failpoint)", s->dir, tmp);
@@ -1221,7 +1234,7 @@ drop_index:
         /* a retry that failed before its rename: the earlier attempt's segment is
            still there; removing it lets appends continue in the older segment */
         if (remove_new_segment(s, base, durable) == 0) st->rotate_pending = 0;
-    } else {
+    } else if (idx_named) {   /* only the index this rotation named */
         unlinkat(s->dirfd, idx, 0);
     }
     return rc;
@@ -1274,7 +1287,7 @@ static void request_spare(cm_shard *s) {
     uint64_t cap = s->opt.segment_bytes;
     uint64_t pre = round_up(CM_SEG_HEADER_BYTES, 4096) + (s->ahead ? s->ahead : ahead_min(s));
     s->spare = cm_spare_request(s->dirfd, cap, cm_index_capacity(cap, s->opt.index_interval),
-                                pre, s->opt.prefault);
+                                pre, s->opt.prefault, s->opt.durability != CM_DURABILITY_NONE);
 }
 
 static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,

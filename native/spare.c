@@ -22,7 +22,8 @@
  * go with cm_spare_drop(): PENDING -> ABANDONED, and the thread, finding that, frees it;
  * a spare that already finished is freed by the shard. Whoever moves the state last frees,
  * so the two never both do. A forked child never builds one (its requests are dropped,
- * prealloc.c) and never frees a spare whose build is in the parent's thread.
+ * prealloc.c); dropping a spare inherited from the parent frees the child's copy of it
+ * (its own fds and mappings, whatever state the fork caught it in) without waiting.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -78,10 +79,14 @@ static int build(cm_spare *sp) {
     if (sp->imap == MAP_FAILED) return -1;
     madvise(sp->map, sp->cap, MADV_RANDOM);   /* no read-around (shard.c advise_appends) */
     if (sp->populate) {
-        /* both headers' pages and the segment's first blocks: the rotation and the
+        /* both headers' pages and the segment's allocated blocks: the rotation and the
            appends after it store into pages already there. Best effort. */
         cm_prealloc_populate_here(sp->map, sp->pre);
         cm_prealloc_populate_here(sp->imap, sp->icap < 4096 ? sp->icap : 4096);
+        /* a durable rotation fdatasyncs both files: the zero pages populating dirtied
+           go to disk here, so that sync writes only the header pages */
+        if (sp->durable && (fdatasync(sp->fd) != 0 || fdatasync(sp->ifd) != 0))
+            return -1;
     }
     return 0;
 }
@@ -91,13 +96,18 @@ static void make(void *arg) {
     cm_spare *sp = arg;
     int to = __atomic_load_n(&sp->state, __ATOMIC_ACQUIRE) == CM_SPARE_ABANDONED ? -1 :
              build(sp) == 0 ? CM_SPARE_READY : CM_SPARE_FAILED;
+    if (sp->dirfd >= 0) {   /* only O_TMPFILE needed it: a ready spare holds two fds */
+        close(sp->dirfd);
+        sp->dirfd = -1;
+    }
     int expect = CM_SPARE_PENDING;
     if (to < 0 || !__atomic_compare_exchange_n(&sp->state, &expect, to, 0,
                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         destroy(sp);   /* the shard let go while it was being built */
 }
 
-cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate) {
+cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate,
+                           int durable) {
     if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED)) return NULL;
     cm_spare *sp = calloc(1, sizeof *sp);
     if (!sp) return NULL;
@@ -105,6 +115,8 @@ cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre,
     sp->fd = sp->ifd = -1;
     sp->cap = cap; sp->icap = icap; sp->pre = pre < cap ? pre : cap;
     sp->populate = populate;
+    sp->durable = durable;
+    sp->gen = cm_fork_generation();
     sp->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);   /* the shard may close its own first */
     if (sp->dirfd < 0 || (sp->ticket = cm_prealloc_call(make, sp)) == 0) {
         if (sp->dirfd >= 0) close(sp->dirfd);
@@ -122,12 +134,18 @@ int cm_spare_state(const cm_spare *sp) {
  * spare's files are surely closed, 0 when they already are. */
 uint64_t cm_spare_drop(cm_spare *sp) {
     if (!sp) return 0;
+    if (sp->gen != cm_fork_generation()) {
+        /* a forked child's copy: the parent's thread builds (and frees) the parent's,
+           never this one, and the child's own thread has other tickets; what the copy
+           holds (fds, mappings inherited mid-build or built) is the child's to close */
+        destroy(sp);
+        return 0;
+    }
     uint64_t ticket = sp->ticket;   /* read first: once abandoned, sp is the thread's */
     int expect = CM_SPARE_PENDING;
     if (__atomic_compare_exchange_n(&sp->state, &expect, CM_SPARE_ABANDONED, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return ticket;      /* the thread frees it (in a forked child nobody does: the
-                               build is the parent's thread's; the child's copy stays) */
+        return ticket;      /* the thread frees it */
     destroy(sp);
     return 0;
 }

@@ -214,3 +214,37 @@ def test_a_rotation_into_a_spare_reserves_the_rest_of_a_big_entry_before_storing
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-2000:])
     assert p.stdout.split("\n")[:2] == ["DiskFull 28", "True"], p.stdout
+
+
+def test_a_child_forked_while_the_spare_is_built_closes_its_copy_without_waiting(tmp_path):
+    """Fork right after the parent asked for a spare (its build still in the parent's
+    thread): the child, whose own prefault thread runs with tickets of its own, closes the
+    inherited writer at once and keeps no fd of the parent's unnamed files."""
+    root = str(tmp_path / "log")
+    other = str(tmp_path / "child")
+    forks = 0
+    with cometmp.Client(root, config=small_config()) as c:
+        lg = c.log("sp", shards=1)
+        w = c._writer(STREAM)
+        for _ in range(20):
+            fill_past_half(c, lg)
+            forks += w.spare() == "building"
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.alarm(30)                 # a hang kills the child: exit -14
+                    with cometmp.Client(other, config=small_config()) as mine:
+                        mine.log("own", shards=1).append(b"starts this child's thread")
+                        c.close()
+                        code = 2 if unnamed_files_open(os.path.join(root, "streams")) else 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+            wait_spare(w, "ready")
+            rotate_once(c, lg)
+        assert c.stats()["streams"][STREAM]["counters"]["spare_rotations"] == 20
+        n = c.length(STREAM)
+    print(f"{forks} of 20 forks saw the spare still being built")
+    check_log(root, n)
