@@ -248,3 +248,30 @@ def test_a_child_forked_while_the_spare_is_built_closes_its_copy_without_waiting
         n = c.length(STREAM)
     print(f"{forks} of 20 forks saw the spare still being built")
     check_log(root, n)
+
+
+def test_on_a_full_filesystem_the_spare_gives_its_blocks_back_to_the_append(tmpfs):
+    """A ready spare holds blocks ahead of need; when the active segment's own allocation
+    meets ENOSPC the writer drops the spare and retries, so the append succeeds on the
+    freed blocks instead of raising DiskFull while the stream itself holds free space."""
+    mnt = tmpfs("size=8m")
+    root = os.path.join(mnt, "log")
+    with cometmp.Client(root, config=small_config(preallocate_bytes=64 * 1024)) as c:
+        lg = c.log("sp", shards=1)
+        w = c._writer(STREAM)
+        fill_past_half(c, lg)
+        wait_spare(w, "ready")
+        st = os.statvfs(mnt)
+        with open(os.path.join(mnt, "filler"), "wb") as f:
+            f.write(b"\xff" * (st.f_bavail * st.f_frsize))
+        assert os.statvfs(mnt).f_bavail == 0
+        appended = 0
+        while w.spare() == "ready":
+            lg.append(ENTRY)        # a DiskFull here fails the test
+            appended += 1
+            assert appended < 5_000, "the headroom never ran out"
+        assert w.spare() == "none"
+        lg.append(ENTRY)
+        n = c.length(STREAM)
+        os.unlink(os.path.join(mnt, "filler"))
+    check_log(root, n)
