@@ -102,6 +102,18 @@ def frame_for(path: str, payload: bytes, ts_ns: int, seq: int, flags: int = 0) -
                              base=int(os.path.basename(path)[:20]))
 
 
+def oracle_chain(root: str, stream: str) -> int:
+    """Walk every segment of `stream` with the pure-Python reader: each undamaged and
+    starting where the one before ends (I1). Returns the entry number after the last."""
+    expect = 0
+    for base, path in segment_files(root, stream):
+        recs, damage = oracle_walk(path)
+        assert not damage, f"{path}: {damage}"
+        assert base == expect, f"segment {base} does not start where the one before ends ({expect})"
+        expect = base + len(recs)
+    return expect
+
+
 def oracle_walk(path: str) -> tuple[list[oracle.Record], list[oracle.Damage]]:
     """All records and damage of a segment file, according to the pure-Python reader; on
     the way, assert that the package's one walker (native/walker.c) agrees with it."""

@@ -17,7 +17,7 @@ import time
 
 import cometmp
 
-from conftest import child_env, oracle_walk, segment_files, small_config
+from conftest import child_env, oracle_chain, segment_files, small_config
 
 STREAM = "sp:shard:0000"
 ENTRY = b"s" * 1000
@@ -66,13 +66,7 @@ def check_log(root: str, n: int) -> None:
     with cometmp.Client(root, config=small_config()) as c:
         assert c.length(STREAM) == n
         assert sum(1 for m in c.scan(STREAM) if m.data == ENTRY) == n
-    expect = 0
-    for base, path in segment_files(root, STREAM):
-        recs, damage = oracle_walk(path)
-        assert not damage, f"{path}: {damage}"
-        assert base == expect
-        expect = base + len(recs)
-    assert expect == n
+    assert oracle_chain(root, STREAM) == n
     d = os.path.dirname(segment_files(root, STREAM)[0][1])
     extra = [f for f in os.listdir(d) if not (f.endswith((".seg", ".idx")) or f == "state")]
     assert not extra, extra
@@ -113,17 +107,22 @@ def test_closing_with_a_spare_built_or_building_keeps_nothing_open_and_the_files
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt], check=True)
 
 
-KILLED_WRITER = r"""
-import sys, time, cometmp
+#: a child's start: open ROOT (argv[1]) with CONFIG, append until a spare is asked for,
+#: wait until it is built (`c`, `lg`, `w` for what follows; argv[2] is tests/)
+SPARE_READY = r"""
+import os, sys, time, cometmp
 sys.path.insert(0, sys.argv[2])
 from conftest import small_config
-c = cometmp.Client(sys.argv[1], config=small_config())
+c = cometmp.Client(sys.argv[1], config=CONFIG)
 lg = c.log("sp", shards=1)
 w = c._writer("sp:shard:0000")
 while w.spare() == "none":
     lg.append(b"s" * 1000)
 while w.spare() != "ready":
     time.sleep(0.0005)
+"""
+
+KILLED_WRITER = SPARE_READY.replace("CONFIG", "small_config()") + r"""
 print(c.length("sp:shard:0000"), flush=True)
 time.sleep(600)
 """
@@ -176,19 +175,9 @@ def test_a_forked_child_neither_takes_nor_frees_its_parents_spare(tmp_path):
     check_log(root, n)
 
 
-FULL_AFTER_SPARE = r"""
-import os, sys, time, cometmp
-sys.path.insert(0, sys.argv[2])
-from conftest import small_config
-root, mnt = sys.argv[1], sys.argv[3]
 # 64 KiB chunks: the spare allocates its header page and at most 4 chunks of headroom
-c = cometmp.Client(root, config=small_config(preallocate_bytes=64 * 1024))
-lg = c.log("sp", shards=1)
-w = c._writer("sp:shard:0000")
-while w.spare() == "none":
-    lg.append(b"s" * 1000)
-while w.spare() != "ready":
-    time.sleep(0.0005)
+FULL_AFTER_SPARE = SPARE_READY.replace("CONFIG", "small_config(preallocate_bytes=64 * 1024)") + r"""
+mnt = sys.argv[3]
 st = os.statvfs(mnt)
 with open(os.path.join(mnt, "filler"), "wb") as f:
     f.write(b"\xff" * max(0, st.f_bavail * st.f_frsize - 128 * 1024))
