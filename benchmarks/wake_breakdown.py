@@ -47,7 +47,9 @@ C_STEPS = ("futex_ret", "cffi_ret", "wait_ret", "touched", "listed", "stale_chec
            "run_delay")
 R_STEPS = ("futex_ret", "cffi_ret", "seen", "run_delay")
 #: raw: cm_wait untimed, as the wakeup scenario; raw_timed: with Consumer's 0.5 s slice;
-#: bare: Consumer.read unwrapped (total only); consumer: Consumer.read with a stamp per step
+#: bare: Consumer.read unwrapped (total only: with the woken read, futex_ret -> read returned
+#: is one C call and its return); consumer: Consumer.read with a stamp per step of the full
+#: iteration, the woken read turned off (Consumer._woken_plan -> None) so that every step runs
 VARIANTS = ("raw", "raw_timed", "bare", "consumer")
 ST_APPEND_IN, ST_PUBLISH_IN, ST_PUBLISHED, ST_WOKE_SENT, ST_FUTEX_RET = range(5)
 
@@ -132,6 +134,8 @@ def _consumer_waiter(root, stream, n, ack_w, out, lib):
         setattr(cls, name, w)
 
     sfd = os.open("/proc/self/schedstat", os.O_RDONLY)
+    if hasattr(cm.Consumer, "_woken_plan"):   # the steps of the full iteration, each stamped
+        cm.Consumer._woken_plan = lambda self, g, zc: None
     cm.lib = _Lib()
     wrap(cm.Consumer, "_wait", after="wait_ret")
     wrap(cm.Consumer, "_touch", after="touched")
@@ -339,6 +343,8 @@ def main(argv=None) -> int:
                     help="a checkout to run (PYTHONPATH); repeat for a side-by-side")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tail", action="store_true",
+                    help="also the steps of the samples at or above each variant's p99")
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "SO", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -393,6 +399,20 @@ def main(argv=None) -> int:
         tk = "TOTAL t0 -> read returned" if v == "consumer" else "TOTAL t0 -> t1"
         ns = "  ".join(str(len(acc.get((t, v), {}).get(tk, []))) for t in trees)
         print(f"  {'samples':46} {ns}")
+        if a.tail:
+            # the samples at or above the total's p99: where their time went, step by step
+            # (every step's list holds one value per sample, in the same order)
+            print(f"  p99 tail: median per step over the samples at or above the total's p99")
+            tails = {}
+            for t in trees:
+                d = acc.get((t, v), {})
+                tot = d.get(tk, [])
+                cut = sorted(tot)[int(len(tot) * 0.99)] if tot else 0
+                tails[t] = [i for i, x in enumerate(tot) if x >= cut]
+            for k in keys:
+                cells = "  ".join(f"{med([acc[(t, v)][k][i] for i in tails[t]]):9.2f}"
+                                  for t in trees if (t, v) in acc)
+                print(f"    {k:44} {cells}")
     print(f"\nload at end {os.getloadavg()}")
     return 0
 

@@ -5,7 +5,10 @@ from typing import Any, Callable, Iterator, overload
 from .shard import StreamMessage
 
 def configure(core_path: str, stream_message: type, message_id: type,
-              decompress: Callable[[bytes], bytes]) -> None: ...
+              decompress: Callable[[bytes], bytes], window_entries: int,
+              window_delivered_offset: int, window_record_bytes: int) -> None: ...
+def wait_woken(batch: "Batch", cursors: list[Any], seen: list[int], timeout_ns: int, start: int,
+               budget: int, offsets: Any, windows: Any, until: float) -> int | None: ...
 
 class Batch:
     """Entries of one Consumer.read(): list-like of StreamMessage, built lazily."""

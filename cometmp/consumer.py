@@ -66,7 +66,14 @@ from .errors import (
 from .offsets import GroupRef, OffsetStore, validate_group_name
 from .pending import Flight
 from .shard import MessageID, StreamMessage
-from .window import CM_WIN_ENTRIES, WindowFile, WindowState
+from .window import (
+    CM_WIN_ENTRIES,
+    CM_WIN_HEADER_BYTES,
+    CM_WIN_OFF_DELIVERED,
+    CM_WIN_RECORD_BYTES,
+    WindowFile,
+    WindowState,
+)
 # the longest single sleep (new matching streams are noticed at least this often) and
 # futex_waitv's limit: one value each for the blocking wait here and cometmp.waiting's
 from .waiting import DISCOVER_INTERVAL, WAITV_MAX
@@ -75,7 +82,8 @@ __all__ = ["Batch", "Consumer", "PendingEntry", "consumer_groups", "delete_consu
 
 log = logging.getLogger("cometmp")
 
-_reader.configure(core_path(), StreamMessage, MessageID, decompress)
+_reader.configure(core_path(), StreamMessage, MessageID, decompress, CM_WIN_ENTRIES,
+                  CM_WIN_HEADER_BYTES + CM_WIN_OFF_DELIVERED, CM_WIN_RECORD_BYTES)
 
 #: Entries of one read(): list-like of StreamMessage (see native/reader.c). ``len()``,
 #: indexing, slicing and iteration build StreamMessages lazily; ``payloads()`` returns
@@ -427,9 +435,14 @@ class Consumer:
             # slice, not after it, so a wake-up goes to its batch without this step (the
             # return below touches again)
             self._touch(g)
-            if not self._wait(cursors, seqs, left):
+            woke = self._wait(cursors, seqs, left, (g, zc, max_messages))
+            if not woke:
                 self._check_stale(cursors, force=True)
             self._check_closed()   # woken by close() in another thread (L4)
+            if isinstance(woke, Batch):
+                self._rr += 1      # the woken read's batch (_woken_plan): _fill's round robin
+                self._touch(g)
+                return woke
 
     # ---- live membership (issue 11 item 1; the bulk is cometmp.members) -----------------
     def _owned(self, g: GroupRef | None, pattern: str, assignment, cursors: list[Cursor]) -> list[Cursor]:
@@ -494,17 +507,21 @@ class Consumer:
         last = self._listed
         return sorted(c.name for c in last[3]) if last is not None else []
 
-    def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
+    def _check_stale(self, cursors: list[Cursor], force: bool = False) -> bool:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
-        checked after an idle wait slice and at least every STALE_RECHECK seconds."""
+        checked after an idle wait slice and at least every STALE_RECHECK seconds.
+        True when one was remapped."""
         now = time.monotonic()
         if not force and now - self._stale_checked < STALE_RECHECK:
-            return
+            return False
         self._stale_checked = now
+        remapped = False
         for c in cursors:
             if c.state.stale():
                 c.state.remap()
                 self._wait_cache = None
+                remapped = True
+        return remapped
 
     def _cursors_for(self, pattern: str, assignment) -> list[Cursor]:
         names = self._match(pattern)
@@ -715,8 +732,30 @@ class Consumer:
             self._dead_letter(todo, exc)
         self.ack(*[MessageID(c.name, c.shard, e) for e, _n, _err in entries])
 
-    def _wait(self, cursors: list[Cursor], seqs: list[int], timeout: float) -> bool:
-        """Sleep until a stream publishes past ``seqs`` or ``timeout``; True if woken."""
+    def _woken_plan(self, g: GroupRef | None, zc: bool) -> tuple | None:
+        """What the woken read (cometmp._reader.wait_woken) needs besides the cursors: a
+        batch, the offsets and windows mappings, and when it must leave a wake-up to the
+        full iteration (a membership refresh or a state-page check due); None when any
+        wake-up must: entries to deliver again or to drop, a readonly consumer."""
+        if self._pending or self._due or self.ack_wait is not None or self.ephemeral or g is None:
+            return None
+        ofs, win = self._store._buf, self._windows
+        wmm = win._mm if win is not None else None
+        if ofs is None or wmm is None:
+            return None
+        until = self._stale_checked + STALE_RECHECK
+        m = self._membership
+        if m is not None:
+            until = min(until, m.next_refresh)
+        return Batch(zc), ofs, wmm, until
+
+    def _wait(self, cursors: list[Cursor], seqs: list[int], timeout: float,
+              fill: tuple | None = None) -> bool | Batch:
+        """Sleep until a stream publishes past ``seqs`` or ``timeout``; True if woken.
+        With ``fill`` = (group, zero_copy, budget), a wake-up that brought nothing but new
+        entries returns their Batch instead, filled in the same C call as the wait
+        (cometmp._reader.wait_woken; PERFORMANCE.md "Wake-ups beside the futex floor"):
+        it is what read()'s next iteration would return, and the caller returns it."""
         if timeout <= 0:
             return False
         # the cdata buffer exports, held in locals for the whole wait: a close() in another
@@ -729,6 +768,17 @@ class Consumer:
             return False
         if waiting.cooperative():   # gevent-patched: the greenlet sleeps, the hub runs on
             return waiting.wait_green(states, seqs, timeout, waiting.closed_of(self))
+        if fill is not None and len(cursors) <= WAITV_MAX:
+            plan = self._woken_plan(fill[0], fill[1])
+            if plan is not None:
+                if self._closed:
+                    raise ClosedError(f"consumer {self.group!r} is closed")
+                batch, ofs, wmm, until = plan
+                r = _reader.wait_woken(batch, cursors, seqs, int(timeout * 1e9), self._rr,
+                                       fill[2], ofs, wmm, until)
+                if r is None:
+                    return False
+                return batch if check(r) > 0 else True
         if len(cursors) > WAITV_MAX:   # futex_waitv's limit: sleep on the first 128, poll the rest
             timeout = min(timeout, self.poll_interval)
             cursors, seqs, states = cursors[:WAITV_MAX], seqs[:WAITV_MAX], states[:WAITV_MAX]

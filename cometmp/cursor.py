@@ -258,7 +258,7 @@ class Cursor:
                     raise ClosedError(f"consumer cursor of {self.name!r} is closed")
                 off, seq, added, status, lost, resume, end = batch.fill(
                     sidx, mm, self.base, self.off, self.seq, limit - self.base, budget,
-                    ffi.buffer(seg.key))
+                    seg.keybuf)
                 self.off, self.seq = off, seq
                 self.pos = self.base + seq
                 total += added

@@ -81,7 +81,8 @@ class Segment:
     access raises ClosedError.
     """
 
-    __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "key", "foreign", "_rec")
+    __slots__ = ("path", "base", "size", "mm", "ptr", "header_ok", "key", "keybuf", "foreign",
+                 "_rec")
 
     def __init__(self, path: str, base: int, mm: mmap.mmap | None, size: int):
         self.path = path
@@ -94,6 +95,7 @@ class Segment:
         # stream named in the header; base is the file name's, never the header's
         self.key = ffi.new("cm_seg_key *")
         lib.cm_segment_key(self.ptr, size if mm is not None else 0, base, self.key)
+        self.keybuf = ffi.buffer(self.key)   # its bytes, as cometmp._reader reads them (live)
         self.foreign: str | None = None   # why bind() found the file not to be the stream's
         self.header_ok = mm is not None and lib.cm_segment_header_check(self.ptr, size, ffi.NULL, ffi.NULL) == 0
         if mm is not None and not self.header_ok:

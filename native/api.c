@@ -19,6 +19,7 @@ static const cm_api table = {
     cm_shard_unref,
     cm_walk_init,
     cm_walk_next,
+    cm_wait_many,
 };
 
 void *cm_api_table(void) { return (void *)&table; }

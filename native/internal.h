@@ -112,7 +112,8 @@ void cm_spare_taken(cm_spare *sp);
 int  cm_state_init(cm_state *st);
 
 /* the function table handed to the CPython fast path (api.c, appender.c) */
-#define CM_API_VERSION 3   /* 3: record_at and walk_init take the segment base (I17) */
+#define CM_API_VERSION 4   /* 3: record_at and walk_init take the segment base (I17);
+                              4: wait_many, for the woken read (reader.c) */
 typedef struct cm_api {
     int version;
     int (*append)(struct cm_shard *s, const struct cm_iov *iov, uint32_t n,
@@ -130,6 +131,8 @@ typedef struct cm_api {
     void (*walk_init)(struct cm_walk *w, const uint8_t *map, uint64_t size, uint64_t base,
                       uint64_t off, uint32_t seq, uint32_t stop, uint32_t published);
     int (*walk_next)(struct cm_walk *w, struct cm_record *rec, struct cm_damage *dmg);
+    /* version 4: the wait of the woken read (reader.c's wait_woken) */
+    int (*wait_many)(void *const *states, const uint32_t *seen, uint32_t n, int64_t timeout_ns);
 } cm_api;
 
 struct cm_shard *cm_shard_ref_raw(void *p);

@@ -27,6 +27,8 @@
 #include "pyapi.h"        /* Python.h, and what differs under the limited API */
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
+#include <time.h>
 #include "cometmp.h"
 #include "internal.h"
 #include "structmember.h"  /* PyMemberDef, T_PYSSIZET (3.11: not in Python.h) */
@@ -187,73 +189,56 @@ enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
  * CM_DAMAGE_RESYNC the walk continues at (resume, seq + lost); with
  * CM_DAMAGE_LIMIT nothing valid follows below stop_seq. The caller decides
  * (a stale mapping of a replaced segment looks like damage, consumer.py). */
-static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key])");
-        return NULL;
-    }
-    cm_seg_key key;
-    int have_key = 0;
-    if (nargs == 8) {
-        Py_buffer kb;
-        if (PyObject_GetBuffer(args[7], &kb, PyBUF_SIMPLE) < 0) return NULL;
-        have_key = kb.len == (Py_ssize_t)sizeof key;
-        if (have_key) memcpy(&key, kb.buf, sizeof key);
-        PyBuffer_Release(&kb);
-        if (!have_key) {
-            PyErr_SetString(PyExc_ValueError, "key must be the bytes of a cm_seg_key");
-            return NULL;
-        }
-    }
-    Py_ssize_t si = PyLong_AsSsize_t(args[0]);
-    unsigned long long base = PyLong_AsUnsignedLongLong(args[2]);
-    unsigned long long off = PyLong_AsUnsignedLongLong(args[3]);
-    unsigned long long seq = PyLong_AsUnsignedLongLong(args[4]);
-    unsigned long long stop = PyLong_AsUnsignedLongLong(args[5]);
-    Py_ssize_t max_n = PyLong_AsSsize_t(args[6]);
-    if (PyErr_Occurred()) return NULL;
-    if (si < 0 || si >= CM_LIST_SIZE(b->names)) {
-        PyErr_SetString(PyExc_IndexError, "stream index out of range");
-        return NULL;
-    }
-    if (seq > CM_REC_SEQ_MASK || stop > CM_REC_SEQ_MASK + 1ull) {
-        PyErr_SetString(PyExc_ValueError, "sequence out of range");
-        return NULL;
-    }
+/* What one walk of a segment did (fill_run): where it stopped and why. */
+typedef struct {
+    uint64_t off;
+    uint32_t seq;
+    Py_ssize_t added;
+    int status;               /* FILL_MORE or FILL_DAMAGED */
+    cm_damage d;
+} fill_result;
+
+/* fill_run: the walk behind fill() and woken(): the valid records of segment mapping mm
+ * (base) from (off, seq) while seq < stop (I2) and fewer than max_n were added, into b
+ * as stream si, with key (NULL: the one the segment's header names). -1 with an
+ * exception set, else 0 and *o says where the walk stopped. */
+static int fill_run(Batch *b, Py_ssize_t si, PyObject *mm, uint64_t base, uint64_t off,
+                    uint32_t seq, uint32_t stop, Py_ssize_t max_n, const cm_seg_key *key,
+                    fill_result *o) {
     if (b->exports) {
         PyErr_SetString(PyExc_BufferError, "cannot grow a batch while views of it exist");
-        return NULL;
+        return -1;
     }
-    Py_ssize_t h = hold(b, args[1]);
-    if (h < 0) return NULL;
+    Py_ssize_t h = hold(b, mm);
+    if (h < 0) return -1;
     const uint8_t *map = b->held[h].buf;
     uint64_t size = (uint64_t)b->held[h].len;
     if (max_n < 0) max_n = 0;
     /* room for the records that exist below stop_seq, not for the whole budget: a
      * consumer woken for one entry of read(max_messages=1000000) must not allocate
      * and clear arrays for a million (fresh pages, faulted on the wake path) */
-    if ((unsigned long long)max_n > stop - (stop > seq ? seq : stop))
+    if ((uint64_t)max_n > (uint64_t)stop - (stop > seq ? seq : stop))
         max_n = (Py_ssize_t)(stop - (stop > seq ? seq : stop));
-    if (ensure_cap(b, b->n + max_n) < 0) return NULL;
+    if (ensure_cap(b, b->n + max_n) < 0) return -1;
     Py_ssize_t added = 0;
-    int status = FILL_MORE;
     cm_walk w;
     cm_record r;
-    cm_damage d = {0};
-    api->walk_init(&w, map, size, base, off, (uint32_t)seq, (uint32_t)stop, (uint32_t)stop);
-    if (have_key) {
-        key.base = base;             /* always the caller's (the file name's) */
-        w.key = key;
+    memset(o, 0, sizeof *o);
+    o->status = FILL_MORE;
+    api->walk_init(&w, map, size, base, off, seq, stop, stop);
+    if (key) {
+        w.key = *key;
+        w.key.base = base;           /* always the caller's (the file name's) */
     }
     Py_ssize_t n = b->n;
     for (;;) {
         if (added >= max_n) break;
         uint64_t at = w.off;
         uint32_t at_seq = w.seq;
-        int rc = api->walk_next(&w, &r, &d);
+        int rc = api->walk_next(&w, &r, &o->d);
         if (rc == CM_WALK_DONE) break;
         if (rc == CM_WALK_DAMAGE) {
-            status = FILL_DAMAGED;
+            o->status = FILL_DAMAGED;
             w.off = at;              /* report the damage where it starts */
             w.seq = at_seq;
             break;
@@ -270,10 +255,69 @@ static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
         added++;
     }
     b->n = n;
-    return Py_BuildValue("(KKniIKi)", (unsigned long long)w.off, (unsigned long long)w.seq, added,
-                         status, (unsigned int)(status == FILL_DAMAGED ? d.lost : 0),
-                         (unsigned long long)(status == FILL_DAMAGED ? d.resume : w.off),
-                         status == FILL_DAMAGED ? d.end : 0);
+    o->off = w.off;
+    o->seq = w.seq;
+    o->added = added;
+    return 0;
+}
+
+static int key_of(PyObject *obj, cm_seg_key *key) {
+    Py_buffer kb;
+    if (PyObject_GetBuffer(obj, &kb, PyBUF_SIMPLE) < 0) return -1;
+    int ok = kb.len == (Py_ssize_t)sizeof *key;
+    if (ok) memcpy(key, kb.buf, sizeof *key);
+    PyBuffer_Release(&kb);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "key must be the bytes of a cm_seg_key");
+        return -1;
+    }
+    return 0;
+}
+
+/* fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key])
+ *   -> (off, seq, added, status, lost, resume, end)
+ * key: the bytes of the cm_seg_key the segment is read with (Segment.keybuf: the
+ * stream's identity, I17); without it, the one the segment's header names.
+ * Appends the valid records of one segment from (off, seq) while seq <
+ * stop_seq (I2: never past the published count, which is also the count below
+ * which an end of data is damage) and added < max_n, walking with the core's
+ * one walker (walker.c, through the api.c table).
+ * status: 0 stopped at a limit (max_n or stop_seq); 2 damage at (off, seq),
+ * not consumed (1, the end of the segment's data, no longer occurs: below
+ * stop_seq an end of data is damage): `lost` entries are lost, and with end ==
+ * CM_DAMAGE_RESYNC the walk continues at (resume, seq + lost); with
+ * CM_DAMAGE_LIMIT nothing valid follows below stop_seq. The caller decides
+ * (a stale mapping of a replaced segment looks like damage, consumer.py). */
+static PyObject *Batch_fill(Batch *b, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key])");
+        return NULL;
+    }
+    cm_seg_key key;
+    if (nargs == 8 && key_of(args[7], &key) < 0) return NULL;
+    Py_ssize_t si = PyLong_AsSsize_t(args[0]);
+    unsigned long long base = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[3]);
+    unsigned long long seq = PyLong_AsUnsignedLongLong(args[4]);
+    unsigned long long stop = PyLong_AsUnsignedLongLong(args[5]);
+    Py_ssize_t max_n = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (si < 0 || si >= CM_LIST_SIZE(b->names)) {
+        PyErr_SetString(PyExc_IndexError, "stream index out of range");
+        return NULL;
+    }
+    if (seq > CM_REC_SEQ_MASK || stop > CM_REC_SEQ_MASK + 1ull) {
+        PyErr_SetString(PyExc_ValueError, "sequence out of range");
+        return NULL;
+    }
+    fill_result o;
+    if (fill_run(b, si, args[1], base, off, (uint32_t)seq, (uint32_t)stop, max_n,
+                 nargs == 8 ? &key : NULL, &o) < 0)
+        return NULL;
+    int dmg = o.status == FILL_DAMAGED;
+    return Py_BuildValue("(KKniIKi)", (unsigned long long)o.off, (unsigned long long)o.seq,
+                         o.added, o.status, (unsigned int)(dmg ? o.d.lost : 0),
+                         (unsigned long long)(dmg ? o.d.resume : o.off), dmg ? o.d.end : 0);
 }
 
 #ifdef Py_LIMITED_API
@@ -681,9 +725,295 @@ static PyType_Spec Batch_spec = {
 };
 
 /* configure(core_path, StreamMessage, MessageID, decompress) */
+/* ---- the woken read ------------------------------------------------------------------
+ *
+ * wait_woken(batch, cursors, seen, timeout_ns, start, budget, offsets, windows, until)
+ *   -> None (timed out) | entries added (> 0) | 0 | a core error code (< 0)
+ *
+ * Consumer._wait's sleep and, when it ends because a stream published, the batch of
+ * that wake-up, in one call: what Consumer.read would otherwise do after the wait in
+ * a dozen Python steps, each a few us on the caches a sleeper wakes with (PERFORMANCE.md
+ * "Wake-ups beside the futex floor"). The wait is the core's cm_wait_many on the
+ * cursors' state pages with `seen` (their notify_seq, read before committed: I11),
+ * without the GIL. The fill only recognises the case in which every step of the full
+ * iteration would be the identity apart from reading new entries of the segment each
+ * cursor is in; in any other it returns 0 with nothing written back, and the caller
+ * throws the batch away and runs the full iteration, where every rule lives. The cases:
+ *
+ *   - the clock has passed `until` (a membership refresh or a state-page check is due);
+ *   and per cursor, in the order of Consumer._sync and _fill:
+ *   - the cursor is closed, has no position, slot or loaded window, or its flight has
+ *     something to remember (dirty, or pos below recover_hi: the window's path, I43/I46);
+ *   - no writer keeps the state page current (I27a);
+ *   - the offsets slot is unset, its resets moved (I12/I13: reset_offset elsewhere), or
+ *     its offset is not the one the cursor last saw (acked by another member);
+ *   - the first_entry hint is above pos (I15: retention may have deleted entries);
+ *   - the cursor has entries below its limit, min(committed (I2), acked + the window,
+ *     I45), and is not at a known place (seg mapped, off >= 0, pos = base + seq), or its
+ *     walk meets damage or the end of the segment's data (a rotation, a replaced
+ *     mapping: Cursor.read_into's cases).
+ *
+ * Otherwise the entries go into `batch` exactly as _fill puts them (round robin from
+ * `start`, at most `budget` in all), and only then is anything written back: each
+ * cursor's (off, seq, pos), its flight's run (p0, pos, now) and `marked`, and the
+ * window's `delivered` (I46) in `windows`. Every mapping it reads or sleeps on is
+ * exported (PyObject_GetBuffer) for the length of the call, so a close() in another
+ * thread cannot unmap it under the call (L4); close() wakes the wait (cm_wake) and the
+ * caller checks for it after the call. */
+static PyTypeObject *BatchType;
+static uint64_t win_entries, win_delivered0, win_stride;
+static PyObject *s_pos, *s_slot, *s_resets, *s_acked, *s_closed, *s_flight, *s_state, *s_seg,
+    *s_base, *s_off, *s_seq, *s_name, *s_shard, *s_loaded, *s_dirty, *s_recover_hi, *s_marked,
+    *s_runs, *s_mm, *s_live, *s_keybuf, *s_append;
+
+typedef struct {
+    PyObject *cur, *flight, *segmm;    /* owned references */
+    Py_buffer state;                   /* the state page, exported for the call */
+    int have_state;
+    int read;                          /* has entries below its limit */
+    cm_seg_key key;
+    uint64_t pos, base, off, seq, slot, marked, limit;
+    fill_result r;
+} wk_cursor;
+
+#define WK_SLOW 1   /* not the identity case: the caller runs the full iteration */
+/* the helpers below return 0, WK_SLOW, or -1 with a Python exception set */
+
+/* an int attribute >= 0 into *out; WK_SLOW for None, a negative or a non-int */
+static int attr_u64(PyObject *o, PyObject *name, uint64_t *out) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v) return -1;
+    int rc = WK_SLOW;
+    if (PyLong_Check(v)) {
+        unsigned long long x = PyLong_AsUnsignedLongLong(v);
+        if (x == (unsigned long long)-1 && PyErr_Occurred()) PyErr_Clear();
+        else { *out = x; rc = 0; }
+    }
+    Py_DECREF(v);
+    return rc;
+}
+
+/* 1 / 0: the attribute's truth; -1: an exception */
+static int attr_true(PyObject *o, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v) return -1;
+    int t = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return t;
+}
+
+static int set_u64(PyObject *o, PyObject *name, uint64_t x) {
+    PyObject *v = PyLong_FromUnsignedLongLong(x);
+    if (!v) return -1;
+    int rc = PyObject_SetAttr(o, name, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static uint64_t load64(const uint8_t *p, uint64_t off) {
+    return __atomic_load_n((const uint64_t *)(p + off), __ATOMIC_ACQUIRE);
+}
+
+/* The cursor's state page, exported into k->state, writable: the wait counts itself
+ * in its `waiters` (I11). WK_SLOW: not mapped, or closed under us. */
+static int woken_state(wk_cursor *k) {
+    PyObject *state = PyObject_GetAttr(k->cur, s_state);
+    if (!state) return -1;
+    PyObject *mm = PyObject_GetAttr(state, s_mm);
+    Py_DECREF(state);
+    if (!mm) return -1;
+    int rc = mm == Py_None ? WK_SLOW : PyObject_GetBuffer(mm, &k->state, PyBUF_WRITABLE);
+    Py_DECREF(mm);
+    if (rc < 0) { PyErr_Clear(); return WK_SLOW; }
+    if (rc == WK_SLOW) return WK_SLOW;
+    k->have_state = 1;
+    return k->state.len < CM_STATE_BYTES ? WK_SLOW : 0;
+}
+
+/* The checks of one cursor after the wake-up (the list above); 0: the identity case. */
+static int woken_check(wk_cursor *k, const Py_buffer *ofs, const Py_buffer *win) {
+    PyObject *c = k->cur;
+    uint64_t resets, acked, recover_hi;
+    int t, rc;
+    if ((t = attr_true(c, s_closed)) != 0) return t < 0 ? -1 : WK_SLOW;
+    if ((rc = attr_u64(c, s_pos, &k->pos)) != 0 || (rc = attr_u64(c, s_slot, &k->slot)) != 0 ||
+        (rc = attr_u64(c, s_resets, &resets)) != 0 || (rc = attr_u64(c, s_acked, &acked)) != 0)
+        return rc;
+    if (!(k->flight = PyObject_GetAttr(c, s_flight))) return -1;
+    if ((t = attr_true(k->flight, s_loaded)) != 1) return t < 0 ? -1 : WK_SLOW;
+    if ((t = attr_true(k->flight, s_dirty)) != 0) return t < 0 ? -1 : WK_SLOW;
+    if ((rc = attr_u64(k->flight, s_recover_hi, &recover_hi)) != 0 ||
+        (rc = attr_u64(k->flight, s_marked, &k->marked)) != 0)
+        return rc;
+    if (k->pos < recover_hi) return WK_SLOW;
+    PyObject *state = PyObject_GetAttr(c, s_state);    /* kept current by a writer (I27a) */
+    if (!state) return -1;
+    t = attr_true(state, s_live);
+    Py_DECREF(state);
+    if (t != 1) return t < 0 ? -1 : WK_SLOW;
+    const uint8_t *sp = k->state.buf;
+    /* the offsets slot: what _sync would take (I12, I13) */
+    uint64_t at = CM_OFS_SLOTS_OFF + k->slot * (uint64_t)CM_OFS_SLOT_BYTES;
+    if (k->slot >= CM_OFS_SLOT_CAP || at + CM_OFS_SLOT_BYTES > (uint64_t)ofs->len) return WK_SLOW;
+    uint64_t next = load64(ofs->buf, at + CM_OFS_S_NEXT);
+    if (next == CM_OFS_UNSET || next != acked || next > k->pos ||
+        load64(ofs->buf, at + CM_OFS_S_RESETS) != resets)
+        return WK_SLOW;
+    if (win_delivered0 + k->slot * win_stride + 8 > (uint64_t)win->len) return WK_SLOW;
+    /* retention (I15): the hint at or below pos means nothing to list */
+    if (load64(sp, CM_STATE_OFF_FIRST_ENTRY) > k->pos) return WK_SLOW;
+    uint64_t committed = load64(sp, CM_STATE_OFF_COMMITTED);        /* I2 */
+    k->limit = committed < acked + win_entries ? committed : acked + win_entries;   /* I45 */
+    if (k->pos >= k->limit) return 0;
+    /* it has entries to read: at a known place of a mapped segment (a walk past that
+     * segment's end, into a successor, meets the end of its data: declined below) */
+    k->read = 1;
+    if ((rc = attr_u64(c, s_base, &k->base)) != 0 || (rc = attr_u64(c, s_off, &k->off)) != 0 ||
+        (rc = attr_u64(c, s_seq, &k->seq)) != 0)
+        return rc;
+    if (k->pos != k->base + k->seq || k->seq > CM_REC_SEQ_MASK ||
+        k->limit - k->base > CM_REC_SEQ_MASK + 1ull)
+        return WK_SLOW;
+    PyObject *seg = PyObject_GetAttr(c, s_seg);
+    if (!seg) return -1;
+    if (seg == Py_None) { Py_DECREF(seg); return WK_SLOW; }
+    k->segmm = PyObject_GetAttr(seg, s_mm);
+    PyObject *kb = k->segmm && k->segmm != Py_None ? PyObject_GetAttr(seg, s_keybuf) : NULL;
+    Py_DECREF(seg);
+    if (!k->segmm) return -1;
+    if (k->segmm == Py_None) return WK_SLOW;
+    if (!kb) return -1;
+    rc = key_of(kb, &k->key);
+    Py_DECREF(kb);
+    if (rc < 0) { PyErr_Clear(); return WK_SLOW; }
+    return 0;
+}
+
+/* The fill and write-back of a wake-up (every check passed before anything is read). */
+static int woken_fill(Batch *b, wk_cursor *ks, Py_ssize_t n, Py_ssize_t start,
+                      Py_ssize_t budget, Py_buffer *win, double now, Py_ssize_t *total) {
+    for (Py_ssize_t j = 0; j < n && budget > 0; j++) {   /* _fill's round robin */
+        wk_cursor *k = &ks[(start + j) % n];
+        if (!k->read) continue;
+        PyObject *name = PyObject_GetAttr(k->cur, s_name);
+        PyObject *shard = name ? PyObject_GetAttr(k->cur, s_shard) : NULL;
+        int bad = !shard || PyList_Append(b->names, name) < 0 || PyList_Append(b->shards, shard) < 0;
+        Py_XDECREF(name);
+        Py_XDECREF(shard);
+        if (bad) return -1;
+        Py_ssize_t si = CM_LIST_SIZE(b->names) - 1;
+        if (fill_run(b, si, k->segmm, k->base, k->off, (uint32_t)k->seq,
+                     (uint32_t)(k->limit - k->base), budget, &k->key, &k->r) < 0)
+            return -1;
+        if (k->r.status != FILL_MORE) return WK_SLOW;
+        budget -= k->r.added;
+        *total += k->r.added;
+    }
+    if (*total == 0) return WK_SLOW;
+    PyObject *when = PyFloat_FromDouble(now);
+    if (!when) return -1;
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < n && rc == 0; i++) {   /* write back: no WK_SLOW after this */
+        wk_cursor *k = &ks[i];
+        if (!k->read || k->r.added == 0) continue;
+        uint64_t pos = k->base + k->r.seq;
+        PyObject *p0 = PyLong_FromUnsignedLongLong(k->pos);
+        PyObject *p1 = PyLong_FromUnsignedLongLong(pos);
+        PyObject *run = p0 && p1 ? PyTuple_Pack(3, p0, p1, when) : NULL;
+        PyObject *runs = run ? PyObject_GetAttr(k->flight, s_runs) : NULL;   /* a deque */
+        PyObject *ok = runs ? PyObject_CallMethodObjArgs(runs, s_append, run, NULL) : NULL;
+        if (!ok || set_u64(k->cur, s_off, k->r.off) < 0 || set_u64(k->cur, s_seq, k->r.seq) < 0 ||
+            PyObject_SetAttr(k->cur, s_pos, p1) < 0)
+            rc = -1;
+        Py_XDECREF(p0); Py_XDECREF(p1); Py_XDECREF(run); Py_XDECREF(runs); Py_XDECREF(ok);
+        if (rc == 0 && pos > k->marked) {   /* I46: the window's delivered follows this reader */
+            if (set_u64(k->flight, s_marked, pos) < 0) rc = -1;
+            else __atomic_store_n((uint64_t *)((uint8_t *)win->buf + win_delivered0 +
+                                               k->slot * win_stride), pos, __ATOMIC_RELAXED);
+        }
+    }
+    Py_DECREF(when);
+    return rc;
+}
+
+static double monotonic_s(void) {   /* time.monotonic()'s clock */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static PyObject *wait_woken(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9 || !BatchType || !PyObject_TypeCheck(args[0], BatchType) ||
+        !PyList_Check(args[1]) || !PyList_Check(args[2]) ||
+        CM_LIST_SIZE(args[1]) != CM_LIST_SIZE(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "wait_woken(batch, cursors: list, seen: list, timeout_ns, "
+                                         "start, budget, offsets, windows, until)");
+        return NULL;
+    }
+    Batch *b = (Batch *)args[0];
+    PyObject *list = args[1];
+    long long timeout_ns = PyLong_AsLongLong(args[3]);
+    Py_ssize_t start = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t budget = PyLong_AsSsize_t(args[5]);
+    double until = PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t n = CM_LIST_SIZE(list);
+    if (n <= 0 || n > 128 || start < 0 || budget <= 0) {
+        PyErr_SetString(PyExc_ValueError, "wait_woken: 1 to 128 cursors, start >= 0, budget > 0");
+        return NULL;
+    }
+    Py_buffer ofs, win;
+    int have_ofs = 0, have_win = 0, core_rc = 0, woke = 0, rc = 0;
+    wk_cursor *ks = PyMem_Calloc((size_t)n, sizeof *ks);
+    void **pages = PyMem_Calloc((size_t)n, sizeof *pages);
+    uint32_t *seen = PyMem_Calloc((size_t)n, sizeof *seen);
+    Py_ssize_t total = 0, i;
+    if (!ks || !pages || !seen) { PyErr_NoMemory(); rc = -1; goto out; }
+    for (i = 0; i < n; i++) {
+        ks[i].cur = Py_NewRef(CM_LIST_ITEM(list, i));
+        seen[i] = (uint32_t)PyLong_AsUnsignedLongMask(CM_LIST_ITEM(args[2], i));
+        if (PyErr_Occurred()) { rc = -1; goto out; }
+        if ((rc = woken_state(&ks[i])) != 0) goto out;   /* closed under us: no sleep */
+        pages[i] = ks[i].state.buf;
+    }
+    int w;
+    Py_BEGIN_ALLOW_THREADS
+    w = api->wait_many(pages, seen, (uint32_t)n, timeout_ns);
+    Py_END_ALLOW_THREADS
+    if (w < 0) { core_rc = w; goto out; }
+    if (!(woke = w == 1)) goto out;
+    double now = monotonic_s();
+    if (now >= until) { rc = WK_SLOW; goto out; }
+    if (PyObject_GetBuffer(args[6], &ofs, PyBUF_SIMPLE) < 0) { PyErr_Clear(); rc = WK_SLOW; goto out; }
+    have_ofs = 1;
+    if (PyObject_GetBuffer(args[7], &win, PyBUF_WRITABLE) < 0) { PyErr_Clear(); rc = WK_SLOW; goto out; }
+    have_win = 1;
+    for (i = 0; i < n; i++)           /* every check before anything is read (_sync's order) */
+        if ((rc = woken_check(&ks[i], &ofs, &win)) != 0) goto out;
+    rc = woken_fill(b, ks, n, start, budget, &win, now, &total);
+out:
+    for (i = 0; ks && i < n; i++) {
+        Py_XDECREF(ks[i].cur);
+        Py_XDECREF(ks[i].flight);
+        Py_XDECREF(ks[i].segmm);
+        if (ks[i].have_state) PyBuffer_Release(&ks[i].state);
+    }
+    PyMem_Free(ks);
+    PyMem_Free(pages);
+    PyMem_Free(seen);
+    if (have_win) PyBuffer_Release(&win);
+    if (have_ofs) PyBuffer_Release(&ofs);
+    if (rc < 0) return NULL;
+    if (core_rc) return PyLong_FromLong(core_rc);
+    if (rc == WK_SLOW) return PyLong_FromLong(0);
+    if (!woke) Py_RETURN_NONE;
+    return PyLong_FromSsize_t(total);
+}
+
 static PyObject *configure(PyObject *m, PyObject *args) {
     PyObject *core, *sm, *mid, *dec;
-    if (!PyArg_ParseTuple(args, "UOOO", &core, &sm, &mid, &dec)) return NULL;
+    unsigned long long we, wd, ws;
+    if (!PyArg_ParseTuple(args, "UOOOKKK", &core, &sm, &mid, &dec, &we, &wd, &ws)) return NULL;
     const cm_api *t = (const cm_api *)cm_core_api(core, CM_API_VERSION);
     if (!t) return NULL;
     if (!t->record_at || !t->walk_next) {
@@ -699,12 +1029,20 @@ static PyObject *configure(PyObject *m, PyObject *args) {
     CM_XSETREF(StreamMessageType, Py_NewRef(sm));
     CM_XSETREF(MessageIDType, Py_NewRef(mid));
     CM_XSETREF(decompress_fn, Py_NewRef(dec));
+    win_entries = we;           /* the windows file's layout (cometmp/window.py) */
+    win_delivered0 = wd;
+    win_stride = ws;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(core_path, StreamMessage, MessageID, decompress): called once by cometmp.consumer"},
+     "configure(core_path, StreamMessage, MessageID, decompress, window_entries, "
+     "window_delivered_offset, window_record_bytes): called once by cometmp.consumer"},
+    {"wait_woken", (PyCFunction)(void (*)(void))wait_woken, METH_FASTCALL,
+     "wait_woken(batch, cursors, seen, timeout_ns, start, budget, offsets, windows, until) "
+     "-> None (timed out), entries added, 0 (woken, not the identity case) or a core error "
+     "code (Consumer._wait)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -721,6 +1059,15 @@ PyMODINIT_FUNC PyInit__reader(void) {
     if (!SpanType) SpanType = (PyTypeObject *)PyType_FromSpec(&Span_spec);  /* kept for good */
     if (!SpanType) Py_CLEAR(batch);
 #endif
+    static const char *names[] = {"pos", "slot", "resets", "acked", "closed", "flight", "state",
+        "seg", "base", "off", "seq", "name", "shard", "loaded", "dirty", "recover_hi", "marked",
+        "runs", "mm", "live", "keybuf", "append"};
+    PyObject **slots[] = {&s_pos, &s_slot, &s_resets, &s_acked, &s_closed, &s_flight, &s_state,
+        &s_seg, &s_base, &s_off, &s_seq, &s_name, &s_shard, &s_loaded, &s_dirty, &s_recover_hi,
+        &s_marked, &s_runs, &s_mm, &s_live, &s_keybuf, &s_append};
+    for (size_t i = 0; batch && i < sizeof names / sizeof *names; i++)
+        if (!*slots[i] && !(*slots[i] = PyUnicode_InternFromString(names[i]))) Py_CLEAR(batch);
+    if (batch && !BatchType) BatchType = (PyTypeObject *)Py_NewRef(batch);   /* kept for good */
     if (!batch || PyModule_AddObjectRef(m, "Batch", batch) < 0) {
         Py_XDECREF(batch);
         Py_DECREF(m);
