@@ -557,6 +557,13 @@ static int recover_files_locked(cm_shard *s, int state_fresh, int at_open,
         st->active_gen++;
         rc = map_active(s, base, NULL);
         if (rc < 0) return rc;
+        /* the ramp's first headroom faulted in by the prefault thread, as a rotation's
+           is: the appender's first store into each of these pages was a fault of
+           ~50 us on ext4 here (docs/PERFORMANCE.md "Wake-ups beside the futex floor") */
+        if (s->opt.prefault) {
+            cm_prealloc_populate(s->seg_map, first);
+            cm_prealloc_populate(s->idx_map, s->idx_cap < 4096 ? s->idx_cap : 4096);
+        }
         st->active_base = base;
         st->committed = base;
         st->first_entry = base;
@@ -974,7 +981,8 @@ void cm_shard_unref(cm_shard *s) {
  * prefault thread (prealloc.c) map it in before we get there.
  *
  * The headroom ramps like readahead's window: a handle starts at ahead_min()
- * and doubles `ahead` at every extension up to four alloc_chunks. So a stream
+ * and doubles `ahead` at every extension up to four alloc_chunks, each extension
+ * allocating the new `ahead` past the write position. So a stream
  * that takes a few entries reserves and prefaults 64 KiB, not four chunks (a
  * family of 16 shards with one entry each used to cost 66 MiB of disk and 48 MiB
  * of zero pages written back; docs/PERFORMANCE.md "Many small streams"), while a
@@ -986,8 +994,12 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     uint64_t ahead = s->ahead ? s->ahead : ahead_min(s);
     if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + ahead / 2 <= st->alloc_end))
         return CM_OK;
+    /* the ramp's next step, allocated now: the next extension comes after half of it is
+       used. (Extending by the old step and doubling after it put the tail past the new
+       half-mark at once, so a ramping stream made one fallocate per page written.) */
+    uint64_t next = 2 * ahead < ahead_max(s) ? 2 * ahead : ahead_max(s);
     uint64_t from = st->alloc_end & ~4095ull;
-    uint64_t to = round_up(end, 4096) + ahead;
+    uint64_t to = round_up(end, 4096) + next;
     if (to > s->seg_cap) to = s->seg_cap;
     int e = CM_FAILPOINT("append.alloc");
     if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
@@ -1012,7 +1024,7 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     if (s->opt.prefault)
         cm_prealloc_populate(s->seg_map + warm, to - warm);
     st->alloc_end = to;
-    s->ahead = 2 * ahead < ahead_max(s) ? 2 * ahead : ahead_max(s);
+    s->ahead = next;
     return CM_OK;
 }
 

@@ -11,6 +11,7 @@ import struct
 import cometmp
 from cometmp import format as fmt
 from cometmp import paths
+from conftest import wait_until
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -121,3 +122,48 @@ def test_appends_bring_no_read_around_of_the_empty_pages_past_the_tail_into_the_
         seg = os.path.join(paths.stream_dir(root, "few"), paths.segment_name(base))
         tail = state_field(root, "few", fmt.CM_STATE_OFF_TAIL)
         assert resident_bytes(seg) <= tail + 64 * KiB, (resident_bytes(seg), tail)
+
+
+
+def _extensions(root: str, stream: str, log, upto: int) -> list[tuple[int, int]]:
+    """(tail, alloc_end) after each append that moved alloc_end, until the tail passes
+    ``upto``; 100 B entries one by one, as a slow stream writes."""
+    out: list[tuple[int, int]] = []
+    while state_field(root, stream, fmt.CM_STATE_OFF_TAIL) < upto:
+        log.append(b"z" * 100)
+        a = state_field(root, stream, fmt.CM_STATE_OFF_ALLOC_END)
+        if not out or a != out[-1][1]:
+            out.append((state_field(root, stream, fmt.CM_STATE_OFF_TAIL), a))
+    return out
+
+
+def test_the_ramp_extends_once_per_half_step_not_once_per_page(tmp_path):
+    # each extension allocates the new step, so the next comes after half of it is used.
+    # Extending by the old step put the tail past the new half-mark at once, and a
+    # ramping stream ran one posix_fallocate per page (docs/PERFORMANCE.md "The woken
+    # read, and the writer's first pages")
+    root = str(tmp_path / "log")
+    with cometmp.Client(root) as c:              # a new stream: 64 KiB, then 128, 256, 512
+        ext = _extensions(root, "new:shard:0000", c.log("new", shards=1), 256 * KiB)
+    assert len(ext) <= 4, ext
+    assert all(b[0] - a[0] >= 28 * KiB for a, b in zip(ext, ext[1:])), ext
+    with cometmp.Client(root) as c:              # reopened: the ramp starts again
+        c.log("again", shards=1)
+    with cometmp.Client(root) as c:
+        ext = _extensions(root, "again:shard:0000", c.log("again", shards=1), 256 * KiB)
+    assert len(ext) <= 4, ext
+    assert all(b[0] - a[0] >= 28 * KiB for a, b in zip(ext, ext[1:])), ext
+
+
+def test_a_new_streams_first_headroom_is_queued_for_the_prefault_thread(tmp_path):
+    # the appender's first store into each page of a new stream's first 64 KiB was a
+    # write fault (~50 us on ext4 here); the prefault thread takes them when the stream
+    # is created, with the index's first page
+    from cometmp import prealloc
+    root = str(tmp_path / "log")
+    before = prealloc.stats()["bytes_populated"]
+    with cometmp.Client(root) as c:
+        c.log("fresh", shards=1)
+        wait_until(lambda: prealloc.stats()["bytes_populated"] - before >= 64 * KiB + 4096,
+                   30, "the prefault thread to populate the first 64 KiB and an index page")
+        assert state_field(root, "fresh:shard:0000", fmt.CM_STATE_OFF_ALLOC_END) == 64 * KiB
