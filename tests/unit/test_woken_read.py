@@ -41,6 +41,13 @@ def make(data_dir, **retention):
     return cometmp.Client(data_dir, config=cfg)
 
 
+def one_stream(c, entries: list[bytes], group: str = "g"):
+    """Stream ``ev`` (one shard) holding ``entries``, and a consumer of ``group``."""
+    log = c.log("ev", shards=1)
+    log.append_many(entries)
+    return log, cometmp.Consumer(c, group)
+
+
 def woken(con, pattern: str, budget: int = 1000, until: float = math.inf):
     """One woken read of ``con`` over ``pattern`` as Consumer._wait makes it, woken at
     once (each ``seen`` differs from the page's notify_seq). Returns (result, batch)."""
@@ -129,9 +136,7 @@ def _declined(con, pattern, **kw):
 
 def test_a_reset_by_another_process_is_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        log.append_many([b"x%d" % i for i in range(10)])
-        con = cometmp.Consumer(c, "g")
+        log, con = one_stream(c, [b"x%d" % i for i in range(10)])
         drain(con, "ev:shard:*")
         other = cometmp.Consumer(c, "g")       # another process's consumer of the group
         other.reset_offset("ev:shard:0000", 3)
@@ -145,9 +150,7 @@ def test_a_reset_to_the_acked_offset_still_redelivers_what_was_not_acked(data_di
     # the offset does not move (10 -> 10), only the slot's resets does: the cursor,
     # which delivered [10, 12) unacked, must go back to 10 (I13)
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        log.append_many([b"x%d" % i for i in range(12)])
-        con = cometmp.Consumer(c, "g")
+        log, con = one_stream(c, [b"x%d" % i for i in range(12)])
         b = con.read("ev:shard:*", timeout=0)
         con.ack(*list(b)[:10])
         cometmp.Consumer(c, "g").reset_offset("ev:shard:0000", 10)
@@ -158,9 +161,7 @@ def test_a_reset_to_the_acked_offset_still_redelivers_what_was_not_acked(data_di
 
 def test_a_woken_read_never_goes_past_the_ack_window(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        log.append_many([b"x"] * (CM_WIN_ENTRIES + 200))
-        con = cometmp.Consumer(c, "g")
+        log, con = one_stream(c, [b"x"] * (CM_WIN_ENTRIES + 200))
         b = con.read("ev:shard:*", max_messages=10 * CM_WIN_ENTRIES, timeout=0)
         assert len(b) == CM_WIN_ENTRIES                 # I45: the window is full
         log.append(b"new")
@@ -173,9 +174,7 @@ def test_a_woken_read_never_goes_past_the_ack_window(data_dir):
 
 def test_an_offset_moved_by_another_member_is_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        log.append_many([b"x%d" % i for i in range(10)])
-        con = cometmp.Consumer(c, "g")
+        log, con = one_stream(c, [b"x%d" % i for i in range(10)])
         drain(con, "ev:shard:*")
         log.append_many([b"y%d" % i for i in range(5)])
         other = cometmp.Consumer(c, "g")       # a static share (no membership): all of it
@@ -206,9 +205,7 @@ def test_entries_deleted_by_the_hard_cap_are_left_to_the_full_iteration(data_dir
 
 def test_new_entries_in_the_next_segment_are_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        con = cometmp.Consumer(c, "g")
-        log.append(b"first")
+        log, con = one_stream(c, [b"first"])
         drain(con, "ev:shard:*")
         stream_dir = paths.stream_dir(c.path, "ev:shard:0000")
         n = 1
@@ -221,9 +218,7 @@ def test_new_entries_in_the_next_segment_are_left_to_the_full_iteration(data_dir
 
 def test_a_damaged_new_entry_is_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        con = cometmp.Consumer(c, "g")
-        log.append(b"first")
+        log, con = one_stream(c, [b"first"])
         drain(con, "ev:shard:*")
         for i in range(3):
             log.append(b"payload-%d" % i)
@@ -244,9 +239,7 @@ def test_a_damaged_new_entry_is_left_to_the_full_iteration(data_dir):
 
 def test_acks_out_of_order_are_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        log.append_many([b"x%d" % i for i in range(5)])
-        con = cometmp.Consumer(c, "g")
+        log, con = one_stream(c, [b"x%d" % i for i in range(5)])
         b = con.read("ev:shard:*", timeout=0)
         con.ack(b[3])                                  # the window holds an ack (I43)
         log.append(b"new")
@@ -256,9 +249,7 @@ def test_acks_out_of_order_are_left_to_the_full_iteration(data_dir):
 
 def test_a_membership_refresh_or_state_check_due_is_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
-        log = c.log("ev", shards=1)
-        con = cometmp.Consumer(c, "g")
-        log.append(b"a")
+        log, con = one_stream(c, [b"a"])
         drain(con, "ev:shard:*")
         log.append(b"b")
         _declined(con, "ev:shard:*", until=0.0)        # the clock is past `until`
