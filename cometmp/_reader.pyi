@@ -8,7 +8,8 @@ def configure(core_path: str, stream_message: type, message_id: type,
               decompress: Callable[[bytes], bytes], window_entries: int,
               window_delivered_offset: int, window_record_bytes: int) -> None: ...
 def wait_woken(batch: "Batch", cursors: list[Any], seen: list[int], timeout_ns: int, start: int,
-               budget: int, offsets: Any, windows: Any, until: float) -> int | None: ...
+               budget: int, offsets: Any, windows: Any, until: float,
+               owners: tuple[Any, ...]) -> int | None: ...
 
 class Batch:
     """Entries of one Consumer.read(): list-like of StreamMessage, built lazily."""

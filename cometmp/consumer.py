@@ -436,13 +436,16 @@ class Consumer:
             # return below touches again)
             self._touch(g)
             woke = self._wait(cursors, seqs, left, (g, zc, max_messages))
+            if isinstance(woke, Batch):
+                # the woken read's batch (_woken_plan), filled while this consumer was
+                # open (wait_woken checks): delivered, so handed over even if a close()
+                # came since, as a batch the full iteration had filled would be
+                self._rr += 1      # _fill's round robin
+                self._touch(g)
+                return woke
             if not woke:
                 self._check_stale(cursors, force=True)
             self._check_closed()   # woken by close() in another thread (L4)
-            if isinstance(woke, Batch):
-                self._rr += 1      # the woken read's batch (_woken_plan): _fill's round robin
-                self._touch(g)
-                return woke
 
     # ---- live membership (issue 11 item 1; the bulk is cometmp.members) -----------------
     def _owned(self, g: GroupRef | None, pattern: str, assignment, cursors: list[Cursor]) -> list[Cursor]:
@@ -775,7 +778,7 @@ class Consumer:
                     raise ClosedError(f"consumer {self.group!r} is closed")
                 batch, ofs, wmm, until = plan
                 r = _reader.wait_woken(batch, cursors, seqs, int(timeout * 1e9), self._rr,
-                                       fill[2], ofs, wmm, until)
+                                       fill[2], ofs, wmm, until, (self, self.client))
                 if r is None:
                     return False
                 return batch if check(r) > 0 else True

@@ -175,20 +175,6 @@ static PyObject *Batch_add_stream(Batch *b, PyObject *const *args, Py_ssize_t na
 
 enum { FILL_MORE = 0, FILL_END = 1, FILL_DAMAGED = 2 };
 
-/* fill(stream_index, mapping, base, off, seq, stop_seq, max_n[, key])
- *   -> (off, seq, added, status, lost, resume, end)
- * key: the bytes of the cm_seg_key the segment is read with (Segment.key: the
- * stream's identity, I17); without it, the one the segment's header names.
- * Appends the valid records of one segment from (off, seq) while seq <
- * stop_seq (I2: never past the published count, which is also the count below
- * which an end of data is damage) and added < max_n, walking with the core's
- * one walker (walker.c, through the api.c table).
- * status: 0 stopped at a limit (max_n or stop_seq); 2 damage at (off, seq),
- * not consumed (1, the end of the segment's data, no longer occurs: below
- * stop_seq an end of data is damage): `lost` entries are lost, and with end ==
- * CM_DAMAGE_RESYNC the walk continues at (resume, seq + lost); with
- * CM_DAMAGE_LIMIT nothing valid follows below stop_seq. The caller decides
- * (a stale mapping of a replaced segment looks like damage, consumer.py). */
 /* What one walk of a segment did (fill_run): where it stopped and why. */
 typedef struct {
     uint64_t off;
@@ -724,11 +710,10 @@ static PyType_Spec Batch_spec = {
     .slots = Batch_slots,
 };
 
-/* configure(core_path, StreamMessage, MessageID, decompress) */
 /* ---- the woken read ------------------------------------------------------------------
  *
- * wait_woken(batch, cursors, seen, timeout_ns, start, budget, offsets, windows, until)
- *   -> None (timed out) | entries added (> 0) | 0 | a core error code (< 0)
+ * wait_woken(batch, cursors, seen, timeout_ns, start, budget, offsets, windows, until,
+ *            owners) -> None (timed out) | entries added (> 0) | 0 | a core error code (< 0)
  *
  * Consumer._wait's sleep and, when it ends because a stream published, the batch of
  * that wake-up, in one call: what Consumer.read would otherwise do after the wait in
@@ -737,9 +722,13 @@ static PyType_Spec Batch_spec = {
  * cursors' state pages with `seen` (their notify_seq, read before committed: I11),
  * without the GIL. The fill only recognises the case in which every step of the full
  * iteration would be the identity apart from reading new entries of the segment each
- * cursor is in; in any other it returns 0 with nothing written back, and the caller
- * throws the batch away and runs the full iteration, where every rule lives. The cases:
+ * cursor is in; in any other it returns 0 with nothing written back to a cursor, a flight
+ * or a file (the batch may hold names: the caller throws it away), and the caller runs
+ * the full iteration, where every rule lives. The cases:
  *
+ *   - one of `owners` (the consumer and its client) has `_closed` set: close() ran in
+ *     another thread during the wait, and the full iteration raises ClosedError before
+ *     it fills anything, so this must not fill (or mark delivered) either;
  *   - the clock has passed `until` (a membership refresh or a state-page check is due);
  *   and per cursor, in the order of Consumer._sync and _fill:
  *   - the cursor is closed, has no position, slot or loaded window, or its flight has
@@ -756,15 +745,21 @@ static PyType_Spec Batch_spec = {
  * Otherwise the entries go into `batch` exactly as _fill puts them (round robin from
  * `start`, at most `budget` in all), and only then is anything written back: each
  * cursor's (off, seq, pos), its flight's run (p0, pos, now) and `marked`, and the
- * window's `delivered` (I46) in `windows`. Every mapping it reads or sleeps on is
- * exported (PyObject_GetBuffer) for the length of the call, so a close() in another
- * thread cannot unmap it under the call (L4); close() wakes the wait (cm_wake) and the
- * caller checks for it after the call. */
+ * window's `delivered` (I46) in `windows`. The pages it sleeps on are exported
+ * (PyObject_GetBuffer) across the wait, so a close() in another thread cannot unmap them
+ * (L4), and close() wakes the wait (cm_wake). From the wake to the return no Python code
+ * runs and no other thread either: the GIL is held, and the collector is off
+ * (PyGC_Disable), since a collection could run a finalizer that lets another thread in.
+ * So a close() cannot come between the `owners` check and the end of the write-back, nor
+ * meet the offsets and windows exports taken after the wake (their close() would fail
+ * with BufferError). A batch returned was filled while its consumer was open; read()
+ * hands it over even if a close() came after (close()'s contract: a read() in flight
+ * returns its batch or raises ClosedError). */
 static PyTypeObject *BatchType;
 static uint64_t win_entries, win_delivered0, win_stride;
 static PyObject *s_pos, *s_slot, *s_resets, *s_acked, *s_closed, *s_flight, *s_state, *s_seg,
     *s_base, *s_off, *s_seq, *s_name, *s_shard, *s_loaded, *s_dirty, *s_recover_hi, *s_marked,
-    *s_runs, *s_mm, *s_live, *s_keybuf, *s_append;
+    *s_runs, *s_mm, *s_live, *s_keybuf, *s_append, *s_closed_;
 
 typedef struct {
     PyObject *cur, *flight, *segmm;    /* owned references */
@@ -943,11 +938,11 @@ static double monotonic_s(void) {   /* time.monotonic()'s clock */
 }
 
 static PyObject *wait_woken(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9 || !BatchType || !PyObject_TypeCheck(args[0], BatchType) ||
-        !PyList_Check(args[1]) || !PyList_Check(args[2]) ||
+    if (nargs != 10 || !BatchType || !PyObject_TypeCheck(args[0], BatchType) ||
+        !PyList_Check(args[1]) || !PyList_Check(args[2]) || !PyTuple_Check(args[9]) ||
         CM_LIST_SIZE(args[1]) != CM_LIST_SIZE(args[2])) {
         PyErr_SetString(PyExc_TypeError, "wait_woken(batch, cursors: list, seen: list, timeout_ns, "
-                                         "start, budget, offsets, windows, until)");
+                                         "start, budget, offsets, windows, until, owners: tuple)");
         return NULL;
     }
     Batch *b = (Batch *)args[0];
@@ -963,7 +958,7 @@ static PyObject *wait_woken(PyObject *m, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     Py_buffer ofs, win;
-    int have_ofs = 0, have_win = 0, core_rc = 0, woke = 0, rc = 0;
+    int have_ofs = 0, have_win = 0, core_rc = 0, woke = 0, rc = 0, gc_was = 0;
     wk_cursor *ks = PyMem_Calloc((size_t)n, sizeof *ks);
     void **pages = PyMem_Calloc((size_t)n, sizeof *pages);
     uint32_t *seen = PyMem_Calloc((size_t)n, sizeof *seen);
@@ -982,6 +977,11 @@ static PyObject *wait_woken(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     Py_END_ALLOW_THREADS
     if (w < 0) { core_rc = w; goto out; }
     if (!(woke = w == 1)) goto out;
+    gc_was = PyGC_Disable();          /* no Python code from here to the return (above) */
+    for (i = 0; i < CM_TUPLE_SIZE(args[9]); i++) {
+        int t = attr_true(CM_TUPLE_ITEM(args[9], i), s_closed_);
+        if (t != 0) { rc = t < 0 ? -1 : WK_SLOW; goto out; }
+    }
     double now = monotonic_s();
     if (now >= until) { rc = WK_SLOW; goto out; }
     if (PyObject_GetBuffer(args[6], &ofs, PyBUF_SIMPLE) < 0) { PyErr_Clear(); rc = WK_SLOW; goto out; }
@@ -1003,6 +1003,7 @@ out:
     PyMem_Free(seen);
     if (have_win) PyBuffer_Release(&win);
     if (have_ofs) PyBuffer_Release(&ofs);
+    if (gc_was) PyGC_Enable();
     if (rc < 0) return NULL;
     if (core_rc) return PyLong_FromLong(core_rc);
     if (rc == WK_SLOW) return PyLong_FromLong(0);
@@ -1010,6 +1011,8 @@ out:
     return PyLong_FromSsize_t(total);
 }
 
+/* configure(core_path, StreamMessage, MessageID, decompress, window_entries,
+ *           window_delivered_offset, window_record_bytes): once, by cometmp.consumer */
 static PyObject *configure(PyObject *m, PyObject *args) {
     PyObject *core, *sm, *mid, *dec;
     unsigned long long we, wd, ws;
@@ -1061,10 +1064,10 @@ PyMODINIT_FUNC PyInit__reader(void) {
 #endif
     static const char *names[] = {"pos", "slot", "resets", "acked", "closed", "flight", "state",
         "seg", "base", "off", "seq", "name", "shard", "loaded", "dirty", "recover_hi", "marked",
-        "runs", "mm", "live", "keybuf", "append"};
+        "runs", "mm", "live", "keybuf", "append", "_closed"};
     PyObject **slots[] = {&s_pos, &s_slot, &s_resets, &s_acked, &s_closed, &s_flight, &s_state,
         &s_seg, &s_base, &s_off, &s_seq, &s_name, &s_shard, &s_loaded, &s_dirty, &s_recover_hi,
-        &s_marked, &s_runs, &s_mm, &s_live, &s_keybuf, &s_append};
+        &s_marked, &s_runs, &s_mm, &s_live, &s_keybuf, &s_append, &s_closed_};
     for (size_t i = 0; batch && i < sizeof names / sizeof *names; i++)
         if (!*slots[i] && !(*slots[i] = PyUnicode_InternFromString(names[i]))) Py_CLEAR(batch);
     if (batch && !BatchType) BatchType = (PyTypeObject *)Py_NewRef(batch);   /* kept for good */

@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -74,6 +75,14 @@ def child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def sleeping_readers(root: str, stream: str) -> int:
+    """The state page's count of readers asleep on ``stream``'s futex (FORMAT.md): the
+    condition a test waits for before it wakes a blocked read()."""
+    with open(os.path.join(paths.stream_dir(root, stream), paths.STATE), "rb") as f:
+        return struct.unpack_from("=I", f.read(fmt.CM_STATE_OFF_WAITERS + 4),
+                                  fmt.CM_STATE_OFF_WAITERS)[0]
 
 
 def run_python(code: str, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

@@ -3,16 +3,13 @@ in another process appends to any of the streams it reads."""
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
 import time
 
 import cometmp
-from cometmp import format as fmt
-from cometmp import paths
-from conftest import child_env, wait_until
+from conftest import child_env, sleeping_readers, wait_until
 
 #: How long the blocked consumer is watched for burning CPU. Not a condition: the property
 #: is that nothing happens (no CPU time accrues), which only a span of time can show. It
@@ -21,12 +18,6 @@ from conftest import child_env, wait_until
 #: accrue CPU in it, and the ``cpu < 0.2`` assertion would say so.
 BLOCKED_WINDOW = 1.0
 
-
-def sleeping_readers(root: str, stream: str) -> int:
-    """The state page's count of readers asleep on ``stream``'s futex (FORMAT.md)."""
-    with open(os.path.join(paths.stream_dir(root, stream), paths.STATE), "rb") as f:
-        return struct.unpack_from("=I", f.read(fmt.CM_STATE_OFF_WAITERS + 4),
-                                  fmt.CM_STATE_OFF_WAITERS)[0]
 
 CONSUMER = r"""
 import resource, struct, sys, time

@@ -13,6 +13,7 @@ would have without the woken read.
 from __future__ import annotations
 
 import math
+import random
 import os
 import struct
 import threading
@@ -22,14 +23,13 @@ import pytest
 import cometmp
 from cometmp import _reader, paths
 from cometmp import consumer as consumer_mod
-from cometmp import format as fmt
 from cometmp.window import (
     CM_WIN_ENTRIES,
     CM_WIN_HEADER_BYTES,
     CM_WIN_OFF_DELIVERED,
     CM_WIN_RECORD_BYTES,
 )
-from conftest import small_config, wait_until
+from conftest import sleeping_readers, small_config, wait_until
 
 
 def make(data_dir, **retention):
@@ -57,7 +57,8 @@ def woken(con, pattern: str, budget: int = 1000, until: float = math.inf):
     plan = con._woken_plan(g, False)
     assert plan is not None, "the consumer's state takes the woken read"
     batch, ofs, wmm, _until = plan
-    r = _reader.wait_woken(batch, cursors, seqs, 10**9, con._rr, budget, ofs, wmm, until)
+    r = _reader.wait_woken(batch, cursors, seqs, 10**9, con._rr, budget, ofs, wmm, until,
+                           (con, con.client))
     if r:
         con._rr += 1          # as read() does with the batch
     return r, batch
@@ -268,6 +269,54 @@ def test_a_consumer_that_redelivers_or_drops_never_takes_the_woken_read(data_dir
         assert con._woken_plan(con._group, False) is None
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_appends_budgets_and_acks_give_the_same_batches_as_the_full_iteration(data_dir, seed):
+    """Two groups over the same streams, one through the woken read (the full iteration
+    when it declines), one through the full iteration only: batches and state equal."""
+    rnd = random.Random(seed)
+    cfg = small_config()
+    cfg.compression.min_bytes = 1000
+    cfg.retention.check_interval = 3600
+    with cometmp.Client(data_dir, config=cfg) as c:
+        log = c.log("ev", shards=5)
+        a, b = cometmp.Consumer(c, "wk", zero_copy=True), cometmp.Consumer(c, "fl")
+        for con in (a, b):
+            con.read("ev:shard:*", timeout=0)
+        served = declined = 0
+        pend_a, pend_b = [], []
+        for step in range(400):
+            for _ in range(rnd.choice([0, 1, 3, 20])):
+                size = rnd.choice([5, 50, 2000, 2000, 40000])
+                log.append(rnd.randbytes(8) + b"x" * size, key=str(rnd.randrange(1000)))
+            budget = rnd.choice([1, 2, 7, 1000])
+            r, wb = woken(a, "ev:shard:*", budget)
+            if r == 0:
+                declined += 1
+                wb = a.read("ev:shard:*", max_messages=budget, timeout=0)
+            else:
+                served += 1
+            fb = b.read("ev:shard:*", max_messages=budget, timeout=0)
+            assert ids(wb) == ids(fb), step
+            assert [bytes(p) for p in wb.payloads()] == fb.payloads(), step
+            sa, sb = snapshot(a), snapshot(b)
+            assert {k: v[:1] + v[4:] for k, v in sa.items()} == \
+                   {k: v[:1] + v[4:] for k, v in sb.items()}, step
+            pend_a.append(wb); pend_b.append(fb)
+            choice = rnd.random()
+            if choice < 0.5:
+                for x in pend_a: a.ack(x)
+                for x in pend_b: b.ack(x)
+                pend_a.clear(); pend_b.clear()
+            elif choice < 0.7:
+                # out of order: newest batch first, then the rest
+                for x in reversed(pend_a): a.ack(x)
+                for x in reversed(pend_b): b.ack(x)
+                pend_a.clear(); pend_b.clear()
+            # else: left unacked for now (the window fills, I45)
+        print("served", served, "declined", declined)
+        assert served > 30
+
+
 class _Spy:
     """cometmp.consumer's view of cometmp._reader, counting what wait_woken returned."""
 
@@ -281,12 +330,6 @@ class _Spy:
         r = _reader.wait_woken(*args)
         self.results.append(r)
         return r
-
-
-def sleeping_readers(root: str, stream: str) -> int:
-    with open(os.path.join(paths.stream_dir(root, stream), paths.STATE), "rb") as f:
-        return struct.unpack_from("=I", f.read(fmt.CM_STATE_OFF_WAITERS + 4),
-                                  fmt.CM_STATE_OFF_WAITERS)[0]
 
 
 def test_a_read_blocked_until_an_append_is_served_by_the_woken_read_across_rotations(data_dir, monkeypatch):
