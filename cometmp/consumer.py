@@ -510,21 +510,17 @@ class Consumer:
         last = self._listed
         return sorted(c.name for c in last[3]) if last is not None else []
 
-    def _check_stale(self, cursors: list[Cursor], force: bool = False) -> bool:
+    def _check_stale(self, cursors: list[Cursor], force: bool = False) -> None:
         """Remap state pages a writer rebuilt (new inode) so ``committed`` keeps moving;
-        checked after an idle wait slice and at least every STALE_RECHECK seconds.
-        True when one was remapped."""
+        checked after an idle wait slice and at least every STALE_RECHECK seconds."""
         now = time.monotonic()
         if not force and now - self._stale_checked < STALE_RECHECK:
-            return False
+            return
         self._stale_checked = now
-        remapped = False
         for c in cursors:
             if c.state.stale():
                 c.state.remap()
                 self._wait_cache = None
-                remapped = True
-        return remapped
 
     def _cursors_for(self, pattern: str, assignment) -> list[Cursor]:
         names = self._match(pattern)
@@ -771,11 +767,11 @@ class Consumer:
             return False
         if waiting.cooperative():   # gevent-patched: the greenlet sleeps, the hub runs on
             return waiting.wait_green(states, seqs, timeout, waiting.closed_of(self))
+        if self._closed:
+            raise ClosedError(f"consumer {self.group!r} is closed")
         if fill is not None and len(cursors) <= WAITV_MAX:
             plan = self._woken_plan(fill[0], fill[1])
             if plan is not None:
-                if self._closed:
-                    raise ClosedError(f"consumer {self.group!r} is closed")
                 batch, ofs, wmm, until = plan
                 r = _reader.wait_woken(batch, cursors, seqs, int(timeout * 1e9), self._rr,
                                        fill[2], ofs, wmm, until, (self, self.client))
@@ -792,8 +788,6 @@ class Consumer:
             seen = ffi.new("uint32_t[]", len(cursors))
             cache = self._wait_cache = (key, arr, seen, states)
         _k, arr, seen, _held = cache
-        if self._closed:
-            raise ClosedError(f"consumer {self.group!r} is closed")
         for i, s in enumerate(seqs):
             seen[i] = s
         rc = lib.cm_wait_many(arr, seen, len(cursors), int(timeout * 1e9))

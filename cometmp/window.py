@@ -353,7 +353,9 @@ class WindowFile:
 
     def mark_delivered(self, slot: int, end: int) -> None:
         """Entries below ``end`` of ``slot`` were delivered (I46). Caller: the stream's one
-        reader, after ``store(..., reset_delivered=True)`` made the record its own."""
+        reader, after ``store(..., reset_delivered=True)`` made the record its own. The
+        woken read stores the same field from C (native/reader.c ``wait_woken``; the
+        layout reaches it through ``cometmp._reader.configure``)."""
         mm = self._mm
         if mm is None:
             raise ClosedError(f"windows file {self.path} is closed")

@@ -108,6 +108,10 @@ int  cm_spare_state(const cm_spare *sp);
 uint64_t cm_spare_drop(cm_spare *sp);
 void cm_spare_taken(cm_spare *sp);
 
+/* notify.c: futex_waitv's limit (FUTEX_WAITV_MAX); cm_wait_many sleeps on at most this
+   many pages, and reader.c's wait_woken takes at most this many cursors */
+#define CM_WAITV_MAX 128
+
 /* state.c */
 int  cm_state_init(cm_state *st);
 

@@ -39,7 +39,6 @@ int64_t cm_wake_stamps[CM_ST_N];
 #ifndef FUTEX_32
 #define FUTEX_32 2
 #endif
-#define WAITV_MAX 128                /* FUTEX_WAITV_MAX */
 #define FALLBACK_SLICE_NS 2000000ll  /* 2 ms, old kernels only */
 
 struct waitv { uint64_t val; uint64_t uaddr; uint32_t flags; uint32_t reserved; };
@@ -93,14 +92,14 @@ int cm_wait(void *state, uint32_t seen, int64_t timeout_ns) {
 int cm_wait_many(void *const *states, const uint32_t *seen, uint32_t n, int64_t timeout_ns) {
     if (n == 0) return cm_fail(CM_E_ARG, 0, "cm_wait_many: no state pages");
     if (n == 1) return cm_wait(states[0], seen[0], timeout_ns);
-    if (n > WAITV_MAX) n = WAITV_MAX;   /* callers split larger sets; see consumer.py */
+    if (n > CM_WAITV_MAX) n = CM_WAITV_MAX;   /* callers split larger sets; see consumer.py */
     for (uint32_t i = 0; i < n; i++)
         __atomic_add_fetch(&as_state(states[i])->waiters, 1, __ATOMIC_SEQ_CST);   /* I11 */
     int rc = 0;
     for (uint32_t i = 0; i < n; i++)
         if (changed(as_state(states[i]), seen[i])) { rc = 1; break; }
     if (rc == 0 && !__atomic_load_n(&waitv_missing, __ATOMIC_RELAXED)) {
-        struct waitv w[WAITV_MAX];
+        struct waitv w[CM_WAITV_MAX];
         for (uint32_t i = 0; i < n; i++) {
             w[i].val = seen[i];
             w[i].uaddr = (uint64_t)(uintptr_t)&as_state(states[i])->notify_seq;

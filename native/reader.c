@@ -184,7 +184,7 @@ typedef struct {
     cm_damage d;
 } fill_result;
 
-/* fill_run: the walk behind fill() and woken(): the valid records of segment mapping mm
+/* fill_run: the walk behind fill() and wait_woken(): the valid records of segment mapping mm
  * (base) from (off, seq) while seq < stop (I2) and fewer than max_n were added, into b
  * as stream si, with key (NULL: the one the segment's header names). -1 with an
  * exception set, else 0 and *o says where the walk stopped. */
@@ -759,7 +759,7 @@ static PyTypeObject *BatchType;
 static uint64_t win_entries, win_delivered0, win_stride;
 static PyObject *s_pos, *s_slot, *s_resets, *s_acked, *s_closed, *s_flight, *s_state, *s_seg,
     *s_base, *s_off, *s_seq, *s_name, *s_shard, *s_loaded, *s_dirty, *s_recover_hi, *s_marked,
-    *s_runs, *s_mm, *s_live, *s_keybuf, *s_append, *s_closed_;
+    *s_runs, *s_mm, *s_live, *s_keybuf, *s_append, *s_owner_closed;
 
 typedef struct {
     PyObject *cur, *flight, *segmm;    /* owned references */
@@ -953,8 +953,9 @@ static PyObject *wait_woken(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     double until = PyFloat_AsDouble(args[8]);
     if (PyErr_Occurred()) return NULL;
     Py_ssize_t n = CM_LIST_SIZE(list);
-    if (n <= 0 || n > 128 || start < 0 || budget <= 0) {
-        PyErr_SetString(PyExc_ValueError, "wait_woken: 1 to 128 cursors, start >= 0, budget > 0");
+    if (n <= 0 || n > CM_WAITV_MAX || start < 0 || budget <= 0) {
+        PyErr_SetString(PyExc_ValueError, "wait_woken: 1 to CM_WAITV_MAX cursors, start >= 0, "
+                                          "budget > 0");
         return NULL;
     }
     Py_buffer ofs, win;
@@ -979,7 +980,7 @@ static PyObject *wait_woken(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     if (!(woke = w == 1)) goto out;
     gc_was = PyGC_Disable();          /* no Python code from here to the return (above) */
     for (i = 0; i < CM_TUPLE_SIZE(args[9]); i++) {
-        int t = attr_true(CM_TUPLE_ITEM(args[9], i), s_closed_);
+        int t = attr_true(CM_TUPLE_ITEM(args[9], i), s_owner_closed);
         if (t != 0) { rc = t < 0 ? -1 : WK_SLOW; goto out; }
     }
     double now = monotonic_s();
@@ -1067,7 +1068,7 @@ PyMODINIT_FUNC PyInit__reader(void) {
         "runs", "mm", "live", "keybuf", "append", "_closed"};
     PyObject **slots[] = {&s_pos, &s_slot, &s_resets, &s_acked, &s_closed, &s_flight, &s_state,
         &s_seg, &s_base, &s_off, &s_seq, &s_name, &s_shard, &s_loaded, &s_dirty, &s_recover_hi,
-        &s_marked, &s_runs, &s_mm, &s_live, &s_keybuf, &s_append, &s_closed_};
+        &s_marked, &s_runs, &s_mm, &s_live, &s_keybuf, &s_append, &s_owner_closed};
     for (size_t i = 0; batch && i < sizeof names / sizeof *names; i++)
         if (!*slots[i] && !(*slots[i] = PyUnicode_InternFromString(names[i]))) Py_CLEAR(batch);
     if (batch && !BatchType) BatchType = (PyTypeObject *)Py_NewRef(batch);   /* kept for good */

@@ -559,7 +559,8 @@ static int recover_files_locked(cm_shard *s, int state_fresh, int at_open,
         if (rc < 0) return rc;
         /* the ramp's first headroom faulted in by the prefault thread, as a rotation's
            is: the appender's first store into each of these pages was a fault of
-           ~50 us on ext4 here (docs/PERFORMANCE.md "Wake-ups beside the futex floor") */
+           ~50 us on ext4 here (docs/PERFORMANCE.md "The woken read, and the writer's first
+           pages") */
         if (s->opt.prefault) {
             cm_prealloc_populate(s->seg_map, first);
             cm_prealloc_populate(s->idx_map, s->idx_cap < 4096 ? s->idx_cap : 4096);

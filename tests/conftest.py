@@ -85,6 +85,25 @@ def sleeping_readers(root: str, stream: str) -> int:
                                   fmt.CM_STATE_OFF_WAITERS)[0]
 
 
+class WokenSpy:
+    """Stands in for cometmp.consumer's ``_reader`` (monkeypatch) and records what each
+    ``wait_woken`` returned: None (timed out), 0 (handed to the full iteration), or the
+    entries the woken read delivered."""
+
+    def __init__(self):
+        from cometmp import _reader
+        self._real = _reader
+        self.results: list = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def wait_woken(self, *args):
+        r = self._real.wait_woken(*args)
+        self.results.append(r)
+        return r
+
+
 def run_python(code: str, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], env=child_env(), timeout=timeout,
                           capture_output=True, text=True, **kw)

@@ -21,19 +21,18 @@ import pytest
 import cometmp
 from cometmp import consumer as consumer_mod
 from cometmp import paths
-from conftest import child_env, sleeping_readers, small_config, wait_until
+from conftest import WokenSpy, child_env, run_python, sleeping_readers, small_config, wait_until
 
 #: the tests directory, for children that import conftest's small_config
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def append_in_child(root, stream, payloads):
-    code = ("import sys, cometmp\n"
-            "c = cometmp.Client(sys.argv[1])\n"
-            "c.append(sys.argv[2], [p.encode() for p in sys.argv[3:]])\n"
-            "c.close()\n")
-    subprocess.run([sys.executable, "-c", code, root, stream, *payloads], env=child_env(),
-                   check=True, timeout=60)
+    r = run_python("import sys, cometmp\n"
+                   "with cometmp.Client(sys.argv[1]) as c:\n"
+                   "    c.append(sys.argv[2], [p.encode() for p in sys.argv[3:]])\n",
+                   root, stream, *payloads)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(params=["woken", "full"])
@@ -82,20 +81,6 @@ def test_client_closed_under_a_blocked_read_delivers_nothing_and_marks_nothing(d
         assert got == [(2, b"b0", 1), (3, b"b1", 1), (4, b"b2", 1)]
 
 
-class _Spy:
-    def __init__(self, real):
-        self.real = real
-        self.results = []
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-    def wait_woken(self, *args):
-        r = self.real.wait_woken(*args)
-        self.results.append(r)
-        return r
-
-
 WRITER = r"""
 import os, random, sys, time, zlib, cometmp
 from conftest import small_config
@@ -129,7 +114,7 @@ c.close()
 def test_entries_from_a_writer_process_arrive_once_and_whole_across_rotations(data_dir, mode, zc, monkeypatch, tmp_path):
     import random
     import zlib
-    spy = _Spy(consumer_mod._reader)
+    spy = WokenSpy()
     monkeypatch.setattr(consumer_mod, "_reader", spy)
     n = 6000
     cfg = small_config()
@@ -288,7 +273,7 @@ def test_a_writer_killed_and_restarted_loses_nothing_for_a_blocked_reader(data_d
 
 @pytest.mark.parametrize("nstreams", [128, 129])
 def test_a_blocked_read_over_128_or_129_streams_wakes_on_any(data_dir, mode, nstreams, monkeypatch):
-    spy = _Spy(consumer_mod._reader)
+    spy = WokenSpy()
     monkeypatch.setattr(consumer_mod, "_reader", spy)
     with cometmp.Client(data_dir, config=small_config(preallocate_bytes=4096)) as c:
         names = ["m%03d" % i for i in range(nstreams)]
@@ -364,11 +349,11 @@ def test_a_stream_created_while_a_read_sleeps_is_read_later(data_dir, mode):
         sorted((m.id.stream, m.id.entry) for m in con.read("p*", timeout=30))))
     t.start()
     wait_until(lambda: sleeping_readers(c.path, "p1") == 1, 30, "sleep")
-    code = ("import sys, cometmp\n"
-            "c = cometmp.Client(sys.argv[1])\n"
-            "c.append('p2', [b'n0', b'n1'])\n"
-            "c.append('p1', [b'b'])\n")
-    subprocess.run([sys.executable, "-c", code, data_dir], env=child_env(), check=True, timeout=60)
+    r = run_python("import sys, cometmp\n"          # a new matching stream, then a wake-up,
+                   "with cometmp.Client(sys.argv[1]) as c:\n"   # within a millisecond
+                   "    c.append('p2', [b'n0', b'n1'])\n"
+                   "    c.append('p1', [b'b'])\n", data_dir)
+    assert r.returncode == 0, r.stderr
     t.join(30)
     print(mode, out)
     # both modes: the new stream is claimed (membership) and read by a later read()

@@ -22,6 +22,7 @@ import pytest
 
 import cometmp
 from cometmp import _reader, paths
+from cometmp import format as fmt
 from cometmp import consumer as consumer_mod
 from cometmp.window import (
     CM_WIN_ENTRIES,
@@ -29,7 +30,7 @@ from cometmp.window import (
     CM_WIN_OFF_DELIVERED,
     CM_WIN_RECORD_BYTES,
 )
-from conftest import sleeping_readers, small_config, wait_until
+from conftest import WokenSpy, sleeping_readers, small_config, wait_until
 
 
 def make(data_dir, **retention):
@@ -238,6 +239,31 @@ def test_a_damaged_new_entry_is_left_to_the_full_iteration(data_dir):
         assert con._cursors["ev:shard:0000"].skipped == 1
 
 
+@pytest.mark.parametrize("field", ["committed", "first_entry"])
+def test_a_damaged_count_on_the_state_page_is_left_to_the_full_iteration(data_dir, field):
+    # the woken read trusts the page only as the full iteration does: a committed count
+    # past the records makes its walk meet the end of the data, a first_entry hint far
+    # above pos means retention may have deleted entries; either way it hands back
+    off = {"committed": fmt.CM_STATE_OFF_COMMITTED, "first_entry": fmt.CM_STATE_OFF_FIRST_ENTRY}[field]
+    with make(data_dir) as c:
+        log, con = one_stream(c, [b"a", b"b"])
+        drain(con, "ev:shard:*")
+        log.append(b"new")
+        page = os.path.join(paths.stream_dir(c.path, "ev:shard:0000"), paths.STATE)
+        with open(page, "r+b") as f:
+            f.seek(off)
+            good = f.read(8)
+            f.seek(off)
+            f.write(struct.pack("<Q", struct.unpack("<Q", good)[0] + (1 << 20)))
+        try:
+            _declined(con, "ev:shard:*")
+        finally:
+            with open(page, "r+b") as f:
+                f.seek(off)
+                f.write(good)
+        assert [m.id.entry for m in con.read("ev:shard:*", timeout=0)] == [2]
+
+
 def test_acks_out_of_order_are_left_to_the_full_iteration(data_dir):
     with make(data_dir) as c:
         log, con = one_stream(c, [b"x%d" % i for i in range(5)])
@@ -317,23 +343,8 @@ def test_random_appends_budgets_and_acks_give_the_same_batches_as_the_full_itera
         assert served > 30
 
 
-class _Spy:
-    """cometmp.consumer's view of cometmp._reader, counting what wait_woken returned."""
-
-    def __init__(self):
-        self.results: list = []
-
-    def __getattr__(self, name):
-        return getattr(_reader, name)
-
-    def wait_woken(self, *args):
-        r = _reader.wait_woken(*args)
-        self.results.append(r)
-        return r
-
-
 def test_a_read_blocked_until_an_append_is_served_by_the_woken_read_across_rotations(data_dir, monkeypatch):
-    spy = _Spy()
+    spy = WokenSpy()
     monkeypatch.setattr(consumer_mod, "_reader", spy)
     n = 400
     with make(data_dir) as c:
