@@ -238,9 +238,10 @@ def _epoch_callback(ref: "weakref.ref[Log]"):
 
 
 #: file descriptors one open writer holds (native/shard.c: directory, state page with
-#: its shared flock, active segment; the index is mapped without keeping its fd) and the
-#: two of its spare, the next segment and index made ahead (native/spare.c)
-WRITER_FDS = 5
+#: its shared flock, active segment; the index is mapped without keeping its fd), the
+#: two of its spare, the next segment and index made ahead (native/spare.c), and the one
+#: an extension of its reservation holds on the prefault thread (native/headroom.c)
+WRITER_FDS = 6
 
 
 def writer_budget() -> int:

@@ -146,6 +146,15 @@ class Writer:
             raise_for(rc, path=self.directory)
         return ("none", "building", "ready", "failed")[rc]
 
+    def headroom(self) -> str:
+        """This process's extension of the stream's disk reservation on its prefault thread
+        (native/headroom.c): "none", "extending" (its fallocate has not returned) or "done"
+        (the next append that needs it takes it)."""
+        rc = lib.cm_shard_headroom(self.handle)
+        if rc < 0:
+            raise_for(rc, path=self.directory)
+        return ("none", "extending", "done")[rc]
+
     def ref(self):
         """What Appender.set_handle takes: a buffer over the head (magic) of the cm_shard;
         the appender takes its own reference from it (L3). No address is a Python int."""

@@ -13,7 +13,7 @@ import pathlib
 from cffi import FFI
 
 NATIVE = pathlib.Path(__file__).resolve().parent
-CORE_SOURCES = ["api.c", "crc32c.c", "error.c", "format.c", "fs.c", "handle.c", "index.c", "lock.c", "prealloc.c", "segment.c", "shard.c", "spare.c", "state.c", "walker.c",
+CORE_SOURCES = ["api.c", "crc32c.c", "error.c", "format.c", "fs.c", "handle.c", "headroom.c", "index.c", "lock.c", "prealloc.c", "segment.c", "shard.c", "spare.c", "state.c", "walker.c",
                 "registry.c", "notify.c", "offsets.c", "failpoint.c", "names.c", "appmetrics.c"]
 
 

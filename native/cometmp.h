@@ -93,7 +93,12 @@ int  cm_shard_add_counter(cm_shard *s, uint32_t slot, uint64_t delta);
 #define CM_SHARD_SPARE_BUILDING 1
 #define CM_SHARD_SPARE_READY 2
 #define CM_SHARD_SPARE_FAILED 3
+/* cm_shard_headroom(): an extension of the stream's reservation on the prefault thread */
+#define CM_SHARD_HEADROOM_NONE 0
+#define CM_SHARD_HEADROOM_EXTENDING 1
+#define CM_SHARD_HEADROOM_DONE 2
 int  cm_shard_spare(cm_shard *s);
+int  cm_shard_headroom(cm_shard *s);
 
 /* segment.c: stateless record parsing over a mapped segment (map starts at the
  * segment header, offset 0).
@@ -200,8 +205,11 @@ typedef struct cm_prefault_stats_t {
     uint64_t bytes_populated;
     uint64_t failures;
     uint64_t thread_cpu_ns;
+    uint64_t extensions;        /* headroom fallocates run for appenders (headroom.c) */
+    uint64_t extension_failures;
 } cm_prefault_stats_t;
 void cm_prefault_stats(cm_prefault_stats_t *out);
+void cm_prefault_drain(void);
 
 /* api.c: function table handed to the CPython fast path (_appender) */
 void *cm_api_table(void);

@@ -89,6 +89,25 @@ uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len);
 void cm_prealloc_wait(uint64_t ticket);
 uint64_t cm_prealloc_call(void (*fn)(void *), void *arg);
 size_t cm_prealloc_populate_here(uint8_t *addr, size_t len);
+void cm_prealloc_count_populate(size_t done, size_t len);
+void cm_prealloc_count_extension(int failed);
+void cm_prealloc_close(int *fd);
+
+/* headroom.c: a stream's headroom extended on the prefault thread */
+enum { CM_HEADROOM_PENDING = 0, CM_HEADROOM_DONE = 1, CM_HEADROOM_ABANDONED = 2 };
+typedef struct cm_headroom {
+    int state;                  /* CM_HEADROOM_*, atomic (the lifetime rule in headroom.c) */
+    int fd;                     /* a dup of the segment's, closed by the thread */
+    int error;                  /* fallocate's errno, 0 = [from, to) is allocated */
+    int populate;
+    uint64_t from, to;          /* segment offsets, page-aligned */
+    uint8_t *map;               /* the mapping at `from` */
+    uint64_t gen;               /* fork generation that asked (I10) */
+} cm_headroom;
+cm_headroom *cm_headroom_request(int seg_fd, uint8_t *seg_map, uint64_t from, uint64_t to,
+                                 int populate);
+int  cm_headroom_state(const cm_headroom *h);
+void cm_headroom_drop(cm_headroom *h);
 
 /* spare.c: the next segment's files, made ahead on the prefault thread */
 enum { CM_SPARE_PENDING = 0, CM_SPARE_READY = 1, CM_SPARE_FAILED = 2, CM_SPARE_ABANDONED = 3 };

@@ -114,19 +114,49 @@ static void *warm_main(void *arg) {
                when no core was idle (reading /proc/loadavg) measured worse at two
                processes (demand faults cost the appender more CPU than this bulk
                populate saves; docs/PERFORMANCE.md "Prefault policy") and was removed. */
-            size_t done = cm_prealloc_populate_here(r.addr, r.len);
-            int failed = done < r.len;   /* the appender faults the rest itself */
-            pthread_mutex_lock(&mu);
-            if (thread_gen == gen) {
-                stats.requests++;
-                stats.bytes_populated += done;
-                stats.failures += (uint64_t)failed;
-                stats.thread_cpu_ns = thread_cpu_ns();
-            }
-            pthread_mutex_unlock(&mu);
+            /* the appender faults what a failed step left itself */
+            cm_prealloc_count_populate(cm_prealloc_populate_here(r.addr, r.len), r.len);
         }
     }
 }
+
+/* The thread's counts (cm_prefault_stats): a populate of `len` bytes of which `done`
+ * were populated, and an extension of a stream's headroom (headroom.c). */
+void cm_prealloc_count_populate(size_t done, size_t len) {
+    pthread_mutex_lock(&mu);
+    if (thread_gen == cm_fork_generation()) {
+        stats.requests++;
+        stats.bytes_populated += done;
+        stats.failures += (uint64_t)(done < len);
+        stats.thread_cpu_ns = thread_cpu_ns();
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+void cm_prealloc_count_extension(int failed) {
+    pthread_mutex_lock(&mu);
+    if (thread_gen == cm_fork_generation()) {
+        stats.extensions++;
+        stats.extension_failures += (uint64_t)(failed != 0);
+        stats.thread_cpu_ns = thread_cpu_ns();
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+/* Close *fd and set it to -1 as one step for a fork: the fork handlers hold mu, so a
+ * forked child's copy of a request (spare.c, headroom.c) never names a descriptor the
+ * parent had closed (the child would close whatever it opened under that number). */
+void cm_prealloc_close(int *fd) {
+    pthread_mutex_lock(&mu);
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+    pthread_mutex_unlock(&mu);
+}
+
+/* mu is held across fork(), so a child sees the queue and the requests' descriptors as
+ * they were between two of the thread's steps, never half-changed */
+static void before_fork(void) { pthread_mutex_lock(&mu); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&mu); }
 
 static void after_fork_child(void) {
     for (int i = 0; i < qlen; i++) {
@@ -144,7 +174,7 @@ static void after_fork_child(void) {
 }
 
 __attribute__((constructor))
-static void prealloc_init(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+static void prealloc_init(void) { pthread_atfork(before_fork, after_fork_parent, after_fork_child); }
 
 /* Caller holds mu. Starts this generation's thread; 0 if it cannot run. */
 static int ensure_thread(void) {
@@ -232,6 +262,14 @@ void cm_prealloc_wait(uint64_t ticket) {
     while (tickets_done < ticket && thread_gen == cm_fork_generation())
         pthread_cond_wait(&unmapped, &mu);
     pthread_mutex_unlock(&mu);
+}
+
+static void nothing(void *arg) { (void)arg; }
+
+/* Wait until every request queued before this call ran (benchmarks and tests: a state
+ * to measure that no background step is still changing). */
+void cm_prefault_drain(void) {
+    cm_prealloc_wait(cm_prealloc_call(nothing, NULL));
 }
 
 /* This process's prefault counts (zero before its thread started). */

@@ -65,6 +65,8 @@ struct cm_shard {
     int sealed_unsynced;        /* a rotation left a segment not yet fsynced */
     uint64_t ahead;             /* headroom ensure_alloc() keeps: the ramp (below) */
     cm_spare *spare;            /* the next segment's files, made ahead (spare.c) */
+    cm_headroom *headroom;      /* an extension of the reservation in flight (headroom.c) */
+    int headroom_here;          /* HEADROOM_*: whether the next extension is the appender's */
     uint64_t spare_at;          /* the tail past which an append asks for one */
 };
 
@@ -102,6 +104,8 @@ static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * t
  * process's mmap lock for writing, so on the appending thread it waited for the
  * populate step in flight, in every rotation. */
 static uint64_t unmap_active(cm_shard *s) {
+    cm_headroom_drop(s->headroom);   /* before the munmap is queued: it runs after it */
+    s->headroom = NULL;
     uint64_t ticket = s->idx_map ? cm_prealloc_unmap(s->idx_map, s->idx_cap) : 0;
     if (s->seg_map) ticket = cm_prealloc_unmap(s->seg_map, s->seg_cap);
     if (s->seg_fd >= 0) close(s->seg_fd);
@@ -976,6 +980,53 @@ void cm_shard_unref(cm_shard *s) {
 
 /* ---------------------------------------------------------------- append */
 
+/* Whether the next extension of a stream's reservation is the appender's own: after one
+ * failed on the prefault thread (a full disk: the appender's own then gives back the spare's
+ * blocks, or reports DiskFull when the bytes are needed now), and for good on a filesystem
+ * without fallocate(2) (headroom.c). */
+enum { HEADROOM_THREAD = 0, HEADROOM_HERE_ONCE = 1, HEADROOM_HERE = 2 };
+
+/* Allocate [from, to) now, on the appending thread, for an append up to `end`. */
+static int allocate_here(cm_shard *s, uint64_t from, uint64_t to, uint64_t end) {
+    cm_state *st = s->st;
+    int e = CM_FAILPOINT("append.alloc");
+    if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    if ((e == ENOSPC || e == EDQUOT) && s->spare && end > st->alloc_end) {
+        /* a full disk: the spare's blocks are this stream's to give back (a spare is
+           headroom), then try once more */
+        cm_prealloc_wait(cm_spare_drop(s->spare));
+        s->spare = NULL;
+        e = CM_FAILPOINT("append.alloc");
+        if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    }
+    if (e != 0) {
+        if (end <= st->alloc_end) return 1;   /* headroom only: retry at the next append */
+        st->counters[CM_CTR_DISK_FULL]++;
+        return cm_fail(CM_E_IO, e,
+                       "allocate %llu bytes in %s/%020llu.seg", (unsigned long long)(to - from),
+                       s->dir, (unsigned long long)s->seg_base);
+    }
+    if (end > st->alloc_end) /* needed right now: fault it in here */
+        madvise(s->seg_map + from, round_up(end, 4096) - from, MADV_POPULATE_WRITE);
+    return 0;
+}
+
+/* Take the result of the extension in flight, if it finished: alloc_end covers what the
+ * thread's fallocate returned for (I9), and only when it joins what was reserved before.
+ * Returns 1 while it is still running. */
+static int reap_headroom(cm_shard *s) {
+    cm_headroom *h = s->headroom;
+    if (cm_headroom_state(h) == CM_HEADROOM_PENDING) return 1;
+    cm_state *st = s->st;
+    if (h->error)
+        s->headroom_here = h->error == EOPNOTSUPP ? HEADROOM_HERE : HEADROOM_HERE_ONCE;
+    else if (h->from <= st->alloc_end && h->to > st->alloc_end)
+        st->alloc_end = h->to;
+    cm_headroom_drop(h);
+    s->headroom = NULL;
+    return 0;
+}
+
 /* Make sure [alloc_end, end) is allocated on disk before we store into the
  * mapping: a store into a hole on a full disk would be SIGBUS (I9). Past the
  * write position we keep between half and all of `ahead` allocated and let the
@@ -989,12 +1040,33 @@ void cm_shard_unref(cm_shard *s) {
  * of zero pages written back; docs/PERFORMANCE.md "Many small streams"), while a
  * busy one reaches full headroom within its first few MiB. A rotation keeps the
  * handle's `ahead`: a stream that filled a segment is busy.
- * Only a failure to allocate the bytes needed now is an error. */
+ *
+ * Once the ramp is at full headroom, an extension made while the bytes needed now are
+ * still reserved runs on the prefault thread (headroom.c): its fallocate can sleep on the
+ * filesystem for ms. Until it is done the appender stores into what was reserved before;
+ * if it reaches the end of that first, it makes the extension itself. Only a failure to
+ * allocate the bytes needed now is an error. */
 static int ensure_alloc(cm_shard *s, uint64_t end) {
     cm_state *st = s->st;
     uint64_t ahead = s->ahead ? s->ahead : ahead_min(s);
-    if (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || end + ahead / 2 <= st->alloc_end))
+#define HEADROOM_OK (end <= st->alloc_end && (st->alloc_end >= s->seg_cap || \
+                                              end + ahead / 2 <= st->alloc_end))
+    if (HEADROOM_OK) return CM_OK;
+    if (s->headroom && reap_headroom(s)) {
+        if (end <= st->alloc_end) return CM_OK;   /* reserved: the extension is on its way */
+        /* the tail caught up with the thread: a whole extension here, as if there were
+           no thread (one fallocate, not one per append until the thread is done; it
+           waits on the inode for the thread's if that one is running, and the thread's
+           is then a no-op that reap_headroom ignores) */
+        uint64_t from = st->alloc_end & ~4095ull, to = round_up(end, 4096) + ahead;
+        if (to > s->seg_cap) to = s->seg_cap;
+        int rc = allocate_here(s, from, to, end);
+        if (rc < 0) return rc;
+        st->alloc_end = to;
         return CM_OK;
+    }
+    if (HEADROOM_OK) return CM_OK;
+#undef HEADROOM_OK
     /* the ramp's next step, allocated now: the next extension comes after half of it is
        used. (Extending by the old step and doubling after it put the tail past the new
        half-mark at once, so a ramping stream made one fallocate per page written.) */
@@ -1002,25 +1074,18 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
     uint64_t from = st->alloc_end & ~4095ull;
     uint64_t to = round_up(end, 4096) + next;
     if (to > s->seg_cap) to = s->seg_cap;
-    int e = CM_FAILPOINT("append.alloc");
-    if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
-    if ((e == ENOSPC || e == EDQUOT) && s->spare && end > st->alloc_end) {
-        /* a full disk: the spare's blocks are this stream's to give back (a spare is
-           headroom), then try once more */
-        cm_prealloc_wait(cm_spare_drop(s->spare));
-        s->spare = NULL;
-        e = CM_FAILPOINT("append.alloc");
-        if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
+    /* only at full headroom: then the thread has half of it (two chunks, ~2 MiB) to be
+       done in, while a ramping stream's half step (32 KiB up) is gone in fewer us than
+       the thread takes to wake */
+    if (end <= st->alloc_end && ahead == ahead_max(s) && s->headroom_here == HEADROOM_THREAD &&
+        (s->headroom = cm_headroom_request(s->seg_fd, s->seg_map, from, to, s->opt.prefault))) {
+        s->ahead = next;
+        return CM_OK;
     }
-    if (e != 0) {
-        if (end <= st->alloc_end) return CM_OK; /* headroom only: retry at the next append */
-        st->counters[CM_CTR_DISK_FULL]++;
-        return cm_fail(CM_E_IO, e,
-                       "allocate %llu bytes in %s/%020llu.seg", (unsigned long long)(to - from),
-                       s->dir, (unsigned long long)s->seg_base);
-    }
-    if (end > st->alloc_end) /* needed right now: fault it in here */
-        madvise(s->seg_map + from, round_up(end, 4096) - from, MADV_POPULATE_WRITE);
+    int rc = allocate_here(s, from, to, end);
+    if (rc < 0) return rc;
+    if (rc > 0) return CM_OK;     /* headroom only, not had: the next append tries again */
+    if (s->headroom_here == HEADROOM_HERE_ONCE) s->headroom_here = HEADROOM_THREAD;
     uint64_t warm = st->alloc_end > from ? st->alloc_end & ~4095ull : from;
     if (s->opt.prefault)
         cm_prealloc_populate(s->seg_map + warm, to - warm);
@@ -1491,6 +1556,22 @@ int cm_shard_spare(cm_shard *s) {
         rc = st == CM_SPARE_PENDING ? CM_SHARD_SPARE_BUILDING :
              st == CM_SPARE_READY ? CM_SHARD_SPARE_READY :
              st == CM_SPARE_FAILED ? CM_SHARD_SPARE_FAILED : CM_SHARD_SPARE_NONE;
+        unlock_shard(s);
+    }
+    cm_leave(&s->life);
+    return rc;
+}
+
+int cm_shard_headroom(cm_shard *s) {
+    if (!s) return cm_closed_error("stream");
+    int rc = cm_enter(&s->life, "stream");
+    if (rc < 0) return rc;
+    if (s->gen != cm_fork_generation()) {
+        rc = cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
+    } else if ((rc = lock_shard(s, 0)) >= 0) {
+        rc = !s->headroom ? CM_SHARD_HEADROOM_NONE :
+             cm_headroom_state(s->headroom) == CM_HEADROOM_PENDING ? CM_SHARD_HEADROOM_EXTENDING :
+             CM_SHARD_HEADROOM_DONE;
         unlock_shard(s);
     }
     cm_leave(&s->life);

@@ -96,10 +96,7 @@ static void make(void *arg) {
     cm_spare *sp = arg;
     int to = __atomic_load_n(&sp->state, __ATOMIC_ACQUIRE) == CM_SPARE_ABANDONED ? -1 :
              build(sp) == 0 ? CM_SPARE_READY : CM_SPARE_FAILED;
-    if (sp->dirfd >= 0) {   /* only O_TMPFILE needed it: a ready spare holds two fds */
-        close(sp->dirfd);
-        sp->dirfd = -1;
-    }
+    cm_prealloc_close(&sp->dirfd);   /* only O_TMPFILE needed it: a ready spare holds two fds */
     int expect = CM_SPARE_PENDING;
     if (to < 0 || !__atomic_compare_exchange_n(&sp->state, &expect, to, 0,
                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))

@@ -93,9 +93,10 @@ PATH_POINTS = {
     "recover-index": [("open.flock", "none")] +
                      [(f"index.persist.{step}", "none") for step in PERSIST_STEPS],
 }
-#: the prefault thread's point (native/prealloc.c; crash/test_prefault_faults.py): a failure
-#: leaves the pages to the appender, never an error
-PREFAULT_POINTS = ("prefault.populate",)
+#: the prefault thread's points (crash/test_prefault_faults.py), never an error: a failed
+#: populate (native/prealloc.c) leaves the pages to the appender; a failed extension of a
+#: stream's reservation (native/headroom.c) leaves the next one to the appender
+PREFAULT_POINTS = ("prefault.populate", "headroom.alloc")
 #: points whose failure the engine absorbs without an error: a derived file is rebuilt
 ABSORBED = {"open.index", "read.index_open", "read.index_map"}
 #: consecutive failures a case needs before the API sees one: append.alloc reserves

@@ -42,7 +42,8 @@ with cometmp.Client(root, config=cfg) as c:
         os.pwrite(acked, b"%08d" % (i + 1), 0)
     st = prealloc.stats()
     res = {"requests": st["requests"], "failures": st["failures"],
-           "populated": st["bytes_populated"]}
+           "populated": st["bytes_populated"], "extensions": st["extensions"],
+           "extension_failures": st["extension_failures"]}
     os.environ.pop("COMETMP_FAILPOINT")
     for j in range(10):               # and once it heals
         assert lg.append(payload(rng, 6000 + j)).entry == 6000 + j

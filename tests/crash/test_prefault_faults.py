@@ -1,9 +1,11 @@
 """A failing prefault thread never loses or corrupts an entry, and appends continue
 (issue 9 item 8, issue 10 item 1; ARCHITECTURE.md §4.2 point `prefault.populate`, I9).
 
-The prefault thread (native/prealloc.c) populates pages whose disk blocks the appender
-fallocated before queueing them, so when its `MADV_POPULATE_WRITE` fails the appender's own
-stores fault the pages in: no error, no SIGBUS, nothing lost. The writer runs on the
+The prefault thread (native/prealloc.c) populates pages whose disk blocks were fallocated
+before, so when its `MADV_POPULATE_WRITE` fails the appender's own stores fault the pages in:
+no error, no SIGBUS, nothing lost. It also extends a busy stream's reservation
+(native/headroom.c, point `headroom.alloc`); when that fails, alloc_end stays where it was,
+so no store lands past it (I9), and the next extension is the appender's own. The writer runs on the
 failpoint build of the core (tests/failpoints.py) in a child process, so a signal would
 show as its return code; the thread takes every request, so the failing point is really
 reached. A `KILL` at the point is a kill -9 while
@@ -80,16 +82,21 @@ def test_failing_prefault_loses_nothing_and_appends_continue(fp_core, spec):
         with open(os.path.join(d, "res.json")) as f:
             res = json.load(f)
         print(res)
-        assert res["failures"] >= 1, f"the failpoint {spec} never fired: {res}"
-        if spec.endswith(":1000000000"):
+        failed = "failures" if spec.startswith("prefault.") else "extension_failures"
+        assert res[failed] >= 1, f"the failpoint {spec} never fired: {res}"
+        if spec.startswith("prefault.") and spec.endswith(":1000000000"):
             assert res["populated"] == 0   # every populate failed: the appender did it all
+        if spec.startswith("headroom.") and spec.endswith(":1000000000"):
+            # every extension the thread ran failed, and each made the next the appender's
+            assert res["extension_failures"] == res["extensions"], res
         check_log(os.path.join(d, "log"), seed, 6010, 6010)
 
 
-def test_kill9_in_the_prefault_thread_loses_no_acknowledged_entry(fp_core):
+@pytest.mark.parametrize("point", failpoints.PREFAULT_POINTS)
+def test_kill9_in_the_prefault_thread_loses_no_acknowledged_entry(fp_core, point):
     seed = random.randrange(1 << 30)
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
-        acked, p = run_writer(fp_core, d, f"{failpoints.PREFAULT_POINTS[0]}:10:KILL", seed)
+        acked, p = run_writer(fp_core, d, f"{point}:10:KILL", seed)
         assert p.returncode == -9, p.stdout + p.stderr
         assert 0 < acked < 6000
         # the entry being appended at the kill may or may not have been published
