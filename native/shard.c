@@ -1542,41 +1542,43 @@ int cm_shard_snapshot(cm_shard *s, cm_snapshot *out) {
     return rc;
 }
 
-/* This process's spare for the stream (spare.c): CM_SPARE_NONE (none asked for, or
- * taken), _BUILDING, _READY or _FAILED. Takes the lock: a rotation frees the spare
- * it takes. */
-int cm_shard_spare(cm_shard *s) {
+/* What `probe` says of this process's work for the stream on the prefault thread, under
+ * the lock (a rotation or an append frees what it takes). */
+static int background_state(cm_shard *s, int (*probe)(const cm_shard *)) {
     if (!s) return cm_closed_error("stream");
     int rc = cm_enter(&s->life, "stream");
     if (rc < 0) return rc;
     if (s->gen != cm_fork_generation()) {
         rc = cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
     } else if ((rc = lock_shard(s, 0)) >= 0) {
-        int st = s->spare ? cm_spare_state(s->spare) : -1;
-        rc = st == CM_SPARE_PENDING ? CM_SHARD_SPARE_BUILDING :
-             st == CM_SPARE_READY ? CM_SHARD_SPARE_READY :
-             st == CM_SPARE_FAILED ? CM_SHARD_SPARE_FAILED : CM_SHARD_SPARE_NONE;
+        rc = probe(s);
         unlock_shard(s);
     }
     cm_leave(&s->life);
     return rc;
 }
 
-int cm_shard_headroom(cm_shard *s) {
-    if (!s) return cm_closed_error("stream");
-    int rc = cm_enter(&s->life, "stream");
-    if (rc < 0) return rc;
-    if (s->gen != cm_fork_generation()) {
-        rc = cm_fail(CM_E_FORKED, 0, "%s was opened in the parent process", s->dir);
-    } else if ((rc = lock_shard(s, 0)) >= 0) {
-        rc = !s->headroom ? CM_SHARD_HEADROOM_NONE :
-             cm_headroom_state(s->headroom) == CM_HEADROOM_PENDING ? CM_SHARD_HEADROOM_EXTENDING :
-             CM_SHARD_HEADROOM_DONE;
-        unlock_shard(s);
-    }
-    cm_leave(&s->life);
-    return rc;
+static int spare_probe(const cm_shard *s) {
+    int st = s->spare ? cm_spare_state(s->spare) : -1;
+    return st == CM_SPARE_PENDING ? CM_SHARD_SPARE_BUILDING :
+           st == CM_SPARE_READY ? CM_SHARD_SPARE_READY :
+           st == CM_SPARE_FAILED ? CM_SHARD_SPARE_FAILED : CM_SHARD_SPARE_NONE;
 }
+
+static int headroom_probe(const cm_shard *s) {
+    return !s->headroom ? CM_SHARD_HEADROOM_NONE :
+           cm_headroom_state(s->headroom) == CM_HEADROOM_PENDING ? CM_SHARD_HEADROOM_EXTENDING :
+           CM_SHARD_HEADROOM_DONE;
+}
+
+/* This process's spare for the stream (spare.c): CM_SHARD_SPARE_NONE (none asked for, or
+ * taken), _BUILDING, _READY or _FAILED. */
+int cm_shard_spare(cm_shard *s) { return background_state(s, spare_probe); }
+
+/* This process's extension of the stream's reservation (headroom.c):
+ * CM_SHARD_HEADROOM_NONE, _EXTENDING (its fallocate has not returned) or _DONE (not taken
+ * yet: the next append that needs it takes it). */
+int cm_shard_headroom(cm_shard *s) { return background_state(s, headroom_probe); }
 
 int cm_shard_set_first_entry(cm_shard *s, uint64_t first_entry) {
     if (!s) return cm_closed_error("stream");

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import random
+import signal
 import stat
 import struct
 import subprocess
@@ -140,6 +141,48 @@ def oracle_chain(root: str, stream: str) -> int:
         assert base == expect, f"segment {base} does not start where the one before ends ({expect})"
         expect = base + len(recs)
     return expect
+
+
+def fds_under(directory: str) -> list[str]:
+    """What this process's open descriptors on files under `directory` point at (an unnamed
+    or deleted file's target ends in "(deleted)")."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(directory):
+            out.append(target)
+    return out
+
+
+def fork_closing_inherited(c: cometmp.Client, other: str, kept) -> int:
+    """Fork; the child starts its own prefault thread (a client of its own on `other`),
+    closes `c`, which it inherited, and exits 2 when `kept()` (what it still holds of the
+    parent's files) is non-empty, -14 when something hangs. The child's exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(30)
+            with cometmp.Client(other) as mine:
+                mine.log("own", shards=1).append(b"starts this child's thread")
+                c.close()
+                code = 2 if kept() else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def check_entries(root: str, stream: str, entry: bytes, n: int, config: cometmp.Config) -> None:
+    """After a reopen: `stream` holds exactly `n` entries, each `entry`, and every segment
+    is clean by the pure-Python reader and chained (I1)."""
+    with cometmp.Client(root, config=config) as c:
+        assert c.length(stream) == n
+        assert sum(1 for m in c.scan(stream) if m.data == entry) == n
+    assert oracle_chain(root, stream) == n
 
 
 def oracle_walk(path: str) -> tuple[list[oracle.Record], list[oracle.Damage]]:

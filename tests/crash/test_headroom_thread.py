@@ -8,12 +8,11 @@ tests/crash/test_disk_full.py and test_spare_segments.py."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 
 import cometmp
 from cometmp import prealloc
-from conftest import oracle_chain, small_config
+from conftest import check_entries, fds_under, fork_closing_inherited, small_config
 
 STREAM = "hr:shard:0000"
 ENTRY = b"h" * 1000
@@ -33,23 +32,8 @@ def append_until_extending(lg, w, limit: int = 5_000) -> bool:
     return False
 
 
-def fds_under(directory: str) -> list[str]:
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(directory):
-            out.append(target)
-    return out
-
-
 def check_log(root: str, n: int) -> None:
-    with cometmp.Client(root, config=config()) as c:
-        assert c.length(STREAM) == n
-        assert sum(1 for m in c.scan(STREAM) if m.data == ENTRY) == n
-    assert oracle_chain(root, STREAM) == n
+    check_entries(root, STREAM, ENTRY, n, config())
 
 
 def test_a_busy_streams_reservation_grows_on_the_prefault_thread(tmp_path):
@@ -97,19 +81,7 @@ def test_a_child_forked_with_an_extension_in_flight_closes_its_copy_without_wait
         w = c._writer(STREAM)
         for _ in range(20):
             seen += append_until_extending(lg, w)
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    signal.alarm(30)                 # a hang kills the child: exit -14
-                    with cometmp.Client(other, config=config()) as mine:
-                        mine.log("own", shards=1).append(b"starts this child's thread")
-                        c.close()
-                        code = 2 if fds_under(root) else 0
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+            assert fork_closing_inherited(c, other, lambda: fds_under(root)) == 0
         n = c.length(STREAM)
     print(f"{seen} of 20 forks had an extension in flight")
     assert seen >= 1

@@ -17,7 +17,8 @@ import time
 
 import cometmp
 
-from conftest import child_env, oracle_chain, segment_files, small_config
+from conftest import (check_entries, child_env, fds_under, fork_closing_inherited, segment_files,
+                      small_config)
 
 STREAM = "sp:shard:0000"
 ENTRY = b"s" * 1000
@@ -51,22 +52,11 @@ def rotate_once(c: cometmp.Client, lg) -> None:
 
 def unnamed_files_open(directory: str) -> list[str]:
     """This process's fds on unnamed (deleted or O_TMPFILE) files under `directory`."""
-    out = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(directory) and target.endswith("(deleted)"):
-            out.append(target)
-    return out
+    return [t for t in fds_under(directory) if t.endswith("(deleted)")]
 
 
 def check_log(root: str, n: int) -> None:
-    with cometmp.Client(root, config=small_config()) as c:
-        assert c.length(STREAM) == n
-        assert sum(1 for m in c.scan(STREAM) if m.data == ENTRY) == n
-    assert oracle_chain(root, STREAM) == n
+    check_entries(root, STREAM, ENTRY, n, small_config())
     d = os.path.dirname(segment_files(root, STREAM)[0][1])
     extra = [f for f in os.listdir(d) if not (f.endswith((".seg", ".idx")) or f == "state")]
     assert not extra, extra
@@ -218,19 +208,8 @@ def test_a_child_forked_while_the_spare_is_built_closes_its_copy_without_waiting
         for _ in range(20):
             fill_past_half(c, lg)
             forks += w.spare() == "building"
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    signal.alarm(30)                 # a hang kills the child: exit -14
-                    with cometmp.Client(other, config=small_config()) as mine:
-                        mine.log("own", shards=1).append(b"starts this child's thread")
-                        c.close()
-                        code = 2 if unnamed_files_open(os.path.join(root, "streams")) else 0
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)
+            streams = os.path.join(root, "streams")
+            assert fork_closing_inherited(c, other, lambda: unnamed_files_open(streams)) == 0
             wait_spare(w, "ready")
             rotate_once(c, lg)
         assert c.stats()["streams"][STREAM]["counters"]["spare_rotations"] == 20
