@@ -24,12 +24,13 @@
  * extension is the appender's own, which reports what it must (DiskFull when the bytes
  * needed now cannot be had) and gives back the spare's blocks on ENOSPC first.
  *
- * Lifetime: the same rule as a spare's (spare.c). The shard owns its request
+ * Lifetime: the rule of prealloc.c for requests, as a spare's. The shard owns its request
  * (s->headroom, under the stream lock); the thread moves `state` from PENDING to DONE, or
  * frees a request the shard abandoned (cm_headroom_drop at a rotation or close: PENDING ->
- * ABANDONED). The unmap of the segment's mapping is queued behind the request (FIFO), so
- * the populate never touches a mapping that is gone. A forked child never runs its
- * copies (prealloc.c drops them); dropping one frees the child's copy without waiting.
+ * ABANDONED, listed as an orphan). The unmap of the segment's mapping is queued behind the
+ * request (FIFO), so the populate never touches a mapping that is gone. A forked child
+ * never runs its copies: it frees the orphans' at the fork, and its shard's drop frees an
+ * owned one without waiting.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -47,12 +48,20 @@ static void destroy(cm_headroom *h) {
     free(h);
 }
 
+static void destroy_orphan(cm_orphan *o) { destroy((cm_headroom *)o); }
+
+/* The thread found it abandoned: the shard let go of it (cm_headroom_drop). */
+static void bury(cm_headroom *h) {
+    cm_prealloc_lock();
+    cm_prealloc_orphan_free(&h->orphan);
+    cm_prealloc_unlock();
+}
+
 /* Runs on the prefault thread. */
 static void extend(void *arg) {
     cm_headroom *h = arg;
     if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) == CM_HEADROOM_ABANDONED) {
-        cm_prealloc_close(&h->fd);
-        destroy(h);
+        bury(h);
         return;
     }
     int e = CM_FAILPOINT("headroom.alloc");
@@ -66,7 +75,7 @@ static void extend(void *arg) {
     int expect = CM_HEADROOM_PENDING;
     if (!__atomic_compare_exchange_n(&h->state, &expect, CM_HEADROOM_DONE, 0,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        destroy(h);             /* the shard let go while it ran: its mapping is going */
+        bury(h);                /* the shard let go while it ran: its mapping is going */
         return;
     }
     /* the mapping's munmap is queued behind this call, so it is still mapped here */
@@ -74,38 +83,53 @@ static void extend(void *arg) {
         cm_prealloc_count_populate(cm_prealloc_populate_here(map, len), len);
 }
 
-cm_headroom *cm_headroom_request(int seg_fd, uint8_t *seg_map, uint64_t from, uint64_t to,
-                                 int populate) {
+/* Ask the thread to extend [from, to) of the segment; *slot is the shard's pointer to the
+ * request, set with the request queued (under the thread's lock, so a fork sees both or
+ * neither). Returns 0 when nothing was queued (no thread, a full queue, no descriptor):
+ * the caller allocates itself. */
+int cm_headroom_request(cm_headroom **slot, int seg_fd, uint8_t *seg_map, uint64_t from,
+                        uint64_t to, int populate) {
     cm_headroom *h = calloc(1, sizeof *h);
-    if (!h) return NULL;
+    if (!h) return 0;
+    h->orphan.destroy = destroy_orphan;
     h->state = CM_HEADROOM_PENDING;
     h->from = from;
     h->to = to;
     h->map = seg_map + from;
     h->populate = populate;
     h->gen = cm_fork_generation();
+    cm_prealloc_lock();
     h->fd = fcntl(seg_fd, F_DUPFD_CLOEXEC, 0);
-    if (h->fd < 0 || cm_prealloc_call(extend, h) == 0) {
+    int queued = h->fd >= 0 && cm_prealloc_call_locked(extend, h) != 0;
+    if (queued) *slot = h;
+    cm_prealloc_unlock();
+    if (!queued) {
         if (h->fd >= 0) close(h->fd);
         free(h);
-        return NULL;            /* no thread, a full queue, no descriptor: do it now */
     }
-    return h;
+    return queued;
 }
 
 int cm_headroom_state(const cm_headroom *h) {
     return __atomic_load_n(&h->state, __ATOMIC_ACQUIRE);
 }
 
-void cm_headroom_drop(cm_headroom *h) {
+/* The shard lets go of *slot (a rotation, a close, or the result taken). */
+void cm_headroom_drop(cm_headroom **slot) {
+    cm_headroom *h = *slot;
     if (!h) return;
     if (h->gen != cm_fork_generation()) {   /* a forked child's copy: never run here */
+        *slot = NULL;
         destroy(h);
         return;
     }
+    cm_prealloc_lock();
+    *slot = NULL;
     int expect = CM_HEADROOM_PENDING;
     if (__atomic_compare_exchange_n(&h->state, &expect, CM_HEADROOM_ABANDONED, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return;                 /* the thread frees it */
-    destroy(h);
+        cm_prealloc_orphan_add(&h->orphan);   /* the thread frees it */
+    else
+        destroy(h);                           /* done: the thread no longer reads it */
+    cm_prealloc_unlock();
 }

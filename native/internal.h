@@ -84,6 +84,19 @@ int  cm_index_create(int dirfd, const char *dir, uint64_t base, uint64_t seg_cap
                      uint32_t interval, int durable, int *fd_out);
 
 /* prealloc.c */
+/* A request a shard hands the prefault thread (a spare, an extension of the reservation)
+ * and lets go of before the thread is done with it: listed under the thread's lock until
+ * the thread frees it, so a forked child, whose copy nobody else holds, frees that copy
+ * (the lifetime rule in prealloc.c). */
+typedef struct cm_orphan {
+    struct cm_orphan *next;
+    void (*destroy)(struct cm_orphan *);   /* close, unmap, free */
+} cm_orphan;
+void cm_prealloc_lock(void);
+void cm_prealloc_unlock(void);
+void cm_prealloc_orphan_add(cm_orphan *o);      /* caller holds the lock */
+void cm_prealloc_orphan_free(cm_orphan *o);     /* caller holds the lock */
+uint64_t cm_prealloc_call_locked(void (*fn)(void *), void *arg);
 void cm_prealloc_populate(uint8_t *addr, size_t len);
 uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len);
 void cm_prealloc_wait(uint64_t ticket);
@@ -96,6 +109,7 @@ void cm_prealloc_close(int *fd);
 /* headroom.c: a stream's headroom extended on the prefault thread */
 enum { CM_HEADROOM_PENDING = 0, CM_HEADROOM_DONE = 1, CM_HEADROOM_ABANDONED = 2 };
 typedef struct cm_headroom {
+    cm_orphan orphan;           /* first: the list node once abandoned */
     int state;                  /* CM_HEADROOM_*, atomic (the lifetime rule in headroom.c) */
     int fd;                     /* a dup of the segment's, closed by the thread */
     int error;                  /* fallocate's errno, 0 = [from, to) is allocated */
@@ -104,14 +118,15 @@ typedef struct cm_headroom {
     uint8_t *map;               /* the mapping at `from` */
     uint64_t gen;               /* fork generation that asked (I10) */
 } cm_headroom;
-cm_headroom *cm_headroom_request(int seg_fd, uint8_t *seg_map, uint64_t from, uint64_t to,
-                                 int populate);
+int  cm_headroom_request(cm_headroom **slot, int seg_fd, uint8_t *seg_map, uint64_t from,
+                         uint64_t to, int populate);
 int  cm_headroom_state(const cm_headroom *h);
-void cm_headroom_drop(cm_headroom *h);
+void cm_headroom_drop(cm_headroom **slot);
 
 /* spare.c: the next segment's files, made ahead on the prefault thread */
 enum { CM_SPARE_PENDING = 0, CM_SPARE_READY = 1, CM_SPARE_FAILED = 2, CM_SPARE_ABANDONED = 3 };
 typedef struct cm_spare {
+    cm_orphan orphan;           /* first: the list node once abandoned */
     int state;                  /* CM_SPARE_*, atomic (the lifetime rule in spare.c) */
     int dirfd;                  /* a dup of the stream directory's */
     uint64_t cap, icap, pre;    /* segment size, index size, blocks preallocated */
@@ -121,10 +136,10 @@ typedef struct cm_spare {
     uint64_t ticket;            /* the build's, for cm_prealloc_wait() */
     uint64_t gen;               /* fork generation that asked for it (I10) */
 } cm_spare;
-cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate,
-                           int durable);
+void cm_spare_request(cm_spare **slot, int dirfd, uint64_t cap, uint64_t icap, uint64_t pre,
+                      int populate, int durable);
 int  cm_spare_state(const cm_spare *sp);
-uint64_t cm_spare_drop(cm_spare *sp);
+uint64_t cm_spare_drop(cm_spare **slot);
 void cm_spare_taken(cm_spare *sp);
 
 /* notify.c: futex_waitv's limit (FUTEX_WAITV_MAX); cm_wait_many sleeps on at most this

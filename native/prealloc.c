@@ -62,6 +62,7 @@ static struct req queue[QUEUE];
 static int qhead, qlen;
 static uint64_t tickets_queued, tickets_done; /* tickets of REQ_UNMAP and REQ_CALL, FIFO */
 static pthread_cond_t unmapped = PTHREAD_COND_INITIALIZER;
+static cm_orphan *orphans;  /* requests whose shard let go before the thread freed them */
 static uint64_t thread_gen; /* fork generation whose thread runs; 0 = none */
 /* cm_prefault_stats(): this process's counts since its thread started (under mu) */
 static cm_prefault_stats_t stats;
@@ -163,6 +164,14 @@ static void after_fork_child(void) {
         struct req *r = &queue[(qhead + i) % QUEUE];
         if (r->kind == REQ_UNMAP) munmap(r->addr, r->len);
     }
+    /* the child's copies of abandoned requests: no shard points at one (their slots were
+       cleared under mu) and this child's thread never runs them, so they are the child's
+       to close; an owned one is freed by its shard's drop (its fork generation differs) */
+    while (orphans) {
+        cm_orphan *o = orphans;
+        orphans = o->next;
+        o->destroy(o);
+    }
     pthread_mutex_init(&mu, NULL);
     pthread_cond_init(&work, NULL);
     pthread_cond_init(&space, NULL);
@@ -209,16 +218,43 @@ void cm_prealloc_populate(uint8_t *addr, size_t len) {
  * for cm_prealloc_wait() (returns once fn has returned), or 0 if nothing was queued
  * (no thread, or the queue is full): the caller does without. */
 uint64_t cm_prealloc_call(void (*fn)(void *), void *arg) {
-    uint64_t ticket = 0;
     pthread_mutex_lock(&mu);
-    if (ensure_thread() && qlen < QUEUE) {
-        queue[(qhead + qlen) % QUEUE] = (struct req){REQ_CALL, NULL, 0, fn, arg};
-        qlen++;
-        ticket = ++tickets_queued;
-        pthread_cond_signal(&work);
-    }
+    uint64_t ticket = cm_prealloc_call_locked(fn, arg);
     pthread_mutex_unlock(&mu);
     return ticket;
+}
+
+/* The same, for a caller that holds the lock (cm_prealloc_lock): a request and the shard's
+ * pointer to it then appear together for a fork (spare.c, headroom.c). */
+uint64_t cm_prealloc_call_locked(void (*fn)(void *), void *arg) {
+    if (!ensure_thread() || qlen >= QUEUE) return 0;
+    queue[(qhead + qlen) % QUEUE] = (struct req){REQ_CALL, NULL, 0, fn, arg};
+    qlen++;
+    pthread_cond_signal(&work);
+    return ++tickets_queued;
+}
+
+/* The lock of the queue, held across fork(): what a request's owner changes under it (the
+ * shard's pointer, the request's descriptors, the orphan list) a child sees whole. */
+void cm_prealloc_lock(void) { pthread_mutex_lock(&mu); }
+void cm_prealloc_unlock(void) { pthread_mutex_unlock(&mu); }
+
+/* Lifetime rule for requests a shard lets go of (spare.c, headroom.c): under the lock the
+ * owner clears its pointer and, if the thread has not finished the request, marks it
+ * abandoned and lists it here; the thread, finding it abandoned, frees it and takes it off
+ * under the lock. So at a fork every request is either a shard's or listed, never both. */
+void cm_prealloc_orphan_add(cm_orphan *o) {
+    o->next = orphans;
+    orphans = o;
+}
+
+void cm_prealloc_orphan_free(cm_orphan *o) {
+    for (cm_orphan **p = &orphans; *p; p = &(*p)->next)
+        if (*p == o) {
+            *p = o->next;
+            break;
+        }
+    o->destroy(o);
 }
 
 /* Caller holds mu. Removes the queued populate requests inside [addr, addr+len). */
@@ -269,7 +305,16 @@ static void nothing(void *arg) { (void)arg; }
 /* Wait until every request queued before this call ran (benchmarks and tests: a state
  * to measure that no background step is still changing). */
 void cm_prefault_drain(void) {
-    cm_prealloc_wait(cm_prealloc_call(nothing, NULL));
+    pthread_mutex_lock(&mu);
+    if (thread_gen != cm_fork_generation()) {   /* no thread: nothing is queued */
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    while (qlen == QUEUE)                       /* a full queue: wait for room */
+        pthread_cond_wait(&space, &mu);
+    uint64_t ticket = cm_prealloc_call_locked(nothing, NULL);
+    pthread_mutex_unlock(&mu);
+    cm_prealloc_wait(ticket);
 }
 
 /* This process's prefault counts (zero before its thread started). */

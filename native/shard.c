@@ -104,8 +104,7 @@ static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * t
  * process's mmap lock for writing, so on the appending thread it waited for the
  * populate step in flight, in every rotation. */
 static uint64_t unmap_active(cm_shard *s) {
-    cm_headroom_drop(s->headroom);   /* before the munmap is queued: it runs after it */
-    s->headroom = NULL;
+    cm_headroom_drop(&s->headroom);   /* before the munmap is queued: it runs after it */
     uint64_t ticket = s->idx_map ? cm_prealloc_unmap(s->idx_map, s->idx_cap) : 0;
     if (s->seg_map) ticket = cm_prealloc_unmap(s->seg_map, s->seg_cap);
     if (s->seg_fd >= 0) close(s->seg_fd);
@@ -944,8 +943,7 @@ fail:
 
 /* Release fds and mappings. Runs once, when no call is in flight (L2). */
 static void release(cm_shard *s) {
-    uint64_t spare_ticket = cm_spare_drop(s->spare);
-    s->spare = NULL;
+    uint64_t spare_ticket = cm_spare_drop(&s->spare);
     uint64_t ticket = unmap_active(s);
     if (spare_ticket > ticket) ticket = spare_ticket;
     if (s->st) munmap(s->st, CM_STATE_BYTES);
@@ -994,8 +992,7 @@ static int allocate_here(cm_shard *s, uint64_t from, uint64_t to, uint64_t end) 
     if ((e == ENOSPC || e == EDQUOT) && s->spare && end > st->alloc_end) {
         /* a full disk: the spare's blocks are this stream's to give back (a spare is
            headroom), then try once more */
-        cm_prealloc_wait(cm_spare_drop(s->spare));
-        s->spare = NULL;
+        cm_prealloc_wait(cm_spare_drop(&s->spare));
         e = CM_FAILPOINT("append.alloc");
         if (!e) e = posix_fallocate(s->seg_fd, (off_t)from, (off_t)(to - from));
     }
@@ -1022,8 +1019,7 @@ static int reap_headroom(cm_shard *s) {
         s->headroom_here = h->error == EOPNOTSUPP ? HEADROOM_HERE : HEADROOM_HERE_ONCE;
     else if (h->from <= st->alloc_end && h->to > st->alloc_end)
         st->alloc_end = h->to;
-    cm_headroom_drop(h);
-    s->headroom = NULL;
+    cm_headroom_drop(&s->headroom);
     return 0;
 }
 
@@ -1078,7 +1074,7 @@ static int ensure_alloc(cm_shard *s, uint64_t end) {
        done in, while a ramping stream's half step (32 KiB up) is gone in fewer us than
        the thread takes to wake */
     if (end <= st->alloc_end && ahead == ahead_max(s) && s->headroom_here == HEADROOM_THREAD &&
-        (s->headroom = cm_headroom_request(s->seg_fd, s->seg_map, from, to, s->opt.prefault))) {
+        cm_headroom_request(&s->headroom, s->seg_fd, s->seg_map, from, to, s->opt.prefault)) {
         s->ahead = next;
         return CM_OK;
     }
@@ -1141,12 +1137,12 @@ static cm_spare *take_spare(cm_shard *s, uint64_t cap) {
     int state = cm_spare_state(sp);
     if (state == CM_SPARE_PENDING) return NULL;
     if (state == CM_SPARE_READY && sp->cap != cap) return NULL;   /* an oversized entry's */
-    s->spare = NULL;
     if (state != CM_SPARE_READY || CM_FAILPOINT("rotate.spare") ||
         sp->icap != cm_index_capacity(cap, s->opt.index_interval)) {
-        cm_spare_drop(sp);
+        cm_spare_drop(&s->spare);
         return NULL;
     }
+    s->spare = NULL;
     return sp;
 }
 
@@ -1364,8 +1360,8 @@ static void request_spare(cm_shard *s) {
        rotation then need no fallocate until they are `ahead / 2` into the segment */
     uint64_t cap = s->opt.segment_bytes;
     uint64_t pre = round_up(CM_SEG_HEADER_BYTES, 4096) + (s->ahead ? s->ahead : ahead_min(s));
-    s->spare = cm_spare_request(s->dirfd, cap, cm_index_capacity(cap, s->opt.index_interval),
-                                pre, s->opt.prefault, s->opt.durability != CM_DURABILITY_NONE);
+    cm_spare_request(&s->spare, s->dirfd, cap, cm_index_capacity(cap, s->opt.index_interval),
+                     pre, s->opt.prefault, s->opt.durability != CM_DURABILITY_NONE);
 }
 
 static int append_entered(cm_shard *s, const cm_iov *iov, uint32_t n, uint64_t *first_entry,

@@ -17,13 +17,15 @@
  * headroom only: a spare that failed (full disk, no O_TMPFILE, no /proc) or is not
  * ready yet leaves the rotation to the synchronous path, which reports any error.
  *
- * Lifetime: the shard owns its spare (s->spare, changed under the stream lock); the
- * thread builds it and then moves `state` from PENDING to READY or FAILED. The shard lets
- * go with cm_spare_drop(): PENDING -> ABANDONED, and the thread, finding that, frees it;
- * a spare that already finished is freed by the shard. Whoever moves the state last frees,
- * so the two never both do. A forked child never builds one (its requests are dropped,
- * prealloc.c); dropping a spare inherited from the parent frees the child's copy of it
- * (its own fds and mappings, whatever state the fork caught it in) without waiting.
+ * Lifetime (prealloc.c's rule for requests): the shard owns its spare (s->spare, changed
+ * under the stream lock); the thread builds it and then moves `state` from PENDING to
+ * READY or FAILED. The shard lets go with cm_spare_drop(): PENDING -> ABANDONED, listed as
+ * an orphan, and the thread, finding that, frees it; a spare that already finished is
+ * freed by the shard. Whoever moves the state last frees, so the two never both do. A
+ * forked child never builds one (its requests are dropped, prealloc.c); it frees its
+ * copies of the orphans at the fork, and dropping a spare inherited from the parent frees
+ * the child's copy of it (its own fds and mappings, whatever state the fork caught it in)
+ * without waiting.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -91,6 +93,8 @@ static int build(cm_spare *sp) {
     return 0;
 }
 
+static void destroy_orphan(cm_orphan *o) { destroy((cm_spare *)o); }
+
 /* Runs on the prefault thread. */
 static void make(void *arg) {
     cm_spare *sp = arg;
@@ -99,39 +103,50 @@ static void make(void *arg) {
     cm_prealloc_close(&sp->dirfd);   /* only O_TMPFILE needed it: a ready spare holds two fds */
     int expect = CM_SPARE_PENDING;
     if (to < 0 || !__atomic_compare_exchange_n(&sp->state, &expect, to, 0,
-                                               __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        destroy(sp);   /* the shard let go while it was being built */
+                                               __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        cm_prealloc_lock();          /* the shard let go while it was being built */
+        cm_prealloc_orphan_free(&sp->orphan);
+        cm_prealloc_unlock();
+    }
 }
 
-cm_spare *cm_spare_request(int dirfd, uint64_t cap, uint64_t icap, uint64_t pre, int populate,
-                           int durable) {
-    if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED)) return NULL;
+/* Ask the thread for a spare; *slot (the shard's pointer) is set with the request queued,
+ * under the thread's lock, so a fork sees both or neither. Leaves *slot NULL when this
+ * process cannot make one (the rotation then creates its files itself). */
+void cm_spare_request(cm_spare **slot, int dirfd, uint64_t cap, uint64_t icap, uint64_t pre,
+                      int populate, int durable) {
+    if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED)) return;
     cm_spare *sp = calloc(1, sizeof *sp);
-    if (!sp) return NULL;
+    if (!sp) return;
+    sp->orphan.destroy = destroy_orphan;
     sp->state = CM_SPARE_PENDING;
     sp->fd = sp->ifd = -1;
     sp->cap = cap; sp->icap = icap; sp->pre = pre < cap ? pre : cap;
     sp->populate = populate;
     sp->durable = durable;
     sp->gen = cm_fork_generation();
+    cm_prealloc_lock();
     sp->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);   /* the shard may close its own first */
-    if (sp->dirfd < 0 || (sp->ticket = cm_prealloc_call(make, sp)) == 0) {
+    int queued = sp->dirfd >= 0 && (sp->ticket = cm_prealloc_call_locked(make, sp)) != 0;
+    if (queued) *slot = sp;
+    cm_prealloc_unlock();
+    if (!queued) {
         if (sp->dirfd >= 0) close(sp->dirfd);
         free(sp);
-        return NULL;
     }
-    return sp;
 }
 
 int cm_spare_state(const cm_spare *sp) {
     return __atomic_load_n(&sp->state, __ATOMIC_ACQUIRE);
 }
 
-/* The owner lets go. Returns the ticket to wait for (cm_prealloc_wait) before the
- * spare's files are surely closed, 0 when they already are. */
-uint64_t cm_spare_drop(cm_spare *sp) {
+/* The owner lets go of *slot. Returns the ticket to wait for (cm_prealloc_wait) before
+ * the spare's files are surely closed, 0 when they already are. */
+uint64_t cm_spare_drop(cm_spare **slot) {
+    cm_spare *sp = *slot;
     if (!sp) return 0;
     if (sp->gen != cm_fork_generation()) {
+        *slot = NULL;
         /* a forked child's copy: the parent's thread builds (and frees) the parent's,
            never this one, and the child's own thread has other tickets; what the copy
            holds (fds, mappings inherited mid-build or built) is the child's to close */
@@ -140,11 +155,16 @@ uint64_t cm_spare_drop(cm_spare *sp) {
     }
     uint64_t ticket = sp->ticket;   /* read first: once abandoned, sp is the thread's */
     int expect = CM_SPARE_PENDING;
-    if (__atomic_compare_exchange_n(&sp->state, &expect, CM_SPARE_ABANDONED, 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return ticket;      /* the thread frees it */
-    destroy(sp);
-    return 0;
+    cm_prealloc_lock();
+    *slot = NULL;
+    int orphaned = __atomic_compare_exchange_n(&sp->state, &expect, CM_SPARE_ABANDONED, 0,
+                                               __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    if (orphaned)
+        cm_prealloc_orphan_add(&sp->orphan);   /* the thread frees it */
+    else
+        destroy(sp);
+    cm_prealloc_unlock();
+    return orphaned ? ticket : 0;
 }
 
 void cm_spare_taken(cm_spare *sp) {
