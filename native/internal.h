@@ -98,7 +98,7 @@ void cm_prealloc_orphan_add(cm_orphan *o);      /* caller holds the lock */
 void cm_prealloc_orphan_free(cm_orphan *o);     /* caller holds the lock */
 uint64_t cm_prealloc_call_locked(void (*fn)(void *), void *arg);
 void cm_prealloc_populate(uint8_t *addr, size_t len);
-uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len);
+uint64_t cm_prealloc_unmap(uint8_t **addr, size_t len);
 void cm_prealloc_wait(uint64_t ticket);
 uint64_t cm_prealloc_call(void (*fn)(void *), void *arg);
 size_t cm_prealloc_populate_here(uint8_t *addr, size_t len);

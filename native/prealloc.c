@@ -270,20 +270,26 @@ static void drop_populates(const uint8_t *addr, size_t len) {
     qlen = kept;
 }
 
-/* Unmap a segment mapping once no prefault of it runs (see the lifetime rule).
- * Returns a ticket for cm_prealloc_wait(); 0 when the munmap already happened. */
-uint64_t cm_prealloc_unmap(uint8_t *addr, size_t len) {
+/* Unmap the segment mapping at *addr once no prefault of it runs (see the lifetime rule),
+ * and clear *addr in the same step under the lock, so a fork sees either the mapping
+ * still the shard's or its munmap queued (a child would otherwise unmap it twice, the
+ * second time over whatever the child mapped there since). Returns a ticket for
+ * cm_prealloc_wait(); 0 when the munmap already happened. */
+uint64_t cm_prealloc_unmap(uint8_t **addr, size_t len) {
     pthread_mutex_lock(&mu);
+    uint8_t *a = *addr;
     if (thread_gen != cm_fork_generation()) {   /* no thread: nothing can touch it */
+        munmap(a, len);
+        *addr = NULL;
         pthread_mutex_unlock(&mu);
-        munmap(addr, len);
         return 0;
     }
-    drop_populates(addr, len);
+    drop_populates(a, len);
     while (qlen == QUEUE)
         pthread_cond_wait(&space, &mu);
-    queue[(qhead + qlen) % QUEUE] = (struct req){REQ_UNMAP, addr, len, NULL, NULL};
+    queue[(qhead + qlen) % QUEUE] = (struct req){REQ_UNMAP, a, len, NULL, NULL};
     qlen++;
+    *addr = NULL;
     uint64_t ticket = ++tickets_queued;
     pthread_cond_signal(&work);
     pthread_mutex_unlock(&mu);

@@ -105,11 +105,12 @@ static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * t
  * populate step in flight, in every rotation. */
 static uint64_t unmap_active(cm_shard *s) {
     cm_headroom_drop(&s->headroom);   /* before the munmap is queued: it runs after it */
-    uint64_t ticket = s->idx_map ? cm_prealloc_unmap(s->idx_map, s->idx_cap) : 0;
-    if (s->seg_map) ticket = cm_prealloc_unmap(s->seg_map, s->seg_cap);
-    if (s->seg_fd >= 0) close(s->seg_fd);
-    if (s->idx_fd >= 0) close(s->idx_fd);
-    s->seg_map = NULL; s->seg_fd = -1; s->idx_map = NULL; s->idx_fd = -1;
+    /* each cleared with its munmap queued or its close, as one step for a fork (a child
+       that reopens its writers would otherwise unmap or close what it made since) */
+    uint64_t ticket = s->idx_map ? cm_prealloc_unmap(&s->idx_map, s->idx_cap) : 0;
+    if (s->seg_map) ticket = cm_prealloc_unmap(&s->seg_map, s->seg_cap);
+    cm_prealloc_close(&s->seg_fd);
+    cm_prealloc_close(&s->idx_fd);
     s->seg_cap = s->idx_cap = 0;
     s->seg_base = UINT64_MAX;
     s->spare_at = UINT64_MAX;

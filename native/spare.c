@@ -95,6 +95,16 @@ static int build(cm_spare *sp) {
 
 static void destroy_orphan(cm_orphan *o) { destroy((cm_spare *)o); }
 
+/* Free the blocks of a spare this process is done with before it is destroyed under the
+ * thread's lock: the last close of an unnamed file that still holds its blocks evicts the
+ * inode and frees them through the journal (ms on ext4), and every populate request of
+ * every stream waits for that lock. Never on a forked child's copy: its files are the
+ * parent's. */
+static void release_blocks(cm_spare *sp) {
+    if (sp->fd >= 0) (void)ftruncate(sp->fd, 0);
+    if (sp->ifd >= 0) (void)ftruncate(sp->ifd, 0);
+}
+
 /* Runs on the prefault thread. */
 static void make(void *arg) {
     cm_spare *sp = arg;
@@ -104,7 +114,8 @@ static void make(void *arg) {
     int expect = CM_SPARE_PENDING;
     if (to < 0 || !__atomic_compare_exchange_n(&sp->state, &expect, to, 0,
                                                __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        cm_prealloc_lock();          /* the shard let go while it was being built */
+        release_blocks(sp);          /* the shard let go while it was being built */
+        cm_prealloc_lock();
         cm_prealloc_orphan_free(&sp->orphan);
         cm_prealloc_unlock();
     }
@@ -154,6 +165,8 @@ uint64_t cm_spare_drop(cm_spare **slot) {
         return 0;
     }
     uint64_t ticket = sp->ticket;   /* read first: once abandoned, sp is the thread's */
+    if (cm_spare_state(sp) != CM_SPARE_PENDING)
+        release_blocks(sp);          /* built or failed: the thread is done with it */
     int expect = CM_SPARE_PENDING;
     cm_prealloc_lock();
     *slot = NULL;
