@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <time.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,23 @@ static int errno_named(const char *s) {
     if (!strcmp(s, "ENOMEM")) return ENOMEM;
     int v = atoi(s);
     return v > 0 ? v : EIO;
+}
+
+/* "PAUSE": the evaluating thread alone stops at the point (the rest of the process runs
+ * on, and can fork) until the file $COMETMP_FAILPOINT_RESUME exists; it first creates
+ * that name + ".paused", so a test waits for a condition, never for a time. Without the
+ * variable there is nothing to wait for and the step goes on. */
+static void pause_here(void) {
+    const char *resume = getenv("COMETMP_FAILPOINT_RESUME");
+    if (!resume || !*resume) return;
+    char path[4096], paused[4096 + 8];
+    snprintf(path, sizeof path, "%s", resume);
+    snprintf(paused, sizeof paused, "%s.paused", path);
+    int fd = open(paused, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+    struct timespec ms = {0, 1000000};
+    while (access(path, F_OK) != 0)
+        nanosleep(&ms, NULL);
 }
 
 int cm_failpoint(const char *name) {
@@ -66,8 +85,14 @@ int cm_failpoint(const char *name) {
             err = -1;
         if (hits >= k && hits < k + n && nf > 2 && !strcmp(f[2], "STOP"))
             err = -2;
+        if (hits >= k && hits < k + n && nf > 2 && !strcmp(f[2], "PAUSE"))
+            err = -3;
     }
     pthread_mutex_unlock(&fp_lock);
+    if (err == -3) {                          /* "name:k:PAUSE": only this thread waits */
+        pause_here();
+        return 0;
+    }
     if (err == -1) kill(getpid(), SIGKILL);   /* "name:k:KILL": a real kill -9 right here */
     if (err == -2) {                          /* "name:k:STOP": frozen right here, alive, */
         raise(SIGSTOP);                       /* until the test sends SIGCONT; then the   */

@@ -13,7 +13,10 @@
  * step it guards had failed with it; ERRNO "KILL" instead sends the process
  * SIGKILL at that point (a kill -9 at an exact step), and "STOP" freezes it there
  * with SIGSTOP (alive, holding what it holds) until the test sends SIGCONT, after
- * which the step goes on unharmed. Points: docs/ARCHITECTURE.md §4.2.
+ * which the step goes on unharmed; "PAUSE" stops only the thread that reached the
+ * point, until the file $COMETMP_FAILPOINT_RESUME exists (it creates that name +
+ * ".paused" when it stops), so another thread of the process can act meanwhile
+ * (fork, close). Points: docs/ARCHITECTURE.md §4.2.
  *
  * CM_FAILPOINT_ERRNO(name) is the same and also sets errno, for a guard put in
  * front of a syscall that reports through errno:

@@ -33,6 +33,7 @@
 #include <unistd.h>
 #include <time.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include "cometmp.h"
 #include "internal.h"
@@ -73,7 +74,18 @@ static uint64_t thread_cpu_ns(void) {
 }
 
 /* Populate [addr, addr+len) on the calling thread, STEP bytes at a time; the bytes
- * done (less than len when a step failed). Only the prefault thread calls it. */
+ * done (less than len when a step failed). Only the prefault thread calls it.
+ *
+ * After every step the thread yields its CPU. An appender that wakes (a worker's request
+ * arriving, its pacing timer) on the CPU this thread runs on otherwise waits for the
+ * scheduler's next tick: the woken task does not preempt a thread inside its slice, and
+ * this kernel keeps it on its CPU even with the other one idle (sched_vcpu_pack). A
+ * 4 MiB spare or extension populated in one run held an appender runnable for 2-5 ms,
+ * the sustained run's longest calls (docs/PERFORMANCE.md "The prefault thread yields
+ * between steps"). sched_yield between steps bounds that wait to one step (~0.15 ms of
+ * fresh pages); with nothing else runnable it returns at once. Not a lower priority:
+ * that was measured and rejected (priority inversion on the mmap lock: PERFORMANCE.md
+ * "The file pipeline"). */
 size_t cm_prealloc_populate_here(uint8_t *addr, size_t len) {
     size_t done = 0;
     for (size_t off = 0; off < len; off += STEP) {
@@ -82,8 +94,41 @@ size_t cm_prealloc_populate_here(uint8_t *addr, size_t len) {
             madvise(addr + off, n, MADV_POPULATE_WRITE) != 0)
             break;
         done += n;
+        sched_yield();
     }
     return done;
+}
+
+/* The munmap in progress: the part still mapped (under mu). A sealed segment's mapping
+ * is unmapped UNMAP_STEP at a time, yielding between steps like a populate: one munmap
+ * of a populated 64 MiB mapping is ~2.6 ms of CPU in one call here
+ * (benchmarks/release_costs.py), which an appender woken on this CPU would wait out.
+ * Each step runs under mu, so a fork sees what is still mapped and its child unmaps
+ * exactly that (after_fork_child); a step's munmap never races an mmap of another
+ * thread into the hole the step before left. */
+#define UNMAP_STEP (1u << 20)
+static struct { uint8_t *addr; size_t len; } unmapping;
+
+/* mu held on entry and on return; released between steps. A step that cannot split the
+ * mapping (ENOMEM at vm.max_map_count: a partial munmap splits the VMA) unmaps all that
+ * is left in one call, which needs no split; so does a failure injected at the point
+ * `prefault.unmap`, evaluated between steps without mu (a PAUSE there lets a fork in). */
+static void unmap_in_steps(void) {
+    int whole = 0;
+    while (unmapping.len) {
+        size_t n = unmapping.len < UNMAP_STEP ? unmapping.len : UNMAP_STEP;
+        if (whole || n == unmapping.len || munmap(unmapping.addr, n) != 0) {
+            munmap(unmapping.addr, unmapping.len);
+            n = unmapping.len;
+        }
+        unmapping.addr += n;
+        unmapping.len -= n;
+        if (!unmapping.len) break;
+        pthread_mutex_unlock(&mu);
+        whole = CM_FAILPOINT("prefault.unmap") != 0;
+        sched_yield();
+        pthread_mutex_lock(&mu);
+    }
 }
 
 static void *warm_main(void *arg) {
@@ -97,14 +142,17 @@ static void *warm_main(void *arg) {
         qhead = (qhead + 1) % QUEUE;
         qlen--;
         pthread_cond_signal(&space);
-        pthread_mutex_unlock(&mu);
         if (r.kind == REQ_UNMAP) {
-            munmap(r.addr, r.len);
-            pthread_mutex_lock(&mu);
+            unmapping.addr = r.addr;
+            unmapping.len = r.len;
+            unmap_in_steps();
             tickets_done++;
             pthread_cond_broadcast(&unmapped);
             pthread_mutex_unlock(&mu);
-        } else if (r.kind == REQ_CALL) {
+            continue;
+        }
+        pthread_mutex_unlock(&mu);
+        if (r.kind == REQ_CALL) {
             r.fn(r.arg);
             pthread_mutex_lock(&mu);
             tickets_done++;
@@ -160,6 +208,8 @@ static void before_fork(void) { pthread_mutex_lock(&mu); }
 static void after_fork_parent(void) { pthread_mutex_unlock(&mu); }
 
 static void after_fork_child(void) {
+    if (unmapping.len) munmap(unmapping.addr, unmapping.len);   /* the parent's, half done */
+    unmapping.len = 0;
     for (int i = 0; i < qlen; i++) {
         struct req *r = &queue[(qhead + i) % QUEUE];
         if (r->kind == REQ_UNMAP) munmap(r->addr, r->len);
