@@ -24,11 +24,14 @@ Rules (docs/ARCHITECTURE.md §9.4):
 * R5 Deletion protocol: with the offsets file locked (no claim or reset can interleave,
   I14), raise the stream's ``first_entry`` hint past the segment
   (cm_shard_set_first_entry, I15), then rename ``<base>.seg`` to a temp name (the
-  deletion's commit point: the segment leaves the set of names), unlink its index,
-  unlink the temp file. A reader that has the segment mapped keeps reading it
-  (unlinking keeps mappings valid); a crash between steps leaves either the segment,
-  which the next run judges again by these rules like any other, or a ``.tmp``
-  (removed by the next writer open, I7). Entry numbers never change.
+  deletion's commit point: the segment leaves the set of names) and unlink its index;
+  once the lock is released, unlink the temp files of the run, yielding the CPU between
+  two (each unlink frees a segment's page cache in one call, milliseconds of CPU: no
+  claim waits for it, nor an appender on this CPU for more than one). A reader that has
+  the segment mapped keeps reading it (unlinking keeps mappings valid); a crash between
+  steps leaves either the segment, which the next run judges again by these rules like
+  any other, or a ``.tmp`` (removed by the next writer open, I7). Entry numbers never
+  change.
 * R6 Decisions read only the segment files and the offsets file, never the state page
   (I27): a segment is sealed when a newer segment file exists (I1), the oldest retained
   entry is the oldest file's base. Every segment retention removes is in the report.
@@ -172,17 +175,14 @@ class _Stream:
         return need
 
 
-def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport) -> None:
-    """R5. Caller holds the offsets file's lock."""
+def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport,
+            temps: list[tuple[str, str]]) -> None:
+    """R5. Caller holds the offsets file's lock; the temp file is added to `temps`, for
+    _unlink_temps once the lock is released."""
     with client._lock:
         w = client._writer(st.name)    # st.writer may have been closed to bound fds since
     check(lib.cm_shard_set_first_entry(w.handle, seg.end), st.dir)   # I15: the hint, before any unlink
-    _unlink_segment(st.dir, seg.base)
-    # The unlink freed the segment's page cache in one call (1.5-2.3 ms of CPU per
-    # 8 MiB here, benchmarks/release_costs.py), and a run deletes several: give an
-    # appender waiting for this CPU its turn between two (docs/PERFORMANCE.md "The
-    # prefault thread yields between steps").
-    os.sched_yield()
+    _unlink_segment(st.dir, seg.base, temps)
     lib.cm_shard_add_counter(w.handle, CM_CTR_RETENTION_SEGMENTS, 1)
     lib.cm_shard_add_counter(w.handle, CM_CTR_RETENTION_BYTES, seg.bytes)
     st.total -= seg.bytes
@@ -191,13 +191,14 @@ def _delete(client, st: _Stream, seg: _Seg, reason: str, report: RetentionReport
              seg.base, seg.end, seg.bytes)
 
 
-def _unlink_segment(directory: str, base: int) -> None:
+def _unlink_segment(directory: str, base: int, temps: list[tuple[str, str]]) -> None:
     """Delete by rename then unlink (CONVENTIONS 8): the segment first leaves the set of
-    segment names, so no process lists it again; mappings of it stay valid. Relative to
-    the stream directory's fd, which is not reached through a link (I30). An OS error is
-    a cometmp one (DiskFull / StorageError naming the path, E1); a step that failed is
-    finished by the next run (a ``.seg.tmp`` is removed at writer open, I7; an index left
-    without its segment is inert)."""
+    segment names, so no process lists it again; mappings of it stay valid. The temp
+    file's unlink is left to _unlink_temps (added to `temps`). Relative to the stream
+    directory's fd, which is not reached through a link (I30). An OS error is a cometmp
+    one (DiskFull / StorageError naming the path, E1); a step that failed is finished by
+    the next run (a ``.seg.tmp`` is removed at writer open, I7; an index left without its
+    segment is inert)."""
     seg = paths.segment_name(base)
     tmp = seg + paths.TMP_SUFFIX
     idx = paths.index_name(base)
@@ -207,18 +208,45 @@ def _unlink_segment(directory: str, base: int) -> None:
             try:
                 failpoint.fail("retention.rename", os.path.join(directory, seg))
                 os.rename(seg, tmp, src_dir_fd=dfd, dst_dir_fd=dfd)
+                temps.append((directory, tmp))   # renamed: unlinked even if a step below fails
             except FileNotFoundError:
-                tmp = None
+                pass
             try:
                 failpoint.fail("retention.unlink_index", os.path.join(directory, idx))
                 os.unlink(idx, dir_fd=dfd)
             except FileNotFoundError:
                 pass
-            if tmp is not None:
-                failpoint.fail("retention.unlink_segment", os.path.join(directory, tmp))
-                os.unlink(tmp, dir_fd=dfd)
         finally:
             os.close(dfd)
+
+
+def _unlink_temps(temps: list[tuple[str, str]]) -> None:
+    """R5's last step, with no lock held: unlink each renamed segment. The unlink frees
+    the file's page cache in one call (1.5-2.3 ms of CPU per 8 MiB here,
+    benchmarks/release_costs.py), so the CPU is yielded between two: an appender woken on
+    this CPU waits for one, not for the scheduler's tick (docs/PERFORMANCE.md "The
+    prefault thread yields between steps"). Every one is tried; the first error is
+    raised after the rest (a temp file left is removed by the next writer open, I7; one
+    already gone was removed by such an open)."""
+    first = None
+    for i, (directory, tmp) in enumerate(temps):
+        if i:
+            os.sched_yield()
+        path = os.path.join(directory, tmp)
+        try:
+            with os_errors(path, "retention: delete segment"):
+                dfd = paths.open_dir_nofollow(directory, paths.IN_SUBDIR)
+                try:
+                    failpoint.fail("retention.unlink_segment", path)
+                    os.unlink(tmp, dir_fd=dfd)
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(dfd)
+        except CometError as e:
+            first = first or e
+    if first is not None:
+        raise first
 
 
 def _owned_streams(client) -> list[str]:
@@ -279,14 +307,24 @@ def run_retention(client, now_ns: int | None = None) -> RetentionReport:
                         report.expired_groups.append(g.name)
                         log.warning("cometmp: retention expired consumer group %r (idle for "
                                     "%.0f s)", g.name, (now_ns - g.active_ns) / 1e9)
-        with store.locked():
-            _apply(client, cfg, store, now_ns, report)
+        temps: list[tuple[str, str]] = []
+        try:
+            with store.locked():
+                _apply(client, cfg, store, now_ns, report, temps)
+        except BaseException:
+            try:
+                _unlink_temps(temps)
+            except CometError as e:   # the first failure is the one raised
+                log.warning("cometmp: retention left a renamed segment: %s", e)
+            raise
+        _unlink_temps(temps)
     finally:
         store.close()
     return report
 
 
-def _apply(client, cfg, store: OffsetStore, now_ns: int, report: RetentionReport) -> None:
+def _apply(client, cfg, store: OffsetStore, now_ns: int, report: RetentionReport,
+           temps: list[tuple[str, str]]) -> None:
     groups = store.groups()
     streams: list[_Stream] = []
     for name in _owned_streams(client):
@@ -311,10 +349,10 @@ def _apply(client, cfg, store: OffsetStore, now_ns: int, report: RetentionReport
             while st.sealed and st.sealed[0].newest_ts is not None and st.sealed[0].newest_ts < cutoff:
                 if not soft_ok(st, st.sealed[0]):
                     break
-                _delete(client, st, st.sealed.pop(0), "max_age", report)
+                _delete(client, st, st.sealed.pop(0), "max_age", report, temps)
         if cfg.max_shard_bytes:
             while st.sealed and st.total > cfg.max_shard_bytes and soft_ok(st, st.sealed[0]):
-                _delete(client, st, st.sealed.pop(0), "max_shard_bytes", report)
+                _delete(client, st, st.sealed.pop(0), "max_shard_bytes", report, temps)
 
     shared = _alloc(store.path)    # the offsets file is metadata of every stream: counted too
 
@@ -341,7 +379,7 @@ def _apply(client, cfg, store: OffsetStore, now_ns: int, report: RetentionReport
             if not soft_ok(st, st.sealed[0]):
                 open_.remove(st)
                 continue
-            _delete(client, st, st.sealed.pop(0), "max_total_bytes", report)
+            _delete(client, st, st.sealed.pop(0), "max_total_bytes", report, temps)
 
     # the hard limits (R3)
     hard = cfg.hard_max_total_bytes
@@ -356,7 +394,7 @@ def _apply(client, cfg, store: OffsetStore, now_ns: int, report: RetentionReport
             break
         seg = st.sealed.pop(0)
         _record_drops(store, groups, st, seg, report)
-        _delete(client, st, seg, "hard_cap", report)
+        _delete(client, st, seg, "hard_cap", report, temps)
         short -= seg.bytes
 
 

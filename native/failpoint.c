@@ -41,7 +41,7 @@ static void pause_here(void) {
     const char *resume = getenv("COMETMP_FAILPOINT_RESUME");
     if (!resume || !*resume) return;
     char path[4096], paused[4096 + 8];
-    snprintf(path, sizeof path, "%s", resume);
+    if (snprintf(path, sizeof path, "%s", resume) >= (int)sizeof path) return;  /* never there */
     snprintf(paused, sizeof paused, "%s.paused", path);
     int fd = open(paused, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
     if (fd >= 0) close(fd);
@@ -105,6 +105,13 @@ int cm_failpoint_errno(const char *name) {
     if (e) errno = e;
     return e;
 }
+
+/* A fork while another thread evaluates a point (one a PAUSE is meant for runs beside
+ * forks) would leave the child's fp_lock held: take it across the fork. */
+static void fp_before_fork(void) { pthread_mutex_lock(&fp_lock); }
+static void fp_after_fork(void) { pthread_mutex_unlock(&fp_lock); }
+__attribute__((constructor))
+static void fp_init(void) { pthread_atfork(fp_before_fork, fp_after_fork, fp_after_fork); }
 
 int cm_failpoints_compiled(void) { return 1; }
 int cm_failpoint_eval(const char *name) { return cm_failpoint(name); }

@@ -94,28 +94,34 @@ size_t cm_prealloc_populate_here(uint8_t *addr, size_t len) {
             madvise(addr + off, n, MADV_POPULATE_WRITE) != 0)
             break;
         done += n;
-        sched_yield();
+        if (off + n < len) sched_yield();
     }
     return done;
 }
 
-/* The munmap in progress: the part still mapped (under mu). A sealed segment's mapping
- * is unmapped UNMAP_STEP at a time, yielding between steps like a populate: one munmap
- * of a populated 64 MiB mapping is ~2.6 ms of CPU in one call here
+/* The munmap in progress: the part still mapped. A sealed segment's mapping is unmapped
+ * UNMAP_STEP at a time, yielding between steps like a populate: one munmap of a
+ * populated 64 MiB mapping is ~2.6 ms of CPU in one call here
  * (benchmarks/release_costs.py), which an appender woken on this CPU would wait out.
- * Each step runs under mu, so a fork sees what is still mapped and its child unmaps
- * exactly that (after_fork_child); a step's munmap never races an mmap of another
- * thread into the hole the step before left. */
+ * Only the thread writes `unmapping`: under mu when it takes the request from the queue,
+ * under unmap_mu for each step (a munmap and the update). It never holds both, and an
+ * appender never takes unmap_mu, so nobody queueing a request waits for a munmap
+ * (a step is ~70 us, plus the wait for the mmap lock). A fork holds both (unmap_mu
+ * first), so its child sees what is still mapped and unmaps exactly that
+ * (after_fork_child); the steps already done are below `addr`, so an mmap of another
+ * thread into their hole is never in that range. */
 #define UNMAP_STEP (1u << 20)
+static pthread_mutex_t unmap_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct { uint8_t *addr; size_t len; } unmapping;
 
-/* mu held on entry and on return; released between steps. A step that cannot split the
- * mapping (ENOMEM at vm.max_map_count: a partial munmap splits the VMA) unmaps all that
- * is left in one call, which needs no split; so does a failure injected at the point
- * `prefault.unmap`, evaluated between steps without mu (a PAUSE there lets a fork in). */
+/* A step that cannot split the mapping (ENOMEM at vm.max_map_count: a partial munmap
+ * splits the VMA) unmaps all that is left in one call, which needs no split; so does a
+ * failure injected at the point `prefault.unmap`, evaluated between steps without a
+ * lock (a PAUSE there lets a fork in). Neither lock is held on entry or return. */
 static void unmap_in_steps(void) {
     int whole = 0;
-    while (unmapping.len) {
+    for (;;) {
+        pthread_mutex_lock(&unmap_mu);
         size_t n = unmapping.len < UNMAP_STEP ? unmapping.len : UNMAP_STEP;
         if (whole || n == unmapping.len || munmap(unmapping.addr, n) != 0) {
             munmap(unmapping.addr, unmapping.len);
@@ -123,11 +129,11 @@ static void unmap_in_steps(void) {
         }
         unmapping.addr += n;
         unmapping.len -= n;
-        if (!unmapping.len) break;
-        pthread_mutex_unlock(&mu);
+        int left = unmapping.len != 0;
+        pthread_mutex_unlock(&unmap_mu);
+        if (!left) return;
         whole = CM_FAILPOINT("prefault.unmap") != 0;
         sched_yield();
-        pthread_mutex_lock(&mu);
     }
 }
 
@@ -142,17 +148,18 @@ static void *warm_main(void *arg) {
         qhead = (qhead + 1) % QUEUE;
         qlen--;
         pthread_cond_signal(&space);
-        if (r.kind == REQ_UNMAP) {
+        if (r.kind == REQ_UNMAP) {     /* out of the queue and into `unmapping` at once */
             unmapping.addr = r.addr;
             unmapping.len = r.len;
+        }
+        pthread_mutex_unlock(&mu);
+        if (r.kind == REQ_UNMAP) {
             unmap_in_steps();
+            pthread_mutex_lock(&mu);
             tickets_done++;
             pthread_cond_broadcast(&unmapped);
             pthread_mutex_unlock(&mu);
-            continue;
-        }
-        pthread_mutex_unlock(&mu);
-        if (r.kind == REQ_CALL) {
+        } else if (r.kind == REQ_CALL) {
             r.fn(r.arg);
             pthread_mutex_lock(&mu);
             tickets_done++;
@@ -204,8 +211,14 @@ void cm_prealloc_close(int *fd) {
 
 /* mu is held across fork(), so a child sees the queue and the requests' descriptors as
  * they were between two of the thread's steps, never half-changed */
-static void before_fork(void) { pthread_mutex_lock(&mu); }
-static void after_fork_parent(void) { pthread_mutex_unlock(&mu); }
+static void before_fork(void) {
+    pthread_mutex_lock(&unmap_mu);    /* the order: unmap_mu, then mu (the thread never holds both) */
+    pthread_mutex_lock(&mu);
+}
+static void after_fork_parent(void) {
+    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&unmap_mu);
+}
 
 static void after_fork_child(void) {
     if (unmapping.len) munmap(unmapping.addr, unmapping.len);   /* the parent's, half done */
@@ -223,6 +236,7 @@ static void after_fork_child(void) {
         o->destroy(o);
     }
     pthread_mutex_init(&mu, NULL);
+    pthread_mutex_init(&unmap_mu, NULL);
     pthread_cond_init(&work, NULL);
     pthread_cond_init(&space, NULL);
     pthread_cond_init(&unmapped, NULL);
@@ -346,8 +360,9 @@ uint64_t cm_prealloc_unmap(uint8_t **addr, size_t len) {
     return ticket;
 }
 
-/* Wait until the munmap or call of `ticket` ran (behind at most one populate step,
- * STEP bytes, and the requests queued before it). */
+/* Wait until the munmap or call of `ticket` ran (behind the request in progress and the
+ * requests queued before it; on a busy CPU each of their steps may first give the CPU
+ * away once, since the thread yields after every step). */
 void cm_prealloc_wait(uint64_t ticket) {
     if (!ticket) return;
     pthread_mutex_lock(&mu);

@@ -49,14 +49,16 @@ def wait_for(cond, what: str, timeout: float = 60.0) -> None:
 
 cfg = cometmp.Config()
 cfg.storage.segment_bytes = 8 << 20
+# set before any thread of the core runs (the prefault thread reads them): nothing
+# evaluates the point before the first rotation's munmap
 os.environ["COMETMP_FAILPOINT_RESUME"] = resume
+os.environ["COMETMP_FAILPOINT"] = "prefault.unmap:1:PAUSE"
 res = {}
 with cometmp.Client(root, config=cfg) as c:
     lg = c.log("um", shards=1)
     sealed = os.path.join(paths.stream_dir(root, STREAM), paths.segment_name(0))
     lg.append(b"first")
     res["mapped_before"] = mapped(sealed)
-    os.environ["COMETMP_FAILPOINT"] = "prefault.unmap:1:PAUSE"
     while len([n for n in os.listdir(os.path.dirname(sealed)) if n.endswith(".seg")]) < 2:
         lg.append(b"u" * 1000)      # until the first rotation queues the sealed one's munmap
     wait_for(lambda: os.path.exists(resume + ".paused"), "the thread to pause mid-unmap")
@@ -66,7 +68,6 @@ with cometmp.Client(root, config=cfg) as c:
         os._exit(0 if mapped(sealed) == 0 else 2)
     _, status = os.waitpid(pid, 0)
     res["child_exit"] = os.waitstatus_to_exitcode(status)
-    os.environ.pop("COMETMP_FAILPOINT")
     with open(resume, "w"):
         pass
     prealloc.drain()

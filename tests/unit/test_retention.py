@@ -272,3 +272,59 @@ def test_closing_a_client_during_a_background_run_is_not_reported_as_a_failure(d
         store.close()
     failed = [r.getMessage() for r in caplog.records if "background retention" in r.getMessage()]
     assert failed == []
+
+
+def _offsets_lock_free(root: str) -> bool:
+    """Whether another thread can take the offsets file's lock within 10 s."""
+    import threading
+
+    from cometmp.offsets import OffsetStore
+
+    got = threading.Event()
+
+    def take():
+        s = OffsetStore(root, writable=True)
+        try:
+            with s.locked():
+                got.set()
+        finally:
+            s.close()
+
+    t = threading.Thread(target=take, daemon=True)
+    t.start()
+    t.join(10)
+    return got.is_set()
+
+
+def test_renamed_segments_are_unlinked_with_the_offsets_lock_released_and_a_failed_one_stops_none_of_the_others(
+        data_dir, monkeypatch):
+    import errno
+
+    from cometmp import retention
+
+    stream = "ev:shard:0000"
+    with make(data_dir, max_shard_bytes=2 * 1024 * 1024) as c:
+        bases = fill(c)
+        sdir = paths.stream_dir(c.path, stream)
+        real, seen = os.unlink, []
+
+        def unlink(name, *args, **kw):
+            if str(name).endswith(".seg" + paths.TMP_SUFFIX):
+                seen.append(_offsets_lock_free(c.path))
+                if len(seen) == 1:
+                    raise PermissionError(errno.EACCES, "injected", name)
+            return real(name, *args, **kw)
+
+        monkeypatch.setattr(retention.os, "unlink", unlink)
+        with pytest.raises(cometmp.CometError, match="injected|ermission"):
+            c.run_retention()
+        monkeypatch.undo()
+        kept = paths.list_segment_bases(sdir)
+        assert len(seen) == len(bases) - len(kept) >= 2      # every renamed one was tried
+        assert all(seen), "a temp file was unlinked with the offsets lock held"
+        left = [n for n in os.listdir(sdir) if n.endswith(paths.TMP_SUFFIX)]
+        assert len(left) == 1                                 # only the one that failed
+        assert c.first_entry(stream) == kept[0]
+    with make(data_dir) as c:                                 # a writer open removes it (I7)
+        c.append(stream, [PAYLOAD])
+        assert not [n for n in os.listdir(sdir) if n.endswith(paths.TMP_SUFFIX)]
