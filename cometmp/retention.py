@@ -4,7 +4,12 @@ soft limits; a hard cap that may, and then says exactly what it dropped.
 Runs in the process that owns the streams (a standalone Client owns all of them; a
 prefork worker owns what cometmp.ownership says it owns), in a background thread
 every ``config.retention.check_interval`` seconds, and on demand via
-``Client.run_retention()``. Never inside an append.
+``Client.run_retention()``. Never inside an append. Several standalone writing
+processes on one directory therefore each retain every stream, and a run on a stream
+that another process writes takes that stream's lock through a writer handle of its
+own: that process's appends wait for it (7-15 ms measured, docs/PERFORMANCE.md "The
+prefault thread yields between steps"). Give each process its own streams through a
+registry, or configure retention in one of them.
 
 Rules (docs/ARCHITECTURE.md §9.4):
 

@@ -137,6 +137,12 @@ def _worker(args, root: str, index: int, per_worker_rate: float, timer_ns: int,
         lat = array("i", bytes(4 * total))       # ns, timer cost subtracted
         at = array("i", bytes(4 * total))        # start, us since the barrier
         with cometmp.Client(root, config=_config(args, retention=True)) as client:
+            # retention of this worker's own stream only, as a registry's placement gives a
+            # prefork worker its own shards: a standalone client retains every stream of
+            # the directory, and its writer handle on another worker's stream takes that
+            # stream's lock (docs/PERFORMANCE.md "The prefault thread yields between steps")
+            stream = f"sustained:w{index}:shard:0000"
+            client._retention_streams = lambda: [stream]
             lg = client.log(f"sustained:w{index}", shards=1)
             first = lg.append(b"warm-up").entry + 1
             append = lg.append
