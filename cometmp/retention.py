@@ -7,7 +7,7 @@ every ``config.retention.check_interval`` seconds, and on demand via
 ``Client.run_retention()``. Never inside an append. Several standalone writing
 processes on one directory therefore each retain every stream, and a run on a stream
 that another process writes takes that stream's lock through a writer handle of its
-own: that process's appends wait for it (7-15 ms measured, docs/PERFORMANCE.md "The
+own: that process's appends wait for it (7 ms caught once, docs/PERFORMANCE.md "The
 prefault thread yields between steps"). Give each process its own streams through a
 registry, or configure retention in one of them.
 
