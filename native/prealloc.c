@@ -209,8 +209,9 @@ void cm_prealloc_close(int *fd) {
     pthread_mutex_unlock(&mu);
 }
 
-/* mu is held across fork(), so a child sees the queue and the requests' descriptors as
- * they were between two of the thread's steps, never half-changed */
+/* mu and unmap_mu are held across fork(), so a child sees the queue, the requests'
+ * descriptors and the munmap in progress as they were between two of the thread's
+ * steps, never half-changed */
 static void before_fork(void) {
     pthread_mutex_lock(&unmap_mu);    /* the order: unmap_mu, then mu (the thread never holds both) */
     pthread_mutex_lock(&mu);
