@@ -106,7 +106,7 @@ size_t cm_prealloc_populate_here(uint8_t *addr, size_t len) {
  * Only the thread writes `unmapping`: under mu when it takes the request from the queue,
  * under unmap_mu for each step (a munmap and the update). It never holds both, and an
  * appender never takes unmap_mu, so nobody queueing a request waits for a munmap
- * (a step is ~70 us, plus the wait for the mmap lock). A fork holds both (unmap_mu
+ * (a step is ~0.1 ms, plus the wait for the mmap lock). A fork holds both (unmap_mu
  * first), so its child sees what is still mapped and unmaps exactly that
  * (after_fork_child); the steps already done are below `addr`, so an mmap of another
  * thread into their hole is never in that range. */
